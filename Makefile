@@ -1,0 +1,40 @@
+# The README's commands. `make train` and `make test` install everything they need first.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.evl-hf-installed
+
+.PHONY: install train test test-slow test-all benchmark clean
+
+install: $(STAMP)
+
+# FFmpeg's shared libraries are needed by torchcodec; the Python stack comes from setup.cfg.
+$(STAMP): setup.cfg pyproject.toml
+	@command -v ffmpeg >/dev/null 2>&1 || { \
+		echo "FFmpeg not found: installing it with apt-get (torchcodec needs its libraries)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg; }
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+# The main job on its embedded default: a generated video dataset and a small CLIP built from a config.
+train: $(STAMP)
+	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
+		examples/run_video_classification.py $(ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow $(ARGS)
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest $(ARGS)
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/bench_cpu_models.py
+	$(BIN)/python benchmarks/bench_data_path.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache

@@ -1,0 +1,383 @@
+"""Specification of EVLForVideoClassification: shapes, loss, freezing, loading, the temporal modules, bad inputs."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from transformers import AutoModelForVideoClassification, CLIPConfig, CLIPModel, CLIPVisionConfig
+
+from evl_hf import EVLConfig, EVLForVideoClassification, EVLModel
+from evl_hf.modeling_evl import EVLDecoderAttention, EVLTemporalCrossAttention
+
+
+def tiny_vision_config(**overrides):
+    values = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8
+    )
+    values.update(overrides)
+    return CLIPVisionConfig(**values)
+
+
+def tiny_config(**overrides):
+    values = dict(
+        vision_config=tiny_vision_config(),
+        num_frames=4,
+        decoder_num_layers=2,
+        id2label={0: "left", 1: "right", 2: "up"},
+        label2id={"left": 0, "right": 1, "up": 2},
+    )
+    values.update(overrides)
+    return EVLConfig(**values)
+
+
+def randomize_zero_initialised(model):
+    """The temporal tables, position embeddings and query start at zero: give them values so tests see them."""
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if any(part in name for part in ("temporal_cross_attention", "temporal_pos_embed", "query_token")):
+                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
+    return model
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return randomize_zero_initialised(EVLForVideoClassification(tiny_config())).eval()
+
+
+def clip(batch_size=2, num_frames=4, size=32, seed=0):
+    return torch.randn(batch_size, num_frames, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def test_logits_have_one_row_per_clip_and_one_column_per_label(model):
+    assert model(clip()).logits.shape == (2, 3)
+
+
+def test_loss_is_cross_entropy_of_the_logits(model):
+    labels = torch.tensor([0, 2])
+    outputs = model(clip(), labels=labels)
+    assert torch.allclose(outputs.loss, torch.nn.functional.cross_entropy(outputs.logits, labels))
+
+
+def test_gradients_reach_only_the_decoder_and_head(model):
+    model.train()
+    model(clip(), labels=torch.tensor([0, 1])).loss.backward()
+    for name, parameter in model.named_parameters():
+        if name.startswith("evl.vision_model."):
+            assert parameter.grad is None and not parameter.requires_grad, name
+        else:
+            assert parameter.grad is not None, name
+
+
+def test_frozen_backbone_keeps_no_autograd_graph(model):
+    outputs = model.evl(clip(), output_hidden_states=True)
+    assert all(not hidden.requires_grad for hidden in outputs.hidden_states)
+    assert outputs.pooler_output.requires_grad
+
+
+def test_unfreeze_backbone_trains_it_and_freeze_restores(model):
+    model.unfreeze_backbone()
+    model(clip(), labels=torch.tensor([0, 1])).loss.backward()
+    assert model.evl.vision_model.encoder.layers[0].mlp.fc1.weight.grad is not None
+    assert model.config.freeze_backbone is False
+    model.freeze_backbone()
+    assert not any(p.requires_grad for p in model.evl.vision_model.parameters())
+
+
+def test_save_and_reload_gives_equal_logits_and_a_frozen_backbone(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    reloaded = EVLForVideoClassification.from_pretrained(tmp_path).eval()
+    assert torch.allclose(model(clip()).logits, reloaded(clip()).logits, atol=1e-6)
+    assert not any(p.requires_grad for p in reloaded.evl.vision_model.parameters())
+    assert all(p.requires_grad for p in reloaded.evl.decoder.parameters())
+    assert reloaded.config.id2label == {0: "left", 1: "right", 2: "up"}
+
+
+def test_unfrozen_model_reloads_unfrozen(model, tmp_path):
+    model.unfreeze_backbone()
+    model.save_pretrained(tmp_path)
+    reloaded = EVLForVideoClassification.from_pretrained(tmp_path)
+    assert all(p.requires_grad for p in reloaded.evl.vision_model.parameters())
+
+
+def test_auto_class_loads_a_saved_model(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    loaded = AutoModelForVideoClassification.from_pretrained(tmp_path)
+    assert isinstance(loaded, EVLForVideoClassification)
+
+
+def test_new_model_starts_with_zero_temporal_tables_and_query():
+    model = EVLForVideoClassification(tiny_config())
+    layer = model.evl.decoder.layers[0]
+    assert torch.count_nonzero(layer.temporal_cross_attention.w_fwd) == 0
+    assert torch.count_nonzero(layer.temporal_pos_embed) == 0
+    assert torch.count_nonzero(model.evl.decoder.query_token) == 0
+    assert layer.mlp.fc1.bias.abs().max() < 1e-4 and layer.mlp.fc1.bias.abs().max() > 0
+    assert torch.count_nonzero(layer.attn.q_proj.bias) == 0
+
+
+def direct_temporal_cross_attention(queries, keys, w_fwd, w_bwd, spatial_size):
+    """The formulation of the paper, one patch pair at a time: slow and obviously right."""
+    height, width = spatial_size
+    batch_size, num_frames, num_tokens, heads, head_dim = queries.shape
+    output = torch.zeros(batch_size, num_frames, num_tokens, w_fwd.shape[1], dtype=w_fwd.dtype)
+
+    def half(query_frame, key_frame, table):
+        q, k = query_frame[:, 1:], key_frame[:, 1:]  # (batch, patches, heads, head_dim)
+        scores = torch.einsum("bphd,brhd->bhpr", q, k) / head_dim**0.5
+        attention = scores.softmax(dim=-1).mean(dim=1)  # (batch, patches, patches)
+        result = torch.zeros(batch_size, height * width, table.shape[1], dtype=table.dtype)
+        for p in range(height * width):
+            for r in range(height * width):
+                row, col = p // width - r // width + height - 1, p % width - r % width + width - 1
+                result[:, p] += attention[:, p, r, None] * table[row * (2 * width - 1) + col]
+        return result
+
+    for t in range(num_frames):
+        if t > 0:
+            output[:, t, 1:] += half(queries[:, t], keys[:, t - 1], w_fwd)
+        if t < num_frames - 1:
+            output[:, t, 1:] += half(queries[:, t], keys[:, t + 1], w_bwd)
+    return output
+
+
+@pytest.mark.parametrize("spatial_size", [(3, 3), (2, 4)])
+def test_temporal_cross_attention_matches_the_direct_formulation_forward_and_backward(spatial_size):
+    height, width = spatial_size
+    config = tiny_config(vision_config=tiny_vision_config(image_size=[8 * height, 8 * width]))
+    module = EVLTemporalCrossAttention(config)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        module.w_fwd.copy_(torch.randn(module.w_fwd.shape, generator=generator))
+        module.w_bwd.copy_(torch.randn(module.w_bwd.shape, generator=generator))
+    shape = (2, 3, 1 + height * width, 2, 16)
+    queries = torch.randn(shape, generator=generator, requires_grad=True)
+    keys = torch.randn(shape, generator=generator, requires_grad=True)
+    weight = torch.randn(2, 3, 1 + height * width, 32, generator=generator)
+
+    fast = module(queries, keys)
+    (fast * weight).sum().backward()
+    fast_grads = [module.w_fwd.grad, module.w_bwd.grad, queries.grad, keys.grad]
+
+    w_fwd = module.w_fwd.detach().clone().requires_grad_()
+    w_bwd = module.w_bwd.detach().clone().requires_grad_()
+    queries2, keys2 = queries.detach().clone().requires_grad_(), keys.detach().clone().requires_grad_()
+    slow = direct_temporal_cross_attention(queries2, keys2, w_fwd, w_bwd, spatial_size)
+    (slow * weight).sum().backward()
+
+    assert torch.allclose(fast, slow, atol=1e-5)
+    for fast_grad, slow_grad in zip(fast_grads, [w_fwd.grad, w_bwd.grad, queries2.grad, keys2.grad]):
+        assert torch.allclose(fast_grad, slow_grad, atol=1e-5)
+    assert torch.count_nonzero(fast[:, :, 0]) == 0  # the class token gets nothing
+
+
+def test_temporal_cross_attention_is_an_identity_at_initialisation():
+    config = tiny_config()
+    model = EVLForVideoClassification(config).eval()
+    switched_off = EVLForVideoClassification(tiny_config(use_temporal_cross_attention=False)).eval()
+    state = {k: v for k, v in model.state_dict().items() if "temporal_cross_attention" not in k}
+    switched_off.load_state_dict(state)
+    assert torch.allclose(model(clip()).logits, switched_off(clip()).logits, atol=1e-6)
+
+
+def test_decoder_attention_equals_standard_multi_head_attention():
+    config = tiny_config()
+    attention = EVLDecoderAttention(config)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for parameter in attention.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+    reference = torch.nn.MultiheadAttention(32, 2, batch_first=True)
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]))
+        reference.in_proj_bias.copy_(torch.cat([attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias]))
+        reference.out_proj.load_state_dict(attention.out_proj.state_dict())
+    query, context = torch.randn(3, 32, generator=generator), torch.randn(3, 50, 32, generator=generator)
+    expected = reference(query[:, None], context, context, need_weights=False)[0][:, 0]
+    assert torch.allclose(attention(query, context), expected, atol=1e-5)
+
+
+def test_every_decoder_parameter_gets_a_gradient_for_distributed_training(model):
+    model.train()
+    model(clip(), labels=torch.tensor([0, 1])).loss.backward()
+    assert model.evl.decoder.layers[0].attn.k_proj.bias.grad is not None
+
+
+@pytest.mark.parametrize("num_frames", [1, 3, 8])
+def test_clips_of_another_length_use_an_interpolated_position_embedding(model, num_frames):
+    logits = model(clip(num_frames=num_frames)).logits
+    assert logits.shape == (2, 3) and torch.isfinite(logits).all()
+
+
+def test_interpolated_position_embedding_keeps_a_constant_table_constant(model):
+    layer = model.evl.decoder.layers[0]
+    with torch.no_grad():
+        layer.temporal_pos_embed.copy_(torch.arange(32.0).expand(4, 32))
+    assert torch.allclose(layer._temporal_pos_embed(7), torch.arange(32.0).expand(7, 32))
+
+
+def test_hidden_states_are_the_encoder_layers_the_decoder_reads(model):
+    outputs = model(clip(), output_hidden_states=True)
+    assert len(outputs.hidden_states) == 2
+    assert outputs.hidden_states[0].shape == (2, 4, 17, 32)
+    frames = clip().flatten(0, 1)
+    expected = model.evl.vision_model(frames, output_hidden_states=True).hidden_states[-1]
+    assert torch.allclose(outputs.hidden_states[-1].flatten(0, 1), expected, atol=1e-5)
+
+
+def test_return_dict_false_gives_a_tuple(model):
+    outputs = model(clip(), labels=torch.tensor([0, 1]), return_dict=False)
+    assert isinstance(outputs, tuple) and outputs[1].shape == (2, 3)
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_attention_implementations_agree(tmp_path, model, attn_implementation):
+    model.save_pretrained(tmp_path)
+    other = EVLForVideoClassification.from_pretrained(tmp_path, attn_implementation=attn_implementation).eval()
+    assert torch.allclose(model(clip()).logits, other(clip()).logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("patch_size,image_size", [(8, 32), (4, 28), (16, 48)])
+def test_any_patch_grid_works(patch_size, image_size):
+    config = tiny_config(vision_config=tiny_vision_config(patch_size=patch_size, image_size=image_size))
+    model = EVLForVideoClassification(config)
+    assert model(clip(size=image_size)).logits.shape == (2, 3)
+
+
+def test_activation_checkpointing_gives_the_same_gradients(model):
+    model.train()
+    model.config.decoder_mlp_dropout = 0.0
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+    model(clip(), labels=torch.tensor([0, 1])).loss.backward()
+    expected = model.evl.decoder.layers[0].temporal_cross_attention.w_fwd.grad.clone()
+    model.zero_grad()
+    model.activation_checkpointing_enable()
+    model(clip(), labels=torch.tensor([0, 1])).loss.backward()
+    assert torch.allclose(model.evl.decoder.layers[0].temporal_cross_attention.w_fwd.grad, expected, atol=1e-6)
+
+
+def test_torch_compile_gives_the_same_logits(model):
+    compiled = torch.compile(model, backend="eager")
+    assert torch.allclose(compiled(clip()).logits, model(clip()).logits, atol=1e-5)
+
+
+def test_base_model_returns_one_vector_per_clip():
+    model = EVLModel(tiny_config())
+    assert model(clip()).pooler_output.shape == (2, 32)
+
+
+@pytest.mark.parametrize(
+    "shape,message",
+    [
+        ((4, 3, 32, 32), "add a batch dimension"),
+        ((2, 3, 4, 32, 32), "transpose"),
+        ((2, 4, 1, 32, 32), "3 channels"),
+        ((2, 4, 3, 30, 32), "patch grid"),
+    ],
+)
+def test_wrong_pixel_values_shape_raises_a_value_error_stating_the_expected_shape(model, shape, message):
+    with pytest.raises(ValueError, match=message) as error:
+        model(torch.zeros(shape))
+    assert "(batch_size, num_frames, 3, 32, 32)" in str(error.value)
+
+
+@pytest.mark.parametrize("bad_value", [float("nan"), float("inf")])
+def test_non_finite_pixel_values_raise(model, bad_value):
+    pixel_values = clip()
+    pixel_values[0, 1, 2, 3, 4] = bad_value
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        model(pixel_values)
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (dict(decoder_num_layers=4), "decoder_num_layers=4 must be between 1 and"),
+        (dict(decoder_num_heads=3), "must divide the backbone width"),
+        (dict(num_frames=0), "num_frames=0"),
+        (dict(classifier_dropout=1.0), r"classifier_dropout=1.0 must be in \[0, 1\)"),
+        (dict(vision_config=tiny_vision_config(image_size=30)), "not a multiple of its patch_size"),
+    ],
+)
+def test_impossible_configs_fail_at_construction_saying_what_to_change(overrides, message):
+    with pytest.raises(Exception, match=message):
+        tiny_config(**overrides)
+
+
+def test_decoder_heads_default_to_the_backbones():
+    assert tiny_config().decoder_num_heads == 2
+
+
+def write_clip_checkpoint(folder, full_clip):
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8)
+    torch.manual_seed(3)
+    if full_clip:
+        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=99,
+                    bos_token_id=0, eos_token_id=1, pad_token_id=1)  # fmt: skip
+        model = CLIPModel(CLIPConfig(vision_config=vision, text_config=text))
+        vision_model = model.vision_model
+    else:
+        from transformers import CLIPVisionModel
+
+        model = vision_model = CLIPVisionModel(CLIPVisionConfig(**vision))
+    model.save_pretrained(folder)
+    return vision_model
+
+
+@pytest.mark.parametrize("full_clip", [True, False])
+def test_from_clip_pretrained_takes_the_vision_tower_of_clip_checkpoints(tmp_path, full_clip):
+    vision_model = write_clip_checkpoint(tmp_path, full_clip)
+    model = EVLForVideoClassification.from_clip_pretrained(tmp_path, num_frames=2, decoder_num_layers=2, num_labels=5)
+    for name, parameter in vision_model.state_dict().items():
+        assert torch.equal(model.evl.vision_model.state_dict()[name], parameter), name
+    assert model.config.num_frames == 2 and model.config.num_labels == 5
+    assert not any(p.requires_grad for p in model.evl.vision_model.parameters())
+    assert model(clip(num_frames=2)).logits.shape == (2, 5)
+
+
+def test_from_clip_pretrained_applies_dtype_to_the_backbone_only(tmp_path):
+    write_clip_checkpoint(tmp_path, full_clip=False)
+    model = EVLForVideoClassification.from_clip_pretrained(tmp_path, dtype=torch.bfloat16, decoder_num_layers=2)
+    assert model.evl.vision_model.embeddings.patch_embedding.weight.dtype == torch.bfloat16
+    assert model.classifier.weight.dtype == torch.float32
+    assert model(clip()).logits.dtype == torch.float32
+
+
+def test_saved_folder_loads_with_trust_remote_code_where_evl_hf_is_missing(model, tmp_path):
+    model.save_pretrained(tmp_path / "model")
+    assert (tmp_path / "model" / "modeling_evl.py").exists()
+    expected = model(clip()).logits
+    torch.save(expected, tmp_path / "expected.pt")
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.modules["evl_hf"] = None  # any `import evl_hf` now fails
+        try:
+            import evl_hf
+        except ImportError:
+            pass
+        else:
+            raise SystemExit("evl_hf is importable")
+        import torch
+        from transformers import AutoModelForVideoClassification
+        model = AutoModelForVideoClassification.from_pretrained({str(tmp_path / "model")!r}, trust_remote_code=True)
+        model.eval()
+        assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+        assert not any(p.requires_grad for p in model.evl.vision_model.parameters())
+        pixel_values = torch.randn(2, 4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        expected = torch.load({str(tmp_path / "expected.pt")!r}, weights_only=True)
+        assert torch.allclose(model(pixel_values).logits, expected, atol=1e-6)
+        print("remote code ok")
+        """
+    )
+    env = dict(os.environ, HF_MODULES_CACHE=str(tmp_path / "modules"), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "remote code ok" in result.stdout
