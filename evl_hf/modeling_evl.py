@@ -134,18 +134,17 @@ class EVLDecoderAttention(nn.Module):
         """`query`: `(batch_size, hidden_size)`; `context`: `(batch_size, sequence_length, hidden_size)`."""
         batch_size = query.shape[0]
         heads, head_dim, width = self.num_heads, self.head_dim, self.hidden_size
-        query = self.q_proj(query).view(batch_size, heads, 1, head_dim)
-        # (batch, heads, 1, head_dim) x (heads, head_dim, width) -> (batch, heads, 1, width)
-        folded_query = query @ self.k_proj.weight.view(heads, head_dim, width)
-        # The key bias adds the same score to every token, which the softmax cancels; it is kept in the graph (as a
-        # mask of shape (batch, heads, 1, 1)) so that every parameter takes part, as distributed training expects.
-        key_bias_score = (query @ self.k_proj.bias.view(heads, head_dim, 1)) * head_dim**-0.5
-        context = context.unsqueeze(1).expand(-1, heads, -1, -1)  # (batch, heads, sequence, width), a view
-        pooled = F.scaled_dot_product_attention(
-            folded_query, context, context, attn_mask=key_bias_score, scale=head_dim**-0.5
-        )
-        # (batch, heads, 1, width) x (heads, width, head_dim) -> (batch, heads, 1, head_dim)
-        values = pooled @ self.v_proj.weight.view(heads, head_dim, width).transpose(1, 2)
+        query = self.q_proj(query).view(batch_size, heads, head_dim)
+        # (batch, heads, head_dim) -> (batch, heads, width): the key projection moves to the query side. The key bias
+        # adds the same score to every token, which the softmax cancels; it is kept in the graph so that every
+        # parameter takes part, as distributed training expects.
+        folded_query = torch.einsum("bhd,hdc->bhc", query, self.k_proj.weight.view(heads, head_dim, width))
+        key_bias_score = torch.einsum("bhd,hd->bh", query, self.k_proj.bias.view(heads, head_dim))
+        # (batch, heads, width) x (batch, width, sequence) -> (batch, heads, sequence)
+        scores = (folded_query @ context.transpose(1, 2) + key_bias_score[..., None]) * head_dim**-0.5
+        pooled = scores.softmax(dim=-1) @ context  # (batch, heads, width)
+        # each head's pooled context through that head's slice of the value projection -> (batch, width)
+        values = torch.einsum("bhc,hdc->bhd", pooled, self.v_proj.weight.view(heads, head_dim, width))
         values = values.reshape(batch_size, width) + self.v_proj.bias
         return self.out_proj(values)
 
