@@ -1,0 +1,46 @@
+# Copyright 2025 The evl_hf Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""Image processor class for EVL, for clips given as lists of frames."""
+
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+from transformers.models.videomae.image_processing_videomae import VideoMAEImageProcessor
+
+
+class EVLImageProcessor(VideoMAEImageProcessor):
+    r"""
+    Image processor for EVL clips given as lists of frames (PIL images, arrays or tensors), the interface older video
+    models use. Each frame's shortest edge is resized to 224 (bilinear), the centre 224x224 cropped and the CLIP mean
+    and std applied, the same preprocessing as [`EVLVideoProcessor`], which also samples and decodes video files.
+
+    Takes a clip (a list of frames) or a batch of clips (a list of lists of frames) and returns `pixel_values` of
+    shape `(batch_size, num_frames, 3, height, width)`. VideoMAE's processor does exactly this with other
+    normalisation constants, so only the defaults differ.
+    """
+
+    resample = PILImageResampling.BILINEAR
+    image_mean = OPENAI_CLIP_MEAN
+    image_std = OPENAI_CLIP_STD
+    size = {"shortest_edge": 224}
+    default_to_square = False
+    crop_size = {"height": 224, "width": 224}
+    do_resize = True
+    do_center_crop = True
+    do_rescale = True
+    rescale_factor = 1 / 255
+    do_normalize = True
+    do_convert_rgb = True
+    model_input_names = ["pixel_values"]
+
+
+__all__ = ["EVLImageProcessor"]

@@ -1,0 +1,346 @@
+"""Tests of EVL's frame sampling, torchcodec decoding and video processor."""
+
+import json
+import pathlib
+import shutil
+import subprocess
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+
+from evl_hf.video_processing_evl import (
+    EVLVideoProcessor,
+    VideoDecodingError,
+    read_video_frames,
+    sample_frame_indices,
+)
+
+
+torchcodec_decoders = pytest.importorskip("torchcodec.decoders")
+
+NUM_VIDEO_FRAMES = 160  # long enough for a centred 8 x 16 dense clip (113 frames) with room to move
+
+
+def _ffmpeg(*args: str) -> None:
+    if shutil.which("ffmpeg") is None:
+        pytest.skip("the ffmpeg command line tool is needed to generate test videos")
+    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], check=True, timeout=60)
+
+
+def _decode_all_frames(path) -> torch.Tensor:
+    """Every frame, decoded sequentially from the start: the reference the sampled decodes must match."""
+    decoder = torchcodec_decoders.VideoDecoder(str(path))
+    return decoder.get_frames_in_range(0, len(decoder)).data
+
+
+@pytest.fixture(scope="module")
+def video_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("videos")
+
+
+@pytest.fixture(scope="module")
+def video_path(video_dir):
+    """H.264 MP4, 160 frames of 40x32 at 25 fps, a test pattern whose hue turns with every frame."""
+    path = video_dir / "pattern.mp4"
+    _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size=40x32:rate=25,hue=h=n*7,trim=end_frame={NUM_VIDEO_FRAMES}",
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def short_video_path(video_dir):
+    """H.264 MP4 with 20 frames, shorter than an 8 x 16 dense clip."""
+    path = video_dir / "short.mp4"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=40x32:rate=25,hue=h=n*7,trim=end_frame=20",
+            "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path))
+    return path
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# sample_frame_indices
+
+
+def test_dense_sampling_centres_the_clip():
+    # 8 frames 16 apart span 113 frames; 200 - 113 = 87 frames to spare, 43 before the clip.
+    assert sample_frame_indices(200, 8, frame_stride=16) == [43, 59, 75, 91, 107, 123, 139, 155]
+
+
+def test_dense_sampling_fitting_exactly_starts_at_the_first_frame():
+    assert sample_frame_indices(113, 8, frame_stride=16) == list(range(0, 113, 16))
+
+
+def test_dense_multi_view_clips_are_evenly_spaced_from_start_to_end():
+    clips = [sample_frame_indices(201, 8, frame_stride=16, num_clips=3, clip_index=k) for k in range(3)]
+    assert clips[0][0] == 0
+    assert clips[1] == sample_frame_indices(201, 8, frame_stride=16)  # the middle view is the centred clip
+    assert clips[2][-1] == 200
+    assert all(clip[1] - clip[0] == 16 for clip in clips)
+
+
+def test_dense_sampling_of_a_short_video_repeats_its_last_frame():
+    assert sample_frame_indices(50, 8, frame_stride=16) == [0, 16, 32, 48, 49, 49, 49, 49]
+
+
+def test_single_frame_video_gives_that_frame_for_every_strategy():
+    for strategy in ("dense", "uniform", "segment"):
+        assert sample_frame_indices(1, 8, strategy=strategy) == [0] * 8
+
+
+def test_dense_random_start_is_reproducible_and_covers_the_slack():
+    draws = [sample_frame_indices(200, 8, frame_stride=16, random=torch.Generator().manual_seed(s)) for s in range(40)]
+    assert draws[3] == sample_frame_indices(200, 8, frame_stride=16, random=torch.Generator().manual_seed(3))
+    starts = {draw[0] for draw in draws}
+    assert len(starts) > 10
+    assert min(starts) >= 0 and max(starts) <= 87
+    assert all(draw == list(range(draw[0], draw[0] + 8 * 16, 16)) for draw in draws)
+
+
+def test_uniform_sampling_takes_the_centre_of_equal_stretches():
+    assert sample_frame_indices(80, 8, strategy="uniform") == [5, 15, 25, 35, 45, 55, 65, 75]
+
+
+def test_uniform_multi_view_clips_shift_within_the_stretches():
+    clips = [sample_frame_indices(80, 4, strategy="uniform", num_clips=2, clip_index=k) for k in range(2)]
+    assert clips == [[5, 25, 45, 65], [15, 35, 55, 75]]
+
+
+def test_uniform_random_keeps_an_exact_spacing():
+    indices = sample_frame_indices(80, 8, strategy="uniform", random=torch.Generator().manual_seed(0))
+    assert {b - a for a, b in zip(indices, indices[1:])} == {10}
+
+
+def test_segment_sampling_is_centred_at_inference():
+    assert sample_frame_indices(80, 8, strategy="segment") == sample_frame_indices(80, 8, strategy="uniform")
+
+
+def test_segment_random_draws_one_frame_per_segment():
+    generator = torch.Generator().manual_seed(0)
+    draws = [sample_frame_indices(80, 8, strategy="segment", random=generator) for _ in range(20)]
+    for draw in draws:
+        assert all(10 * i <= index < 10 * (i + 1) for i, index in enumerate(draw))
+    assert len({tuple(draw) for draw in draws}) > 1
+
+
+def test_uniform_sampling_of_a_short_video_plays_it_then_repeats_its_last_frame():
+    assert sample_frame_indices(3, 8, strategy="uniform") == [0, 1, 2, 2, 2, 2, 2, 2]
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"num_video_frames": 0, "num_frames": 8},
+        {"num_video_frames": 10, "num_frames": 0},
+        {"num_video_frames": 10, "num_frames": 8, "frame_stride": 0},
+        {"num_video_frames": 10, "num_frames": 8, "strategy": "random"},
+        {"num_video_frames": 10, "num_frames": 8, "num_clips": 3, "clip_index": 3},
+        {"num_video_frames": 10, "num_frames": 8, "num_clips": 3, "random": True},
+    ],
+)
+def test_invalid_sampling_arguments_raise_value_error(kwargs):
+    with pytest.raises(ValueError):
+        sample_frame_indices(**kwargs)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    num_video_frames=st.integers(1, 5000),
+    num_frames=st.integers(1, 64),
+    frame_stride=st.integers(1, 32),
+    strategy=st.sampled_from(["dense", "uniform", "segment"]),
+    seed=st.none() | st.integers(0, 2**31),
+    views=st.integers(1, 5).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n - 1))),
+)
+def test_sampled_indices_are_in_range_non_decreasing_and_complete(
+    num_video_frames, num_frames, frame_stride, strategy, seed, views
+):
+    num_clips, clip_index = views if seed is None else (1, 0)
+    indices = sample_frame_indices(
+        num_video_frames,
+        num_frames,
+        strategy=strategy,
+        frame_stride=frame_stride,
+        random=False if seed is None else torch.Generator().manual_seed(seed),
+        num_clips=num_clips,
+        clip_index=clip_index,
+    )
+    assert len(indices) == num_frames
+    assert all(isinstance(index, int) and 0 <= index < num_video_frames for index in indices)
+    assert indices == sorted(indices)
+
+
+@settings(max_examples=200, deadline=None)
+@given(num_video_frames=st.integers(1, 3000), num_frames=st.integers(1, 32), frame_stride=st.integers(1, 32))
+def test_dense_indices_keep_the_stride_until_the_video_ends(num_video_frames, num_frames, frame_stride):
+    indices = sample_frame_indices(num_video_frames, num_frames, frame_stride=frame_stride)
+    steps = [b - a for a, b in zip(indices, indices[1:])]
+    # Exactly `frame_stride` apart, except where a short video has run out and its last frame repeats.
+    assert all(step == frame_stride or (step < frame_stride and b == num_video_frames - 1)
+               for step, b in zip(steps, indices[1:]))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# read_video_frames
+
+
+def test_read_video_frames_returns_the_requested_frames_as_uint8_rgb(video_path):
+    indices = [3, 40, 40, 159, 7]  # repeats and any order are allowed
+    frames = read_video_frames(video_path, indices)
+    assert frames.dtype == torch.uint8
+    assert frames.shape == (5, 3, 32, 40)
+    assert torch.equal(frames, _decode_all_frames(video_path)[indices])
+    assert not torch.equal(frames[0], frames[4])  # neighbouring frames differ, so a wrong index would show
+
+
+def test_read_video_frames_accepts_a_sampling_function(video_path):
+    frames = read_video_frames(str(video_path), lambda n: sample_frame_indices(n, 8, frame_stride=16))
+    expected = _decode_all_frames(video_path)[sample_frame_indices(NUM_VIDEO_FRAMES, 8, frame_stride=16)]
+    assert torch.equal(frames, expected)
+
+
+def test_read_video_frames_accepts_a_torchcodec_decoder(video_path):
+    decoder = torchcodec_decoders.VideoDecoder(str(video_path), dimension_order="NHWC")
+    frames = read_video_frames(decoder, [0, 80])
+    assert frames.shape == (2, 3, 32, 40)
+    assert torch.equal(frames, _decode_all_frames(video_path)[[0, 80]])
+
+
+def test_read_video_frames_rejects_out_of_range_indices_naming_the_file(video_path):
+    with pytest.raises(IndexError, match=r"\[160\].*pattern\.mp4.*160 frames"):
+        read_video_frames(video_path, [0, 160])
+
+
+def test_only_the_sampled_frames_are_decoded(video_dir):
+    # In an intra-only MJPEG MOV each frame is one self-contained packet. Destroying the packets of every frame the
+    # clip does not use leaves a file that still decodes at the sampled frames, and only there.
+    path = video_dir / "intra.mov"
+    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=32x32:rate=25,hue=h=n*7,trim=end_frame=16", "-c:v", "mjpeg", str(path))
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pos,size", "-of", "json",
+         str(path)],
+        capture_output=True, text=True, check=True, timeout=60,
+    )
+    packets = [(int(p["pos"]), int(p["size"])) for p in json.loads(probe.stdout)["packets"]]
+    assert len(packets) == 16
+    processor = EVLVideoProcessor(num_frames=4, frame_stride=4, size={"shortest_edge": 32},
+                                  crop_size={"height": 32, "width": 32})
+    sampled = sample_frame_indices(16, 4, frame_stride=4)
+    data = bytearray(path.read_bytes())
+    for index, (position, size) in enumerate(packets):
+        if index not in sampled:
+            data[position:position + size] = bytes(size)
+    damaged = video_dir / "intra_damaged.mov"
+    damaged.write_bytes(bytes(data))
+
+    assert torch.equal(read_video_frames(damaged, sampled), _decode_all_frames(path)[sampled])
+    assert torch.equal(processor(str(damaged), return_tensors="pt")["pixel_values"],
+                       processor(str(path), return_tensors="pt")["pixel_values"])
+    with pytest.raises(VideoDecodingError, match="intra_damaged.mov"):
+        read_video_frames(damaged, range(16))
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# EVLVideoProcessor
+
+
+def test_processor_defaults_are_clip_preprocessing_and_dense_8x16_sampling():
+    processor = EVLVideoProcessor()
+    assert list(processor.image_mean) == OPENAI_CLIP_MEAN
+    assert list(processor.image_std) == OPENAI_CLIP_STD
+    assert processor.size.shortest_edge == 224
+    assert (processor.crop_size.height, processor.crop_size.width) == (224, 224)
+    assert processor.resample == PILImageResampling.BILINEAR
+    assert (processor.num_frames, processor.frame_stride, processor.frame_sampling) == (8, 16, "dense")
+    assert processor.model_input_names == ["pixel_values"]
+
+
+def test_processor_decodes_a_path_into_a_normalised_clip(video_path):
+    processor = EVLVideoProcessor()
+    batch = processor(str(video_path), return_tensors="pt", return_metadata=True)
+    assert set(batch.keys()) == {"pixel_values", "video_metadata"}
+    pixel_values = batch["pixel_values"]
+    assert pixel_values.shape == (1, 8, 3, 224, 224)
+    assert pixel_values.dtype == torch.float32
+    metadata = batch["video_metadata"][0]
+    assert metadata.total_num_frames == NUM_VIDEO_FRAMES
+    assert metadata.frames_indices == sample_frame_indices(NUM_VIDEO_FRAMES, 8, frame_stride=16)
+
+    # Same pixels as preprocessing those frames taken from a full decode.
+    frames = _decode_all_frames(video_path)[metadata.frames_indices]
+    expected = processor(frames, return_tensors="pt")["pixel_values"]
+    torch.testing.assert_close(pixel_values, expected)
+    # CLIP normalisation: (x / 255 - mean) / std.
+    mean = torch.tensor(OPENAI_CLIP_MEAN).view(3, 1, 1)
+    std = torch.tensor(OPENAI_CLIP_STD).view(3, 1, 1)
+    assert pixel_values.min() >= (0 - mean.max()) / std.min() - 1e-5
+    assert pixel_values.max() <= (1 - mean.min()) / std.min() + 1e-5
+
+
+def test_processor_decodes_a_batch_of_paths_and_pathlib_paths(video_path, short_video_path):
+    processor = EVLVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    batch = processor([pathlib.Path(video_path), str(short_video_path)], return_tensors="pt", return_metadata=True)
+    assert batch["pixel_values"].shape == (2, 8, 3, 32, 32)
+    assert batch["video_metadata"][1].frames_indices == [0, 16, 19, 19, 19, 19, 19, 19]
+
+
+def test_processor_sampling_options_at_call_time(video_path):
+    processor = EVLVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    for kwargs in (
+        {"frame_sampling": "uniform", "num_frames": 4},
+        {"frame_sampling": "segment", "num_frames": 16},
+        {"frame_stride": 4, "num_clips": 3, "clip_index": 2},
+    ):
+        batch = processor(str(video_path), return_tensors="pt", return_metadata=True, **kwargs)
+        expected = sample_frame_indices(
+            NUM_VIDEO_FRAMES,
+            kwargs.get("num_frames", 8),
+            strategy=kwargs.get("frame_sampling", "dense"),
+            frame_stride=kwargs.get("frame_stride", 16),
+            num_clips=kwargs.get("num_clips", 1),
+            clip_index=kwargs.get("clip_index", 0),
+        )
+        assert batch["video_metadata"][0].frames_indices == expected
+        assert batch["pixel_values"].shape == (1, len(expected), 3, 32, 32)
+
+
+def test_processor_reads_a_torchcodec_decoder_like_a_path(video_path):
+    processor = EVLVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    from_decoder = processor(torchcodec_decoders.VideoDecoder(str(video_path)), return_tensors="pt")["pixel_values"]
+    from_path = processor(str(video_path), return_tensors="pt")["pixel_values"]
+    assert torch.equal(from_decoder, from_path)
+
+
+def test_processor_takes_decoded_frames_as_the_clip(video_path):
+    processor = EVLVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    clip = read_video_frames(video_path, range(0, 80, 10))  # uint8 (8, 3, 32, 40)
+    single = processor(clip, return_tensors="pt")["pixel_values"]
+    assert single.shape == (1, 8, 3, 32, 32)
+    batch = processor([clip, clip.flip(0)], return_tensors="pt")["pixel_values"]
+    assert batch.shape == (2, 8, 3, 32, 32)
+    assert torch.equal(batch[0], single[0])
+    assert torch.equal(batch[1], single[0].flip(0))
+    frames = processor(list(clip), return_tensors="pt")["pixel_values"]  # one clip as a list of (3, H, W) frames
+    assert torch.equal(frames, single)
+
+
+def test_processor_samples_decoded_frames_when_asked(video_path):
+    processor = EVLVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    video = _decode_all_frames(video_path)
+    sampled = processor(video, do_sample_frames=True, return_tensors="pt")["pixel_values"]
+    from_path = processor(str(video_path), return_tensors="pt")["pixel_values"]
+    assert torch.equal(sampled, from_path)
+
+
+def test_processor_round_trips_through_save_pretrained(tmp_path):
+    processor = EVLVideoProcessor(num_frames=16, frame_stride=4, frame_sampling="segment", size={"shortest_edge": 64})
+    processor.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "video_preprocessor_config.json").read_text())
+    assert saved["video_processor_type"] == "EVLVideoProcessor"
+    assert (saved["num_frames"], saved["frame_stride"], saved["frame_sampling"]) == (16, 4, "segment")
+
+    loaded = EVLVideoProcessor.from_pretrained(tmp_path)
+    assert (loaded.num_frames, loaded.frame_stride, loaded.frame_sampling) == (16, 4, "segment")
+    assert loaded.size.shortest_edge == 64
+    assert loaded.to_dict() == processor.to_dict()
