@@ -26,8 +26,9 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
+# pytest exits 5 when nothing is marked slow: that is not a failure.
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow $(ARGS)
+	$(BIN)/python -m pytest -m slow $(ARGS) || [ $$? -eq 5 ]
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)

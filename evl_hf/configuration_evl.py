@@ -13,6 +13,8 @@
 # limitations under the License.
 """EVL model configuration."""
 
+import math
+
 from huggingface_hub.dataclasses import strict
 from transformers import AutoConfig, PreTrainedConfig
 from transformers.configuration_utils import SubConfigSpec
@@ -120,11 +122,23 @@ class EVLConfig(PreTrainedConfig):
             )
         if self.num_frames < 1:
             raise ValueError(f"num_frames={self.num_frames} must be at least 1.")
-        if self.decoder_mlp_ratio <= 0:
-            raise ValueError(f"decoder_mlp_ratio={self.decoder_mlp_ratio} must be positive.")
+        if not math.isfinite(self.decoder_mlp_ratio) or round(self.decoder_mlp_ratio * vision.hidden_size) < 1:
+            raise ValueError(
+                f"decoder_mlp_ratio={self.decoder_mlp_ratio} must be a finite positive number that leaves the decoder "
+                f"MLP at least one unit wide (hidden_size={vision.hidden_size})."
+            )
         for name in ("decoder_mlp_dropout", "classifier_dropout"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise ValueError(f"{name}={getattr(self, name)} must be in [0, 1).")
+        if not (math.isfinite(self.initializer_range) and self.initializer_range >= 0):
+            raise ValueError(f"initializer_range={self.initializer_range} must be a finite number >= 0.")
+        for name in ("image_size", "patch_size"):
+            value = getattr(vision, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(
+                    f"The backbone's {name}={value!r} must be a positive int: CLIP vision models take square images "
+                    "and patches."
+                )
         image_size, patch_size = _pair(vision.image_size), _pair(vision.patch_size)
         if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
             raise ValueError(

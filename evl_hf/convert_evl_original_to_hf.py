@@ -114,9 +114,15 @@ def infer_config_kwargs(state_dict: dict[str, torch.Tensor]) -> dict:
         "use_temporal_pos_embed": any(key.startswith("decoder.temporal_pos_embed.") for key in state_dict),
         "use_temporal_cross_attention": any(key.startswith("decoder.cross_attention.") for key in state_dict),
         "num_labels": state_dict["proj.2.weight"].shape[0],
-        "decoder_mlp_ratio": state_dict["decoder.decoder_layers.0.mlp.fc1.weight"].shape[0]
-        / state_dict["decoder.decoder_layers.0.mlp.fc1.weight"].shape[1],
     }
+    if layers != set(range(kwargs["decoder_num_layers"])):
+        raise CheckpointMismatchError(
+            f"The checkpoint's decoder layers are {sorted(layers)}; expected consecutive layers from 0."
+        )
+    fc1 = state_dict.get("decoder.decoder_layers.0.mlp.fc1.weight")
+    if fc1 is None:
+        raise CheckpointMismatchError("The checkpoint has no 'decoder.decoder_layers.0.mlp.fc1.weight'.")
+    kwargs["decoder_mlp_ratio"] = fc1.shape[0] / fc1.shape[1]
     if kwargs["use_temporal_pos_embed"]:
         kwargs["num_frames"] = state_dict["decoder.temporal_pos_embed.0"].shape[0]
     return kwargs
@@ -128,6 +134,11 @@ def read_labels(labels_file: str | os.PathLike, num_labels: int) -> dict[int, st
     with open(labels_file) as file:
         labels = json.load(file)
     if isinstance(labels, dict):
+        if set(labels) != {str(index) for index in range(len(labels))}:
+            raise CheckpointMismatchError(
+                f"{labels_file} must be a JSON list of class names in index order, or an object whose keys are the "
+                f"indices '0' to '{len(labels) - 1}'."
+            )
         labels = [labels[str(index)] for index in range(len(labels))]
     if len(labels) != num_labels:
         raise CheckpointMismatchError(
@@ -150,6 +161,7 @@ def convert(
 ) -> tuple[EVLForVideoClassification, EVLVideoProcessor, EVLImageProcessor]:
     """Build the evl_hf model and its processors from an official checkpoint and a CLIP checkpoint."""
     original = load_original_state_dict(checkpoint)
+    converted = convert_state_dict(original)  # stray keys are reported before any CLIP weights are loaded
     inferred = infer_config_kwargs(original)
     if num_frames is not None and inferred.setdefault("num_frames", num_frames) != num_frames:
         raise CheckpointMismatchError(
@@ -166,7 +178,6 @@ def convert(
     model = EVLForVideoClassification.from_clip_pretrained(
         clip_model, id2label=id2label, label2id={name: i for i, name in id2label.items()}, **inferred
     )
-    converted = convert_state_dict(original)
     expected = {key: value.shape for key, value in model.state_dict().items() if not key.startswith("evl.vision_model.")}
     mismatched = [
         f"{key}: checkpoint {tuple(value.shape)}, model {tuple(expected[key])}"
@@ -180,7 +191,8 @@ def convert(
             + (f"; shapes differ: {'; '.join(mismatched)}" if mismatched else "")
             + (f"; missing: {', '.join(missing)}" if missing else "")
             + ". Check that --clip_model is the backbone the checkpoint was trained with (ViT-B/16: "
-            "openai/clip-vit-base-patch16, ViT-L/14: openai/clip-vit-large-patch14)."
+            "openai/clip-vit-base-patch16, ViT-L/14: openai/clip-vit-large-patch14, ViT-L/14@336: "
+            "openai/clip-vit-large-patch14-336)."
         )
     model.load_state_dict(converted, strict=False)
     model.eval()
@@ -204,9 +216,12 @@ def main(argv=None):
     parser.add_argument("--push_to_hub", metavar="REPO_ID", help="Also upload the folder to this Hub repository.")
     args = parser.parse_args(argv)
 
-    model, video_processor, image_processor = convert(
-        args.checkpoint, args.clip_model, args.num_frames, args.labels_file, args.decoder_num_heads
-    )
+    try:
+        model, video_processor, image_processor = convert(
+            args.checkpoint, args.clip_model, args.num_frames, args.labels_file, args.decoder_num_heads
+        )
+    except (CheckpointMismatchError, FileNotFoundError) as error:
+        parser.exit(2, f"error: {error}\n")
     for artefact in (model, video_processor, image_processor):
         artefact.save_pretrained(args.output_dir)
     print(f"Saved EVL ({model.config.decoder_num_layers} decoder layers, {model.config.num_frames} frames, "

@@ -246,6 +246,8 @@ class EVLPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # Loading in fp16 or bf16 halves the frozen backbone only: the decoder and head train in fp32, as in the paper.
+    _keep_in_fp32_modules_strict = ["decoder", "fc_norm", "classifier"]
 
     def _init_weights(self, module):
         super()._init_weights(module)
@@ -322,7 +324,11 @@ class EVLPreTrainedModel(PreTrainedModel):
 
     def unfreeze_backbone(self):
         """Make the CLIP encoder trainable (full fine-tuning)."""
-        self.base_model.vision_model.requires_grad_(True)
+        vision_model = self.base_model.vision_model
+        vision_model.requires_grad_(True)
+        # EVL reads the layer outputs before CLIP's final layer norm: left trainable, it would get no gradient, which
+        # distributed data parallel treats as an error.
+        vision_model.post_layernorm.requires_grad_(False)
         self.config.freeze_backbone = False
 
 
@@ -381,7 +387,8 @@ class EVLModel(EVLPreTrainedModel):
                 getattr(layer.self_attn, name).register_forward_hook(partial(self._keep_projection, (index, name)))
 
     def _keep_projection(self, key, module, args, output):
-        self._attention_records[key] = output
+        # keyed by device too, so that replicas of the model on several devices do not mix their records
+        self._attention_records[(output.device, *key)] = output
 
     def _encode_frames(self, frames: torch.Tensor, decoder_dtype: torch.dtype):
         """Run the CLIP encoder on `(batch * frames, channels, height, width)` and return, for each encoder layer the
@@ -390,6 +397,9 @@ class EVLModel(EVLPreTrainedModel):
         layers = vision.encoder.layers
         num_read = self.config.decoder_num_layers
         outputs = []
+        device = frames.device
+        for key in [key for key in self._attention_records if key[0] == device]:
+            del self._attention_records[key]  # left over from a direct call of the vision model
         hidden_states = vision.pre_layrnorm(vision.embeddings(frames))
         for layer in layers:
             hidden_states = layer(hidden_states, None)
@@ -399,13 +409,13 @@ class EVLModel(EVLPreTrainedModel):
         queries, keys = [None] * num_read, [None] * num_read
         if self.config.use_temporal_cross_attention:
             records = self._attention_records
-            if len(records) != 2 * num_read:
+            if any((device, i, name) not in records for i in range(num_read) for name in ("q_proj", "k_proj")):
                 raise RuntimeError(
                     "The query/key recorders of the CLIP layers did not fire. Replace backbone weights with "
                     "`model.evl.vision_model.load_state_dict(...)` rather than by assigning a new module."
                 )
-            queries = [records.pop((i, "q_proj")).to(decoder_dtype) for i in range(num_read)]
-            keys = [records.pop((i, "k_proj")).to(decoder_dtype) for i in range(num_read)]
+            queries = [records.pop((device, i, "q_proj")).to(decoder_dtype) for i in range(num_read)]
+            keys = [records.pop((device, i, "k_proj")).to(decoder_dtype) for i in range(num_read)]
         return [output.to(decoder_dtype) for output in outputs], queries, keys
 
     @can_return_tuple

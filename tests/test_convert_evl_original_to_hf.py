@@ -137,3 +137,25 @@ def test_a_file_that_is_not_a_state_dict_is_refused(tmp_path, clip_folder):
 def test_a_missing_checkpoint_raises_file_not_found(tmp_path, clip_folder):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         convert(tmp_path / "nowhere.pth", str(clip_folder), num_frames=FRAMES)
+
+
+def test_command_line_reports_a_mismatch_without_a_traceback(tmp_path, clip_folder, capsys):
+    checkpoint = save_checkpoint(tmp_path / "ckpt.pth", official_state_dict())
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(checkpoint), "--clip_model", str(clip_folder), "--num_frames", "16",
+              "--output_dir", str(tmp_path / "out")])  # fmt: skip
+    assert exit_info.value.code == 2
+    assert "trained for 4 frames" in capsys.readouterr().err
+
+
+def test_decoder_layers_must_be_consecutive(tmp_path, clip_folder):
+    state = {k.replace("decoder_layers.0.", "decoder_layers.2."): v for k, v in official_state_dict().items()}
+    with pytest.raises(CheckpointMismatchError, match=r"decoder layers are \[1, 2\]"):
+        convert(save_checkpoint(tmp_path / "ckpt.pth", state), str(clip_folder), num_frames=FRAMES)
+
+
+def test_labels_object_must_be_keyed_by_index(tmp_path, clip_folder):
+    labels = tmp_path / "labels.json"
+    labels.write_text(json.dumps({name: i for i, name in enumerate("abcde")}))
+    with pytest.raises(CheckpointMismatchError, match="JSON list of class names"):
+        convert(save_checkpoint(tmp_path / "ckpt.pth", official_state_dict()), str(clip_folder), FRAMES, labels)

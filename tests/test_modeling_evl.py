@@ -102,7 +102,27 @@ def test_unfrozen_model_reloads_unfrozen(model, tmp_path):
     model.unfreeze_backbone()
     model.save_pretrained(tmp_path)
     reloaded = EVLForVideoClassification.from_pretrained(tmp_path)
-    assert all(p.requires_grad for p in reloaded.evl.vision_model.parameters())
+    assert reloaded.evl.vision_model.encoder.layers[0].self_attn.q_proj.weight.requires_grad
+
+
+def test_every_trainable_parameter_gets_a_gradient_when_the_backbone_is_unfrozen(model):
+    # distributed data parallel fails on trainable parameters that take no part in the loss
+    model.unfreeze_backbone()
+    model.train()
+    model(clip(), labels=torch.tensor([0, 1])).loss.backward()
+    unused = [name for name, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert unused == []
+
+
+def test_half_precision_loading_keeps_the_decoder_and_head_in_fp32(model, tmp_path):
+    model.save_pretrained(tmp_path)
+    loaded = EVLForVideoClassification.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    assert loaded.evl.vision_model.encoder.layers[0].mlp.fc1.weight.dtype == torch.bfloat16
+    assert loaded.evl.decoder.layers[0].attn.q_proj.weight.dtype == torch.float32
+    assert loaded.classifier.weight.dtype == torch.float32
+    logits = loaded.eval()(clip()).logits
+    assert logits.dtype == torch.float32
+    assert torch.allclose(logits, model(clip()).logits, atol=0.1)
 
 
 def test_auto_class_loads_a_saved_model(model, tmp_path):
@@ -149,12 +169,13 @@ def direct_temporal_cross_attention(queries, keys, w_fwd, w_bwd, spatial_size):
 @pytest.mark.parametrize("spatial_size", [(3, 3), (2, 4)])
 def test_temporal_cross_attention_matches_the_direct_formulation_forward_and_backward(spatial_size):
     height, width = spatial_size
-    config = tiny_config(vision_config=tiny_vision_config(image_size=[8 * height, 8 * width]))
-    module = EVLTemporalCrossAttention(config)
+    module = EVLTemporalCrossAttention(tiny_config())
+    # CLIP grids are square; the module itself takes any grid, and a rectangular one tells rows from columns.
+    module.spatial_size = spatial_size
     generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        module.w_fwd.copy_(torch.randn(module.w_fwd.shape, generator=generator))
-        module.w_bwd.copy_(torch.randn(module.w_bwd.shape, generator=generator))
+    num_offsets = (2 * height - 1) * (2 * width - 1)
+    module.w_fwd = torch.nn.Parameter(torch.randn(num_offsets, 32, generator=generator))
+    module.w_bwd = torch.nn.Parameter(torch.randn(num_offsets, 32, generator=generator))
     shape = (2, 3, 1 + height * width, 2, 16)
     queries = torch.randn(shape, generator=generator, requires_grad=True)
     keys = torch.randn(shape, generator=generator, requires_grad=True)
@@ -304,6 +325,10 @@ def test_non_finite_pixel_values_raise(model, bad_value):
         (dict(num_frames=0), "num_frames=0"),
         (dict(classifier_dropout=1.0), r"classifier_dropout=1.0 must be in \[0, 1\)"),
         (dict(vision_config=tiny_vision_config(image_size=30)), "not a multiple of its patch_size"),
+        (dict(vision_config=tiny_vision_config(patch_size=0)), "patch_size=0 must be a positive int"),
+        (dict(decoder_mlp_ratio=float("nan")), "decoder_mlp_ratio=nan must be a finite positive number"),
+        (dict(decoder_mlp_ratio=0.01), "at least one unit wide"),
+        (dict(initializer_range=-1.0), "initializer_range=-1.0"),
     ],
 )
 def test_impossible_configs_fail_at_construction_saying_what_to_change(overrides, message):
