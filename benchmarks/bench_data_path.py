@@ -1,0 +1,243 @@
+"""Decoding and preprocessing speed of one training clip: torchcodec sampled frames against PyAV whole-video decoding.
+
+A clip is 8 frames 16 apart, centred in the video (`sample_frame_indices`), resized and centre-cropped to
+224 and normalised by `EVLVideoProcessor`. Methods, each timed from the file path to `pixel_values`:
+- `pyav_whole_video`: what the reference implementation does: PyAV decodes every frame of the video, then
+  the sampled ones are converted to RGB;
+- `torchcodec_sampled`: `read_video_frames` decodes only the sampled frames with torchcodec;
+- `processor_from_path`: `EVLVideoProcessor` given the path, decoding through the same torchcodec reader.
+
+The videos are generated once (10 s, 30 fps, 320x240, H.264 by libx264, a textured background panning
+under moving shapes) into a cache folder, for each keyframe interval of `--keyframe-intervals`: 250 is
+libx264's default (what a plain `ffmpeg -i in out.mp4` gives: keyframes at frames 0 and 250 only, so the
+sampled frames 93..205 still need frames 0..205 decoded), 30 is one keyframe a second, common in files
+made for streaming. Seeking can only skip what lies between keyframes, so the interval bounds the gain.
+One thread everywhere (torch, FFmpeg decoding), one process; the methods take turns over `--repeats`
+rounds and medians are reported.
+
+    python benchmarks/bench_data_path.py
+    python benchmarks/bench_data_path.py --repeats 10 --output docs/benchmark_results
+    python benchmarks/bench_data_path.py --tiny        # seconds; what the tests run
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from benchmark_utils import emit, log, machine_info, markdown_table, median, ratio, target, targets_table
+
+
+METHODS = ("pyav_whole_video", "torchcodec_sampled", "processor_from_path")
+
+
+def default_video_dir() -> Path:
+    """`$EVL_HF_CACHE/benchmark_videos`, by default `~/.cache/evl_hf/benchmark_videos`, next to the synthetic data."""
+    from evl_hf.synthetic_data import default_cache_dir
+
+    return default_cache_dir().parent / "benchmark_videos"
+
+
+def render_video(seed: int, num_frames: int, height: int, width: int) -> torch.Tensor:
+    """uint8 `(num_frames, 3, height, width)`: a textured background panning under three moving rectangles.
+
+    Texture and motion give the encoder real work (P/B frames with residuals), unlike a flat synthetic frame.
+    """
+    rng = np.random.default_rng(seed)
+    # A background twice as wide as the frame, so it can pan; smooth blobs plus fine grain.
+    background = rng.integers(0, 256, size=(height // 8 + 1, width // 4 + 1, 3)).astype(np.float32)
+    background = np.kron(background, np.ones((8, 8, 1), dtype=np.float32))[:height, : 2 * width]
+    background += rng.normal(0, 12, size=background.shape)
+    ys, xs = np.mgrid[0:height, 0:width]
+    boxes = [
+        (
+            rng.uniform(0, height),
+            rng.uniform(0, width),
+            rng.uniform(-3, 3),
+            rng.uniform(-3, 3),
+            rng.integers(0, 256, 3),
+        )
+        for _ in range(3)
+    ]
+    frames = np.empty((num_frames, height, width, 3), dtype=np.uint8)
+    for t in range(num_frames):
+        offset = int(t * width / max(num_frames - 1, 1))
+        frame = background[:, offset : offset + width].copy()
+        for y, x, vy, vx, colour in boxes:
+            cy, cx = (y + vy * t) % height, (x + vx * t) % width
+            frame[(abs(ys - cy) < height / 8) & (abs(xs - cx) < width / 8)] = colour
+        frames[t] = np.clip(frame + rng.normal(0, 3, size=frame.shape), 0, 255)
+    return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
+
+
+def generate_videos(
+    folder: Path, count: int, seconds: float, fps: int, height: int, width: int, keyframe_interval: int
+) -> list[Path]:
+    """Writes the benchmark videos once; a finished file is reused by later runs."""
+    from torchcodec.encoders import VideoEncoder
+
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in range(count):
+        path = folder / f"clip{index}_{width}x{height}_{fps}fps_{seconds:g}s_g{keyframe_interval}.mp4"
+        if not path.exists():
+            log(f"generating {path}")
+            frames = render_video(index, int(seconds * fps), height, width)
+            partial = path.with_suffix(".partial.mp4")
+            VideoEncoder(frames, frame_rate=fps).to_file(
+                str(partial), codec="libx264", pixel_format="yuv420p", extra_options={"g": keyframe_interval}
+            )
+            partial.rename(path)
+        paths.append(path)
+    return paths
+
+
+def keyframe_positions(path: Path) -> list[int]:
+    """Indices, in presentation order, of the video's keyframes (read from packet flags, nothing decoded)."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        packets = sorted((p for p in container.demux(stream) if p.size), key=lambda p: p.pts)
+    return [index for index, packet in enumerate(packets) if packet.is_keyframe]
+
+
+def pyav_whole_video(path: Path, num_frames: int, frame_stride: int) -> torch.Tensor:
+    """Every frame decoded and kept, ordered by timestamp, then the sampled ones converted: uint8 `(T, 3, H, W)`."""
+    import av
+
+    from evl_hf.video_processing_evl import sample_frame_indices
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        stream.thread_count = 1
+        decoded = sorted(container.decode(stream), key=lambda frame: frame.pts)
+    indices = sample_frame_indices(len(decoded), num_frames, strategy="dense", frame_stride=frame_stride)
+    frames = np.stack([decoded[i].to_ndarray(format="rgb24") for i in indices])  # (T, H, W, 3)
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)
+
+
+def torchcodec_sampled(path: Path, num_frames: int, frame_stride: int) -> torch.Tensor:
+    from evl_hf.video_processing_evl import read_video_frames, sample_frame_indices
+
+    return read_video_frames(
+        path, lambda total: sample_frame_indices(total, num_frames, strategy="dense", frame_stride=frame_stride)
+    )
+
+
+def time_method(method: str, paths: list[Path], processor, num_frames: int, frame_stride: int) -> float:
+    """Seconds to turn every video of `paths` into `pixel_values` of shape `(1, T, 3, 224, 224)`."""
+    start = time.perf_counter()
+    for path in paths:
+        if method == "processor_from_path":
+            pixel_values = processor(
+                videos=str(path), num_frames=num_frames, frame_stride=frame_stride, return_tensors="pt"
+            )["pixel_values"]
+        else:
+            decode = pyav_whole_video if method == "pyav_whole_video" else torchcodec_sampled
+            frames = decode(path, num_frames, frame_stride)
+            pixel_values = processor(videos=[frames], return_tensors="pt")["pixel_values"]
+        assert pixel_values.shape[:2] == (1, num_frames), pixel_values.shape
+    return time.perf_counter() - start
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="alternating rounds over the methods")
+    parser.add_argument("--num-videos", type=int, default=4, help="videos per keyframe interval")
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--keyframe-intervals", default="250,30", help="comma-separated libx264 GOP sizes, in frames")
+    parser.add_argument("--num-frames", type=int, default=8)
+    parser.add_argument("--frame-stride", type=int, default=16)
+    parser.add_argument(
+        "--video-dir", type=Path, default=None, help="default $EVL_HF_CACHE/benchmark_videos (~/.cache/evl_hf/...)"
+    )
+    parser.add_argument("--tiny", action="store_true", help="2 short small videos, 2 rounds: a run in seconds")
+    parser.add_argument("--output", help="folder to write data_path.json and data_path.md into")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.num_videos, args.seconds, args.height, args.width, args.repeats = 2, 4.0, 96, 128, 2
+    args.keyframe_intervals = [int(g) for g in args.keyframe_intervals.split(",")]
+    args.video_dir = args.video_dir or default_video_dir()
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    from evl_hf.video_processing_evl import EVLVideoProcessor
+
+    processor = EVLVideoProcessor()
+    videos = {
+        gop: generate_videos(args.video_dir, args.num_videos, args.seconds, args.fps, args.height, args.width, gop)
+        for gop in args.keyframe_intervals
+    }
+    for method in METHODS:  # warm-up: imports, FFmpeg libraries, file cache
+        time_method(method, videos[args.keyframe_intervals[0]][:1], processor, args.num_frames, args.frame_stride)
+
+    seconds = {(gop, method): [] for gop in videos for method in METHODS}
+    for round_index in range(args.repeats):
+        for gop, paths in videos.items():
+            for method in METHODS:
+                seconds[gop, method].append(time_method(method, paths, processor, args.num_frames, args.frame_stride))
+        log(
+            f"round {round_index + 1}/{args.repeats}: "
+            + ", ".join(f"g{g} {m} {s[-1]:.3f} s" for (g, m), s in seconds.items())
+        )
+
+    results, ratios, targets, rows = {}, {}, {}, []
+    for gop, paths in videos.items():
+        methods = {
+            method: {
+                "clips_per_s": len(paths) / median(seconds[gop, method]),
+                "seconds_per_clip": median(seconds[gop, method]) / len(paths),
+                "clips_per_s_runs": [len(paths) / s for s in seconds[gop, method]],
+            }
+            for method in METHODS
+        }
+        keyframes = keyframe_positions(paths[0])
+        results[f"keyframe_interval_{gop}"] = {"keyframes_in_first_video": keyframes, "methods": methods}
+        name = f"torchcodec_over_pyav_keyframe_interval_{gop}"
+        ratios[name] = ratio(methods["torchcodec_sampled"]["clips_per_s"], methods["pyav_whole_video"]["clips_per_s"])
+        targets[name] = target(ratios[name], at_least=3.0)
+        rows += [[gop, len(keyframes), m, r["clips_per_s"], 1000 * r["seconds_per_clip"]] for m, r in methods.items()]
+
+    result = {
+        "benchmark": "data_path",
+        "settings": {
+            "tiny": args.tiny,
+            "num_videos": args.num_videos,
+            "video": f"{args.seconds:g} s, {args.fps} fps, {args.width}x{args.height}, H.264 (libx264, yuv420p)",
+            "keyframe_intervals": args.keyframe_intervals,
+            "num_frames": args.num_frames,
+            "frame_stride": args.frame_stride,
+            "transforms": "EVLVideoProcessor: shortest edge 224 bilinear, centre crop 224, CLIP normalisation",
+            "threads": 1,
+            "repeats": args.repeats,
+        },
+        "machine": machine_info(),
+        "videos": results,
+        "ratios": ratios,
+        "targets": targets,
+    }
+    s = result["settings"]
+    markdown = "\n".join(
+        [
+            f"{s['num_frames']} frames at stride {s['frame_stride']} from {s['num_videos']} videos per keyframe "
+            f"interval ({s['video']}), one thread; medians of {s['repeats']} alternating rounds",
+            "",
+            markdown_table(["keyframe interval", "keyframes", "method", "clips/s", "ms/clip"], rows),
+            "",
+            targets_table(targets),
+        ]
+    )
+    emit("data_path", result, markdown, args.output)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,290 @@
+"""EVL with a half-precision backbone: throughput, peak memory and the logits it costs, at ViT-B/16 and ViT-L/14.
+
+The recipe of the paper: the frozen CLIP backbone's weights are cast to bf16 or fp16 (half the memory, tensor
+cores), the decoder and head keep fp32 weights, and the forward runs under `torch.autocast`. For each shape:
+- accuracy: the same random weights and input through the fp32 model and the half-precision one, the max
+  abs difference of the logits printed (the decoder's zero-initialised parameters are first drawn at random,
+  so that every path of the model contributes to the logits);
+- inference (`eval()`, `inference_mode`) and training (forward, loss, backward, AdamW on the decoder; fp16
+  with a `GradScaler`) in clips/s, and peak memory: `torch.cuda.max_memory_allocated` on GPU, the process's
+  peak RSS on CPU.
+
+The backbone's attention runs through `--attn-implementation` (`sdpa`, `flash_attention_2` (needs the
+flash-attn package and a GPU) or `eager`); the decoder's single-query attention always uses SDPA.
+
+    python benchmarks/bench_gpu.py                                    # bf16, sdpa, ViT-B/16 and ViT-L/14 on cuda
+    python benchmarks/bench_gpu.py --dtype fp16 --attn-implementation flash_attention_2 --compile
+    python benchmarks/bench_gpu.py --tiny --device cpu                # seconds; what the tests run
+    python benchmarks/bench_gpu.py --device cpu --shapes vit-b16 --accuracy-only --accuracy-batch-size 1
+"""
+
+import argparse
+import copy
+import time
+
+import torch
+from transformers import CLIPVisionConfig
+
+from benchmark_utils import emit, log, machine_info, markdown_table, median, peak_rss_mb
+
+
+SHAPES = {
+    "vit-b16": {
+        "image_size": 224,
+        "patch_size": 16,
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+    },
+    "vit-l14": {
+        "image_size": 224,
+        "patch_size": 14,
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+    },
+    "tiny": {
+        "image_size": 32,
+        "patch_size": 8,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    },
+}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+NUM_LABELS = 400
+
+
+def build_model(shape: str, num_frames: int, attn_implementation: str, device: torch.device):
+    """A randomly initialised fp32 EVL model, with every parameter non-zero."""
+    from evl_hf import EVLConfig, EVLForVideoClassification
+
+    shapes = SHAPES[shape]
+    id2label = {i: f"class_{i}" for i in range(NUM_LABELS)}
+    config = EVLConfig(
+        vision_config=CLIPVisionConfig(**shapes),
+        num_frames=num_frames,
+        decoder_num_layers=min(4, shapes["num_hidden_layers"]),
+        id2label=id2label,
+        label2id={name: i for i, name in id2label.items()},
+    )
+    model = EVLForVideoClassification(config)
+    model.evl.vision_model.set_attn_implementation(attn_implementation)
+    # The temporal tables, position embeddings and query token start at zero, which would hide their share of
+    # the rounding error from the accuracy check.
+    with torch.no_grad():
+        for parameter in model.evl.decoder.parameters():
+            if not parameter.any():
+                parameter.normal_(std=0.02)
+    return model.to(device)
+
+
+def to_half_backbone(model, dtype: torch.dtype):
+    """The paper's mixed precision: backbone weights in `dtype`, decoder and head in fp32."""
+    model.evl.vision_model.to(dtype)
+    return model
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb()
+
+
+def logits_difference(model, dtype: torch.dtype, pixel_values: torch.Tensor) -> dict:
+    """Max abs difference between the logits of the fp32 model and of its half-precision-backbone copy."""
+    device = pixel_values.device
+    model.eval()
+    with torch.inference_mode():
+        reference = model(pixel_values=pixel_values).logits.float()
+        half = to_half_backbone(copy.deepcopy(model), dtype)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
+            logits = half(pixel_values=pixel_values).logits.float()
+    del half
+    difference = (logits - reference).abs()
+    return {
+        "max_abs_diff": difference.max().item(),
+        "mean_abs_diff": difference.mean().item(),
+        "max_abs_logit": reference.abs().max().item(),
+        "same_top1": (logits.argmax(-1) == reference.argmax(-1)).float().mean().item(),
+    }
+
+
+def time_steps(step, steps: int, warmup_steps: int, device: torch.device) -> list[float]:
+    times = []
+    for _ in range(warmup_steps + steps):
+        synchronize(device)
+        start = time.perf_counter()
+        step()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+    return times[warmup_steps:]
+
+
+def benchmark_shape(shape: str, args, device: torch.device) -> dict:
+    dtype = DTYPES[args.dtype]
+    torch.manual_seed(0)
+    model = build_model(shape, args.num_frames, args.attn_implementation, device)
+    size = SHAPES[shape]["image_size"]
+    pixel_values = torch.randn(args.batch_size, args.num_frames, 3, size, size, device=device)
+    labels = torch.randint(0, NUM_LABELS, (args.batch_size,), device=device)
+
+    result = {"accuracy": logits_difference(model, dtype, pixel_values[: args.accuracy_batch_size])}
+    log(f"{shape}: logits max abs diff {args.dtype} vs fp32: {result['accuracy']['max_abs_diff']:.3g}")
+    if args.accuracy_only:
+        return result
+
+    model = to_half_backbone(model, dtype)
+    forward = torch.compile(model) if args.compile else model
+    autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)  # noqa: E731
+
+    model.eval()
+    reset_peak_memory(device)
+
+    def inference_step():
+        with torch.inference_mode(), autocast():
+            forward(pixel_values=pixel_values)
+
+    times = time_steps(inference_step, args.steps, args.warmup_steps, device)
+    result["inference"] = {
+        "seconds_per_batch": median(times),
+        "clips_per_s": args.batch_size / median(times),
+        "peak_memory_mb": peak_memory_mb(device),
+    }
+
+    model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    reset_peak_memory(device)
+
+    def training_step():
+        with autocast():
+            loss = forward(pixel_values=pixel_values, labels=labels).loss
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+
+    times = time_steps(training_step, args.steps, args.warmup_steps, device)
+    result["train"] = {
+        "seconds_per_step": median(times),
+        "clips_per_s": args.batch_size / median(times),
+        "peak_memory_mb": peak_memory_mb(device),
+    }
+    log(
+        f"{shape}: inference {result['inference']['clips_per_s']:.1f} clips/s, "
+        f"training {result['train']['clips_per_s']:.1f} clips/s"
+    )
+    return result
+
+
+def to_markdown(result: dict) -> str:
+    s, machine = result["settings"], result["machine"]
+    headers = [
+        "shape",
+        "inference (clips/s)",
+        "inference peak (MiB)",
+        "training (clips/s)",
+        "training peak (MiB)",
+        f"logits max abs diff {s['dtype']} vs fp32",
+    ]
+    rows = [
+        [
+            shape,
+            r.get("inference", {}).get("clips_per_s"),
+            r.get("inference", {}).get("peak_memory_mb"),
+            r.get("train", {}).get("clips_per_s"),
+            r.get("train", {}).get("peak_memory_mb"),
+            f"{r['accuracy']['max_abs_diff']:.2e} (largest logit {r['accuracy']['max_abs_logit']:.2f})",
+        ]
+        for shape, r in result["results"].items()
+    ]
+    timed = "" if s["accuracy_only"] else f"batch {s['batch_size']}, "
+    precision = "fp32 throughout" if s["dtype"] == "fp32" else f"{s['dtype']} backbone + fp32 decoder under autocast"
+    title = (
+        f"{machine.get('gpu', machine['cpu'])}, {precision}, "
+        f"{s['attn_implementation']} attention, compile {'on' if s['compile'] else 'off'}, {s['num_frames']} frames, "
+        f"{timed}logits compared on {s['accuracy_batch_size']} clip(s); peak memory = {s['peak_memory']}"
+    )
+    return "\n".join([title, "", markdown_table(headers, rows)])
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default=None, help="default cuda when available, else cpu")
+    parser.add_argument("--dtype", choices=DTYPES, default="bf16", help="backbone weights and autocast dtype")
+    parser.add_argument("--attn-implementation", default="sdpa", choices=("sdpa", "flash_attention_2", "eager"))
+    parser.add_argument("--compile", action="store_true", help="torch.compile the model")
+    parser.add_argument("--shapes", default="vit-b16,vit-l14", help=f"comma-separated subset of {','.join(SHAPES)}")
+    parser.add_argument("--batch-size", type=int, default=None, help="default 16 (2 with --tiny)")
+    parser.add_argument("--accuracy-batch-size", type=int, default=2, help="clips in the fp32-vs-half logits check")
+    parser.add_argument("--accuracy-only", action="store_true", help="only the logits check (e.g. full shapes on CPU)")
+    parser.add_argument("--num-frames", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps, default 10 (2 with --tiny)")
+    parser.add_argument("--warmup-steps", type=int, default=None, help="default 3, 10 with --compile (1 with --tiny)")
+    parser.add_argument("--tiny", action="store_true", help="tiny shapes only, for a run in seconds")
+    parser.add_argument("--output", help="folder to write gpu_<dtype>.json and .md (gpu_on_cpu_<dtype>.* on CPU) into")
+    args = parser.parse_args(argv)
+    args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.tiny:
+        args.shapes = "tiny"
+    args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
+    for shape in args.shapes:
+        if shape not in SHAPES:
+            parser.error(f"unknown shape {shape!r}, expected some of {list(SHAPES)}")
+    args.batch_size = args.batch_size or (2 if args.tiny else 16)
+    args.steps = args.steps or (2 if args.tiny else 10)
+    if args.warmup_steps is None:
+        args.warmup_steps = 1 if args.tiny else 10 if args.compile else 3
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        # A true fp32 reference for the accuracy check, and fp32 timings that mean fp32.
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    results = {shape: benchmark_shape(shape, args, device) for shape in args.shapes}
+    machine = machine_info()
+    if device.type == "cuda":
+        machine["gpu"] = torch.cuda.get_device_name(device)
+    result = {
+        "benchmark": "gpu",
+        "settings": {
+            "tiny": args.tiny,
+            "device": str(device),
+            "dtype": args.dtype,
+            "attn_implementation": args.attn_implementation,
+            "compile": args.compile,
+            "accuracy_only": args.accuracy_only,
+            "batch_size": args.batch_size,
+            "accuracy_batch_size": args.accuracy_batch_size,
+            "num_frames": args.num_frames,
+            "steps": args.steps,
+            "warmup_steps": args.warmup_steps,
+            "peak_memory": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS",
+        },
+        "machine": machine,
+        "results": results,
+    }
+    # A CPU run (the tests, or the accuracy check at full shapes) must not pass for GPU numbers.
+    name = ("gpu" if device.type == "cuda" else "gpu_on_cpu") + f"_{args.dtype}"
+    emit(name, result, to_markdown(result), args.output)
+
+
+if __name__ == "__main__":
+    main()
