@@ -44,6 +44,21 @@ def data_path(results_dir, tmp_path_factory) -> dict:
     return run_benchmark("bench_data_path.py", "--tiny", "--video-dir", str(videos), "--output", str(results_dir))
 
 
+@pytest.fixture(scope="module")
+def data_wait(results_dir, tmp_path_factory) -> dict:
+    videos = tmp_path_factory.mktemp("synthetic_motion")
+    return run_benchmark(
+        "bench_data_wait.py",
+        "--tiny",
+        "--num-workers",
+        "2,0",
+        "--synthetic-data-dir",
+        str(videos),
+        "--output",
+        str(results_dir),
+    )
+
+
 def test_cpu_models_reports_time_memory_and_flops_for_every_system(cpu_models):
     assert set(cpu_models["systems"]) == {"evl", "videomae", "timesformer"}
     for system in cpu_models["systems"].values():
@@ -96,6 +111,54 @@ def test_data_path_reports_clips_per_second_for_each_method(data_path):
         for method in video["methods"].values():
             assert_positive(method, ["clips_per_s", "seconds_per_clip"])
     assert all(value > 0 for value in data_path["ratios"].values())
+
+
+def test_data_path_times_the_evaluation_path_for_one_and_three_views(data_path):
+    assert set(data_path["evaluation"]) == {"keyframe_interval_250", "keyframe_interval_30"}
+    for by_views in data_path["evaluation"].values():
+        assert set(by_views) == {"views_1", "views_3"}
+        for views, result in by_views.items():
+            num_views = int(views.split("_")[1])
+            assert set(result["methods"]) == {"pyav_reference_eval", "torchcodec_sampled", "processor_from_path"}
+            for method in result["methods"].values():
+                assert_positive(method, ["videos_per_s", "clips_per_s", "seconds_per_video"])
+                assert method["clips_per_s"] == pytest.approx(num_views * method["videos_per_s"])
+
+
+def test_data_path_evaluation_methods_give_the_same_views(data_path):
+    # Both resize the same frames, with and without antialiasing: far closer than two frames of a clip are.
+    for by_views in data_path["evaluation"].values():
+        for result in by_views.values():
+            agreement = result["agreement"]
+            assert agreement["mean_abs_diff"] < 0.1 * agreement["mean_abs_diff_between_clip_frames"]
+
+
+def test_data_path_checks_the_3x_target_for_training_and_evaluation_separately(data_path):
+    expected = {
+        f"{path}_torchcodec_over_pyav_keyframe_interval_{interval}"
+        for path in ("training", "evaluation_1_view", "evaluation_3_views")
+        for interval in (250, 30)
+    }
+    assert set(data_path["targets"]) == expected
+    for check in data_path["targets"].values():
+        assert check["target"] == ">= 3.0" and check["value"] > 0 and isinstance(check["met"], bool)
+
+
+def test_data_wait_reports_the_share_of_the_training_loop_spent_waiting_for_data(data_wait):
+    assert set(data_wait["runs"]) == {"workers_2", "workers_0"}
+    for run in data_wait["runs"].values():
+        # --tiny: 16 training videos in batches of 4, so 6 steps start a second epoch.
+        assert run["steps"] == 6 and run["epochs_started"] == 2
+        assert 0 < run["first_batch_of_epoch_wait_s"] <= run["data_wait_s"] < run["train_loop_s"]
+        assert 0 < run["data_wait_fraction"] < 1
+        assert_positive(run, ["seconds_per_step", "clips_per_s"])
+
+
+def test_data_wait_checks_the_2_worker_target(data_wait, results_dir):
+    check = data_wait["targets"]["data_wait_fraction_2_workers"]
+    assert check["target"] == "<= 0.1" and check["value"] == data_wait["runs"]["workers_2"]["data_wait_fraction"]
+    assert json.loads((results_dir / "data_wait.json").read_text()) == data_wait
+    assert "| 2 |" in (results_dir / "data_wait.md").read_text()
 
 
 def test_gpu_benchmark_runs_on_cpu_and_reports_the_half_precision_logits_difference():
