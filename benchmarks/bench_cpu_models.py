@@ -33,6 +33,7 @@ from functools import partial
 import torch
 
 from benchmark_utils import (
+    VIT_SHAPES,
     emit,
     fmt,
     log,
@@ -49,22 +50,8 @@ from benchmark_utils import (
 SYSTEMS = ("evl", "videomae", "timesformer")
 NUM_LABELS = 400  # Kinetics-400
 
-VIT_B16 = {
-    "image_size": 224,
-    "patch_size": 16,
-    "hidden_size": 768,
-    "intermediate_size": 3072,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-}
-TINY = {
-    "image_size": 32,
-    "patch_size": 8,
-    "hidden_size": 32,
-    "intermediate_size": 64,
-    "num_hidden_layers": 2,
-    "num_attention_heads": 2,
-}
+VIT_B16 = VIT_SHAPES["vit-b16"]
+TINY = VIT_SHAPES["tiny"]
 
 
 def build_model(system: str, shapes: dict, num_frames: int):

@@ -25,35 +25,10 @@ import time
 import torch
 from transformers import CLIPVisionConfig
 
-from benchmark_utils import emit, log, machine_info, markdown_table, median, peak_rss_mb
+from benchmark_utils import VIT_SHAPES, emit, log, machine_info, markdown_table, median, peak_rss_mb
 
 
-SHAPES = {
-    "vit-b16": {
-        "image_size": 224,
-        "patch_size": 16,
-        "hidden_size": 768,
-        "intermediate_size": 3072,
-        "num_hidden_layers": 12,
-        "num_attention_heads": 12,
-    },
-    "vit-l14": {
-        "image_size": 224,
-        "patch_size": 14,
-        "hidden_size": 1024,
-        "intermediate_size": 4096,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 16,
-    },
-    "tiny": {
-        "image_size": 32,
-        "patch_size": 8,
-        "hidden_size": 32,
-        "intermediate_size": 64,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 2,
-    },
-}
+SHAPES = VIT_SHAPES
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 NUM_LABELS = 400
 

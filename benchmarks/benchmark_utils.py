@@ -15,6 +15,35 @@ from importlib import metadata
 from pathlib import Path
 
 
+# CLIP ViT shapes the benchmarks build models with (random weights); "tiny" is for runs in seconds.
+VIT_SHAPES = {
+    "vit-b16": {
+        "image_size": 224,
+        "patch_size": 16,
+        "hidden_size": 768,
+        "intermediate_size": 3072,
+        "num_hidden_layers": 12,
+        "num_attention_heads": 12,
+    },
+    "vit-l14": {
+        "image_size": 224,
+        "patch_size": 14,
+        "hidden_size": 1024,
+        "intermediate_size": 4096,
+        "num_hidden_layers": 24,
+        "num_attention_heads": 16,
+    },
+    "tiny": {
+        "image_size": 32,
+        "patch_size": 8,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+    },
+}
+
+
 def log(message: str) -> None:
     """Progress for the reader of a long run; stderr, so stdout stays parseable."""
     print(message, file=sys.stderr, flush=True)
