@@ -99,8 +99,8 @@ class EVLConfig(PreTrainedConfig):
     @property
     def spatial_size(self) -> tuple[int, int]:
         """Patch grid (height, width) of the backbone at its configured image size."""
-        image_size, patch_size = _pair(self.vision_config.image_size), _pair(self.vision_config.patch_size)
-        return image_size[0] // patch_size[0], image_size[1] // patch_size[1]
+        side = self.vision_config.image_size // self.vision_config.patch_size  # CLIP images and patches are square
+        return side, side
 
     def validate_architecture(self):
         """Reject configurations that cannot build a model, saying which value to change."""
@@ -139,16 +139,11 @@ class EVLConfig(PreTrainedConfig):
                     f"The backbone's {name}={value!r} must be a positive int: CLIP vision models take square images "
                     "and patches."
                 )
-        image_size, patch_size = _pair(vision.image_size), _pair(vision.patch_size)
-        if image_size[0] % patch_size[0] or image_size[1] % patch_size[1]:
+        if vision.image_size % vision.patch_size:
             raise ValueError(
                 f"The backbone's image_size={vision.image_size} is not a multiple of its patch_size="
                 f"{vision.patch_size}; the patch grid must tile the image exactly."
             )
-
-
-def _pair(value) -> tuple[int, int]:
-    return tuple(value) if isinstance(value, (list, tuple)) else (value, value)
 
 
 __all__ = ["EVLConfig"]

@@ -31,7 +31,6 @@ from pathlib import Path
 
 import torch
 
-from .configuration_evl import EVLConfig
 from .image_processing_evl import EVLImageProcessor
 from .modeling_evl import EVLForVideoClassification
 from .video_processing_evl import EVLVideoProcessor

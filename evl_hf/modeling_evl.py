@@ -348,7 +348,7 @@ class EVLModel(EVLPreTrainedModel):
 
     def _check_pixel_values(self, pixel_values: torch.Tensor):
         vision = self.config.vision_config
-        height, width = (vision.image_size,) * 2 if isinstance(vision.image_size, int) else vision.image_size
+        height = width = vision.image_size  # the config accepts square CLIP images only
         expected = f"(batch_size, num_frames, {vision.num_channels}, {height}, {width})"
         if not isinstance(pixel_values, torch.Tensor):
             raise TypeError(f"pixel_values must be a torch.Tensor of shape {expected}, got {type(pixel_values)}.")
