@@ -48,6 +48,24 @@ class EVLModelOutput(ModelOutput):
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
 
 
+@dataclass
+class EVLFrameFeatures(ModelOutput):
+    r"""
+    What the EVL decoder reads from the CLIP encoder, per frame: see [`EVLModel.get_frame_features`].
+
+    hidden_states (`tuple(torch.FloatTensor)`):
+        The outputs of the encoder layers the decoder reads, shallow to deep, each of shape
+        `(num_images, 1 + num_patches, hidden_size)`.
+    queries, keys (`tuple(torch.FloatTensor)`, *optional*):
+        Those layers' attention queries and keys before scaling, each of shape
+        `(num_images, 1 + num_patches, num_heads, head_dim)`; `None` without temporal cross attention.
+    """
+
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    queries: tuple[torch.FloatTensor, ...] | None = None
+    keys: tuple[torch.FloatTensor, ...] | None = None
+
+
 class EVLTemporalCrossAttention(nn.Module):
     """
     Temporal cross attention: every patch of frame t looks at the patches of frame t-1 (and, with a second table,
@@ -418,6 +436,57 @@ class EVLModel(EVLPreTrainedModel):
             keys = [records.pop((device, i, "k_proj")).to(decoder_dtype) for i in range(num_read)]
         return [output.to(decoder_dtype) for output in outputs], queries, keys
 
+    def get_frame_features(self, frames: torch.Tensor) -> EVLFrameFeatures:
+        r"""
+        Run the CLIP encoder on frames, each on its own, and keep what the decoder reads from it.
+
+        EVL's backbone sees every frame independently, so these features can be computed once per frame and shared by
+        every clip that uses the frame (overlapping windows of a long video, say); [`decode_frame_features`] then
+        gives exactly what `forward` gives for the clip made of those frames.
+
+        Args:
+            frames (`torch.FloatTensor` of shape `(num_images, num_channels, height, width)`):
+                Normalised frames, from any number of clips.
+
+        Returns:
+            [`EVLFrameFeatures`] with, per encoder layer the decoder reads, tensors whose first dimension is
+            `num_images`.
+        """
+        decoder_dtype = self.decoder.query_token.dtype
+        backbone_trainable = any(p.requires_grad for p in self.vision_model.parameters())
+        with torch.set_grad_enabled(torch.is_grad_enabled() and backbone_trainable):
+            outputs, queries, keys = self._encode_frames(frames, decoder_dtype)
+        heads = self.config.vision_config.num_attention_heads
+        # queries and keys: (images, tokens, width) -> (images, tokens, heads, head_dim)
+        split = lambda tensors: None if tensors[0] is None else tuple(t.unflatten(-1, (heads, -1)) for t in tensors)
+        return EVLFrameFeatures(hidden_states=tuple(outputs), queries=split(queries), keys=split(keys))
+
+    def decode_frame_features(self, features: EVLFrameFeatures, num_frames: int) -> tuple[torch.Tensor, tuple]:
+        r"""
+        Run the decoder on the frame features of whole clips.
+
+        Args:
+            features ([`EVLFrameFeatures`]):
+                Features of `batch_size * num_frames` frames, clip after clip, as [`get_frame_features`] returns them.
+            num_frames (`int`):
+                Frames per clip.
+
+        Returns:
+            `tuple`: the query token after the last decoder layer, `(batch_size, hidden_size)`, and the query token
+            before the first decoder layer and after each one.
+        """
+        # (B * T, ...) -> (B, T, ...)
+        unfold = lambda tensors: [None] * len(features.hidden_states) if tensors is None else [
+            t.unflatten(0, (-1, num_frames)) for t in tensors
+        ]
+        hidden_states, queries, keys = unfold(features.hidden_states), unfold(features.queries), unfold(features.keys)
+        query = self.decoder.query_token.expand(hidden_states[0].shape[0], -1)
+        decoder_hidden_states = [query]
+        for layer, layer_hidden, layer_queries, layer_keys in zip(self.decoder.layers, hidden_states, queries, keys):
+            query = layer(query, layer_hidden, layer_queries, layer_keys)
+            decoder_hidden_states.append(query)
+        return query, tuple(decoder_hidden_states)
+
     @can_return_tuple
     def forward(
         self,
@@ -435,31 +504,17 @@ class EVLModel(EVLPreTrainedModel):
         )
         self._check_pixel_values(pixel_values)
         batch_size, num_frames = pixel_values.shape[:2]
-        decoder = self.decoder
-        decoder_dtype = decoder.query_token.dtype
-
         # Frames are folded into the batch: (B, T, 3, H, W) -> (B * T, 3, H, W).
-        frames = pixel_values.flatten(0, 1)
-        backbone_trainable = any(p.requires_grad for p in self.vision_model.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and backbone_trainable):
-            outputs, queries, keys = self._encode_frames(frames, decoder_dtype)
-
-        heads = self.config.vision_config.num_attention_heads
-        # (B * T, tokens, width) -> (B, T, tokens, width); queries and keys also split into heads.
-        outputs = [output.view(batch_size, num_frames, *output.shape[1:]) for output in outputs]
-        queries = [q if q is None else q.view(*outputs[0].shape[:3], heads, -1) for q in queries]
-        keys = [k if k is None else k.view(*outputs[0].shape[:3], heads, -1) for k in keys]
-
-        query = decoder.query_token.expand(batch_size, -1)
-        decoder_hidden_states = [query]
-        for layer, hidden_states, layer_queries, layer_keys in zip(decoder.layers, outputs, queries, keys):
-            query = layer(query, hidden_states, layer_queries, layer_keys)
-            decoder_hidden_states.append(query)
-
+        features = self.get_frame_features(pixel_values.flatten(0, 1))
+        query, decoder_hidden_states = self.decode_frame_features(features, num_frames)
         return EVLModelOutput(
             pooler_output=query,
-            hidden_states=tuple(outputs) if output_hidden_states else None,
-            decoder_hidden_states=tuple(decoder_hidden_states) if output_hidden_states else None,
+            hidden_states=(
+                tuple(h.unflatten(0, (batch_size, num_frames)) for h in features.hidden_states)
+                if output_hidden_states
+                else None
+            ),
+            decoder_hidden_states=decoder_hidden_states if output_hidden_states else None,
         )
 
 
