@@ -1,0 +1,94 @@
+# Copyright 2026 The evl_hf authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""EVL model configuration."""
+"""transformers' video-processor and image-processor common suites against EVL's processors (see conftest.py)."""
+
+import unittest
+
+from transformers_tests.test_image_processing_common import ImageProcessingTester, ImageProcessingTestMixin
+from transformers_tests.test_video_processing_common import VideoProcessingTestMixin, prepare_video_inputs
+
+from evl_hf import EVLImageProcessor, EVLVideoProcessor
+
+
+class EVLVideoProcessingTester:
+    """Small videos (8 frames of 30-40 px) to a 20 px shortest edge and an 18 px centre crop."""
+
+    def __init__(self, parent, batch_size=5, num_frames=8, num_channels=3, min_resolution=30, max_resolution=40):
+        self.parent = parent
+        self.batch_size = batch_size
+        self.num_frames = num_frames
+        self.num_channels = num_channels
+        self.min_resolution = min_resolution
+        self.max_resolution = max_resolution
+        self.size = {"shortest_edge": 20}
+        self.crop_size = {"height": 18, "width": 18}
+
+    def prepare_video_processor_dict(self):
+        return {
+            "do_resize": True,
+            "size": self.size,
+            "do_center_crop": True,
+            "crop_size": self.crop_size,
+            "do_normalize": True,
+            "image_mean": [0.5, 0.5, 0.5],
+            "image_std": [0.5, 0.5, 0.5],
+            "do_convert_rgb": True,
+        }
+
+    def expected_output_video_shape(self, videos):
+        return self.num_frames, self.num_channels, self.crop_size["height"], self.crop_size["width"]
+
+    def prepare_video_inputs(self, equal_resolution=False, return_tensors="pil"):
+        return prepare_video_inputs(
+            batch_size=self.batch_size,
+            num_frames=self.num_frames,
+            num_channels=self.num_channels,
+            min_resolution=self.min_resolution,
+            max_resolution=self.max_resolution,
+            equal_resolution=equal_resolution,
+            return_tensors=return_tensors,
+        )
+
+
+class EVLVideoProcessingConformanceTest(VideoProcessingTestMixin, unittest.TestCase):
+    fast_video_processing_class = EVLVideoProcessor
+    input_name = "pixel_values"
+
+    def setUp(self):
+        super().setUp()
+        self.video_processor_tester = EVLVideoProcessingTester(self)
+
+    @property
+    def video_processor_dict(self):
+        return self.video_processor_tester.prepare_video_processor_dict()
+
+
+class EVLImageProcessingTester(ImageProcessingTester):
+    """Frames of 30-400 px to a 20 px shortest edge and an 18 px centre crop."""
+
+    def __init__(self, parent, **kwargs):
+        kwargs.setdefault("size", {"shortest_edge": 20})
+        kwargs.setdefault("crop_size", {"height": 18, "width": 18})
+        kwargs.setdefault("image_mean", [0.5, 0.5, 0.5])
+        kwargs.setdefault("image_std", [0.5, 0.5, 0.5])
+        super().__init__(parent, **kwargs)
+
+    def _get_image_processing_classes(self):
+        # transformers infers the classes from the folder name of in-tree tests; EVL registers one backend
+        return {"torchvision": EVLImageProcessor}
+
+
+class EVLImageProcessingConformanceTest(ImageProcessingTestMixin, unittest.TestCase):
+    image_processor_tester_class = EVLImageProcessingTester
