@@ -27,6 +27,7 @@ from transformers.activations import ACT2FN
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import ImageClassifierOutput
 from transformers.utils import ModelOutput, can_return_tuple
+from transformers.utils.output_capturing import CompileableContextVar
 
 from .configuration_evl import EVLConfig
 
@@ -38,14 +39,40 @@ class EVLModelOutput(ModelOutput):
         The video query token after the last decoder layer: one vector per clip.
     hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
         The outputs of the encoder layers the decoder reads, shallow to deep, each of shape
-        `(batch_size, num_frames, 1 + num_patches, hidden_size)`.
+        `(batch_size, num_frames, 1 + num_patches, hidden_size)`. These are the tensors the decoder consumes, so they
+        carry gradients (`retain_grad()`, or `.grad` after `backward`) even when the backbone is frozen.
+    attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+        The self-attention maps of the same encoder layers, each of shape
+        `(batch_size, num_frames, num_heads, 1 + num_patches, 1 + num_patches)`. Needs the eager attention
+        implementation (`attn_implementation="eager"`). The backbone computes them, so with a frozen backbone they
+        carry no gradient.
     decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
         The query token before the first decoder layer and after each one, each of shape `(batch_size, hidden_size)`.
+    decoder_attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+        Each decoder layer's attention weights of the query over the video tokens, each of shape
+        `(batch_size, decoder_num_heads, 1, num_frames * (1 + num_patches))`, frame after frame.
     """
 
     pooler_output: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+@dataclass
+class EVLVideoClassifierOutput(ImageClassifierOutput):
+    r"""
+    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
+        Classification (or regression) loss.
+    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
+        Classification scores, before softmax.
+    hidden_states, attentions, decoder_hidden_states, decoder_attentions:
+        As in [`EVLModelOutput`].
+    """
+
+    decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 @dataclass
@@ -59,11 +86,27 @@ class EVLFrameFeatures(ModelOutput):
     queries, keys (`tuple(torch.FloatTensor)`, *optional*):
         Those layers' attention queries and keys before scaling, each of shape
         `(num_images, 1 + num_patches, num_heads, head_dim)`; `None` without temporal cross attention.
+    attentions (`tuple(torch.FloatTensor)`, *optional*):
+        Those layers' self-attention maps, each of shape `(num_images, num_heads, 1 + num_patches, 1 + num_patches)`,
+        when asked for (eager attention only).
     """
 
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     queries: tuple[torch.FloatTensor, ...] | None = None
     keys: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+# The queries and keys of the CLIP layers the decoder reads, recorded by forward hooks on their stock `q_proj`/`k_proj`
+# modules into a dict that exists for one call only. A context variable keeps concurrent calls (threads, asyncio
+# tasks) apart; transformers' compile-aware variant lets torch.compile trace it, as its own output capturing does.
+_projection_record = CompileableContextVar("evl_attention_projections")
+
+
+def _record_projection(key: tuple[int, str], module: nn.Module, args, output: torch.Tensor):
+    record = _projection_record.get()
+    if record is not None:
+        record[key] = output
 
 
 class EVLTemporalCrossAttention(nn.Module):
@@ -81,21 +124,19 @@ class EVLTemporalCrossAttention(nn.Module):
         height, width = config.spatial_size
         self.spatial_size = (height, width)
         num_offsets = (2 * height - 1) * (2 * width - 1)
-        self.w_fwd = nn.Parameter(torch.zeros(num_offsets, config.hidden_size))
-        self.w_bwd = nn.Parameter(torch.zeros(num_offsets, config.hidden_size))
-        # Built lazily from the config: a buffer made in __init__ would come back uninitialised from the meta device.
-        self._offset_index = {}
+        self.w_fwd = nn.Parameter(torch.zeros(num_offsets, config.hidden_size, dtype=torch.float32))
+        self.w_bwd = nn.Parameter(torch.zeros(num_offsets, config.hidden_size, dtype=torch.float32))
 
     def offset_index(self, device: torch.device) -> torch.LongTensor:
         """`(num_patches, num_patches)` index of the displacement bin between query patch p and key patch r."""
-        if device not in self._offset_index:
-            height, width = self.spatial_size
-            rows = torch.arange(height, device=device).repeat_interleave(width)
-            cols = torch.arange(width, device=device).repeat(height)
-            row_offset = rows[:, None] - rows[None, :] + height - 1
-            col_offset = cols[:, None] - cols[None, :] + width - 1
-            self._offset_index[device] = row_offset * (2 * width - 1) + col_offset
-        return self._offset_index[device]
+        # Computed per call (a few integer ops on num_patches^2 entries): no module state, so nothing is assigned while
+        # torch.export or torch.compile trace, and no buffer comes back uninitialised from the meta device.
+        height, width = self.spatial_size
+        rows = torch.arange(height, device=device).repeat_interleave(width)
+        cols = torch.arange(width, device=device).repeat(height)
+        row_offset = rows[:, None] - rows[None, :] + height - 1
+        col_offset = cols[:, None] - cols[None, :] + width - 1
+        return row_offset * (2 * width - 1) + col_offset
 
     def _attend(self, queries: torch.Tensor, keys: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
         # queries, keys: (batch, pairs, num_patches, heads, head_dim) -> (batch, pairs, heads, num_patches, head_dim)
@@ -141,15 +182,23 @@ class EVLDecoderAttention(nn.Module):
         self.hidden_size = config.hidden_size
         self.num_heads = config.decoder_num_heads
         self.head_dim = self.hidden_size // self.num_heads
-        self.q_proj = nn.Linear(self.hidden_size, self.hidden_size)
-        self.k_proj = nn.Linear(self.hidden_size, self.hidden_size)
-        self.v_proj = nn.Linear(self.hidden_size, self.hidden_size)
-        self.out_proj = nn.Linear(self.hidden_size, self.hidden_size)
+        self.q_proj = nn.Linear(self.hidden_size, self.hidden_size, dtype=torch.float32)
+        self.k_proj = nn.Linear(self.hidden_size, self.hidden_size, dtype=torch.float32)
+        self.v_proj = nn.Linear(self.hidden_size, self.hidden_size, dtype=torch.float32)
+        self.out_proj = nn.Linear(self.hidden_size, self.hidden_size, dtype=torch.float32)
         for projection in (self.q_proj, self.k_proj, self.v_proj, self.out_proj):
             projection.bias_init_std = 0.0  # read by `EVLPreTrainedModel._init_weights`
 
-    def forward(self, query: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        """`query`: `(batch_size, hidden_size)`; `context`: `(batch_size, sequence_length, hidden_size)`."""
+    def forward(self, query: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            query (`torch.Tensor` of shape `(batch_size, hidden_size)`): the query token.
+            context (`torch.Tensor` of shape `(batch_size, sequence_length, hidden_size)`): the tokens it reads.
+
+        Returns:
+            The attention output, `(batch_size, hidden_size)`, and the attention weights,
+            `(batch_size, num_heads, 1, sequence_length)`.
+        """
         batch_size = query.shape[0]
         heads, head_dim, width = self.num_heads, self.head_dim, self.hidden_size
         query = self.q_proj(query).view(batch_size, heads, head_dim)
@@ -160,21 +209,22 @@ class EVLDecoderAttention(nn.Module):
         key_bias_score = torch.einsum("bhd,hd->bh", query, self.k_proj.bias.view(heads, head_dim))
         # (batch, heads, width) x (batch, width, sequence) -> (batch, heads, sequence)
         scores = (folded_query @ context.transpose(1, 2) + key_bias_score[..., None]) * head_dim**-0.5
-        pooled = scores.softmax(dim=-1) @ context  # (batch, heads, width)
+        weights = scores.softmax(dim=-1)
+        pooled = weights @ context  # (batch, heads, width)
         # each head's pooled context through that head's slice of the value projection -> (batch, width)
         values = torch.einsum("bhc,hdc->bhd", pooled, self.v_proj.weight.view(heads, head_dim, width))
         values = values.reshape(batch_size, width) + self.v_proj.bias
-        return self.out_proj(values)
+        return self.out_proj(values), weights[:, :, None]
 
 
 class EVLDecoderMLP(nn.Module):
     def __init__(self, config: EVLConfig):
         super().__init__()
         intermediate_size = round(config.decoder_mlp_ratio * config.hidden_size)
-        self.fc1 = nn.Linear(config.hidden_size, intermediate_size)
+        self.fc1 = nn.Linear(config.hidden_size, intermediate_size, dtype=torch.float32)
         self.activation_fn = ACT2FN["quick_gelu"]
         self.dropout = nn.Dropout(config.decoder_mlp_dropout)
-        self.fc2 = nn.Linear(intermediate_size, config.hidden_size)
+        self.fc2 = nn.Linear(intermediate_size, config.hidden_size, dtype=torch.float32)
         self.fc1.bias_init_std = self.fc2.bias_init_std = 1e-6  # read by `EVLPreTrainedModel._init_weights`
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -191,17 +241,22 @@ class EVLDecoderLayer(GradientCheckpointingLayer):
         super().__init__()
         width = config.hidden_size
         self.temporal_conv = (
-            nn.Conv1d(width, width, kernel_size=3, padding=1, groups=width) if config.use_temporal_conv else None
+            nn.Conv1d(width, width, kernel_size=3, padding=1, groups=width, dtype=torch.float32)
+            if config.use_temporal_conv
+            else None
         )
         self.temporal_pos_embed = (
-            nn.Parameter(torch.zeros(config.num_frames, width)) if config.use_temporal_pos_embed else None
+            nn.Parameter(torch.zeros(config.num_frames, width, dtype=torch.float32))
+            if config.use_temporal_pos_embed
+            else None
         )
         self.temporal_cross_attention = (
             EVLTemporalCrossAttention(config) if config.use_temporal_cross_attention else None
         )
-        self.layer_norm1 = nn.LayerNorm(width, eps=config.vision_config.layer_norm_eps)
-        self.layer_norm2 = nn.LayerNorm(width, eps=config.vision_config.layer_norm_eps)
-        self.layer_norm3 = nn.LayerNorm(width, eps=config.vision_config.layer_norm_eps)
+        eps = config.vision_config.layer_norm_eps
+        self.layer_norm1 = nn.LayerNorm(width, eps=eps, dtype=torch.float32)
+        self.layer_norm2 = nn.LayerNorm(width, eps=eps, dtype=torch.float32)
+        self.layer_norm3 = nn.LayerNorm(width, eps=eps, dtype=torch.float32)
         self.attn = EVLDecoderAttention(config)
         self.mlp = EVLDecoderMLP(config)
 
@@ -218,7 +273,7 @@ class EVLDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_queries: torch.Tensor | None = None,
         attention_keys: torch.Tensor | None = None,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
             query (`torch.Tensor` of shape `(batch_size, hidden_size)`): the video query token.
@@ -227,6 +282,10 @@ class EVLDecoderLayer(GradientCheckpointingLayer):
             attention_queries, attention_keys (`torch.Tensor` of shape
                 `(batch_size, num_frames, 1 + num_patches, heads, head_dim)`, *optional*):
                 that encoder layer's query and key projections, needed by the temporal cross attention.
+
+        Returns:
+            The query token after this layer, `(batch_size, hidden_size)`, and its attention weights over the
+            `num_frames * (1 + num_patches)` video tokens, `(batch_size, num_heads, 1, num_frames * (1 + num_patches))`.
         """
         batch_size, num_frames, num_tokens, width = hidden_states.shape
         features = hidden_states
@@ -241,15 +300,16 @@ class EVLDecoderLayer(GradientCheckpointingLayer):
             features = features + self.temporal_cross_attention(attention_queries, attention_keys)
         features = features.reshape(batch_size, num_frames * num_tokens, width)
 
-        query = query + self.attn(self.layer_norm1(query), self.layer_norm3(features))
+        attention_output, attention_weights = self.attn(self.layer_norm1(query), self.layer_norm3(features))
+        query = query + attention_output
         query = query + self.mlp(self.layer_norm2(query))
-        return query
+        return query, attention_weights
 
 
 class EVLDecoder(nn.Module):
     def __init__(self, config: EVLConfig):
         super().__init__()
-        self.query_token = nn.Parameter(torch.zeros(config.hidden_size))
+        self.query_token = nn.Parameter(torch.zeros(config.hidden_size, dtype=torch.float32))
         self.layers = nn.ModuleList([EVLDecoderLayer(config) for _ in range(config.decoder_num_layers)])
 
 
@@ -260,17 +320,29 @@ class EVLPreTrainedModel(PreTrainedModel):
     input_modalities = ("video",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["CLIPEncoderLayer", "CLIPVisionEmbeddings", "EVLDecoderLayer"]
+    # The attention implementation is the CLIP backbone's, which supports all of these; EVL's own attention modules
+    # (one query pooling the video tokens, the head-averaged temporal cross attention) are fixed formulas that no
+    # backend replaces.
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
-    # Loading in fp16 or bf16 halves the frozen backbone only: the decoder and head train in fp32, as in the paper.
-    _keep_in_fp32_modules_strict = ["decoder", "fc_norm", "classifier"]
+
+    @classmethod
+    def _can_set_attn_implementation(cls) -> bool:
+        # transformers guesses this from the module source; EVL's attention modules have no backend to switch, and
+        # switching reaches the CLIP backbone, whose attention does go through transformers' attention interface.
+        return True
+
+    @classmethod
+    def is_custom_code(cls) -> bool:
+        # `_init_weights` uses `transformers.initialization`, which respects loaded weights as in-tree models do, so
+        # the initialisation pass may visit every module; in particular the CLIP backbone's modules then get CLIP's own
+        # initialisation (its attention and MLP rules sit on container modules the custom-code pass would skip).
+        return False
 
     def _init_weights(self, module):
         super()._init_weights(module)
-        # Initialised leaf by leaf: for models outside the transformers tree, containers without parameters of their
-        # own are skipped by the initialisation pass.
         if isinstance(module, nn.Linear) and hasattr(module, "bias_init_std"):
             # decoder attention and MLP projections: Xavier-uniform weights, zero or N(0, 1e-6) biases
             init.xavier_uniform_(module.weight)
@@ -288,13 +360,71 @@ class EVLPreTrainedModel(PreTrainedModel):
         elif isinstance(module, EVLDecoder):
             init.zeros_(module.query_token)
 
+    def post_init(self):
+        super().post_init()
+        self._apply_backbone_freezing()
+
+    def _apply_backbone_freezing(self):
+        """
+        The one place that turns `config.freeze_backbone` into `requires_grad` flags. The forward pass reads the flag
+        from the config too. `post_layernorm` never trains: EVL reads the layer outputs before CLIP's final layer norm,
+        and a trainable parameter without gradient is an error for distributed data parallel.
+        """
+        vision_model = self.base_model.vision_model
+        vision_model.requires_grad_(not self.config.freeze_backbone)
+        vision_model.post_layernorm.requires_grad_(False)
+
+    def freeze_backbone(self):
+        """Freeze the CLIP encoder: no gradients, and its forward pass keeps no activations. Saved with the config."""
+        self.config.freeze_backbone = True
+        self._apply_backbone_freezing()
+
+    def unfreeze_backbone(self):
+        """Make the CLIP encoder trainable (full fine-tuning), all but its final layer norm, which EVL never uses."""
+        self.config.freeze_backbone = False
+        self._apply_backbone_freezing()
+
+    def get_input_embeddings(self) -> nn.Module:
+        """The backbone's patch embedding (a `Conv2d`), as for CLIP."""
+        return self.base_model.vision_model.get_input_embeddings()
+
+    def get_decoder(self):
+        """
+        `None`: EVL has no language decoder. Its `decoder` turns video features into one query vector; returning it
+        would make generic utilities (the export helpers' multimodal detection, say) take EVL for an encoder and a
+        language model.
+        """
+        return None
+
+    def resize_temporal_position_embeddings(self, num_frames: int):
+        """
+        Make the model's clip length `num_frames`: each decoder layer's learned `(frames, hidden_size)` temporal
+        position table is linearly interpolated to the new length, as the forward pass does for clips of another
+        length, and `config.num_frames` is updated.
+        """
+        if num_frames < 1:
+            raise ValueError(f"num_frames={num_frames} must be at least 1.")
+        for layer in self.base_model.decoder.layers:
+            if layer.temporal_pos_embed is not None:
+                with torch.no_grad():
+                    table = layer._temporal_pos_embed(num_frames).clone()
+                layer.temporal_pos_embed = nn.Parameter(table, requires_grad=layer.temporal_pos_embed.requires_grad)
+        self.config.num_frames = num_frames
+
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        # Loading re-creates every parameter with requires_grad=True: restore the frozen backbone afterwards.
+        r"""
+        As [`~PreTrainedModel.from_pretrained`], and: the backbone comes back frozen or not as it was saved
+        (`config.freeze_backbone`), and `num_frames=N` different from the checkpoint's loads the trained temporal
+        position embeddings interpolated to `N` frames.
+        """
+        num_frames = kwargs.pop("num_frames", None)
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
-        if model.config.freeze_backbone:
-            model.freeze_backbone()
+        # Loading re-creates every parameter with requires_grad=True.
+        model._apply_backbone_freezing()
+        if num_frames is not None and num_frames != model.config.num_frames:
+            model.resize_temporal_position_embeddings(num_frames)
         return loaded
 
     @classmethod
@@ -329,42 +459,33 @@ class EVLPreTrainedModel(PreTrainedModel):
         vision_model = CLIPVisionModel.from_pretrained(clip_name_or_path, **loading_kwargs)
         config = EVLConfig(vision_config=vision_model.config, **kwargs)
         model = cls(config)
-        # Loaded in place: the modules of the backbone carry the query/key recorders.
+        # Copied in place: the backbone's modules carry the query/key recorders, and keep their requires_grad flags.
         model.base_model.vision_model.load_state_dict(vision_model.state_dict())
         model.base_model.vision_model.to(vision_model.dtype)
-        model.freeze_backbone() if config.freeze_backbone else model.unfreeze_backbone()
         return model
-
-    def freeze_backbone(self):
-        """Freeze the CLIP encoder: no gradients, and its forward pass keeps no activations."""
-        self.base_model.vision_model.requires_grad_(False)
-        self.config.freeze_backbone = True
-
-    def unfreeze_backbone(self):
-        """Make the CLIP encoder trainable (full fine-tuning)."""
-        vision_model = self.base_model.vision_model
-        vision_model.requires_grad_(True)
-        # EVL reads the layer outputs before CLIP's final layer norm: left trainable, it would get no gradient, which
-        # distributed data parallel treats as an error.
-        vision_model.post_layernorm.requires_grad_(False)
-        self.config.freeze_backbone = False
 
 
 class EVLModel(EVLPreTrainedModel):
     """The CLIP encoder and the EVL decoder, without a classification head: one vector per clip."""
 
+    _keep_in_fp32_modules_strict = ["decoder"]
+
     def __init__(self, config: EVLConfig):
         super().__init__(config)
         self.vision_model = CLIPVisionModel(config.vision_config)
         self.decoder = EVLDecoder(config)
-        self._attention_records = {}
         if config.use_temporal_cross_attention:
-            self._record_attention_projections()
+            # The temporal cross attention reads the queries and keys the CLIP layers compute anyway: hooks on the
+            # stock `q_proj`/`k_proj` of the layers the decoder reads put them in the record of the current call.
+            # Registered once, so that torch.compile and torch.export trace them.
+            layers = self.vision_model.encoder.layers
+            for index, layer in enumerate(layers[len(layers) - config.decoder_num_layers :]):
+                for name in ("q_proj", "k_proj"):
+                    getattr(layer.self_attn, name).register_forward_hook(partial(_record_projection, (index, name)))
         self.post_init()
-        if config.freeze_backbone:
-            self.freeze_backbone()
 
     def _check_pixel_values(self, pixel_values: torch.Tensor):
+        # Shapes only: a value check would cost a device-to-host synchronisation on every forward pass.
         vision = self.config.vision_config
         height = width = vision.image_size  # the config accepts square CLIP images only
         expected = f"(batch_size, num_frames, {vision.num_channels}, {height}, {width})"
@@ -392,51 +513,8 @@ class EVLModel(EVLPreTrainedModel):
             )
         if shape[0] == 0 or shape[1] == 0:
             raise ValueError(f"pixel_values must hold at least one clip of at least one frame, got shape {shape}.")
-        if not torch.compiler.is_compiling() and not torch.isfinite(pixel_values).all():
-            raise ValueError("pixel_values contains NaN or infinite values; check the video decoding and normalisation.")
 
-    def _record_attention_projections(self):
-        """The temporal cross attention reads the queries and keys that the CLIP layers compute anyway: forward hooks on
-        the stock `q_proj`/`k_proj` modules of the layers the decoder reads keep their outputs for one forward pass.
-        They are registered once, so that `torch.compile` traces them."""
-        layers = self.vision_model.encoder.layers
-        for index, layer in enumerate(layers[len(layers) - self.config.decoder_num_layers :]):
-            for name in ("q_proj", "k_proj"):
-                getattr(layer.self_attn, name).register_forward_hook(partial(self._keep_projection, (index, name)))
-
-    def _keep_projection(self, key, module, args, output):
-        # keyed by device too, so that replicas of the model on several devices do not mix their records
-        self._attention_records[(output.device, *key)] = output
-
-    def _encode_frames(self, frames: torch.Tensor, decoder_dtype: torch.dtype):
-        """Run the CLIP encoder on `(batch * frames, channels, height, width)` and return, for each encoder layer the
-        decoder reads, its output `(batch * frames, tokens, width)` and its queries and keys (or `None`)."""
-        vision = self.vision_model
-        layers = vision.encoder.layers
-        num_read = self.config.decoder_num_layers
-        outputs = []
-        device = frames.device
-        for key in [key for key in self._attention_records if key[0] == device]:
-            del self._attention_records[key]  # left over from a direct call of the vision model
-        hidden_states = vision.pre_layrnorm(vision.embeddings(frames))
-        for layer in layers:
-            hidden_states = layer(hidden_states, None)
-            outputs.append(hidden_states)
-            if len(outputs) > num_read:
-                outputs.pop(0)  # only the last decoder_num_layers outputs are kept alive
-        queries, keys = [None] * num_read, [None] * num_read
-        if self.config.use_temporal_cross_attention:
-            records = self._attention_records
-            if any((device, i, name) not in records for i in range(num_read) for name in ("q_proj", "k_proj")):
-                raise RuntimeError(
-                    "The query/key recorders of the CLIP layers did not fire. Replace backbone weights with "
-                    "`model.evl.vision_model.load_state_dict(...)` rather than by assigning a new module."
-                )
-            queries = [records.pop((device, i, "q_proj")).to(decoder_dtype) for i in range(num_read)]
-            keys = [records.pop((device, i, "k_proj")).to(decoder_dtype) for i in range(num_read)]
-        return [output.to(decoder_dtype) for output in outputs], queries, keys
-
-    def get_frame_features(self, frames: torch.Tensor) -> EVLFrameFeatures:
+    def get_frame_features(self, frames: torch.Tensor, output_attentions: bool = False) -> EVLFrameFeatures:
         r"""
         Run the CLIP encoder on frames, each on its own, and keep what the decoder reads from it.
 
@@ -447,19 +525,55 @@ class EVLModel(EVLPreTrainedModel):
         Args:
             frames (`torch.FloatTensor` of shape `(num_images, num_channels, height, width)`):
                 Normalised frames, from any number of clips.
+            output_attentions (`bool`, *optional*, defaults to `False`):
+                Also return the self-attention maps of the layers read (eager attention only).
 
         Returns:
             [`EVLFrameFeatures`] with, per encoder layer the decoder reads, tensors whose first dimension is
             `num_images`.
         """
+        num_layers, num_read = self.config.vision_config.num_hidden_layers, self.config.decoder_num_layers
+        # hidden state i is the output of encoder layer i - 1 (0 is the embeddings): the last num_read layers
+        read = list(range(num_layers - num_read + 1, num_layers + 1))
+        record = {} if self.config.use_temporal_cross_attention else None
+        token = _projection_record.set(record)
+        try:
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_backbone):
+                # CLIP's own output capturing keeps the selected hidden states (and attention maps) of this call
+                outputs = self.vision_model(frames, output_hidden_states=read, output_attentions=output_attentions)
+        finally:
+            _projection_record.reset(token)
+
         decoder_dtype = self.decoder.query_token.dtype
-        backbone_trainable = any(p.requires_grad for p in self.vision_model.parameters())
-        with torch.set_grad_enabled(torch.is_grad_enabled() and backbone_trainable):
-            outputs, queries, keys = self._encode_frames(frames, decoder_dtype)
-        heads = self.config.vision_config.num_attention_heads
-        # queries and keys: (images, tokens, width) -> (images, tokens, heads, head_dim)
-        split = lambda tensors: None if tensors[0] is None else tuple(t.unflatten(-1, (heads, -1)) for t in tensors)
-        return EVLFrameFeatures(hidden_states=tuple(outputs), queries=split(queries), keys=split(keys))
+        hidden_states = tuple(outputs.hidden_states[index].to(decoder_dtype) for index in read)
+        queries = keys = None
+        if record is not None:
+            if len(record) != 2 * num_read:
+                raise RuntimeError(
+                    "The query/key recorders of the CLIP layers did not fire. Replace backbone weights with "
+                    "`model.evl.vision_model.load_state_dict(...)` rather than by assigning a new module."
+                )
+            heads = self.config.vision_config.num_attention_heads
+            # (images, tokens, width) -> (images, tokens, heads, head_dim)
+            queries, keys = (
+                tuple(record[index, name].to(decoder_dtype).unflatten(-1, (heads, -1)) for index in range(num_read))
+                for name in ("q_proj", "k_proj")
+            )
+        attentions = tuple(outputs.attentions[-num_read:]) if output_attentions and outputs.attentions else None
+        return EVLFrameFeatures(hidden_states=hidden_states, queries=queries, keys=keys, attentions=attentions)
+
+    def _decode(self, hidden_states, queries, keys) -> tuple[torch.Tensor, tuple, tuple]:
+        """The decoder on per-clip features (`(batch_size, num_frames, ...)` tensors, one per layer read): the query
+        after the last layer, the query before and after each layer, and each layer's attention weights."""
+        query = self.decoder.query_token.expand(hidden_states[0].shape[0], -1)
+        decoder_hidden_states, decoder_attentions = [query], []
+        for index, layer in enumerate(self.decoder.layers):
+            layer_queries = None if queries is None else queries[index]
+            layer_keys = None if keys is None else keys[index]
+            query, attention_weights = layer(query, hidden_states[index], layer_queries, layer_keys)
+            decoder_hidden_states.append(query)
+            decoder_attentions.append(attention_weights)
+        return query, tuple(decoder_hidden_states), tuple(decoder_attentions)
 
     def decode_frame_features(self, features: EVLFrameFeatures, num_frames: int) -> tuple[torch.Tensor, tuple]:
         r"""
@@ -476,21 +590,17 @@ class EVLModel(EVLPreTrainedModel):
             before the first decoder layer and after each one.
         """
         # (B * T, ...) -> (B, T, ...)
-        unfold = lambda tensors: [None] * len(features.hidden_states) if tensors is None else [
-            t.unflatten(0, (-1, num_frames)) for t in tensors
-        ]
-        hidden_states, queries, keys = unfold(features.hidden_states), unfold(features.queries), unfold(features.keys)
-        query = self.decoder.query_token.expand(hidden_states[0].shape[0], -1)
-        decoder_hidden_states = [query]
-        for layer, layer_hidden, layer_queries, layer_keys in zip(self.decoder.layers, hidden_states, queries, keys):
-            query = layer(query, layer_hidden, layer_queries, layer_keys)
-            decoder_hidden_states.append(query)
-        return query, tuple(decoder_hidden_states)
+        unfold = lambda tensors: None if tensors is None else [t.unflatten(0, (-1, num_frames)) for t in tensors]
+        query, decoder_hidden_states, _ = self._decode(
+            unfold(features.hidden_states), unfold(features.queries), unfold(features.keys)
+        )
+        return query, decoder_hidden_states
 
     @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
@@ -498,58 +608,74 @@ class EVLModel(EVLPreTrainedModel):
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_channels, height, width)`):
             Normalised frames, as [`EVLVideoProcessor`] returns them.
+        output_attentions (`bool`, *optional*):
+            Return the self-attention maps of the encoder layers read, and the decoder's attention weights.
+        output_hidden_states (`bool`, *optional*):
+            Return the encoder layers read (the tensors the decoder consumes) and the decoder's query states.
         """
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         self._check_pixel_values(pixel_values)
         batch_size, num_frames = pixel_values.shape[:2]
         # Frames are folded into the batch: (B, T, 3, H, W) -> (B * T, 3, H, W).
-        features = self.get_frame_features(pixel_values.flatten(0, 1))
-        query, decoder_hidden_states = self.decode_frame_features(features, num_frames)
+        features = self.get_frame_features(pixel_values.flatten(0, 1), output_attentions=output_attentions)
+        # (B * T, ...) -> (B, T, ...)
+        unfold = lambda tensors: None if tensors is None else [t.unflatten(0, (batch_size, num_frames)) for t in tensors]
+        hidden_states = unfold(features.hidden_states)
+        if output_hidden_states and torch.is_grad_enabled() and not hidden_states[0].requires_grad:
+            # A frozen backbone hands over features without autograd history. Returned, they are made leaves of the
+            # decoder's graph, so that gradients at what the decoder consumes can be read (saliency, attribution).
+            hidden_states = [hidden.detach().requires_grad_() for hidden in hidden_states]
+        query, decoder_hidden_states, decoder_attentions = self._decode(
+            hidden_states, unfold(features.queries), unfold(features.keys)
+        )
         return EVLModelOutput(
             pooler_output=query,
-            hidden_states=(
-                tuple(h.unflatten(0, (batch_size, num_frames)) for h in features.hidden_states)
-                if output_hidden_states
-                else None
-            ),
+            hidden_states=tuple(hidden_states) if output_hidden_states else None,
+            attentions=tuple(unfold(features.attentions)) if features.attentions is not None else None,
             decoder_hidden_states=decoder_hidden_states if output_hidden_states else None,
+            decoder_attentions=decoder_attentions if output_attentions else None,
         )
 
 
 class EVLForVideoClassification(EVLPreTrainedModel):
     """EVL with its classification head (LayerNorm, dropout, linear) on the video query token."""
 
+    # Loading in fp16 or bf16 halves the frozen backbone only: the decoder and head stay in fp32, as in the paper.
+    _keep_in_fp32_modules_strict = ["decoder", "fc_norm", "classifier"]
+
     def __init__(self, config: EVLConfig):
         super().__init__(config)
         self.evl = EVLModel(config)
-        self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.vision_config.layer_norm_eps)
+        self.fc_norm = nn.LayerNorm(config.hidden_size, eps=config.vision_config.layer_norm_eps, dtype=torch.float32)
         self.dropout = nn.Dropout(config.classifier_dropout)
-        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels, dtype=torch.float32)
         self.post_init()
-        if config.freeze_backbone:
-            self.freeze_backbone()
 
     @can_return_tuple
     def forward(
         self,
         pixel_values: torch.Tensor,
         labels: torch.LongTensor | None = None,
+        output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
-    ) -> ImageClassifierOutput:
+    ) -> EVLVideoClassifierOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_channels, height, width)`):
             Normalised frames, as [`EVLVideoProcessor`] returns them.
         labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
             Class indices in `[0, config.num_labels - 1]` for the cross-entropy loss (or float targets for
             regression when `config.num_labels == 1`).
+        output_attentions, output_hidden_states (`bool`, *optional*):
+            As in [`EVLModel.forward`].
 
         Returns:
-            [`ImageClassifierOutput`] with `logits` of shape `(batch_size, num_labels)`, the `loss` when `labels` are
-            given, and as `hidden_states` the encoder layers the decoder reads.
+            [`EVLVideoClassifierOutput`] with `logits` of shape `(batch_size, num_labels)`, the `loss` when `labels`
+            are given, and what [`EVLModel`] returns on request.
 
         Example:
 
@@ -567,14 +693,21 @@ class EVLForVideoClassification(EVLPreTrainedModel):
         torch.Size([1, 4])
         ```
         """
-        outputs = self.evl(pixel_values, output_hidden_states=output_hidden_states)
+        outputs = self.evl(pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
         logits = self.classifier(self.dropout(self.fc_norm(outputs.pooler_output)))
 
         loss = None
         if labels is not None:
             loss = self.loss_function(labels, logits, self.config, **kwargs)
 
-        return ImageClassifierOutput(loss=loss, logits=logits, hidden_states=outputs.hidden_states)
+        return EVLVideoClassifierOutput(
+            loss=loss,
+            logits=logits,
+            hidden_states=outputs.hidden_states,
+            attentions=outputs.attentions,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+        )
 
 
 __all__ = ["EVLPreTrainedModel", "EVLModel", "EVLForVideoClassification"]
