@@ -42,8 +42,8 @@ class EVLModelOutput(ModelOutput):
         `(batch_size, num_frames, 1 + num_patches, hidden_size)`. These are the tensors the decoder consumes, so they
         carry gradients (`retain_grad()`, or `.grad` after `backward`) even when the backbone is frozen.
     attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
-        The self-attention maps of the same encoder layers, each of shape
-        `(batch_size, num_frames, num_heads, 1 + num_patches, 1 + num_patches)`. Needs the eager attention
+        The self-attention maps of the same encoder layers, with the frames folded into the batch as the backbone sees
+        them: each of shape `(batch_size * num_frames, num_heads, 1 + num_patches, 1 + num_patches)`. Needs the eager attention
         implementation (`attn_implementation="eager"`). The backbone computes them, so with a frozen backbone they
         carry no gradient.
     decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
@@ -366,9 +366,9 @@ class EVLPreTrainedModel(PreTrainedModel):
 
     def _apply_backbone_freezing(self):
         """
-        The one place that turns `config.freeze_backbone` into `requires_grad` flags. The forward pass reads the flag
-        from the config too. `post_layernorm` never trains: EVL reads the layer outputs before CLIP's final layer norm,
-        and a trainable parameter without gradient is an error for distributed data parallel.
+        The one place that turns `config.freeze_backbone` (saved with the model) into the backbone's `requires_grad`
+        flags, which the forward pass follows. `post_layernorm` never trains: EVL reads the layer outputs before CLIP's
+        final layer norm, and a trainable parameter without gradient is an error for distributed data parallel.
         """
         vision_model = self.base_model.vision_model
         vision_model.requires_grad_(not self.config.freeze_backbone)
@@ -538,7 +538,9 @@ class EVLModel(EVLPreTrainedModel):
         record = {} if self.config.use_temporal_cross_attention else None
         token = _projection_record.set(record)
         try:
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.freeze_backbone):
+            # The backbone records a graph only if some of its parameters train; frozen, it keeps no activations.
+            backbone_trains = any(parameter.requires_grad for parameter in self.vision_model.parameters())
+            with torch.set_grad_enabled(torch.is_grad_enabled() and backbone_trains):
                 # CLIP's own output capturing keeps the selected hidden states (and attention maps) of this call
                 outputs = self.vision_model(frames, output_hidden_states=read, output_attentions=output_attentions)
         finally:
@@ -559,6 +561,8 @@ class EVLModel(EVLPreTrainedModel):
                 tuple(record[index, name].to(decoder_dtype).unflatten(-1, (heads, -1)) for index in range(num_read))
                 for name in ("q_proj", "k_proj")
             )
+        # kept as the backbone made them, (images, heads, tokens, tokens): a reshaped view would not be on the path to
+        # the loss, and `retain_grad()` on it would see no gradient
         attentions = tuple(outputs.attentions[-num_read:]) if output_attentions and outputs.attentions else None
         return EVLFrameFeatures(hidden_states=hidden_states, queries=queries, keys=keys, attentions=attentions)
 
@@ -634,7 +638,7 @@ class EVLModel(EVLPreTrainedModel):
         return EVLModelOutput(
             pooler_output=query,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
-            attentions=tuple(unfold(features.attentions)) if features.attentions is not None else None,
+            attentions=features.attentions,
             decoder_hidden_states=decoder_hidden_states if output_hidden_states else None,
             decoder_attentions=decoder_attentions if output_attentions else None,
         )
