@@ -418,3 +418,113 @@ def test_saved_folder_loads_with_trust_remote_code_where_evl_hf_is_missing(model
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "remote code ok" in result.stdout
+
+
+def clip_initialisation_stds(vision_model):
+    """The standard deviations CLIP's own initialisation gives a layer's attention and MLP weights."""
+    config = vision_model.config
+    width, layers, factor = config.hidden_size, config.num_hidden_layers, config.initializer_factor
+    return {
+        "self_attn.q_proj": width**-0.5 * (2 * layers) ** -0.5 * factor,
+        "self_attn.out_proj": width**-0.5 * factor,
+        "mlp.fc1": (2 * width) ** -0.5 * factor,
+        "mlp.fc2": width**-0.5 * (2 * layers) ** -0.5 * factor,
+    }
+
+
+def assert_clip_initialisation(model):
+    vision_model = model.evl.vision_model
+    # wide enough that the sample standard deviation tells N(0, 0.02) from CLIP's rules
+    for name, std in clip_initialisation_stds(vision_model).items():
+        weights = torch.cat([layer.get_submodule(name).weight.flatten() for layer in vision_model.encoder.layers])
+        assert abs(weights.std().item() - std) < 0.1 * std, (name, weights.std().item(), std)
+
+
+def wide_config():
+    return tiny_config(vision_config=tiny_vision_config(hidden_size=256, intermediate_size=512, num_attention_heads=4))
+
+
+def test_backbone_gets_clip_initialisation_when_built_directly():
+    torch.manual_seed(0)
+    assert_clip_initialisation(EVLForVideoClassification(wide_config()))
+
+
+def test_backbone_gets_clip_initialisation_when_loaded_without_backbone_weights(tmp_path):
+    torch.manual_seed(0)
+    model = EVLForVideoClassification(wide_config())
+    # a decoder-only checkpoint, like the official ones
+    decoder_only = {k: v for k, v in model.state_dict().items() if not k.startswith("evl.vision_model.")}
+    model.save_pretrained(tmp_path, state_dict=decoder_only)
+    assert_clip_initialisation(EVLForVideoClassification.from_pretrained(tmp_path))
+    assert_clip_initialisation(EVLForVideoClassification.from_pretrained(None, config=model.config, state_dict={}))
+
+
+@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
+def test_set_attn_implementation_reaches_the_backbone_and_keeps_the_logits(model, attn_implementation):
+    expected = model(clip()).logits
+    model.set_attn_implementation(attn_implementation)
+    assert model.config._attn_implementation == attn_implementation
+    assert model.evl.vision_model.config._attn_implementation == attn_implementation
+    assert torch.allclose(model(clip()).logits, expected, atol=1e-5)
+
+
+def test_eager_and_sdpa_give_equal_logits(model):
+    model.set_attn_implementation("eager")
+    eager = model(clip()).logits
+    model.set_attn_implementation("sdpa")
+    assert torch.allclose(model(clip()).logits, eager, atol=1e-5)
+
+
+def test_input_embeddings_are_the_backbone_patch_embedding(model):
+    assert model.get_input_embeddings() is model.evl.vision_model.embeddings.patch_embedding
+    assert model.evl.get_input_embeddings() is model.evl.vision_model.embeddings.patch_embedding
+
+
+def test_decoder_and_head_are_created_in_fp32_under_a_half_precision_default_dtype():
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float16)
+    try:
+        model = EVLForVideoClassification(tiny_config())
+    finally:
+        torch.set_default_dtype(default)
+    assert model.evl.vision_model.encoder.layers[0].mlp.fc1.weight.dtype == torch.float16
+    head_and_decoder = [p for n, p in model.named_parameters() if not n.startswith("evl.vision_model.")]
+    assert {p.dtype for p in head_and_decoder} == {torch.float32}
+
+
+def test_output_attentions_gives_the_backbone_maps_and_the_decoder_weights(model):
+    model.set_attn_implementation("eager")
+    outputs = model(clip(), output_attentions=True)
+    assert len(outputs.attentions) == 2 and outputs.attentions[0].shape == (2 * 4, 2, 17, 17)
+    assert len(outputs.decoder_attentions) == 2 and outputs.decoder_attentions[0].shape == (2, 2, 1, 4 * 17)
+    assert torch.allclose(outputs.decoder_attentions[0].sum(-1), torch.ones(2, 2, 1))
+    # the maps are those of the encoder layers the decoder reads (the last two of three)
+    frames = clip().flatten(0, 1)
+    expected = model.evl.vision_model(frames, output_attentions=True).attentions[-1]
+    assert torch.allclose(outputs.attentions[-1], expected, atol=1e-6)
+
+
+def test_unfreeze_backbone_leaves_the_unused_final_layer_norm_frozen(model, tmp_path):
+    model.unfreeze_backbone()
+    assert not model.evl.vision_model.post_layernorm.weight.requires_grad
+    model.save_pretrained(tmp_path)
+    reloaded = EVLForVideoClassification.from_pretrained(tmp_path)
+    assert reloaded.evl.vision_model.encoder.layers[-1].mlp.fc2.weight.requires_grad
+    assert not reloaded.evl.vision_model.post_layernorm.weight.requires_grad
+
+
+@pytest.mark.parametrize("num_frames", [2, 8])
+def test_from_pretrained_with_another_num_frames_interpolates_the_trained_position_embedding(model, tmp_path, num_frames):
+    model.save_pretrained(tmp_path)
+    loaded = EVLForVideoClassification.from_pretrained(tmp_path, num_frames=num_frames).eval()
+    assert loaded.config.num_frames == num_frames
+    for trained, layer in zip(model.evl.decoder.layers, loaded.evl.decoder.layers):
+        assert layer.temporal_pos_embed.shape == (num_frames, 32)
+        assert torch.equal(layer.temporal_pos_embed, trained._temporal_pos_embed(num_frames))
+        assert layer.temporal_pos_embed.abs().sum() > 0
+    # on a clip of the new length, the loaded model equals the original one interpolating on the fly
+    pixel_values = clip(num_frames=num_frames)
+    assert torch.allclose(loaded(pixel_values).logits, model(pixel_values).logits, atol=1e-6)
+    # and it saves and reloads at its new length
+    loaded.save_pretrained(tmp_path / "again")
+    assert EVLForVideoClassification.from_pretrained(tmp_path / "again").config.num_frames == num_frames
