@@ -30,6 +30,7 @@ import re
 from pathlib import Path
 
 import torch
+from transformers import AutoConfig
 
 from .image_processing_evl import EVLImageProcessor
 from .modeling_evl import EVLForVideoClassification
@@ -174,6 +175,14 @@ def convert(
     if decoder_num_heads is not None:
         inferred["decoder_num_heads"] = decoder_num_heads
 
+    vision_config = AutoConfig.from_pretrained(clip_model)
+    vision_config = getattr(vision_config, "vision_config", vision_config)  # a full CLIPModel, or its vision tower
+    if inferred["decoder_num_layers"] > vision_config.num_hidden_layers:
+        raise CheckpointMismatchError(
+            f"The checkpoint has {inferred['decoder_num_layers']} decoder layers, each reading one encoder layer, but "
+            f"{clip_model} has only {vision_config.num_hidden_layers} encoder layers. Check that --clip_model is the "
+            "backbone the checkpoint was trained with."
+        )
     model = EVLForVideoClassification.from_clip_pretrained(
         clip_model, id2label=id2label, label2id={name: i for i, name in id2label.items()}, **inferred
     )

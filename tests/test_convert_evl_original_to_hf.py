@@ -159,3 +159,14 @@ def test_labels_object_must_be_keyed_by_index(tmp_path, clip_folder):
     labels.write_text(json.dumps({name: i for i, name in enumerate("abcde")}))
     with pytest.raises(CheckpointMismatchError, match="JSON list of class names"):
         convert(save_checkpoint(tmp_path / "ckpt.pth", official_state_dict()), str(clip_folder), FRAMES, labels)
+
+
+def test_command_line_reports_a_backbone_with_too_few_layers_without_a_traceback(tmp_path, clip_folder, capsys):
+    # four decoder layers cannot each read one of the three encoder layers
+    checkpoint = save_checkpoint(tmp_path / "ckpt.pth", official_state_dict(layers=4))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--checkpoint", str(checkpoint), "--clip_model", str(clip_folder), "--output_dir", str(tmp_path / "out")])
+    assert exit_info.value.code == 2
+    error = capsys.readouterr().err
+    assert error.startswith("error: The checkpoint has 4 decoder layers") and "only 3 encoder layers" in error
+    assert "Traceback" not in error
