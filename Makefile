@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.evl-hf-installed
 
-.PHONY: install train test test-slow test-all benchmark clean
+.PHONY: install train test test-slow test-all test-conformance benchmark clean
 
 install: $(STAMP)
 
@@ -32,6 +32,12 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest $(ARGS)
+
+# transformers' own common suites (model, config, video and image processors) run against EVL. They come from the
+# source distribution of the installed transformers, fetched with pip into ~/.cache/evl_hf/conformance (or
+# $$EVL_HF_CONFORMANCE_CACHE), never into the repository.
+test-conformance: $(STAMP)
+	EVL_HF_CONFORMANCE=1 $(BIN)/python -m pytest tests/conformance $(ARGS)
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_cpu_models.py
