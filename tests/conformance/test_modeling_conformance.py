@@ -32,8 +32,11 @@ class EVLModelTester:
     """A tiny EVL: CLIP of width 32, 2 layers, 32 px images in 8 px patches (4x4 grid), 4-frame clips, the decoder
     reading both layers."""
 
-    def __init__(self, parent, batch_size=3, num_frames=4, image_size=32, patch_size=8, num_channels=3):
+    def __init__(
+        self, parent, batch_size=3, num_frames=4, image_size=32, patch_size=8, num_channels=3, freeze_backbone=True
+    ):
         self.parent = parent
+        self.freeze_backbone = freeze_backbone
         self.batch_size = batch_size
         self.num_frames = num_frames
         self.image_size = image_size
@@ -66,6 +69,7 @@ class EVLModelTester:
             vision_config=vision_config,
             num_frames=self.num_frames,
             decoder_num_layers=self.num_hidden_layers,
+            freeze_backbone=self.freeze_backbone,
             decoder_mlp_dropout=0.1,
             classifier_dropout=0.1,
             id2label={i: f"label_{i}" for i in range(self.num_labels)},
@@ -97,12 +101,17 @@ class EVLModelTester:
 
 
 class EVLModelConformanceTest(ModelTesterMixin, unittest.TestCase):
+    """EVL as it is used by default: the CLIP backbone frozen."""
+
     all_model_classes = (EVLModel, EVLForVideoClassification)
     # Video models have no token embeddings to resize.
     test_resize_embeddings = False
+    # A composite model: a CLIP vision sub-model with its own sub-config
+    _is_composite = True
+    freeze_backbone = True
 
     def setUp(self):
-        self.model_tester = EVLModelTester(self)
+        self.model_tester = EVLModelTester(self, freeze_backbone=self.freeze_backbone)
         # The suite tells base models from task heads (which take labels, and train) by transformers' own name
         # mappings; an in-tree EVL would be listed there, as it is here for the duration of each test.
         self.enterContext(mock.patch.dict(MODEL_MAPPING_NAMES, {"evl": "EVLModel"}))
@@ -111,8 +120,8 @@ class EVLModelConformanceTest(ModelTesterMixin, unittest.TestCase):
         )
 
     def _prepare_config_and_inputs_for_retain_grad_hidden_states_attentions(self):
-        # The attention maps are the frozen backbone's: they take part in the loss only when the backbone trains.
-        # (With the frozen backbone, the hidden states still carry gradients: tests/test_modeling_evl.py.)
+        # The attention maps are the frozen backbone's: they take part in the loss only when the backbone trains
+        # (EVLUnfrozenModelConformanceTest). The hidden states carry gradients either way (tests/test_modeling_evl.py).
         config, inputs_dict = self.model_tester.prepare_config_and_inputs_for_common()
         config.freeze_backbone = False
         return config, inputs_dict
@@ -131,3 +140,9 @@ class EVLModelConformanceTest(ModelTesterMixin, unittest.TestCase):
             self.assertIsInstance(model.get_input_embeddings(), nn.Conv2d)
             self.assertIs(model.get_input_embeddings(), model.base_model.vision_model.embeddings.patch_embedding)
             self.assertIsNone(model.get_output_embeddings())
+
+
+class EVLUnfrozenModelConformanceTest(EVLModelConformanceTest):
+    """EVL fine-tuned end to end (`freeze_backbone=False`): gradients reach the backbone, its input embeddings included."""
+
+    freeze_backbone = False
