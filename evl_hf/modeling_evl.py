@@ -138,12 +138,14 @@ class EVLTemporalCrossAttention(nn.Module):
         col_offset = cols[:, None] - cols[None, :] + width - 1
         return row_offset * (2 * width - 1) + col_offset
 
-    def _attend(self, queries: torch.Tensor, keys: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    def _attend(
+        self, queries: torch.Tensor, keys: torch.Tensor, table: torch.Tensor, offset_index: torch.LongTensor
+    ) -> torch.Tensor:
         # queries, keys: (batch, pairs, num_patches, heads, head_dim) -> (batch, pairs, heads, num_patches, head_dim)
         queries, keys = queries.transpose(2, 3), keys.transpose(2, 3)
         scores = queries @ keys.transpose(-1, -2) * queries.shape[-1] ** -0.5
         attention = scores.softmax(dim=-1).mean(dim=2)  # (batch, pairs, num_patches, num_patches)
-        index = self.offset_index(attention.device).expand_as(attention)
+        index = offset_index.expand_as(attention)
         bins = attention.new_zeros(*attention.shape[:-1], table.shape[0]).scatter(-1, index, attention)
         return bins @ table.to(bins.dtype)  # (batch, pairs, num_patches, hidden_size)
 
@@ -160,8 +162,9 @@ class EVLTemporalCrossAttention(nn.Module):
         batch_size, num_frames, num_patches = queries.shape[:3]
         if num_frames == 1:
             return queries.new_zeros(batch_size, 1, 1 + num_patches, self.w_fwd.shape[1])
-        forward = self._attend(queries[:, 1:], keys[:, :-1], self.w_fwd)  # frames 1..T-1 look back
-        backward = self._attend(queries[:, :-1], keys[:, 1:], self.w_bwd)  # frames 0..T-2 look ahead
+        offset_index = self.offset_index(queries.device)
+        forward = self._attend(queries[:, 1:], keys[:, :-1], self.w_fwd, offset_index)  # frames 1..T-1 look back
+        backward = self._attend(queries[:, :-1], keys[:, 1:], self.w_bwd, offset_index)  # frames 0..T-2 look ahead
         no_frame = forward.new_zeros(batch_size, 1, num_patches, forward.shape[-1])
         output = torch.cat([no_frame, forward], dim=1) + torch.cat([backward, no_frame], dim=1)
         return F.pad(output, (0, 0, 1, 0))  # the class token gets nothing
@@ -539,8 +542,9 @@ class EVLModel(EVLPreTrainedModel):
         token = _projection_record.set(record)
         try:
             # The backbone records a graph only if some of its parameters train; frozen, it keeps no activations.
-            backbone_trains = any(parameter.requires_grad for parameter in self.vision_model.parameters())
-            with torch.set_grad_enabled(torch.is_grad_enabled() and backbone_trains):
+            # (`and` skips the scan of the parameters at inference.)
+            backbone_trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.vision_model.parameters())
+            with torch.set_grad_enabled(backbone_trains):
                 # CLIP's own output capturing keeps the selected hidden states (and attention maps) of this call
                 outputs = self.vision_model(frames, output_hidden_states=read, output_attentions=output_attentions)
         finally:
