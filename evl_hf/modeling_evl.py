@@ -43,9 +43,9 @@ class EVLModelOutput(ModelOutput):
         carry gradients (`retain_grad()`, or `.grad` after `backward`) even when the backbone is frozen.
     attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
         The self-attention maps of the same encoder layers, with the frames folded into the batch as the backbone sees
-        them: each of shape `(batch_size * num_frames, num_heads, 1 + num_patches, 1 + num_patches)`. Needs the eager attention
-        implementation (`attn_implementation="eager"`). The backbone computes them, so with a frozen backbone they
-        carry no gradient.
+        them: each of shape `(batch_size * num_frames, num_heads, 1 + num_patches, 1 + num_patches)`. Needs the eager
+        attention implementation (`attn_implementation="eager"`). The backbone computes them, so with a frozen backbone
+        they carry no gradient.
     decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
         The query token before the first decoder layer and after each one, each of shape `(batch_size, hidden_size)`.
     decoder_attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
@@ -288,7 +288,8 @@ class EVLDecoderLayer(GradientCheckpointingLayer):
 
         Returns:
             The query token after this layer, `(batch_size, hidden_size)`, and its attention weights over the
-            `num_frames * (1 + num_patches)` video tokens, `(batch_size, num_heads, 1, num_frames * (1 + num_patches))`.
+            `num_frames * (1 + num_patches)` video tokens, of shape
+            `(batch_size, num_heads, 1, num_frames * (1 + num_patches))`.
         """
         batch_size, num_frames, num_tokens, width = hidden_states.shape
         features = hidden_states
@@ -630,7 +631,8 @@ class EVLModel(EVLPreTrainedModel):
         # Frames are folded into the batch: (B, T, 3, H, W) -> (B * T, 3, H, W).
         features = self.get_frame_features(pixel_values.flatten(0, 1), output_attentions=output_attentions)
         # (B * T, ...) -> (B, T, ...)
-        unfold = lambda tensors: None if tensors is None else [t.unflatten(0, (batch_size, num_frames)) for t in tensors]
+        clip_shape = (batch_size, num_frames)
+        unfold = lambda tensors: None if tensors is None else [t.unflatten(0, clip_shape) for t in tensors]
         hidden_states = unfold(features.hidden_states)
         if output_hidden_states and torch.is_grad_enabled() and not hidden_states[0].requires_grad:
             # A frozen backbone hands over features without autograd history. Returned, they are made leaves of the
@@ -701,7 +703,9 @@ class EVLForVideoClassification(EVLPreTrainedModel):
         torch.Size([1, 4])
         ```
         """
-        outputs = self.evl(pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states)
+        outputs = self.evl(
+            pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states
+        )
         logits = self.classifier(self.dropout(self.fc_norm(outputs.pooler_output)))
 
         loss = None
