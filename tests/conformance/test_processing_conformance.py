@@ -92,3 +92,35 @@ class EVLImageProcessingTester(ImageProcessingTester):
 
 class EVLImageProcessingConformanceTest(ImageProcessingTestMixin, unittest.TestCase):
     image_processor_tester_class = EVLImageProcessingTester
+
+    # The mixin's call tests pass single images and expect `(batch, channels, height, width)`. EVL's image processor,
+    # like VideoMAE's, takes clips (lists of frames) and returns `(batch, frames, channels, height, width)`: the same
+    # four tests, with clips.
+    def _check_clips(self, return_tensors, num_channels=3, **kwargs):
+        processor = EVLImageProcessor(**self.image_processor_dict)
+        batch_size, num_frames = 3, 4
+        clips = prepare_video_inputs(batch_size, num_frames, num_channels, 30, 60, return_tensors=return_tensors)
+        crop = self.image_processor_tester.crop_size
+        one = processor(clips[0], return_tensors="pt", **kwargs).pixel_values
+        self.assertEqual(tuple(one.shape), (1, num_frames, num_channels, crop["height"], crop["width"]))
+        batch = processor(clips, return_tensors="pt", **kwargs).pixel_values
+        self.assertEqual(tuple(batch.shape), (batch_size, num_frames, num_channels, crop["height"], crop["width"]))
+
+    def test_call_pil(self):
+        self._check_clips("pil")
+
+    def test_call_numpy(self):
+        self._check_clips("np")
+
+    def test_call_pytorch(self):
+        self._check_clips("torch")
+
+    def test_call_numpy_4_channels(self):
+        self._check_clips(
+            "np",
+            num_channels=4,
+            do_convert_rgb=False,
+            input_data_format="channels_last",
+            image_mean=[0.0, 0.0, 0.0, 0.0],
+            image_std=[1.0, 1.0, 1.0, 1.0],
+        )
