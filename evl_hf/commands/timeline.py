@@ -43,6 +43,35 @@ def window_frame_indices(num_video_frames: int, num_frames: int, frame_stride: i
     return [[start + i * frame_stride for i in range(num_frames)] for start in starts]
 
 
+def _decode_windows(model, hidden_states, cross_attention_outputs):
+    """
+    The decoder on whole windows, with the temporal cross attention output given rather than computed: the steps of
+    `EVLDecoderLayer.forward`, in its order, reading the layers' own modules.
+
+    Args:
+        hidden_states, cross_attention_outputs (`list[torch.Tensor]`):
+            Per decoder layer, `(batch_size, num_frames, 1 + num_patches, hidden_size)`.
+
+    Returns:
+        `torch.Tensor` of shape `(batch_size, hidden_size)`: the query token after the last layer.
+    """
+    query = model.evl.decoder.query_token.expand(hidden_states[0].shape[0], -1)
+    for layer, layer_hidden, cross_attention in zip(model.evl.decoder.layers, hidden_states, cross_attention_outputs):
+        batch_size, num_frames, num_tokens, width = layer_hidden.shape
+        features = layer_hidden
+        if layer.temporal_conv is not None:
+            # (batch, frames, tokens, width) -> (batch * tokens, width, frames): a depthwise convolution along time
+            sequences = layer_hidden.permute(0, 2, 3, 1).reshape(batch_size * num_tokens, width, num_frames)
+            convolved = layer.temporal_conv(sequences).view(batch_size, num_tokens, width, num_frames)
+            features = features + convolved.permute(0, 3, 1, 2)
+        if layer.temporal_pos_embed is not None:
+            features = features + layer._temporal_pos_embed(num_frames)[:, None, :]
+        features = (features + cross_attention).reshape(batch_size, num_frames * num_tokens, width)
+        query = query + layer.attn(layer.layer_norm1(query), layer.layer_norm3(features))
+        query = query + layer.mlp(layer.layer_norm2(query))
+    return query
+
+
 def compute_timeline(
     model,
     video_processor,
@@ -58,9 +87,10 @@ def compute_timeline(
 
     A window is `model.config.num_frames` frames, `video_processor.frame_stride` frames apart; windows start every
     `stride_frames` frames (default: `frame_stride`). Each window's logits equal those of `model` on that window's
-    frames preprocessed by `video_processor`, but the backbone runs only once per distinct frame. Frames are decoded
-    a few windows at a time and their features freed once no later window uses them, so memory does not grow with
-    the length of the video.
+    frames preprocessed by `video_processor`, but the backbone runs only once per distinct frame, and the temporal
+    cross attention (which depends only on two neighbouring frames) once per distinct pair of neighbours. Frames are
+    decoded a few windows at a time and their features freed once no later window uses them, so memory does not grow
+    with the length of the video.
 
     Args:
         model ([`EVLForVideoClassification`]):
@@ -81,10 +111,9 @@ def compute_timeline(
     Returns:
         `dict` with `"video"`, `"num_video_frames"`, `"fps"`, `"num_frames"`, `"frame_stride"`, `"stride_frames"`,
         `"labels"` (every label name, in class index order), `"windows"` (per window: `"start_frame"`, `"end_frame"`
-        (its last frame), `"start_time"`, `"end_time"` (in seconds, `frame / fps`; `None` when the
-        video has no frame rate), the top-k `"labels"` and
-        `"scores"`) and `"probabilities"` (per window, the softmax over all labels) and `"max_cached_frames"` (the most frames whose features
-        were held at once: what bounds memory).
+        (its last frame), `"start_time"`, `"end_time"` (in seconds, `frame / fps`; `None` when the video has no frame
+        rate), the top-k `"labels"` and `"scores"`), `"probabilities"` (per window, the softmax over all labels) and
+        `"max_cached_frames"` (the most frames whose features were held at once: what bounds memory).
     """
     import os
 
@@ -103,16 +132,23 @@ def compute_timeline(
     num_video_frames = len(decoder)
     fps = decoder.metadata.average_fps or None  # None when the container does not say
     windows = window_frame_indices(num_video_frames, num_frames, frame_stride, stride_frames)
-    # The last window that reads each frame: its features are freed after that window.
+    # The last window that reads each frame (and each pair of neighbouring frames): freed after that window.
     last_use = {}
     for window_index, window in enumerate(windows):
         for frame in window:
             last_use[frame] = window_index
+        for pair in zip(window[:-1], window[1:]):
+            last_use[pair] = window_index
+    pair_cache = model.config.use_temporal_cross_attention and num_frames > 1
 
     device = next(model.parameters()).device
     labels = [model.config.id2label[i] for i in range(model.config.num_labels)]
     top_k = min(top_k, len(labels))
-    features = {}  # frame index -> per read layer (hidden state, queries, keys), each (1 + num_patches, ...)
+    # frame index -> [hidden states, queries, keys], each a list over the read layers of `(1 + num_patches, ...)`
+    features = {}
+    # (frame, next frame) -> per read layer, the temporal cross attention output of the frame looking ahead and of
+    # the next frame looking back, each `(1 + num_patches, hidden_size)`
+    pairs = {}
     results, probabilities = [], []
     max_cached_frames = 0
     with torch.inference_mode(), tqdm(
@@ -125,23 +161,43 @@ def compute_timeline(
                 frames = _decode_frames(decoder, name, new_frames)  # uint8 (n, 3, H, W)
                 pixel_values = video_processor(frames, do_sample_frames=False, return_tensors="pt")["pixel_values"]
                 frame_features = model.evl.get_frame_features(pixel_values[0].to(device))
-                tensors = [frame_features.hidden_states, frame_features.queries, frame_features.keys]
+                groups = [frame_features.hidden_states, frame_features.queries, frame_features.keys]
                 for row, frame in enumerate(new_frames):
-                    features[frame] = [None if group is None else [t[row] for t in group] for group in tensors]
-
-            # (batch * num_frames, ...) per read layer, window after window, as decode_frame_features expects
-            def gather(group: int):
-                if features[batch[0][0]][group] is None:
-                    return None
-                num_layers = len(features[batch[0][0]][group])
-                return tuple(
-                    torch.stack([features[frame][group][layer] for window in batch for frame in window])
-                    for layer in range(num_layers)
-                )
-
+                    features[frame] = [None if group is None else [t[row] for t in group] for group in groups]
             max_cached_frames = max(max_cached_frames, len(features))
-            window_features = EVLFrameFeatures(hidden_states=gather(0), queries=gather(1), keys=gather(2))
-            pooled, _ = model.evl.decode_frame_features(window_features, num_frames)
+
+            def stack(items, group: int, layer: int):
+                """`(len(items), len(item), ...)`: one cached tensor per frame of each item (a window or a pair)."""
+                return torch.stack([torch.stack([features[f][group][layer] for f in item]) for item in items])
+
+            num_layers = len(model.evl.decoder.layers)
+            hidden_states = [stack(batch, 0, layer) for layer in range(num_layers)]
+            if pair_cache:
+                new_pairs = sorted({pair for w in batch for pair in zip(w[:-1], w[1:])} - pairs.keys())
+                for layer, decoder_layer in enumerate(model.evl.decoder.layers):
+                    if not new_pairs:
+                        break
+                    # each pair as a 2-frame clip, (pairs, 2, 1 + num_patches, heads, head_dim): frame 0 gets what it
+                    # collects looking ahead, frame 1 what it collects looking back
+                    output = decoder_layer.temporal_cross_attention(stack(new_pairs, 1, layer), stack(new_pairs, 2, layer))
+                    for row, pair in enumerate(new_pairs):
+                        pairs.setdefault(pair, []).append((output[row, 0], output[row, 1]))
+                # Every frame but the first adds what it collects looking back, every frame but the last what it
+                # collects looking ahead, as the model's temporal cross attention does: (batch, num_frames, ...).
+                cross_attention_outputs = []
+                for layer in range(num_layers):
+                    window_pairs = [list(zip(w[:-1], w[1:])) for w in batch]
+                    ahead = torch.stack([torch.stack([pairs[p][layer][0] for p in wp]) for wp in window_pairs])
+                    back = torch.stack([torch.stack([pairs[p][layer][1] for p in wp]) for wp in window_pairs])
+                    no_frame = torch.zeros_like(back[:, :1])
+                    cross_attention_outputs.append(torch.cat([no_frame, back], 1) + torch.cat([ahead, no_frame], 1))
+                pooled = _decode_windows(model, hidden_states, cross_attention_outputs)
+            else:
+                read = lambda group: None if features[batch[0][0]][group] is None else tuple(
+                    stack(batch, group, layer).flatten(0, 1) for layer in range(num_layers)
+                )
+                window_features = EVLFrameFeatures(hidden_states=read(0), queries=read(1), keys=read(2))
+                pooled, _ = model.evl.decode_frame_features(window_features, num_frames)
             logits = model.classifier(model.dropout(model.fc_norm(pooled)))
             window_probabilities = logits.float().softmax(-1).cpu()
             scores, indices = window_probabilities.topk(top_k, dim=-1)
@@ -159,8 +215,9 @@ def compute_timeline(
                 probabilities.append(row.tolist())
 
             last_window = first + len(batch) - 1
-            for frame in [frame for frame in features if last_use[frame] <= last_window]:
-                del features[frame]
+            for cache in (features, pairs):
+                for key in [key for key in cache if last_use[key] <= last_window]:
+                    del cache[key]
             bar.update(len(batch))
 
     return {

@@ -22,7 +22,7 @@ def encode_video(path, num_frames, *, height=48, width=64, fps=15, seed=0):
     return path
 
 
-def save_tiny_model(folder, *, num_frames=4, frame_stride=4, seed=0):
+def save_tiny_model(folder, *, num_frames=4, frame_stride=4, seed=0, **config_overrides):
     """A 2-layer CLIP with 32x32 images and a decoder whose zero-initialised parts are given values."""
     torch.manual_seed(seed)
     vision_config = CLIPVisionConfig(
@@ -34,6 +34,7 @@ def save_tiny_model(folder, *, num_frames=4, frame_stride=4, seed=0):
         decoder_num_layers=2,
         id2label=dict(enumerate(LABELS)),
         label2id={label: i for i, label in enumerate(LABELS)},
+        **config_overrides,
     )
     model = EVLForVideoClassification(config)
     # The temporal tables, position embeddings and query start at zero: random values make them count.

@@ -10,7 +10,7 @@ from evl_hf.commands import main
 from evl_hf.commands.timeline import compute_timeline, window_frame_indices
 from evl_hf.video_processing_evl import read_video_frames
 
-from .conftest import LABELS, encode_video
+from .conftest import LABELS, encode_video, save_tiny_model
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,17 @@ def test_every_window_equals_the_model_on_that_windows_frames(model_and_processo
     for window, probabilities in zip(result["windows"], result["probabilities"]):
         assert window["end_frame"] == window["start_frame"] + 12
         assert window["start_time"] == pytest.approx(window["start_frame"] / 15)
+        assert_window_matches_model(model, processor, video, window, probabilities)
+
+
+def test_a_model_without_temporal_cross_attention_decodes_through_the_model(tmp_path):
+    folder = save_tiny_model(tmp_path / "model", use_temporal_cross_attention=False)
+    model = EVLForVideoClassification.from_pretrained(folder).eval()
+    processor = EVLVideoProcessor.from_pretrained(folder)
+    video = encode_video(tmp_path / "clip.mp4", 30)
+    result = compute_timeline(model, processor, video, stride_frames=2, batch_size=3, progress=False)
+    assert len(result["windows"]) == (30 - 13) // 2 + 1
+    for window, probabilities in zip(result["windows"], result["probabilities"]):
         assert_window_matches_model(model, processor, video, window, probabilities)
 
 
