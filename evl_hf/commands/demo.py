@@ -34,10 +34,12 @@ logger = logging.getLogger(__name__)
 
 # Files in MODEL/examples with these suffixes are offered as example clips.
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
+IDLE_STATUS = "Upload a video (or pick an example clip) to classify it."
 # Small frames (the synthetic-motion model's are 64x64) are drawn with visible pixels rather than blurred.
 CSS = """
 #frames img { image-rendering: pixelated; }
 #status p { font-size: 1.15rem; margin: 0.25rem 0; }
+#status .status-idle { color: var(--body-text-color-subdued); }
 #status .status-error { color: var(--error-text-color); font-weight: 600; }
 """
 
@@ -167,7 +169,7 @@ def build_demo(model, video_processor, *, title: str, examples: list[str] = ()):
     def predict(video: str | None):
         empty = (None, None, gr.update(value=None, visible=False))
         if not video:
-            return ("", *empty)
+            return (_status(IDLE_STATUS, "idle"), *empty)
         name = os.path.basename(video)
         try:
             result = classify_video(model, video_processor, video)
@@ -176,16 +178,16 @@ def build_demo(model, video_processor, *, title: str, examples: list[str] = ()):
             message = str(error).replace(video, name)
             if name not in message:
                 message = f"Cannot read video {name!r}: {message}"
-            return (_status(f"{message}. Upload a video file (mp4, webm, mkv, ...).", True), *empty)
+            return (_status(f"{message}. Upload a video file (mp4, webm, mkv, ...).", "error"), *empty)
         except Exception as error:  # the page must keep serving whatever one video does to the model
             logger.exception("Classifying %s failed", video)
-            return (_status(f"Classifying {name!r} failed: {type(error).__name__}: {error}", True), *empty)
+            return (_status(f"Classifying {name!r} failed: {type(error).__name__}: {error}", "error"), *empty)
 
         fps = result["fps"]
         captions = [f"frame {i}" + (f" · {i / fps:.2f} s" if fps else "") for i in result["frame_indices"]]
         best_label, best_score = next(iter(result["scores"].items()))
         length = f"{result['num_video_frames']} frames" + (f", {result['num_video_frames'] / fps:.1f} s" if fps else "")
-        status = _status(f"{name} ({length}): {best_label} ({best_score:.1%})", False)
+        status = _status(f"{name} ({length}): {best_label} ({best_score:.1%})", "ok")
         timeline = result["timeline"]
         timeline_update = (
             gr.update(value=render_timeline(timeline, name), visible=True)
@@ -204,9 +206,15 @@ def build_demo(model, video_processor, *, title: str, examples: list[str] = ()):
             with gr.Column(scale=1):
                 video = gr.Video(label="Video", sources=["upload"], elem_id="video", height=320)
                 if examples:
-                    gr.Examples([[path] for path in examples], inputs=[video], label="Example clips")
+                    gr.Examples(
+                        [[path] for path in examples],
+                        inputs=[video],
+                        label="Example clips",
+                        example_labels=[os.path.basename(path) for path in examples],
+                        elem_id="examples",
+                    )
             with gr.Column(scale=1):
-                status = gr.HTML(elem_id="status")
+                status = gr.HTML(_status(IDLE_STATUS, "idle"), elem_id="status")
                 scores = gr.Label(label="Top-5 labels", num_top_classes=5, elem_id="scores")
         frames = gr.Gallery(
             label="Frames the model saw (sampled, resized and cropped)",
@@ -222,8 +230,8 @@ def build_demo(model, video_processor, *, title: str, examples: list[str] = ()):
     return demo
 
 
-def _status(text: str, is_error: bool) -> str:
-    kind = "error" if is_error else "ok"
+def _status(text: str, kind: str) -> str:
+    """The status line: `kind` is "idle", "ok" or "error" (styled by `CSS`, and what tests wait for)."""
     return f'<p class="status-{kind}" data-status="{kind}">{html.escape(text)}</p>'
 
 
