@@ -23,6 +23,7 @@ import argparse
 import html
 import logging
 import os
+import socket
 import sys
 from pathlib import Path
 
@@ -35,9 +36,11 @@ logger = logging.getLogger(__name__)
 # Files in MODEL/examples with these suffixes are offered as example clips.
 VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 IDLE_STATUS = "Upload a video (or pick an example clip) to classify it."
-# Small frames (the synthetic-motion model's are 64x64) are drawn with visible pixels rather than blurred.
+# Small frames (the synthetic-motion model's are 64x64) are drawn with visible pixels rather than blurred, and the
+# frame strip is only as tall as its thumbnails.
 CSS = """
 #frames img { image-rendering: pixelated; }
+#frames .fixed-height { min-height: 0; max-height: none; }
 #status p { font-size: 1.15rem; margin: 0.25rem 0; }
 #status .status-idle { color: var(--body-text-color-subdued); }
 #status .status-error { color: var(--error-text-color); font-weight: 600; }
@@ -218,7 +221,8 @@ def build_demo(model, video_processor, *, title: str, examples: list[str] = ()):
                 scores = gr.Label(label="Top-5 labels", num_top_classes=5, elem_id="scores")
         frames = gr.Gallery(
             label="Frames the model saw (sampled, resized and cropped)",
-            columns=config.num_frames,
+            # One row of 8 to 16 thumbnails: small enough to see the clip at a glance, large enough to see a frame.
+            columns=min(max(config.num_frames, 8), 16),
             height="auto",
             object_fit="contain",
             format="png",
@@ -260,6 +264,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("the demo needs Gradio: pip install 'evl-hf[demo]'.") from None
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, got {args.port}.")
+    # Checked before the model loads, which takes a while; Gradio's own message speaks of its Python API.
+    with socket.socket() as probe:
+        try:
+            probe.bind((args.host, args.port))
+        except OSError as error:
+            raise UsageError(f"cannot serve on {args.host}:{args.port} ({error}); pick another --port or --host.") from None
 
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     examples = find_examples(args.model)

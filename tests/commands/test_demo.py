@@ -188,18 +188,19 @@ def upload(driver, path):
     from selenium.webdriver.support.ui import WebDriverWait
 
     for button in driver.find_elements(By.CSS_SELECTOR, "#video button[aria-label=Clear]"):
-        # A click from script: a toast or a layout shift (the screenshot resizes the window) can cover the button.
+        # A click from script: a toast passing over the button would take a real click.
         driver.execute_script("arguments[0].click()", button)
     WebDriverWait(driver, 30).until(lambda driver: driver.find_elements(By.CSS_SELECTOR, UPLOAD))
     driver.find_element(By.CSS_SELECTOR, UPLOAD).send_keys(str(path))
 
 
 def save_screenshot(driver, path):
-    """The whole page: the window is made as tall as the page first."""
-    height = driver.execute_script("return document.documentElement.scrollHeight")
-    driver.set_window_size(1400, max(height, 1000))
-    driver.save_screenshot(str(path))
-    driver.set_window_size(1400, 1000)
+    """The whole page, also what lies below the window (Chromium's DevTools screenshot)."""
+    import base64
+
+    screenshot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+    with open(path, "wb") as file:
+        file.write(base64.b64decode(screenshot["data"]))
 
 
 @pytest.fixture(scope="module")
@@ -284,3 +285,16 @@ def test_the_page_requests_nothing_from_other_hosts(browser, clip_result):
     assert hosts == {"127.0.0.1"}, f"requests to other hosts: {sorted(hosts - {'127.0.0.1'})}"
     schemes = {urllib.parse.urlsplit(url).scheme for url in urls}
     assert schemes <= {"http", "data", "blob"}, f"unexpected request schemes: {schemes}"
+
+
+def test_a_port_in_use_is_a_usage_error_before_the_model_loads(capsys):
+    from evl_hf.commands import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            main(["demo", "--model", "no-such-model-folder", "--port", str(port)])
+    assert exit_info.value.code == 2
+    assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
