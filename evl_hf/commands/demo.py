@@ -99,9 +99,9 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
         `FileNotFoundError`, `IsADirectoryError`, `VideoDecodingError`: from the processor, naming the file.
     """
     import torch
-    from torchcodec.decoders import VideoDecoder
     from transformers.video_utils import VideoMetadata
 
+    from ..video_processing_evl import _open_video
     from .timeline import compute_timeline
 
     inputs = video_processor(video, return_tensors="pt")  # pixel_values: (1, num_frames, 3, height, width)
@@ -110,9 +110,10 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
     probabilities = logits.float().softmax(-1)[0].cpu()
     scores, indices = probabilities.topk(min(top_k, probabilities.numel()))
 
-    # The processor decoded only its sampled frames and does not return their positions: ask its sampler again.
-    metadata = VideoDecoder(video).metadata
-    num_video_frames = metadata.num_frames
+    # The processor decoded only its sampled frames and does not return their positions: ask its sampler again, with
+    # the frame count it saw.
+    decoder, _ = _open_video(video)
+    num_video_frames = len(decoder)
     frame_indices = video_processor.sample_frames(VideoMetadata(total_num_frames=num_video_frames))
     span = (model.config.num_frames - 1) * video_processor.frame_stride + 1
     timeline = None
@@ -125,7 +126,7 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
         "frames": unnormalize_frames(inputs["pixel_values"][0], video_processor),
         "frame_indices": frame_indices,
         "num_video_frames": num_video_frames,
-        "fps": metadata.average_fps or None,
+        "fps": decoder.metadata.average_fps or None,
         "timeline": timeline,
     }
 
@@ -142,6 +143,11 @@ def render_timeline(timeline: dict, name: str):
         path = os.path.join(folder, "timeline.png")
         plot_timeline({**timeline, "video": name}, path)
         return Image.open(path).convert("RGB")
+
+
+def _status(text: str, kind: str) -> str:
+    """The status line: `kind` is "idle", "ok" or "error" (styled by `CSS`, and what tests wait for)."""
+    return f'<p class="status-{kind}" data-status="{kind}">{html.escape(text)}</p>'
 
 
 def build_demo(model, video_processor, *, title: str, examples: list[str] = ()):
@@ -234,11 +240,6 @@ def build_demo(model, video_processor, *, title: str, examples: list[str] = ()):
     return demo
 
 
-def _status(text: str, kind: str) -> str:
-    """The status line: `kind` is "idle", "ok" or "error" (styled by `CSS`, and what tests wait for)."""
-    return f'<p class="status-{kind}" data-status="{kind}">{html.escape(text)}</p>'
-
-
 def register(subparsers):
     parser = subparsers.add_parser(
         "demo",
@@ -284,7 +285,6 @@ def run(args: argparse.Namespace) -> int:
             inbrowser=False,
             show_error=False,
             footer_links=[],
-            allowed_paths=[os.path.dirname(path) for path in examples[:1]],
             css=CSS,
             ssr_mode=False,
             pwa=False,
