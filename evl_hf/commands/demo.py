@@ -262,15 +262,18 @@ def run(args: argparse.Namespace) -> int:
     try:
         import gradio  # noqa: F401
     except ImportError:
-        raise UsageError("the demo needs Gradio: pip install 'evl-hf[demo]'.") from None
+        raise UsageError("the demo needs Gradio: install the demo extra (pip install -e '.[demo]' in evl_hf's folder).") from None
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, got {args.port}.")
-    # Checked before the model loads, which takes a while; Gradio's own message speaks of its Python API.
-    with socket.socket() as probe:
-        try:
+    # Checked before the model loads, which takes a while; Gradio's own message speaks of its Python API. The server
+    # (uvicorn) binds with SO_REUSEADDR, so the probe does too: a port left in TIME_WAIT is free for both.
+    try:
+        family = socket.getaddrinfo(args.host, args.port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((args.host, args.port))
-        except OSError as error:
-            raise UsageError(f"cannot serve on {args.host}:{args.port} ({error}); pick another --port or --host.") from None
+    except OSError as error:
+        raise UsageError(f"cannot serve on {args.host}:{args.port} ({error}); pick another --port or --host.") from None
 
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     examples = find_examples(args.model)

@@ -74,8 +74,8 @@ def free_port() -> int:
 def demo_files(tmp_path_factory):
     """The model folder the app serves (with an example clip), a long clip, a broken file, and where to put output."""
     root = tmp_path_factory.mktemp("demo")
-    model = root / "model"
     given = os.environ.get("EVL_HF_DEMO_MODEL")
+    model = root / (os.path.basename(os.path.normpath(given)) if given else "tiny-evl")  # the page's title
     if given:
         # Links to the given folder's files, so that the example clip added here stays out of it.
         model.mkdir()
