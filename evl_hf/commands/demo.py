@@ -257,12 +257,6 @@ def register(subparsers):
 
 
 def run(args: argparse.Namespace) -> int:
-    # Gradio reads this when it starts: no usage statistics and no version check go out.
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        raise UsageError("the demo needs Gradio: install the demo extra (pip install -e '.[demo]' in evl_hf's folder).") from None
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, got {args.port}.")
     # Checked before the model loads, which takes a while; Gradio's own message speaks of its Python API. The server
@@ -274,6 +268,12 @@ def run(args: argparse.Namespace) -> int:
             probe.bind((args.host, args.port))
     except OSError as error:
         raise UsageError(f"cannot serve on {args.host}:{args.port} ({error}); pick another --port or --host.") from None
+    # Gradio reads this when it starts: no usage statistics and no version check go out.
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise UsageError("the demo needs Gradio: pip install -e '.[demo]' in evl_hf's folder.") from None
 
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     examples = find_examples(args.model)
