@@ -293,8 +293,12 @@ def run(args: argparse.Namespace) -> int:
             pwa=False,
             mcp_server=False,
             run_history=False,
+            quiet=True,  # Gradio's own lines speak of its Python API (share=True)
+            prevent_thread_lock=True,
         )
     except OSError as error:
         print(f"evl-hf demo: cannot serve on {args.host}:{args.port}: {error}", file=sys.stderr)
         return 1
+    print(f"evl-hf demo: serving {args.model} at {demo.local_url} (Ctrl+C stops it)", flush=True)
+    demo.block_thread()
     return 0
