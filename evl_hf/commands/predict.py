@@ -207,6 +207,8 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(f"--{option} must be at least 1, got {getattr(args, option)}.")
     if args.num_workers < 0:
         raise UsageError(f"--num_workers must be 0 or more, got {args.num_workers}.")
+    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise UsageError(f"--output {args.output!r}: its folder does not exist; create it first.")
     videos = find_videos(args.inputs)
     if not videos:
         raise UsageError(
@@ -232,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         collate_fn=_keep_as_list,
+        pin_memory=device.type == "cuda",
     )
     failed = []
     try:

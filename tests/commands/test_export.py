@@ -60,3 +60,17 @@ def test_a_bad_model_path_exits_2(tmp_path, capsys):
         main(["export", "--model", str(tmp_path / "no_model"), "--output", str(tmp_path / "model.onnx")])
     assert exit_info.value.code == 2
     assert "no_model" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_the_onnx_benchmark_runs_and_reports_parity():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_onnx.py"
+    done = subprocess.run([sys.executable, str(script), "--tiny"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result, _ = json.JSONDecoder().raw_decode(done.stdout)
+    assert result["max_logit_difference"] < 1e-4
+    assert all(value > 0 for value in result["median_seconds"].values())
