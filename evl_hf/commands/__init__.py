@@ -28,7 +28,7 @@ import sys
 
 
 # Module names, in the order `evl-hf --help` lists them.
-SUBCOMMANDS = ["timeline", "demo"]
+SUBCOMMANDS = ["predict", "timeline", "export", "demo"]
 
 
 class UsageError(Exception):

@@ -151,3 +151,20 @@ def test_command_reports_an_unreadable_video_with_status_1(model_folder, tmp_pat
     assert main(["timeline", "--model", str(model_folder), str(broken)]) == 1
     error = capsys.readouterr().err
     assert "broken.mp4" in error and "text file" in error
+
+
+@pytest.mark.slow  # a subprocess importing torch, then the tiny model over a 10 s video: 20-60 s on 2 busy cores
+def test_the_benchmark_runs_and_matches_the_per_window_model(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_timeline.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--tiny", "--video-dir", str(tmp_path)], capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result, _ = json.JSONDecoder().raw_decode(done.stdout)
+    assert result["num_windows"] == (300 - 113) // 16 + 1
+    assert result["max_probability_difference"] < 1e-5
+    assert result["timeline_seconds"][0] > 0 and result["per_window_seconds_whole_video"][0] > 0
