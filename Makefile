@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.evl-hf-installed
 
-.PHONY: install train test test-slow test-all test-conformance benchmark clean
+.PHONY: install browser train test test-slow test-all test-conformance benchmark clean
 
 install: $(STAMP)
 
@@ -26,11 +26,17 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
 
+# Chromium and its driver, for the browser test of `evl-hf demo` (tests/commands/test_demo.py).
+browser:
+	@command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 || { \
+		echo "Chromium or chromedriver not found: installing them with apt-get (the demo's browser test needs them)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
 # pytest exits 5 when nothing is marked slow: that is not a failure.
-test-slow: $(STAMP)
+test-slow: $(STAMP) browser
 	$(BIN)/python -m pytest -m slow $(ARGS) || [ $$? -eq 5 ]
 
-test-all: $(STAMP)
+test-all: $(STAMP) browser
 	$(BIN)/python -m pytest $(ARGS)
 
 # transformers' own common suites (model, config, video and image processors) run against EVL. They come from the

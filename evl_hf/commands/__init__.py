@@ -28,7 +28,7 @@ import sys
 
 
 # Module names, in the order `evl-hf --help` lists them.
-SUBCOMMANDS = []
+SUBCOMMANDS = ["predict", "timeline", "export", "demo"]
 
 
 class UsageError(Exception):

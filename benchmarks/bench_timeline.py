@@ -1,0 +1,186 @@
+"""Speed of `evl-hf timeline` (`compute_timeline`) against calling the model once per window.
+
+The video is 3 minutes at 30 fps (5,400 frames, 320x240, H.264 from FFmpeg's `testsrc2` pattern), generated once
+into a cache folder. The model has the shapes of `--shape` (ViT-B/16 by default) with random weights and an 8-frame
+clip at `frame_stride` 16, the paper's 8x16 model; windows start every 16 frames (the command's default), which
+gives 331 windows.
+
+- `timeline`: `compute_timeline` on the whole video: the backbone runs once per sampled frame (338 frames) and the
+  temporal cross attention once per pair of neighbouring frames; each window then runs only the rest of the decoder.
+- `per_window`: for a window, `read_video_frames` decodes its 8 frames, `EVLVideoProcessor` preprocesses them and
+  the model classifies the clip: what a loop over windows calling the model does. On a CPU running the baseline on
+  all 331 windows takes too long to repeat, so it runs on `--baseline-windows` windows spread evenly over the video,
+  and its time for the whole video is the mean time per window times the number of windows (every window costs the
+  same: the same shapes, the same work).
+
+Both methods run in the same process, one after the other in each of `--repeats` rounds, on `--threads` threads; the
+speed-up is the ratio of the medians. The probabilities of the baseline's windows are compared with the timeline's.
+
+    python benchmarks/bench_timeline.py                              # ViT-B/16, 3-minute video
+    python benchmarks/bench_timeline.py --repeats 3 --output docs/benchmark_results
+    python benchmarks/bench_timeline.py --tiny                       # seconds; what the tests run
+"""
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from benchmark_utils import VIT_SHAPES, emit, log, machine_info, markdown_table, median, ratio, target, targets_table
+
+
+# ViT-S/16 (DeiT-S widths with CLIP's patch size): a quarter of ViT-B/16's backbone work, for a busy CPU.
+SHAPES = {**VIT_SHAPES, "vit-s16": {**VIT_SHAPES["vit-b16"], "hidden_size": 384, "intermediate_size": 1536,
+                                    "num_attention_heads": 6}}  # fmt: skip
+
+
+def default_video_dir() -> Path:
+    from evl_hf.synthetic_data import default_cache_dir
+
+    return default_cache_dir().parent / "benchmark_videos"
+
+
+def generate_video(folder: Path, seconds: float, fps: int, height: int, width: int) -> Path:
+    """An H.264 video of FFmpeg's moving `testsrc2` test pattern, made once and reused."""
+    path = folder / f"timeline_{seconds:g}s_{fps}fps_{width}x{height}.mp4"
+    if not path.exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        log(f"generating {path}")
+        partial = path.with_suffix(".partial.mp4")
+        subprocess.run(
+            ["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i", f"testsrc2=size={width}x{height}:rate={fps}",
+             "-t", str(seconds), "-c:v", "libx264", "-pix_fmt", "yuv420p", str(partial)],
+            check=True,
+        )  # fmt: skip
+        partial.rename(path)
+    return path
+
+
+def build_model(shape: str, num_frames: int, frame_stride: int):
+    from transformers import CLIPVisionConfig
+
+    from evl_hf import EVLConfig, EVLForVideoClassification, EVLVideoProcessor
+
+    torch.manual_seed(0)
+    vision = SHAPES[shape]
+    config = EVLConfig(
+        vision_config=CLIPVisionConfig(**vision),
+        num_frames=num_frames,
+        decoder_num_layers=min(4, vision["num_hidden_layers"]),
+        num_labels=400,
+    )
+    model = EVLForVideoClassification(config).eval()
+    with torch.no_grad():  # the zero-initialised temporal parts get values, so that they do real work
+        for name, parameter in model.named_parameters():
+            if any(part in name for part in ("temporal_cross_attention", "temporal_pos_embed", "query_token")):
+                parameter.normal_(std=0.02)
+    size = vision["image_size"]
+    processor = EVLVideoProcessor(
+        num_frames=num_frames,
+        frame_stride=frame_stride,
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+    )
+    return model, processor
+
+
+def time_timeline(model, processor, video) -> tuple[float, dict]:
+    from evl_hf.commands.timeline import compute_timeline
+
+    start = time.perf_counter()
+    result = compute_timeline(model, processor, video, progress=False)
+    return time.perf_counter() - start, result
+
+
+def time_per_window(model, processor, video, windows: list[list[int]]) -> tuple[float, list[torch.Tensor]]:
+    from evl_hf.video_processing_evl import read_video_frames
+
+    probabilities = []
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for indices in windows:
+            pixel_values = processor(read_video_frames(video, indices), return_tensors="pt")["pixel_values"]
+            probabilities.append(model(pixel_values=pixel_values).logits[0].softmax(-1))
+    return (time.perf_counter() - start) / len(windows), probabilities
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shape", default="vit-b16", choices=sorted(SHAPES))
+    parser.add_argument("--seconds", type=float, default=180.0)
+    parser.add_argument("--fps", type=int, default=30)
+    parser.add_argument("--height", type=int, default=240)
+    parser.add_argument("--width", type=int, default=320)
+    parser.add_argument("--num-frames", type=int, default=8)
+    parser.add_argument("--frame-stride", type=int, default=16)
+    parser.add_argument("--baseline-windows", type=int, default=12, help="windows the per-window baseline runs on")
+    parser.add_argument("--repeats", type=int, default=2, help="alternating rounds of the two methods")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--video-dir", type=Path, default=None)
+    parser.add_argument("--tiny", action="store_true", help="tiny model, 10 s video, 1 round: a run in seconds")
+    parser.add_argument("--output", help="folder to write timeline.json and timeline.md into")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.shape, args.seconds, args.repeats, args.baseline_windows = "tiny", 10.0, 1, 4
+    torch.set_num_threads(args.threads)
+
+    from evl_hf.commands.timeline import window_frame_indices
+
+    video = generate_video(args.video_dir or default_video_dir(), args.seconds, args.fps, args.height, args.width)
+    model, processor = build_model(args.shape, args.num_frames, args.frame_stride)
+    num_video_frames = round(args.seconds * args.fps)
+    windows = window_frame_indices(num_video_frames, args.num_frames, args.frame_stride, args.frame_stride)
+    step = max(len(windows) // args.baseline_windows, 1)
+    sampled = list(range(0, len(windows), step))[: args.baseline_windows]
+    log(f"{len(windows)} windows; the baseline runs on windows {sampled}")
+
+    timeline_seconds, baseline_seconds, max_difference = [], [], 0.0
+    for round_index in range(args.repeats):
+        seconds, result = time_timeline(model, processor, str(video))
+        timeline_seconds.append(seconds)
+        log(f"round {round_index}: timeline {seconds:.1f} s for {len(result['windows'])} windows")
+        per_window, probabilities = time_per_window(model, processor, str(video), [windows[i] for i in sampled])
+        baseline_seconds.append(per_window * len(windows))
+        log(f"round {round_index}: per-window baseline {per_window:.2f} s/window, {per_window * len(windows):.1f} s")
+        for index, expected in zip(sampled, probabilities):
+            difference = (torch.tensor(result["probabilities"][index]) - expected).abs().max().item()
+            max_difference = max(max_difference, difference)
+
+    timeline_median, baseline_median = median(timeline_seconds), median(baseline_seconds)
+    speedup = ratio(baseline_median, timeline_median)
+    output = {
+        "benchmark": "timeline",
+        "shape": args.shape,
+        "video": {"seconds": args.seconds, "fps": args.fps, "frames": num_video_frames, "size": [args.width, args.height]},
+        "num_frames": args.num_frames,
+        "frame_stride": args.frame_stride,
+        "stride_frames": args.frame_stride,
+        "num_windows": len(windows),
+        "backbone_frames": len({frame for window in windows for frame in window}),
+        "baseline_windows_timed": len(sampled),
+        "threads": args.threads,
+        "timeline_seconds": timeline_seconds,
+        "per_window_seconds_whole_video": baseline_seconds,
+        "max_probability_difference": max_difference,
+        "targets": {"speedup_timeline_vs_per_window": target(speedup, at_least=5)},
+        "machine": machine_info(),
+    }
+    rows = [
+        ["timeline (compute_timeline)", timeline_median, timeline_median / len(windows)],
+        ["model once per window", baseline_median, baseline_median / len(windows)],
+    ]
+    markdown = (
+        f"{args.shape}, {args.num_frames}x{args.frame_stride}, {args.seconds:g} s at {args.fps} fps, "
+        f"{len(windows)} windows, {args.threads} threads, median of {args.repeats} rounds\n\n"
+        + markdown_table(["method", "whole video (s)", "per window (s)"], rows)
+        + f"\n\nspeed-up: {speedup:.2f}x; largest probability difference {max_difference:.1e}\n\n"
+        + targets_table(output["targets"])
+    )
+    emit("timeline", output, markdown, args.output)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

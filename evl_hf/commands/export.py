@@ -1,0 +1,148 @@
+# Copyright 2026 The evl_hf authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+`evl-hf export`: the classifier as an ONNX file, from `pixel_values` to `logits`.
+
+The graph comes from `torch.onnx.export` (the `torch.export` based exporter, which needs `onnxscript`). The input is
+`pixel_values`, float32 `(batch_size, num_frames, 3, height, width)` as [`EVLVideoProcessor`] returns it, and the
+output `logits`, `(batch_size, num_labels)`; the batch dimension is dynamic. The label names, the clip length and the
+image size are stored in the file's metadata. After writing, the command runs the file with onnxruntime on a batch
+of another size and checks it against PyTorch.
+"""
+
+import argparse
+import json
+import sys
+
+from . import UsageError
+from .utils import add_model_arguments, load_model_and_processor
+
+
+DEFAULT_OPSET = 18
+
+
+def _require_export_extra():
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as error:
+        raise UsageError(
+            f"exporting to ONNX needs onnx, onnxscript and onnxruntime ({error}): pip install 'evl-hf[export]'"
+        ) from None
+
+
+def export_onnx(model, path, *, opset: int = DEFAULT_OPSET, batch_size: int = 2):
+    """
+    Writes `model` as an ONNX graph from `pixel_values` to `logits` with a dynamic batch dimension.
+
+    Args:
+        model ([`EVLForVideoClassification`]):
+            The classifier, in float32 on the CPU.
+        path (`str` or `os.PathLike`):
+            The `.onnx` file to write.
+        opset (`int`, *optional*, defaults to 18):
+            The ONNX opset version.
+        batch_size (`int`, *optional*, defaults to 2):
+            Batch size of the example input the graph is traced with; any batch size runs afterwards.
+    """
+    import onnx
+    import torch
+
+    config = model.config
+    size = config.vision_config.image_size
+    example = torch.randn(batch_size, config.num_frames, config.vision_config.num_channels, size, size)
+
+    class Logits(torch.nn.Module):
+        """The classifier with a plain tensor out, the shape ONNX graphs take."""
+
+        def __init__(self, classifier):
+            super().__init__()
+            self.classifier = classifier
+
+        def forward(self, pixel_values):
+            return self.classifier(pixel_values=pixel_values).logits
+
+    wrapper = Logits(model).eval()
+    with torch.no_grad():
+        wrapper(example)  # builds the model's lazily made index tables outside of the trace
+        torch.onnx.export(
+            wrapper,
+            (example,),
+            str(path),
+            dynamo=True,
+            opset_version=opset,
+            input_names=["pixel_values"],
+            output_names=["logits"],
+            dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch_size")}},
+            verbose=False,
+        )
+    graph = onnx.load(str(path))
+    metadata = {
+        "id2label": json.dumps({str(i): label for i, label in config.id2label.items()}),
+        "num_frames": str(config.num_frames),
+        "image_size": str(size),
+    }
+    for key, value in metadata.items():
+        entry = graph.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(graph, str(path))
+
+
+def check_onnx(model, path, *, batch_size: int = 3, seed: int = 0) -> float:
+    """Runs the ONNX file with onnxruntime on a random batch and returns the largest difference to PyTorch's logits."""
+    import onnxruntime
+    import torch
+
+    config = model.config
+    size = config.vision_config.image_size
+    generator = torch.Generator().manual_seed(seed)
+    pixel_values = torch.randn(batch_size, config.num_frames, config.vision_config.num_channels, size, size,
+                               generator=generator)  # fmt: skip
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (logits,) = session.run(["logits"], {"pixel_values": pixel_values.numpy()})
+    with torch.no_grad():
+        expected = model(pixel_values=pixel_values).logits
+    return (torch.from_numpy(logits) - expected).abs().max().item()
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "export",
+        help="Export the classifier to ONNX (needs the `export` extra).",
+        description=(
+            "Export the classifier to an ONNX file from pixel_values (batch_size, num_frames, 3, height, width) to "
+            "logits (batch_size, num_labels), with a dynamic batch dimension; then check the file with onnxruntime "
+            "against PyTorch. Preprocess videos with the model's video processor."
+        ),
+    )
+    add_model_arguments(parser, device=False, dtype=False)
+    parser.add_argument("--output", required=True, help="The .onnx file to write.")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help=f"ONNX opset (default: {DEFAULT_OPSET}).")
+    parser.set_defaults(run=run, parser=parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    _require_export_extra()
+    model, _ = load_model_and_processor(args.model)
+    export_onnx(model, args.output, opset=args.opset)
+    difference = check_onnx(model, args.output)
+    # fp32 logits of the same graph differ by rounding only; more means the export is wrong
+    status = "ok" if difference <= 1e-4 else "FAILED"
+    print(
+        f"evl-hf export: wrote {args.output}; onnxruntime vs PyTorch on a batch of 3: largest logit difference "
+        f"{difference:.1e} ({status})",
+        file=sys.stderr,
+    )
+    return 0 if difference <= 1e-4 else 1

@@ -1,0 +1,273 @@
+# Copyright 2026 The evl_hf authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+`evl-hf predict`: classify many videos, one record per video, resumable.
+
+Videos are decoded and preprocessed by the model's video processor in DataLoader worker processes while the model
+classifies the previous batch; a batch holds clips from several videos. A video that cannot be read gets an error
+record and the run goes on. Records are appended and flushed one by one, so a run that is stopped loses at most the
+batch in flight, and running the same command again skips every video already in the output file.
+"""
+
+import argparse
+import csv
+import json
+import os
+import sys
+
+from . import UsageError
+from .utils import add_model_arguments, load_model_and_processor
+
+
+# Extensions searched for in folders (lower case); FFmpeg reads all of these.
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
+LIST_EXTENSIONS = (".txt", ".csv")
+
+
+def _read_list(path: str) -> list[str]:
+    """Video paths from a `.txt` file (one per line; blank lines and `#` comments skipped) or a `.csv` file (the
+    `video` or `path` column, else the first column). Relative paths are relative to the list's folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    with open(path, newline="") as file:
+        if path.lower().endswith(".csv"):
+            rows = [row for row in csv.reader(file) if row and any(cell.strip() for cell in row)]
+            header = [cell.strip().lower() for cell in rows[0]] if rows else []
+            column = next((header.index(name) for name in ("video", "path") if name in header), None)
+            entries = [row[column or 0].strip() for row in (rows[1:] if column is not None else rows)]
+        else:
+            entries = [line.strip() for line in file]
+            entries = [entry for entry in entries if entry and not entry.startswith("#")]
+    return [entry if os.path.isabs(entry) else os.path.normpath(os.path.join(folder, entry)) for entry in entries]
+
+
+def find_videos(inputs: list[str]) -> list[str]:
+    """
+    The videos named by `inputs`, in order and without repeats: video files as given, folders searched recursively
+    for files with a video extension, and `.txt`/`.csv` lists read with `_read_list`. Entries of a list are kept
+    even when they do not exist: the run records them as errors.
+
+    Raises:
+        `UsageError`: an input does not exist.
+    """
+    videos = []
+    for item in inputs:
+        if os.path.isdir(item):
+            for root, folders, files in os.walk(item):
+                folders.sort()
+                videos += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(VIDEO_EXTENSIONS)]
+        elif os.path.isfile(item) and item.lower().endswith(LIST_EXTENSIONS):
+            videos += _read_list(item)
+        elif os.path.exists(item):
+            videos.append(item)
+        else:
+            raise UsageError(f"INPUT {item!r} does not exist; pass video files, folders or .txt/.csv lists of videos.")
+    return list(dict.fromkeys(videos))
+
+
+class ResultsFile:
+    """
+    The output file: JSON lines, or CSV when its name ends in `.csv` (columns `video`, `label_1`, `score_1`, ...,
+    `error`). Opening it reads the videos it already holds; a last line cut short by a stopped run is removed.
+    """
+
+    def __init__(self, path: str, top_k: int):
+        self.path, self.top_k = path, top_k
+        self.is_csv = path.lower().endswith(".csv")
+        self.done = {}  # video -> whether its record is an error
+        if os.path.exists(path):
+            self._read()
+        self.file = open(path, "a", newline="")
+        self.writer = csv.writer(self.file) if self.is_csv else None
+        if self.is_csv and self.file.tell() == 0:
+            self.writer.writerow(self._csv_header(top_k))
+            self.file.flush()
+
+    @staticmethod
+    def _csv_header(top_k: int) -> list[str]:
+        return ["video"] + [f"{name}_{i}" for i in range(1, top_k + 1) for name in ("label", "score")] + ["error"]
+
+    def _read(self):
+        with open(self.path, "rb") as file:
+            data = file.read()
+        complete = data[: data.rfind(b"\n") + 1]
+        if len(complete) < len(data):  # a record torn by a kill: drop it, its video is predicted again
+            with open(self.path, "r+b") as file:
+                file.truncate(len(complete))
+        text = complete.decode("utf-8")
+        if self.is_csv:
+            for row in csv.DictReader(text.splitlines()):
+                if "video" not in row:
+                    raise UsageError(f"--output {self.path!r} is a CSV file without a `video` column; choose another.")
+                self.done[row["video"]] = bool(row.get("error"))
+            return
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+                self.done[record["video"]] = "error" in record
+            except (ValueError, KeyError, TypeError):
+                raise UsageError(
+                    f"--output {self.path!r}: line {number} is not a record of evl-hf predict; choose another file."
+                ) from None
+
+    def write(self, record: dict):
+        if self.is_csv:
+            pairs = list(zip(record.get("labels", []), record.get("scores", [])))
+            cells = [value for label, score in pairs for value in (label, score)]
+            cells += [""] * (2 * self.top_k - len(cells))
+            self.writer.writerow([record["video"], *cells, record.get("error", "")])
+        else:
+            self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+        self.done[record["video"]] = "error" in record
+
+    def close(self):
+        self.file.close()
+
+
+class _StdoutResults(ResultsFile):
+    """Records on standard output, as JSON lines; nothing to resume."""
+
+    def __init__(self, top_k: int):
+        self.top_k, self.is_csv, self.done = top_k, False, {}
+        self.file, self.writer = sys.stdout, None
+
+    def close(self):
+        self.file.flush()
+
+
+class VideoClips:
+    """
+    A map-style dataset of videos: item `i` is the processor's clip of video `i` (what the video-classification
+    pipeline would give the model) or the error that reading it raised.
+    """
+
+    def __init__(self, videos: list[str], video_processor, num_frames: int):
+        self.videos, self.video_processor, self.num_frames = videos, video_processor, num_frames
+
+    def __len__(self):
+        return len(self.videos)
+
+    def __getitem__(self, index: int) -> dict:
+        video = self.videos[index]
+        try:
+            # the arguments the video-classification pipeline passes, so that the clips are the same
+            inputs = self.video_processor(video, num_frames=self.num_frames, do_sample_frames=True, return_tensors="pt")
+            return {"video": video, "pixel_values": inputs["pixel_values"][0]}
+        except Exception as error:  # any failure is this video's, not the run's
+            message = " ".join(str(error).split()) or "no message"
+            return {"video": video, "error": f"{type(error).__name__}: {message}"}
+
+
+def _keep_as_list(items: list[dict]) -> list[dict]:
+    return items
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "predict",
+        help="Classify many videos (files, folders, lists), resumable.",
+        description=(
+            "Classify video files, folders (searched recursively) and .txt/.csv lists of videos. Writes one record "
+            "per video, as JSON lines or CSV (by the extension of --output) or to standard output: "
+            '{"video", "labels", "scores"}, or {"video", "error"} for a video that cannot be read. Run the same '
+            "command again to resume: videos already in --output are skipped. Exit status: 0 when every video was "
+            "predicted, 1 when some failed, 2 for usage errors."
+        ),
+    )
+    add_model_arguments(parser)
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="Video files, folders, or .txt/.csv lists.")
+    parser.add_argument("--output", help="JSON lines file (.csv for CSV) to write and resume (default: stdout).")
+    parser.add_argument("--top_k", type=int, default=5, help="Labels per video (default: 5).")
+    parser.add_argument("--batch_size", type=int, default=8, help="Clips per forward pass (default: 8).")
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        default=min(4, os.cpu_count() or 1),
+        help="Decoding worker processes; 0 decodes in the main process (default: min(4, CPUs)).",
+    )
+    parser.set_defaults(run=run, parser=parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    for option in ("top_k", "batch_size"):
+        if getattr(args, option) < 1:
+            raise UsageError(f"--{option} must be at least 1, got {getattr(args, option)}.")
+    if args.num_workers < 0:
+        raise UsageError(f"--num_workers must be 0 or more, got {args.num_workers}.")
+    if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+        raise UsageError(f"--output {args.output!r}: its folder does not exist; create it first.")
+    videos = find_videos(args.inputs)
+    if not videos:
+        raise UsageError(
+            f"no videos found in {args.inputs}: folders are searched for {', '.join(VIDEO_EXTENSIONS)} files."
+        )
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    results = ResultsFile(args.output, args.top_k) if args.output else _StdoutResults(args.top_k)
+    todo = [video for video in videos if video not in results.done]  # a resumed run skips what is recorded
+    skipped = len(videos) - len(todo)
+    if skipped:
+        print(f"evl-hf predict: {skipped} of {len(videos)} videos already in {args.output}; skipping them",
+              file=sys.stderr)  # fmt: skip
+    labels = model.config.id2label
+    top_k = min(args.top_k, model.config.num_labels)
+    device = next(model.parameters()).device
+    loader = DataLoader(
+        VideoClips(todo, processor, model.config.num_frames),
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        collate_fn=_keep_as_list,
+        pin_memory=device.type == "cuda",
+    )
+    failed = []
+    try:
+        with torch.inference_mode(), tqdm(total=len(todo), unit="video", file=sys.stderr, dynamic_ncols=True) as bar:
+            for items in loader:
+                clips = [item for item in items if "error" not in item]
+                if clips:
+                    pixel_values = torch.stack([item["pixel_values"] for item in clips]).to(device)
+                    probabilities = model(pixel_values=pixel_values).logits.float().softmax(-1)
+                    scores, indices = probabilities.topk(top_k, dim=-1)
+                    for item, item_scores, item_indices in zip(clips, scores.tolist(), indices.tolist()):
+                        item["labels"] = [labels[i] for i in item_indices]
+                        item["scores"] = item_scores
+                for item in items:
+                    if "error" in item:
+                        failed.append(item)
+                        results.write({"video": item["video"], "error": item["error"]})
+                    else:
+                        results.write({"video": item["video"], "labels": item["labels"], "scores": item["scores"]})
+                bar.update(len(items))
+    finally:
+        results.close()
+
+    todo_set = set(todo)
+    earlier_failures = [video for video in videos if video not in todo_set and results.done.get(video)]
+    predicted = len(todo) - len(failed)
+    print(
+        f"evl-hf predict: {len(videos)} videos: {predicted} predicted now, {skipped} already done, "
+        f"{len(failed)} failed now" + (f", {len(earlier_failures)} failed earlier" if earlier_failures else ""),
+        file=sys.stderr,
+    )
+    for item in failed[:20]:
+        print(f"  {item['video']}: {item['error']}", file=sys.stderr)
+    if len(failed) > 20:
+        print(f"  ... and {len(failed) - 20} more (see the error records)", file=sys.stderr)
+    return 1 if failed or earlier_failures else 0

@@ -1,0 +1,301 @@
+"""
+`evl-hf demo`: the page's helpers, and the page itself driven in headless Chromium.
+
+The browser tests start `python -m evl_hf demo` on a free loopback port and use Selenium with the system's Chromium and
+chromedriver (`make test-slow` installs them with apt). They run the tiny model of conftest.py, or the folder named by
+`EVL_HF_DEMO_MODEL` (a model written by `make train`, say); `EVL_HF_DEMO_SCREENSHOT` names where the screenshot of
+the page with a result is copied (docs/images/demo.png was taken so).
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import numpy as np
+import pytest
+import torch
+from torchcodec.encoders import VideoEncoder
+
+from evl_hf import EVLVideoProcessor
+from evl_hf.commands.demo import find_examples, unnormalize_frames
+from evl_hf.synthetic_data import SyntheticMotionConfig, render_clip
+
+from .conftest import save_tiny_model
+
+
+def write_motion_video(path, directions, seed=0):
+    """Synthetic-motion clips (22 frames each at 12 fps, 64x64) one after the other, an object moving `directions`."""
+    config = SyntheticMotionConfig()
+    frames = torch.cat([render_clip(np.random.default_rng([seed, i]), d, config) for i, d in enumerate(directions)])
+    VideoEncoder(frames, frame_rate=config.frame_rate).to_file(str(path), codec="libx264", pixel_format="yuv420p")
+    return path
+
+
+def test_unnormalize_frames_gives_back_the_frames_the_processor_received():
+    processor = EVLVideoProcessor(num_frames=3, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    frames = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pixel_values = processor(frames, return_tensors="pt")["pixel_values"][0]  # already 32x32: no resize, no crop
+    restored = unnormalize_frames(pixel_values, processor)
+    assert restored.shape == (3, 32, 32, 3) and restored.dtype == np.uint8
+    assert np.abs(restored.astype(int) - frames.permute(0, 2, 3, 1).numpy().astype(int)).max() <= 1
+
+
+def test_examples_are_the_video_files_in_the_model_examples_folder(tmp_path):
+    assert find_examples(str(tmp_path)) == []
+    (tmp_path / "examples").mkdir()
+    for name in ("b.mp4", "a.WEBM", "notes.txt"):
+        (tmp_path / "examples" / name).write_bytes(b"")
+    (tmp_path / "examples" / "c.mp4").mkdir()
+    assert [os.path.basename(path) for path in find_examples(str(tmp_path))] == ["a.WEBM", "b.mp4"]
+
+
+def test_a_port_in_use_is_a_usage_error_before_the_model_loads(capsys):
+    from evl_hf.commands import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(SystemExit) as exit_info:
+            main(["demo", "--model", "no-such-model-folder", "--port", str(port)])
+    assert exit_info.value.code == 2
+    assert f"cannot serve on 127.0.0.1:{port}" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# The page in a real browser.
+
+UPLOAD = "#video input[type=file]"
+PAGE_TIMEOUT = 180  # seconds: a busy 2-core machine takes a while to import torch, transformers and Gradio
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def demo_files(tmp_path_factory):
+    """The model folder the app serves (with an example clip), a long clip, a broken file, and where to put output."""
+    root = tmp_path_factory.mktemp("demo")
+    given = os.environ.get("EVL_HF_DEMO_MODEL")
+    model = root / (os.path.basename(os.path.normpath(given)) if given else "tiny-evl")  # the page's title
+    if given:
+        # Links to the given folder's files, so that the example clip added here stays out of it.
+        model.mkdir()
+        for entry in os.scandir(given):
+            if entry.is_file():
+                (model / entry.name).symlink_to(os.path.abspath(entry.path))
+    else:
+        save_tiny_model(model)
+    (model / "examples").mkdir()
+    write_motion_video(model / "examples" / "moving-up.mp4", ["up"], seed=1)
+    broken = root / "broken.mp4"
+    broken.write_text("this is a text file with a video's name\n")
+    return {
+        "model": model,
+        "clip": write_motion_video(root / "right-down-left.mp4", ["right", "down", "left"]),
+        "broken": broken,
+        "root": root,
+    }
+
+
+@pytest.fixture(scope="module")
+def demo_server(demo_files):
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        pytest.fail("Gradio is needed: pip install -e '.[dev]' (or '.[demo]').")
+    port = free_port()
+    log_path = demo_files["root"] / "server.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "evl_hf", "demo", "--model", str(demo_files["model"]), "--port", str(port)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    deadline = time.monotonic() + PAGE_TIMEOUT
+    while True:
+        if process.poll() is not None:
+            pytest.fail(f"evl-hf demo exited with status {process.returncode}:\n{log_path.read_text()}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                if response.status == 200:
+                    break
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"evl-hf demo did not serve {url} within {PAGE_TIMEOUT} s:\n{log_path.read_text()}")
+        time.sleep(0.5)
+    yield {"url": url, "process": process, "log": log_path}
+    process.send_signal(signal.SIGINT)
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture(scope="module")
+def browser(demo_server):
+    try:
+        from selenium import webdriver
+        from selenium.webdriver.chrome.service import Service
+    except ImportError:
+        pytest.fail("Selenium is needed: pip install -e '.[dev]'.")
+
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or chromedriver is None:
+        pytest.fail("Chromium and chromedriver are needed: `make browser` (apt-get install chromium chromium-driver).")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1400,1000"):
+        options.add_argument(argument)
+    # Every request the page makes goes to the performance log, read by the offline test.
+    options.set_capability("goog:loggingPrefs", {"performance": "ALL"})
+    # Paths given explicitly: Selenium would otherwise run its manager, which looks for drivers online.
+    driver = webdriver.Chrome(service=Service(chromedriver), options=options)
+    driver.requested_urls = []
+    driver.get(demo_server["url"])
+    yield driver
+    driver.quit()
+
+
+def requested_urls(driver) -> list[str]:
+    """URLs the page requested since the last call (Chromium's performance log is read once)."""
+    for entry in driver.get_log("performance"):
+        message = json.loads(entry["message"])["message"]
+        if message["method"] == "Network.requestWillBeSent":
+            driver.requested_urls.append(message["params"]["request"]["url"])
+    return driver.requested_urls
+
+
+def wait_for_status(driver, name: str, kind: str):
+    """Waits until the status line names the file `name` with `kind` ("ok" or "error") and returns its text."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def status_text(driver):
+        for element in driver.find_elements(By.CSS_SELECTOR, f"#status [data-status={kind}]"):
+            if name in element.text:
+                return element.text
+        return False
+
+    return WebDriverWait(driver, PAGE_TIMEOUT).until(status_text, f"no {kind} status naming {name} on the page")
+
+
+def upload(driver, path):
+    """Clears the video box (when it holds a video) and uploads `path` into it."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    for button in driver.find_elements(By.CSS_SELECTOR, "#video button[aria-label=Clear]"):
+        # A click from script: a toast passing over the button would take a real click.
+        driver.execute_script("arguments[0].click()", button)
+    WebDriverWait(driver, 30).until(lambda driver: driver.find_elements(By.CSS_SELECTOR, UPLOAD))
+    driver.find_element(By.CSS_SELECTOR, UPLOAD).send_keys(str(path))
+
+
+def save_screenshot(driver, path):
+    """The whole page, also what lies below the window (Chromium's DevTools screenshot)."""
+    import base64
+
+    screenshot = driver.execute_cdp_cmd("Page.captureScreenshot", {"format": "png", "captureBeyondViewport": True})
+    with open(path, "wb") as file:
+        file.write(base64.b64decode(screenshot["data"]))
+
+
+@pytest.fixture(scope="module")
+def clip_result(browser, demo_files):
+    """The page after uploading the long clip: what it shows, and the pipeline's answer for the same file."""
+    from selenium.webdriver.common.by import By
+    from transformers import pipeline
+
+    clip = demo_files["clip"]
+    upload(browser, clip)
+    status = wait_for_status(browser, clip.name, "ok")
+    screenshot = demo_files["root"] / "demo.png"
+    save_screenshot(browser, screenshot)
+    if os.environ.get("EVL_HF_DEMO_SCREENSHOT"):
+        shutil.copyfile(screenshot, os.environ["EVL_HF_DEMO_SCREENSHOT"])
+
+    classifier = pipeline("video-classification", model=str(demo_files["model"]))
+    return {
+        "status": status,
+        "top_label": browser.find_element(By.CSS_SELECTOR, "#scores [data-testid=label-output-value]").text,
+        "listed_labels": [element.text for element in browser.find_elements(By.CSS_SELECTOR, "#scores dt")],
+        "thumbnails": len(browser.find_elements(By.CSS_SELECTOR, "#frames img")),
+        "timeline_images": len(browser.find_elements(By.CSS_SELECTOR, "#timeline img")),
+        "pipeline": classifier(str(clip), top_k=5),
+        "num_frames": classifier.model.config.num_frames,
+        "screenshot": screenshot,
+    }
+
+
+@pytest.mark.slow
+def test_top_label_shown_is_the_pipeline_top_1(clip_result):
+    assert clip_result["top_label"] == clip_result["pipeline"][0]["label"]
+    assert clip_result["listed_labels"] == [prediction["label"] for prediction in clip_result["pipeline"]]
+    assert f": {clip_result['pipeline'][0]['label']} (" in clip_result["status"]
+
+
+@pytest.mark.slow
+def test_the_frames_the_model_saw_are_shown(clip_result):
+    assert clip_result["thumbnails"] == clip_result["num_frames"]
+
+
+@pytest.mark.slow
+def test_a_clip_longer_than_one_window_gets_a_timeline(clip_result):
+    assert clip_result["timeline_images"] == 1
+
+
+@pytest.mark.slow
+def test_screenshot_of_the_result_is_saved(clip_result):
+    with open(clip_result["screenshot"], "rb") as file:
+        assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+def test_broken_upload_shows_a_message_and_the_page_keeps_serving(browser, demo_server, demo_files, clip_result):
+    upload(browser, demo_files["broken"])
+    message = wait_for_status(browser, "broken.mp4", "error")
+    assert message.startswith("Cannot read video 'broken.mp4': it is a text file, not a video")
+    assert "Traceback" not in browser.page_source and demo_server["process"].poll() is None
+
+    upload(browser, demo_files["clip"])
+    assert wait_for_status(browser, demo_files["clip"].name, "ok") == clip_result["status"]
+    assert "Traceback" not in demo_server["log"].read_text()
+
+
+@pytest.mark.slow
+def test_an_example_clip_next_to_the_model_can_be_picked(browser, demo_files, clip_result):
+    from selenium.webdriver.common.by import By
+
+    upload(browser, demo_files["broken"])  # leaves the box with a file, as a user would
+    wait_for_status(browser, "broken.mp4", "error")
+    examples = browser.find_elements(By.XPATH, "//*[@id='examples']//*[normalize-space(text())='moving-up.mp4']")
+    assert examples, "the example clip is not listed on the page"
+    examples[0].click()
+    assert "moving-up.mp4 (22 frames" in wait_for_status(browser, "moving-up.mp4", "ok")
+
+
+@pytest.mark.slow
+def test_the_page_requests_nothing_from_other_hosts(browser, clip_result):
+    urls = requested_urls(browser)
+    assert any("/gradio_api/upload" in url for url in urls), "the performance log saw no upload"
+    parts = [urllib.parse.urlsplit(url) for url in urls]
+    schemes = {part.scheme for part in parts}
+    assert schemes <= {"http", "data", "blob"}, f"unexpected request schemes: {schemes}"
+    hosts = {part.hostname for part in parts if part.scheme == "http"}
+    assert hosts == {"127.0.0.1"}, f"requests to other hosts: {sorted(hosts - {'127.0.0.1'})}"

@@ -1,0 +1,174 @@
+"""`evl-hf predict`: many videos, broken files, resuming, and equality with the video-classification pipeline."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from transformers import pipeline
+
+from evl_hf.commands import main
+
+from .conftest import LABELS, encode_video
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory):
+    """Three good videos of different lengths (one shorter than a clip), two of them in a nested folder."""
+    folder = tmp_path_factory.mktemp("videos")
+    (folder / "nested" / "deeper").mkdir(parents=True)
+    return [
+        encode_video(folder / "a.mp4", 40, seed=1),
+        encode_video(folder / "nested" / "b.mp4", 9, seed=2),
+        encode_video(folder / "nested" / "deeper" / "c.mp4", 25, seed=3),
+    ]
+
+
+def read_records(path):
+    with open(path) as file:
+        return [json.loads(line) for line in file]
+
+
+def predict(model_folder, *arguments) -> int:
+    return main(["predict", "--model", str(model_folder), "--num_workers", "0", *map(str, arguments)])
+
+
+def test_records_equal_the_video_classification_pipeline(model_folder, videos, tmp_path):
+    output = tmp_path / "out.jsonl"
+    assert predict(model_folder, *videos, "--output", output, "--batch_size", "2", "--num_workers", "2") == 0
+    records = {record["video"]: record for record in read_records(output)}
+    assert list(records) == [str(video) for video in videos]
+    classifier = pipeline("video-classification", model=str(model_folder))
+    for video in videos:
+        expected = classifier(str(video), top_k=5)
+        assert records[str(video)]["labels"] == [p["label"] for p in expected]
+        assert records[str(video)]["scores"] == pytest.approx([p["score"] for p in expected], abs=1e-5)
+
+
+def test_a_folder_with_broken_files_gives_error_records_and_status_1(model_folder, videos, tmp_path, capsys):
+    folder = tmp_path / "mixed"
+    (folder / "sub").mkdir(parents=True)
+    good = encode_video(folder / "sub" / "good.mp4", 20)
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "text.mp4").write_text("this is not a video\n")
+    data = videos[0].read_bytes()
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (folder / "notes.md").write_text("not a video extension: ignored")
+    output = tmp_path / "out.jsonl"
+
+    assert predict(model_folder, folder, "--output", output, "--batch_size", "3") == 1
+
+    records = {os.path.basename(r["video"]): r for r in read_records(output)}
+    assert set(records) == {"good.mp4", "empty.mp4", "text.mp4", "truncated.mp4"}
+    assert set(records["good.mp4"]) == {"video", "labels", "scores"} and records["good.mp4"]["video"] == str(good)
+    assert records["empty.mp4"]["error"].startswith("VideoDecodingError: ") and "empty" in records["empty.mp4"]["error"]
+    assert "text file" in records["text.mp4"]["error"]
+    assert records["truncated.mp4"]["error"].startswith("VideoDecodingError: ")
+    summary = capsys.readouterr().err
+    assert "3 failed" in summary and "text.mp4" in summary and "empty.mp4" in summary
+
+
+def test_txt_and_csv_lists_and_csv_output(model_folder, videos, tmp_path):
+    txt = tmp_path / "list.txt"
+    txt.write_text(f"# videos to classify\n{videos[0]}\n\n{os.path.relpath(videos[1], tmp_path)}\n")
+    listed = tmp_path / "list.csv"
+    listed.write_text(f"id,video\n1,{videos[2]}\n2,{videos[0]}\n")
+    output = tmp_path / "out.csv"
+
+    assert predict(model_folder, txt, listed, "--output", output, "--top_k", "2") == 0
+
+    with open(output, newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["video"] for row in rows] == [str(videos[0]), str(videos[1]), str(videos[2])]  # no repeats
+    assert list(rows[0]) == ["video", "label_1", "score_1", "label_2", "score_2", "error"]
+    assert all(row["label_1"] in LABELS and float(row["score_1"]) >= float(row["score_2"]) for row in rows)
+
+
+def test_without_output_records_go_to_stdout(model_folder, videos, capsys):
+    assert predict(model_folder, videos[0]) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)
+    assert record["video"] == str(videos[0]) and len(record["labels"]) == 5
+    assert "video" in captured.err  # the progress bar counts videos on stderr
+
+
+def test_bfloat16_backbone_gives_records(model_folder, videos, tmp_path):
+    output = tmp_path / "out.jsonl"
+    assert predict(model_folder, videos[0], "--dtype", "bfloat16", "--output", output) == 0
+    (record,) = read_records(output)
+    assert set(record["labels"]) <= set(LABELS) and sum(record["scores"]) <= 1 + 1e-6
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["{empty}"], "no videos found"),
+        (["{missing}"], "does not exist"),
+    ],
+)
+def test_usage_errors_exit_2(model_folder, tmp_path, capsys, arguments, message):
+    (tmp_path / "empty").mkdir()
+    arguments = [a.format(empty=tmp_path / "empty", missing=tmp_path / "missing.mp4") for a in arguments]
+    with pytest.raises(SystemExit) as exit_info:
+        predict(model_folder, *arguments)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_a_bad_model_path_exits_2(videos, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        predict(tmp_path / "no_model", videos[0])
+    assert exit_info.value.code == 2
+    assert "no_model" in capsys.readouterr().err
+
+
+def test_a_torn_last_line_is_dropped_and_its_video_predicted_again(model_folder, videos, tmp_path):
+    output = tmp_path / "out.jsonl"
+    assert predict(model_folder, videos[0], videos[1], "--output", output) == 0
+    first, second = output.read_text().splitlines(keepends=True)
+    output.write_text(first + second[: len(second) // 2])  # what a kill in the middle of a write leaves
+
+    assert predict(model_folder, videos[0], videos[1], "--output", output) == 0
+
+    assert output.read_text().startswith(first)
+    assert [r["video"] for r in read_records(output)] == [str(videos[0]), str(videos[1])]
+
+
+@pytest.mark.slow  # two interpreters importing torch and transformers: a minute on a busy 2-core machine
+def test_an_interrupted_run_resumes_without_recomputing(model_folder, videos, tmp_path):
+    # many distinct paths (links to the three videos), so that the run is still going when it is stopped
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for i in range(60):
+        os.symlink(videos[i % 3], folder / f"v{i:02d}.mp4")
+    output = tmp_path / "out.jsonl"
+    command = [sys.executable, "-m", "evl_hf", "predict", "--model", str(model_folder), str(folder),
+               "--output", str(output), "--batch_size", "1", "--num_workers", "1"]  # fmt: skip
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and process.poll() is None:
+        if output.exists() and output.read_text().count("\n") >= 5:
+            break
+        time.sleep(0.01)
+    assert process.poll() is None, "the run ended before it could be stopped: " + process.stderr.read().decode()[-500:]
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    process.stderr.close()
+    before = output.read_text()
+    done_before = [json.loads(line)["video"] for line in before.splitlines(keepends=True) if line.endswith("\n")]
+    assert 5 <= len(done_before) < 60
+
+    resumed = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    records = read_records(output)
+    videos_recorded = [record["video"] for record in records]
+    assert sorted(videos_recorded) == sorted(str(folder / f"v{i:02d}.mp4") for i in range(60))  # each exactly once
+    assert videos_recorded[: len(done_before)] == done_before  # the first run's records are kept as they were
+    assert f"{len(done_before)} of 60 videos already in" in resumed.stderr
+    assert f"{60 - len(done_before)} predicted now" in resumed.stderr
