@@ -28,7 +28,7 @@ import sys
 
 
 # Module names, in the order `evl-hf --help` lists them.
-SUBCOMMANDS = []
+SUBCOMMANDS = ["prepare_videos"]
 
 
 class UsageError(Exception):
