@@ -53,7 +53,11 @@ from benchmark_utils import emit, log, machine_info, markdown_table, median, rat
 
 
 # Training methods, and which copy of the videos each reads.
-TRAINING_METHODS = {"pyav_whole_video": "original", "torchcodec_sampled": "original", "torchcodec_prepared": "prepared"}
+TRAINING_METHODS = {
+    "pyav_whole_video": "original",
+    "torchcodec_sampled": "original",
+    "torchcodec_prepared": "prepared",
+}
 EVALUATION_METHODS = ("pyav_reference_eval", "torchcodec_sampled", "processor_from_path")
 # FLOPs of one training clip of EVL ViT-B/16 with 8 frames, forward and backward, as `bench_cpu_models.py` counts
 # them (`train_flops` / batch in docs/benchmark_results/cpu_models.json): 297 GFLOP of forward, nearly all of it in the
@@ -351,7 +355,9 @@ def evaluation_agreement(path: Path, processor, args, num_views: int) -> dict:
     uint8 frames with it). For scale, the difference between a clip's successive frames (`frame_stride` apart) is
     reported too: views cut from the wrong frames would differ by about that much.
     """
-    ours = evaluation_pixel_values("torchcodec_sampled", path, processor, args.num_frames, args.frame_stride, num_views)
+    ours = evaluation_pixel_values(
+        "torchcodec_sampled", path, processor, args.num_frames, args.frame_stride, num_views
+    )
     reference = pyav_reference_eval(path, args.num_frames, args.frame_stride, num_views, processor)
     return {
         "mean_abs_diff": (ours - reference).abs().mean().item(),
@@ -408,7 +414,7 @@ def main(argv=None):
         name = f"{width}x{height}"
         originals = generate_videos(args.video_dir, args.num_videos, args.seconds, args.fps, height, width)
         log(f"preparing the {name} videos")
-        prepared_folder = args.video_dir / f"prepared_{name}_s{args.short_side}_g{args.keyframe_interval}_crf{args.crf}"
+        prepared_folder = args.video_dir / f"prepared_{name}_{args.short_side}_{args.keyframe_interval}_{args.crf}"
         preparation[name] = prepare_videos(originals, prepared_folder, settings)
         videos[name] = {"original": originals, "prepared": preparation[name].pop("paths")}
     # Evaluation reads only the original videos of the first size: it is the reference loader's slow path, measured
@@ -450,9 +456,7 @@ def main(argv=None):
             }
             training_rows.append([name, method, copy, clips_per_s, 1000 / clips_per_s, gpu_clips_per_s / clips_per_s])
         training[name] = {
-            "keyframes_in_first_video": {
-                copy: keyframe_positions(paths[0])[:8] for copy, paths in copies.items()
-            },
+            "keyframes_in_first_video": {copy: keyframe_positions(paths[0])[:8] for copy, paths in copies.items()},
             "prepared_size": list(frame_size(copies["prepared"][0])),
             "methods": methods,
         }
@@ -470,9 +474,7 @@ def main(argv=None):
         prep["size_ratio"] = prep["bytes_after"] / prep["bytes_before"]
         agreement[name] = prepared_agreement(copies["original"], copies["prepared"], processor, args)
         a = agreement[name]
-        agreement_rows.append(
-            [name, *(f"{a[key] * 255:.2f}" for key in a)]
-        )
+        agreement_rows.append([name, *(f"{a[key] * 255:.2f}" for key in a)])
         for baseline, goal in (("torchcodec_sampled", 3.0), ("pyav_whole_video", 5.0)):
             ratio_name = f"training_{name}_prepared_over_{baseline}"
             ratios[ratio_name] = ratio(methods["torchcodec_prepared"]["clips_per_s"], methods[baseline]["clips_per_s"])
@@ -486,9 +488,12 @@ def main(argv=None):
         }
         check = evaluation_agreement(videos[evaluation_size]["original"][0], processor, args, views)
         evaluation[f"views_{views}"] = {"methods": methods, "agreement": check}
-        eval_agreement_rows.append([views, f"{check['mean_abs_diff']:.4f}", f"{check['mean_abs_diff_between_clip_frames']:.4f}"])
+        differences = (check["mean_abs_diff"], check["mean_abs_diff_between_clip_frames"])
+        eval_agreement_rows.append([views, *(f"{difference:.4f}" for difference in differences)])
         ratio_name = f"evaluation_{views}_view{'s' if views > 1 else ''}_torchcodec_over_pyav"
-        ratios[ratio_name] = ratio(methods["torchcodec_sampled"]["videos_per_s"], methods["pyav_reference_eval"]["videos_per_s"])
+        ratios[ratio_name] = ratio(
+            methods["torchcodec_sampled"]["videos_per_s"], methods["pyav_reference_eval"]["videos_per_s"]
+        )
         targets[ratio_name] = target(ratios[ratio_name], at_least=3.0)
         evaluation_rows += [
             [views, m, r["videos_per_s"], r["clips_per_s"], 1000 * r["seconds_per_video"]] for m, r in methods.items()
@@ -530,14 +535,16 @@ def main(argv=None):
         [
             f"{s['num_frames']} frames at stride {s['frame_stride']} from {s['num_videos']} videos per size "
             f"({s['videos']}), one thread; medians of {s['repeats']} alternating rounds; load average "
-            f"{s['loadavg_before'][0]:.1f} before, {s['loadavg_after'][0]:.1f} after ({result['machine']['cpu_count']} "
-            "cores)",
+            f"{s['loadavg_before'][0]:.1f} before, {s['loadavg_after'][0]:.1f} after "
+            f"({result['machine']['cpu_count']} cores)",
             "",
             f"Training path (one centred clip per video). Cores per GPU: how many cores decoding this way keep up "
             f"with {gpu_clips_per_s:.0f} training clips/s ({s['gflop_per_clip']:g} GFLOP per clip at "
             f"{s['gpu_tflops']:g} TFLOP/s):",
             "",
-            markdown_table(["size", "method", "videos", "clips/s per core", "ms/clip", "cores per GPU"], training_rows),
+            markdown_table(
+                ["size", "method", "videos", "clips/s per core", "ms/clip", "cores per GPU"], training_rows
+            ),
             "",
             f"Preparation (`evl-hf prepare-videos --short_side {args.short_side} --keyframe_interval "
             f"{args.keyframe_interval} --crf {args.crf}`), one thread:",
@@ -566,7 +573,11 @@ def main(argv=None):
             "Same views? Mean absolute difference of the evaluation `pixel_values` (first video, normalised units):",
             "",
             markdown_table(
-                ["views", "torchcodec_sampled vs pyav_reference_eval", "successive frames of a pyav_reference_eval clip"],
+                [
+                    "views",
+                    "torchcodec_sampled vs pyav_reference_eval",
+                    "successive frames of a pyav_reference_eval clip",
+                ],
                 eval_agreement_rows,
             ),
             "",
