@@ -52,12 +52,8 @@ import torch.nn.functional as F
 from benchmark_utils import emit, log, machine_info, markdown_table, median, ratio, target, targets_table
 
 
-# Training methods, and which copy of the videos each reads.
-TRAINING_METHODS = {
-    "pyav_whole_video": "original",
-    "torchcodec_sampled": "original",
-    "torchcodec_prepared": "prepared",
-}
+# Training methods on the original videos; `torchcodec_prepared_g<interval>` are added per `--keyframe-intervals`.
+ORIGINAL_METHODS = ("pyav_whole_video", "torchcodec_sampled")
 EVALUATION_METHODS = ("pyav_reference_eval", "torchcodec_sampled", "processor_from_path")
 # FLOPs of one training clip of EVL ViT-B/16 with 8 frames, forward and backward, as `bench_cpu_models.py` counts
 # them (`train_flops` / batch in docs/benchmark_results/cpu_models.json): 297 GFLOP of forward, nearly all of it in the
@@ -171,27 +167,31 @@ def keyframe_positions(path: Path) -> list[int]:
     return [index for index, packet in enumerate(packets) if packet.is_keyframe]
 
 
-def pyav_whole_video(path: Path, num_frames: int, frame_stride: int) -> torch.Tensor:
+def training_clip(video_index: int, clip: int, num_frames: int, frame_stride: int):
+    """The frame sampler of the `clip`-th training clip of the `video_index`-th video: a random start, as in training,
+    drawn from a generator seeded by both, so that every method decodes the same clips."""
+    from evl_hf.video_processing_evl import sample_frame_indices
+
+    generator = torch.Generator().manual_seed(1000 * video_index + clip)
+    return lambda total: sample_frame_indices(total, num_frames, frame_stride=frame_stride, random=generator)
+
+
+def pyav_whole_video(path: Path, indices_fn) -> torch.Tensor:
     """Every frame decoded and kept, ordered by timestamp, then the sampled ones converted: uint8 `(T, 3, H, W)`."""
     import av
-
-    from evl_hf.video_processing_evl import sample_frame_indices
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_count = 1
         decoded = sorted(container.decode(stream), key=lambda frame: frame.pts)
-    indices = sample_frame_indices(len(decoded), num_frames, strategy="dense", frame_stride=frame_stride)
-    frames = np.stack([decoded[i].to_ndarray(format="rgb24") for i in indices])  # (T, H, W, 3)
+    frames = np.stack([decoded[i].to_ndarray(format="rgb24") for i in indices_fn(len(decoded))])  # (T, H, W, 3)
     return torch.from_numpy(frames).permute(0, 3, 1, 2)
 
 
-def torchcodec_sampled(path: Path, num_frames: int, frame_stride: int) -> torch.Tensor:
-    from evl_hf.video_processing_evl import read_video_frames, sample_frame_indices
+def torchcodec_sampled(path: Path, indices_fn) -> torch.Tensor:
+    from evl_hf.video_processing_evl import read_video_frames
 
-    return read_video_frames(
-        path, lambda total: sample_frame_indices(total, num_frames, strategy="dense", frame_stride=frame_stride)
-    )
+    return read_video_frames(path, indices_fn)
 
 
 def evaluation_clip_indices(
@@ -279,14 +279,16 @@ def evaluation_pixel_values(
     return torch.cat(views)
 
 
-def time_training_method(method: str, paths: list[Path], processor, num_frames: int, frame_stride: int) -> float:
-    """Seconds to turn every video of `paths` into `pixel_values` of shape `(1, T, 3, 224, 224)`."""
+def time_training_method(method: str, paths: list[Path], processor, args) -> float:
+    """Seconds to turn `--clips-per-video` training clips of every video of `paths` into `pixel_values` of shape
+    `(1, T, 3, 224, 224)`."""
     decode = pyav_whole_video if method == "pyav_whole_video" else torchcodec_sampled
     start = time.perf_counter()
-    for path in paths:
-        frames = decode(path, num_frames, frame_stride)
-        pixel_values = processor(videos=[frames], return_tensors="pt")["pixel_values"]
-        assert pixel_values.shape[:2] == (1, num_frames), pixel_values.shape
+    for video_index, path in enumerate(paths):
+        for clip in range(args.clips_per_video):
+            frames = decode(path, training_clip(video_index, clip, args.num_frames, args.frame_stride))
+            pixel_values = processor(videos=[frames], return_tensors="pt")["pixel_values"]
+            assert pixel_values.shape[:2] == (1, args.num_frames), pixel_values.shape
     return time.perf_counter() - start
 
 
@@ -313,12 +315,12 @@ def evaluation_speeds(seconds: list[float], num_videos: int, num_views: int = 1)
 
 
 def time_case(case: tuple[str, int, str], videos: dict, processor, args) -> float:
-    """Seconds for one `(path, views, method)` case over `videos` (`{"original": paths, "prepared": paths}`);
+    """Seconds for one `(path, views, method)` case over `videos` (`{"original": paths, "g16": prepared paths, ...}`);
     `path` is "training" or "evaluation"."""
     data_path, num_views, method = case
     if data_path == "training":
-        paths = videos[TRAINING_METHODS[method]]
-        return time_training_method(method, paths, processor, args.num_frames, args.frame_stride)
+        copy = "original" if method in ORIGINAL_METHODS else method.rsplit("_", 1)[-1]
+        return time_training_method(method, videos[copy], processor, args)
     return time_evaluation_method(method, videos["original"], processor, args.num_frames, args.frame_stride, num_views)
 
 
@@ -330,9 +332,11 @@ def prepared_agreement(originals: list[Path], prepared: list[Path], processor, a
     crop). For scale, the difference between a clip's successive frames (`frame_stride` apart) is reported too.
     """
     frame_diffs, input_diffs, between = [], [], []
-    for original_path, prepared_path in zip(originals, prepared):
-        original = torchcodec_sampled(original_path, args.num_frames, args.frame_stride).float() / 255
-        ours = torchcodec_sampled(prepared_path, args.num_frames, args.frame_stride).float() / 255
+    for video_index, (original_path, prepared_path) in enumerate(zip(originals, prepared)):
+        clip = training_clip(video_index, 0, args.num_frames, args.frame_stride)
+        original = torchcodec_sampled(original_path, clip).float() / 255
+        clip = training_clip(video_index, 0, args.num_frames, args.frame_stride)
+        ours = torchcodec_sampled(prepared_path, clip).float() / 255
         resized = F.interpolate(original, size=ours.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
         frame_diffs.append((ours - resized).abs().mean().item())
         between.append((resized[1:] - resized[:-1]).abs().mean().item())
@@ -375,7 +379,10 @@ def parse_args(argv=None):
     parser.add_argument("--num-frames", type=int, default=8)
     parser.add_argument("--frame-stride", type=int, default=16)
     parser.add_argument("--short-side", type=int, default=320, help="prepare-videos --short_side")
-    parser.add_argument("--keyframe-interval", type=int, default=16, help="prepare-videos --keyframe_interval")
+    parser.add_argument(
+        "--keyframe-intervals", default="16,8", help="comma-separated prepare-videos --keyframe_interval values"
+    )
+    parser.add_argument("--clips-per-video", type=int, default=3, help="random training clips timed per video")
     parser.add_argument("--crf", type=int, default=23, help="prepare-videos --crf")
     parser.add_argument(
         "--gflop-per-clip",
@@ -398,6 +405,7 @@ def parse_args(argv=None):
     if args.tiny:
         args.num_videos, args.seconds, args.sizes, args.short_side, args.repeats = 2, 4.0, "128x96,192x108", 64, 2
     args.sizes = [tuple(int(side) for side in size.split("x")) for size in args.sizes.split(",")]
+    args.keyframe_intervals = [int(interval) for interval in args.keyframe_intervals.split(",")]
     args.video_dir = args.video_dir or default_video_dir()
     return args
 
@@ -408,22 +416,26 @@ def main(argv=None):
     from evl_hf.video_processing_evl import EVLVideoProcessor
 
     processor = EVLVideoProcessor()
-    settings = {"short_side": args.short_side, "keyframe_interval": args.keyframe_interval, "crf": args.crf}
+    copies = [f"g{interval}" for interval in args.keyframe_intervals]
+    methods_run = [*ORIGINAL_METHODS, *(f"torchcodec_prepared_{copy}" for copy in copies)]
     videos, preparation = {}, {}
     for width, height in args.sizes:
         name = f"{width}x{height}"
         originals = generate_videos(args.video_dir, args.num_videos, args.seconds, args.fps, height, width)
-        log(f"preparing the {name} videos")
-        prepared_folder = args.video_dir / f"prepared_{name}_{args.short_side}_{args.keyframe_interval}_{args.crf}"
-        preparation[name] = prepare_videos(originals, prepared_folder, settings)
-        videos[name] = {"original": originals, "prepared": preparation[name].pop("paths")}
+        videos[name] = {"original": originals}
+        for interval, copy in zip(args.keyframe_intervals, copies):
+            log(f"preparing the {name} videos with a keyframe every {interval} frames")
+            settings = {"short_side": args.short_side, "keyframe_interval": interval, "crf": args.crf}
+            folder = args.video_dir / f"prepared_{name}_{args.short_side}_{interval}_{args.crf}"
+            preparation[name, copy] = prepare_videos(videos[name]["original"], folder, settings)
+            videos[name][copy] = preparation[name, copy].pop("paths")
     # Evaluation reads only the original videos of the first size: it is the reference loader's slow path, measured
     # for comparison with earlier results, and prepared files change nothing in its decoding of whole videos.
     evaluation_size = next(iter(videos))
-    training_cases = [("training", 1, method) for method in TRAINING_METHODS]
-    evaluation_cases = [("evaluation", views, method) for views in EVALUATION_VIEWS for method in EVALUATION_METHODS]
-    cases = [(name, case) for name in videos for case in training_cases]
-    cases += [(evaluation_size, case) for case in evaluation_cases]
+    cases = [(name, ("training", 1, method)) for name in videos for method in methods_run]
+    cases += [
+        (evaluation_size, ("evaluation", views, method)) for views in EVALUATION_VIEWS for method in EVALUATION_METHODS
+    ]
     for name, case in cases:  # warm-up: imports, FFmpeg libraries, file cache
         time_case(case, {copy: paths[:1] for copy, paths in videos[name].items()}, processor, args)
 
@@ -441,45 +453,50 @@ def main(argv=None):
     gpu_clips_per_s = args.gpu_tflops * 1e12 / (args.gflop_per_clip * 1e9)
     training, evaluation, agreement, ratios, targets = {}, {}, {}, {}, {}
     training_rows, disk_rows, agreement_rows, evaluation_rows, eval_agreement_rows = [], [], [], [], []
-    for name, copies in videos.items():
-        num_videos = len(copies["original"])
+    for name, paths in videos.items():
+        num_clips = len(paths["original"]) * args.clips_per_video
         methods = {}
-        for method, copy in TRAINING_METHODS.items():
+        for method in methods_run:
             runs = seconds[name, ("training", 1, method)]
-            clips_per_s = num_videos / median(runs)
+            clips_per_s = num_clips / median(runs)
+            copy = "original" if method in ORIGINAL_METHODS else method.rsplit("_", 1)[-1]
             methods[method] = {
                 "videos": copy,
                 "clips_per_s": clips_per_s,
-                "seconds_per_clip": median(runs) / num_videos,
-                "clips_per_s_runs": [num_videos / s for s in runs],
+                "seconds_per_clip": median(runs) / num_clips,
+                "clips_per_s_runs": [num_clips / s for s in runs],
                 "cores_per_gpu": gpu_clips_per_s / clips_per_s,
             }
             training_rows.append([name, method, copy, clips_per_s, 1000 / clips_per_s, gpu_clips_per_s / clips_per_s])
         training[name] = {
-            "keyframes_in_first_video": {copy: keyframe_positions(paths[0])[:8] for copy, paths in copies.items()},
-            "prepared_size": list(frame_size(copies["prepared"][0])),
+            "keyframes_in_first_video": {copy: keyframe_positions(files[0])[:8] for copy, files in paths.items()},
+            "prepared_size": list(frame_size(paths[copies[0]][0])),
             "methods": methods,
         }
-        prep = preparation[name]
-        disk_rows.append(
-            [
-                name,
-                "x".join(map(str, training[name]["prepared_size"])),
-                prep["bytes_before"] / num_videos / 1e6,
-                prep["bytes_after"] / num_videos / 1e6,
-                prep["bytes_after"] / prep["bytes_before"],
-                prep["seconds_per_video"],
-            ]
-        )
-        prep["size_ratio"] = prep["bytes_after"] / prep["bytes_before"]
-        agreement[name] = prepared_agreement(copies["original"], copies["prepared"], processor, args)
-        a = agreement[name]
-        agreement_rows.append([name, *(f"{a[key] * 255:.2f}" for key in a)])
-        for baseline, goal in (("torchcodec_sampled", 3.0), ("pyav_whole_video", 5.0)):
-            ratio_name = f"training_{name}_prepared_over_{baseline}"
-            ratios[ratio_name] = ratio(methods["torchcodec_prepared"]["clips_per_s"], methods[baseline]["clips_per_s"])
-            targets[ratio_name] = target(ratios[ratio_name], at_least=goal)
-        targets[f"prepared_{name}_mean_abs_diff_frames"] = target(a["mean_abs_diff_frames"], at_most=round(2 / 255, 5))
+        for copy in copies:
+            prep = preparation[name, copy]
+            prep["size_ratio"] = prep["bytes_after"] / prep["bytes_before"]
+            disk_rows.append(
+                [
+                    name,
+                    copy[1:],
+                    "x".join(map(str, training[name]["prepared_size"])),
+                    prep["bytes_before"] / len(paths["original"]) / 1e6,
+                    prep["bytes_after"] / len(paths["original"]) / 1e6,
+                    prep["size_ratio"],
+                    prep["seconds_per_video"],
+                ]
+            )
+            agreement[f"{name}_{copy}"] = a = prepared_agreement(paths["original"], paths[copy], processor, args)
+            agreement_rows.append([name, copy[1:], *(f"{a[key] * 255:.2f}" for key in a)])
+            prepared = methods[f"torchcodec_prepared_{copy}"]["clips_per_s"]
+            for baseline, goal in (("torchcodec_sampled", 3.0), ("pyav_whole_video", 5.0)):
+                ratio_name = f"training_{name}_prepared_{copy}_over_{baseline}"
+                ratios[ratio_name] = ratio(prepared, methods[baseline]["clips_per_s"])
+                targets[ratio_name] = target(ratios[ratio_name], at_least=goal)
+            targets[f"prepared_{name}_{copy}_mean_abs_diff_frames"] = target(
+                a["mean_abs_diff_frames"], at_most=round(2 / 255, 5)
+            )
 
     for views in EVALUATION_VIEWS:
         methods = {
@@ -498,6 +515,7 @@ def main(argv=None):
         evaluation_rows += [
             [views, m, r["videos_per_s"], r["clips_per_s"], 1000 * r["seconds_per_video"]] for m, r in methods.items()
         ]
+    preparation = {f"{name}_{copy}": prep for (name, copy), prep in preparation.items()}
 
     result = {
         "benchmark": "data_path",
@@ -507,7 +525,12 @@ def main(argv=None):
             "videos": f"{args.seconds:g} s, {args.fps} fps, H.264 (libx264 defaults: keyframe interval 250, crf 23), "
             "yuv420p",
             "sizes": [f"{w}x{h}" for w, h in args.sizes],
-            "prepare_videos": settings,
+            "prepare_videos": {
+                "short_side": args.short_side,
+                "keyframe_intervals": args.keyframe_intervals,
+                "crf": args.crf,
+            },
+            "clips_per_video": args.clips_per_video,
             "num_frames": args.num_frames,
             "frame_stride": args.frame_stride,
             "evaluation_size": evaluation_size,
@@ -538,7 +561,8 @@ def main(argv=None):
             f"{s['loadavg_before'][0]:.1f} before, {s['loadavg_after'][0]:.1f} after "
             f"({result['machine']['cpu_count']} cores)",
             "",
-            f"Training path (one centred clip per video). Cores per GPU: how many cores decoding this way keep up "
+            f"Training path ({args.clips_per_video} clips per video, random starts, the same for every method). "
+            "Cores per GPU: how many cores decoding this way keep up "
             f"with {gpu_clips_per_s:.0f} training clips/s ({s['gflop_per_clip']:g} GFLOP per clip at "
             f"{s['gpu_tflops']:g} TFLOP/s):",
             "",
@@ -546,19 +570,20 @@ def main(argv=None):
                 ["size", "method", "videos", "clips/s per core", "ms/clip", "cores per GPU"], training_rows
             ),
             "",
-            f"Preparation (`evl-hf prepare-videos --short_side {args.short_side} --keyframe_interval "
-            f"{args.keyframe_interval} --crf {args.crf}`), one thread:",
+            f"Preparation (`evl-hf prepare-videos --short_side {args.short_side} --crf {args.crf} "
+            "--keyframe_interval K`), one thread:",
             "",
             markdown_table(
-                ["size", "prepared size", "MB per video before", "MB per video after", "after/before", "s per video"],
+                ["size", "K", "prepared size", "MB/video before", "MB/video after", "after/before", "s per video"],
                 disk_rows,
             ),
             "",
-            "Same frames? Mean absolute difference, in grey levels (0-255), of the sampled frames of all videos:",
+            "Same frames? Mean absolute difference in grey levels (0-255), over the first training clip of each video:",
             "",
             markdown_table(
                 [
                     "size",
+                    "K",
                     "prepared vs original resized to the prepared size",
                     "at the model input (224 crop, before normalisation)",
                     "successive frames of a clip",
