@@ -104,29 +104,37 @@ def test_cpu_models_output_writes_json_and_markdown(cpu_models, results_dir):
     assert (results_dir / "cpu_models.md").read_text().count("| evl |") == 1
 
 
+TRAINING_METHODS = {"pyav_whole_video", "torchcodec_sampled", "torchcodec_prepared_g16", "torchcodec_prepared_g8"}
+
+
 def test_data_path_reports_clips_per_second_per_core_for_each_method_and_size(data_path):
     assert set(data_path["videos"]) == {"128x96", "192x108"}
+    gpu_clips_per_s = data_path["settings"]["gpu_clips_per_s"]
+    assert gpu_clips_per_s == pytest.approx(494.7e12 / 332.1e9)  # half an H100's bf16 peak, EVL B/16 8 frames
     for video in data_path["videos"].values():
-        assert set(video["methods"]) == {"pyav_whole_video", "torchcodec_sampled", "torchcodec_prepared"}
+        assert set(video["methods"]) == TRAINING_METHODS
         for method in video["methods"].values():
             assert_positive(method, ["clips_per_s", "seconds_per_clip", "cores_per_gpu"])
-            gpu_clips_per_s = data_path["settings"]["gpu_clips_per_s"]
             assert method["cores_per_gpu"] == pytest.approx(gpu_clips_per_s / method["clips_per_s"])
     assert all(value > 0 for value in data_path["ratios"].values())
 
 
 def test_data_path_prepared_videos_have_frequent_keyframes_and_a_measured_disk_cost(data_path):
     for name, video in data_path["videos"].items():
-        assert video["keyframes_in_first_video"]["original"] == [0]  # 4 s, 120 frames: libx264's one keyframe
-        assert video["keyframes_in_first_video"]["prepared"] == [0, 16, 32, 48, 64, 80, 96, 112]
+        keyframes = video["keyframes_in_first_video"]
+        assert keyframes["original"] == [0]  # 4 s, 120 frames: libx264's default puts one keyframe
+        assert keyframes["g16"] == [0, 16, 32, 48, 64, 80, 96, 112]
+        assert keyframes["g8"] == [0, 8, 16, 24, 32, 40, 48, 56]  # the first 8
         assert min(video["prepared_size"]) == 64  # --tiny prepares with short side 64
-        preparation = data_path["preparation"][name]
-        assert_positive(preparation, ["bytes_before", "bytes_after", "seconds_per_video"])
-        assert preparation["size_ratio"] == pytest.approx(preparation["bytes_after"] / preparation["bytes_before"])
+        for copy in ("g16", "g8"):
+            preparation = data_path["preparation"][f"{name}_{copy}"]
+            assert_positive(preparation, ["bytes_before", "bytes_after", "seconds_per_video"])
+            assert preparation["size_ratio"] == pytest.approx(preparation["bytes_after"] / preparation["bytes_before"])
 
 
 def test_data_path_prepared_frames_are_the_original_frames(data_path):
     # A re-encoded, smaller copy of the same frames: far closer than two frames of a clip are to each other.
+    assert len(data_path["prepared_agreement"]) == 4
     for agreement in data_path["prepared_agreement"].values():
         between = agreement["mean_abs_diff_between_clip_frames"]
         assert 0 < agreement["mean_abs_diff_frames"] < 0.3 * between
@@ -154,9 +162,10 @@ def test_data_path_evaluation_methods_give_the_same_views(data_path):
 def test_data_path_checks_the_prepared_targets_per_size_and_the_evaluation_target(data_path, results_dir):
     expected = {f"evaluation_{views}_torchcodec_over_pyav": ">= 3.0" for views in ("1_view", "3_views")}
     for size in ("128x96", "192x108"):
-        expected[f"training_{size}_prepared_over_torchcodec_sampled"] = ">= 3.0"
-        expected[f"training_{size}_prepared_over_pyav_whole_video"] = ">= 5.0"
-        expected[f"prepared_{size}_mean_abs_diff_frames"] = "<= 0.00784"
+        for copy in ("g16", "g8"):
+            expected[f"training_{size}_prepared_{copy}_over_torchcodec_sampled"] = ">= 3.0"
+            expected[f"training_{size}_prepared_{copy}_over_pyav_whole_video"] = ">= 5.0"
+            expected[f"prepared_{size}_{copy}_mean_abs_diff_frames"] = "<= 0.00784"
     assert {name: check["target"] for name, check in data_path["targets"].items()} == expected
     for check in data_path["targets"].values():
         assert check["value"] > 0 and isinstance(check["met"], bool)

@@ -52,7 +52,8 @@ def register(subparsers):
             "count, no audio. INPUT is a videofolder tree (its layout is kept under OUTPUT_DIR, extensions become "
             ".mp4) or a .txt/.csv video list (a new list with the new paths is written into OUTPUT_DIR under the "
             "same name). Finished outputs are kept when the command is run again; videos that cannot be read are "
-            f"listed in OUTPUT_DIR/{REPORT_NAME} and skipped. Exit status 1 when some were."
+            f"listed in OUTPUT_DIR/{REPORT_NAME} (for a list: OUTPUT_DIR/<list name>.{REPORT_NAME}) and skipped. "
+            "Exit status 1 when some were."
         ),
     )
     parser.add_argument("input", metavar="INPUT", help="A videofolder tree, or a .txt (Kinetics) or .csv video list.")
@@ -338,7 +339,8 @@ def run(args) -> int:
     results = run_jobs(work, args.num_workers)
 
     failed = [r for r in results if r["status"] == "failed"]
-    report = output_dir / REPORT_NAME
+    # One report per list, so that preparing train.txt and val.txt into one folder keeps both.
+    report = output_dir / (REPORT_NAME if rows is None else f"{source.name}.{REPORT_NAME}")
     with open(report, "w", encoding="utf-8") as file:
         file.writelines(json.dumps({"input": r["input"], "reason": r["reason"]}) + "\n" for r in failed)
     if rows is not None:

@@ -174,7 +174,8 @@ def test_txt_list_gets_a_new_list_with_the_new_paths_and_the_same_labels(tree, t
     assert (out / "train.txt").read_text() == "left/a.mp4 3\nright/b.mp4 0\nleft/a.mp4 3\n"
     for line in (out / "train.txt").read_text().splitlines():
         assert video_facts(out / line.split()[0])["codec"] == "h264"
-    assert [json.loads(line)["input"] for line in (out / REPORT_NAME).read_text().splitlines()] == [
+    report = out / f"train.txt.{REPORT_NAME}"
+    assert [json.loads(line)["input"] for line in report.read_text().splitlines()] == [
         str(tree / "left/text.mp4")
     ]
 
