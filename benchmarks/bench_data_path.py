@@ -1,17 +1,28 @@
-"""Decoding and preprocessing speed of a clip, from the file path to `pixel_values`: torchcodec decoding only the
-sampled frames against PyAV decoding the whole video, for the training path and for the evaluation path.
+"""Decoding and preprocessing speed of a clip, from the file path to `pixel_values`, per core: the reference
+implementation's PyAV path, torchcodec on the original videos, and torchcodec on videos prepared by
+`evl-hf prepare-videos`; for the training path, and (original videos) for the evaluation path.
 
 A clip is 8 frames 16 apart (`sample_frame_indices`, dense sampling), resized (shortest edge 224, bilinear),
-centre-cropped to 224 and normalised with the CLIP mean and std.
+centre-cropped to 224 and normalised with the CLIP mean and std by `EVLVideoProcessor`.
 
-Training path: one clip per video, centred in the video, preprocessed by `EVLVideoProcessor`.
+Videos: Kinetics-400-like, generated once into a cache folder: 10 s, 30 fps, 340x256 and 640x360 (`--sizes`), a
+textured background panning under moving shapes with some grain (the encoder does real work), H.264 by libx264 with
+its defaults, as a plain `ffmpeg -i in out.mp4` writes them: crf 23 and a keyframe every 250 frames, so the frames
+93..205 that a centred clip samples need frames 0..205 decoded. Each run prepares them again with
+`evl-hf prepare-videos`' own function (`--short-side 320 --keyframe-interval 16 --crf 23` by default; one thread) and
+reports the disk cost and the time it took.
+
+Training path: one clip per video, centred in the video.
 - `pyav_whole_video`: what the reference implementation's training loader does: PyAV decodes every frame of the
-  video, then the sampled ones are converted to RGB;
-- `torchcodec_sampled`: `read_video_frames` decodes only the sampled frames with torchcodec;
-- `processor_from_path`: `EVLVideoProcessor` given the path, decoding through the same torchcodec reader.
+  video, then the sampled ones are converted to RGB (original videos);
+- `torchcodec_sampled`: `read_video_frames` decodes only the sampled frames with torchcodec (original videos);
+- `torchcodec_prepared`: the same on the prepared videos.
+Clips/s per core is turned into the number of cores that keep one GPU busy, at `--gflop-per-clip` model FLOPs per
+training clip on a GPU sustaining `--gpu-tflops`. The prepared clips are checked against the original frames resized
+to the same size (mean absolute difference over every sampled frame).
 
-Evaluation path: 1 view (the centred clip) or the paper's 3 temporal views of an 8-frame model (3 clips spread
-evenly over the video, one centre crop each), as `(views, T, 3, 224, 224)`.
+Evaluation path (first size, original videos): 1 view (the centred clip) or the paper's 3 temporal views of an
+8-frame model (3 clips spread evenly over the video, one centre crop each), as `(views, T, 3, 224, 224)`.
 - `pyav_reference_eval`: what the reference implementation's evaluation loader does: PyAV decodes every frame,
   every frame is converted to RGB, normalised as float and resized, and only then are the temporal clips and the
   centre crop cut out;
@@ -20,20 +31,17 @@ evenly over the video, one centre crop each), as `(views, T, 3, 224, 224)`.
 - `processor_from_path`: `EVLVideoProcessor` given the path once per view (`num_clips`, `clip_index`).
 The two first methods are also checked to give the same views (mean absolute difference of their `pixel_values`).
 
-The videos are generated once (10 s, 30 fps, 320x240, H.264 by libx264, a textured background panning
-under moving shapes) into a cache folder, for each keyframe interval of `--keyframe-intervals`: 250 is
-libx264's default (what a plain `ffmpeg -i in out.mp4` gives: keyframes at frames 0 and 250 only, so the
-sampled frames 93..205 still need frames 0..205 decoded), 30 is one keyframe a second, common in files
-made for streaming. Seeking can only skip what lies between keyframes, so the interval bounds the gain.
-One thread everywhere (torch, FFmpeg decoding), one process; the methods take turns over `--repeats`
-rounds and medians are reported.
+One thread everywhere (torch, FFmpeg decoding), one process; the methods take turns over `--repeats` rounds and
+medians are reported, with the load average before and after the rounds (the machine may be shared).
 
     python benchmarks/bench_data_path.py
-    python benchmarks/bench_data_path.py --repeats 10 --output docs/benchmark_results
+    python benchmarks/bench_data_path.py --repeats 7 --output docs/benchmark_results
     python benchmarks/bench_data_path.py --tiny        # seconds; what the tests run
 """
 
 import argparse
+import os
+import statistics
 import time
 from pathlib import Path
 
@@ -44,8 +52,15 @@ import torch.nn.functional as F
 from benchmark_utils import emit, log, machine_info, markdown_table, median, ratio, target, targets_table
 
 
-TRAINING_METHODS = ("pyav_whole_video", "torchcodec_sampled", "processor_from_path")
+# Training methods on the original videos; `torchcodec_prepared_g<interval>` are added per `--keyframe-intervals`.
+ORIGINAL_METHODS = ("pyav_whole_video", "torchcodec_sampled")
 EVALUATION_METHODS = ("pyav_reference_eval", "torchcodec_sampled", "processor_from_path")
+# FLOPs of one training clip of EVL ViT-B/16 with 8 frames, forward and backward, as `bench_cpu_models.py` counts
+# them (`train_flops` / batch in docs/benchmark_results/cpu_models.json): 297 GFLOP of forward, nearly all of it in the
+# frozen backbone, and 35 GFLOP of backward, all of it in the decoder (no gradient flows into the frozen backbone).
+TRAIN_GFLOP_PER_CLIP = 332.1
+# Half the dense bf16 peak of an H100 SXM (989 TFLOP/s): what a well-fed training step sustains, roughly.
+GPU_TFLOPS = 494.7
 # 1 view, and the 3 temporal views with which the paper tests its 8-frame models.
 EVALUATION_VIEWS = (1, 3)
 
@@ -89,26 +104,57 @@ def render_video(seed: int, num_frames: int, height: int, width: int) -> torch.T
     return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()
 
 
-def generate_videos(
-    folder: Path, count: int, seconds: float, fps: int, height: int, width: int, keyframe_interval: int
-) -> list[Path]:
-    """Writes the benchmark videos once; a finished file is reused by later runs."""
+def generate_videos(folder: Path, count: int, seconds: float, fps: int, height: int, width: int) -> list[Path]:
+    """Writes the benchmark videos once, with libx264's default settings; a finished file is reused by later runs."""
     from torchcodec.encoders import VideoEncoder
 
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for index in range(count):
-        path = folder / f"clip{index}_{width}x{height}_{fps}fps_{seconds:g}s_g{keyframe_interval}.mp4"
+        path = folder / f"clip{index}_{width}x{height}_{fps}fps_{seconds:g}s.mp4"
         if not path.exists():
             log(f"generating {path}")
             frames = render_video(index, int(seconds * fps), height, width)
             partial = path.with_suffix(".partial.mp4")
-            VideoEncoder(frames, frame_rate=fps).to_file(
-                str(partial), codec="libx264", pixel_format="yuv420p", extra_options={"g": keyframe_interval}
-            )
+            VideoEncoder(frames, frame_rate=fps).to_file(str(partial), codec="libx264", pixel_format="yuv420p")
             partial.rename(path)
         paths.append(path)
     return paths
+
+
+def prepare_videos(paths: list[Path], folder: Path, settings: dict) -> dict:
+    """
+    Prepares `paths` into `folder` with `evl-hf prepare-videos`' own function (one video at a time, one thread),
+    from scratch, timing it.
+
+    Returns:
+        `dict`: `paths` (the prepared files), `seconds_per_video`, `bytes_before` and `bytes_after`.
+    """
+    import shutil
+
+    from evl_hf.commands.prepare_videos import find_ffmpeg, prepare_one
+
+    ffmpeg = find_ffmpeg()
+    shutil.rmtree(folder, ignore_errors=True)
+    start = time.perf_counter()
+    results = [prepare_one(ffmpeg, path, folder / path.name, settings) for path in paths]
+    elapsed = time.perf_counter() - start
+    failed = [r for r in results if r["status"] != "prepared"]
+    assert not failed, failed
+    return {
+        "paths": [Path(r["output"]) for r in results],
+        "seconds_per_video": elapsed / len(paths),
+        "bytes_before": sum(r["input_bytes"] for r in results),
+        "bytes_after": sum(r["output_bytes"] for r in results),
+    }
+
+
+def frame_size(path: Path) -> tuple[int, int]:
+    """`(width, height)` of the video's frames."""
+    from torchcodec.decoders import VideoDecoder
+
+    metadata = VideoDecoder(str(path)).metadata
+    return metadata.width, metadata.height
 
 
 def keyframe_positions(path: Path) -> list[int]:
@@ -121,27 +167,31 @@ def keyframe_positions(path: Path) -> list[int]:
     return [index for index, packet in enumerate(packets) if packet.is_keyframe]
 
 
-def pyav_whole_video(path: Path, num_frames: int, frame_stride: int) -> torch.Tensor:
+def training_clip(video_index: int, clip: int, num_frames: int, frame_stride: int):
+    """The frame sampler of the `clip`-th training clip of the `video_index`-th video: a random start, as in training,
+    drawn from a generator seeded by both, so that every method decodes the same clips."""
+    from evl_hf.video_processing_evl import sample_frame_indices
+
+    generator = torch.Generator().manual_seed(1000 * video_index + clip)
+    return lambda total: sample_frame_indices(total, num_frames, frame_stride=frame_stride, random=generator)
+
+
+def pyav_whole_video(path: Path, indices_fn) -> torch.Tensor:
     """Every frame decoded and kept, ordered by timestamp, then the sampled ones converted: uint8 `(T, 3, H, W)`."""
     import av
-
-    from evl_hf.video_processing_evl import sample_frame_indices
 
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_count = 1
         decoded = sorted(container.decode(stream), key=lambda frame: frame.pts)
-    indices = sample_frame_indices(len(decoded), num_frames, strategy="dense", frame_stride=frame_stride)
-    frames = np.stack([decoded[i].to_ndarray(format="rgb24") for i in indices])  # (T, H, W, 3)
+    frames = np.stack([decoded[i].to_ndarray(format="rgb24") for i in indices_fn(len(decoded))])  # (T, H, W, 3)
     return torch.from_numpy(frames).permute(0, 3, 1, 2)
 
 
-def torchcodec_sampled(path: Path, num_frames: int, frame_stride: int) -> torch.Tensor:
-    from evl_hf.video_processing_evl import read_video_frames, sample_frame_indices
+def torchcodec_sampled(path: Path, indices_fn) -> torch.Tensor:
+    from evl_hf.video_processing_evl import read_video_frames
 
-    return read_video_frames(
-        path, lambda total: sample_frame_indices(total, num_frames, strategy="dense", frame_stride=frame_stride)
-    )
+    return read_video_frames(path, indices_fn)
 
 
 def evaluation_clip_indices(
@@ -229,19 +279,16 @@ def evaluation_pixel_values(
     return torch.cat(views)
 
 
-def time_training_method(method: str, paths: list[Path], processor, num_frames: int, frame_stride: int) -> float:
-    """Seconds to turn every video of `paths` into `pixel_values` of shape `(1, T, 3, 224, 224)`."""
+def time_training_method(method: str, paths: list[Path], processor, args) -> float:
+    """Seconds to turn `--clips-per-video` training clips of every video of `paths` into `pixel_values` of shape
+    `(1, T, 3, 224, 224)`."""
+    decode = pyav_whole_video if method == "pyav_whole_video" else torchcodec_sampled
     start = time.perf_counter()
-    for path in paths:
-        if method == "processor_from_path":
-            pixel_values = processor(
-                videos=str(path), num_frames=num_frames, frame_stride=frame_stride, return_tensors="pt"
-            )["pixel_values"]
-        else:
-            decode = pyav_whole_video if method == "pyav_whole_video" else torchcodec_sampled
-            frames = decode(path, num_frames, frame_stride)
+    for video_index, path in enumerate(paths):
+        for clip in range(args.clips_per_video):
+            frames = decode(path, training_clip(video_index, clip, args.num_frames, args.frame_stride))
             pixel_values = processor(videos=[frames], return_tensors="pt")["pixel_values"]
-        assert pixel_values.shape[:2] == (1, num_frames), pixel_values.shape
+            assert pixel_values.shape[:2] == (1, args.num_frames), pixel_values.shape
     return time.perf_counter() - start
 
 
@@ -267,12 +314,42 @@ def evaluation_speeds(seconds: list[float], num_videos: int, num_views: int = 1)
     }
 
 
-def time_case(case: tuple[str, int, str], paths: list[Path], processor, args) -> float:
-    """Seconds for one `(path, views, method)` case over `paths`; `path` is "training" or "evaluation"."""
+def time_case(case: tuple[str, int, str], videos: dict, processor, args) -> float:
+    """Seconds for one `(path, views, method)` case over `videos` (`{"original": paths, "g16": prepared paths, ...}`);
+    `path` is "training" or "evaluation"."""
     data_path, num_views, method = case
     if data_path == "training":
-        return time_training_method(method, paths, processor, args.num_frames, args.frame_stride)
-    return time_evaluation_method(method, paths, processor, args.num_frames, args.frame_stride, num_views)
+        copy = "original" if method in ORIGINAL_METHODS else method.rsplit("_", 1)[-1]
+        return time_training_method(method, videos[copy], processor, args)
+    return time_evaluation_method(method, videos["original"], processor, args.num_frames, args.frame_stride, num_views)
+
+
+def prepared_agreement(originals: list[Path], prepared: list[Path], processor, args) -> dict:
+    """
+    How far the sampled frames of the prepared videos are from the same frames decoded from the originals and
+    resized to the prepared size (bilinear, antialiased, as the video processor resizes), in [0, 1] units, over the
+    training clip of every video; and the same at the model's input, before normalisation (resized to 224, centre
+    crop). For scale, the difference between a clip's successive frames (`frame_stride` apart) is reported too.
+    """
+    frame_diffs, input_diffs, between = [], [], []
+    for video_index, (original_path, prepared_path) in enumerate(zip(originals, prepared)):
+        clip = training_clip(video_index, 0, args.num_frames, args.frame_stride)
+        original = torchcodec_sampled(original_path, clip).float() / 255
+        clip = training_clip(video_index, 0, args.num_frames, args.frame_stride)
+        ours = torchcodec_sampled(prepared_path, clip).float() / 255
+        resized = F.interpolate(original, size=ours.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
+        frame_diffs.append((ours - resized).abs().mean().item())
+        between.append((resized[1:] - resized[:-1]).abs().mean().item())
+        inputs = [
+            processor(videos=[(frames * 255).round().to(torch.uint8)], do_normalize=False, return_tensors="pt")
+            for frames in (original, ours)
+        ]
+        input_diffs.append((inputs[0]["pixel_values"] - inputs[1]["pixel_values"]).abs().mean().item())
+    return {
+        "mean_abs_diff_frames": statistics.mean(frame_diffs),
+        "mean_abs_diff_model_input": statistics.mean(input_diffs),
+        "mean_abs_diff_between_clip_frames": statistics.mean(between),
+    }
 
 
 def evaluation_agreement(path: Path, processor, args, num_views: int) -> dict:
@@ -282,7 +359,9 @@ def evaluation_agreement(path: Path, processor, args, num_views: int) -> dict:
     uint8 frames with it). For scale, the difference between a clip's successive frames (`frame_stride` apart) is
     reported too: views cut from the wrong frames would differ by about that much.
     """
-    ours = evaluation_pixel_values("torchcodec_sampled", path, processor, args.num_frames, args.frame_stride, num_views)
+    ours = evaluation_pixel_values(
+        "torchcodec_sampled", path, processor, args.num_frames, args.frame_stride, num_views
+    )
     reference = pyav_reference_eval(path, args.num_frames, args.frame_stride, num_views, processor)
     return {
         "mean_abs_diff": (ours - reference).abs().mean().item(),
@@ -293,23 +372,40 @@ def evaluation_agreement(path: Path, processor, args, num_views: int) -> dict:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=5, help="alternating rounds over the methods")
-    parser.add_argument("--num-videos", type=int, default=4, help="videos per keyframe interval")
+    parser.add_argument("--num-videos", type=int, default=4, help="videos per size")
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--fps", type=int, default=30)
-    parser.add_argument("--height", type=int, default=240)
-    parser.add_argument("--width", type=int, default=320)
-    parser.add_argument("--keyframe-intervals", default="250,30", help="comma-separated libx264 GOP sizes, in frames")
+    parser.add_argument("--sizes", default="340x256,640x360", help="comma-separated WIDTHxHEIGHT of the videos")
     parser.add_argument("--num-frames", type=int, default=8)
     parser.add_argument("--frame-stride", type=int, default=16)
+    parser.add_argument("--short-side", type=int, default=320, help="prepare-videos --short_side")
+    parser.add_argument(
+        "--keyframe-intervals", default="16,8", help="comma-separated prepare-videos --keyframe_interval values"
+    )
+    parser.add_argument("--clips-per-video", type=int, default=3, help="random training clips timed per video")
+    parser.add_argument("--crf", type=int, default=23, help="prepare-videos --crf")
+    parser.add_argument(
+        "--gflop-per-clip",
+        type=float,
+        default=TRAIN_GFLOP_PER_CLIP,
+        help="model FLOPs of one training clip, forward and backward (default: EVL ViT-B/16, 8 frames)",
+    )
+    parser.add_argument(
+        "--gpu-tflops",
+        type=float,
+        default=GPU_TFLOPS,
+        help="sustained GPU throughput assumed for the cores-per-GPU estimate (default: half an H100's bf16 peak)",
+    )
     parser.add_argument(
         "--video-dir", type=Path, default=None, help="default $EVL_HF_CACHE/benchmark_videos (~/.cache/evl_hf/...)"
     )
-    parser.add_argument("--tiny", action="store_true", help="2 short small videos, 2 rounds: a run in seconds")
+    parser.add_argument("--tiny", action="store_true", help="2 short small videos per size, 2 rounds: seconds")
     parser.add_argument("--output", help="folder to write data_path.json and data_path.md into")
     args = parser.parse_args(argv)
     if args.tiny:
-        args.num_videos, args.seconds, args.height, args.width, args.repeats = 2, 4.0, 96, 128, 2
-    args.keyframe_intervals = [int(g) for g in args.keyframe_intervals.split(",")]
+        args.num_videos, args.seconds, args.sizes, args.short_side, args.repeats = 2, 4.0, "128x96,192x108", 64, 2
+    args.sizes = [tuple(int(side) for side in size.split("x")) for size in args.sizes.split(",")]
+    args.keyframe_intervals = [int(interval) for interval in args.keyframe_intervals.split(",")]
     args.video_dir = args.video_dir or default_video_dir()
     return args
 
@@ -320,83 +416,139 @@ def main(argv=None):
     from evl_hf.video_processing_evl import EVLVideoProcessor
 
     processor = EVLVideoProcessor()
-    videos = {
-        gop: generate_videos(args.video_dir, args.num_videos, args.seconds, args.fps, args.height, args.width, gop)
-        for gop in args.keyframe_intervals
-    }
-    cases = [("training", 1, method) for method in TRAINING_METHODS] + [
-        ("evaluation", views, method) for views in EVALUATION_VIEWS for method in EVALUATION_METHODS
+    copies = [f"g{interval}" for interval in args.keyframe_intervals]
+    methods_run = [*ORIGINAL_METHODS, *(f"torchcodec_prepared_{copy}" for copy in copies)]
+    videos, preparation = {}, {}
+    for width, height in args.sizes:
+        name = f"{width}x{height}"
+        originals = generate_videos(args.video_dir, args.num_videos, args.seconds, args.fps, height, width)
+        videos[name] = {"original": originals}
+        for interval, copy in zip(args.keyframe_intervals, copies):
+            log(f"preparing the {name} videos with a keyframe every {interval} frames")
+            settings = {"short_side": args.short_side, "keyframe_interval": interval, "crf": args.crf}
+            folder = args.video_dir / f"prepared_{name}_{args.short_side}_{interval}_{args.crf}"
+            preparation[name, copy] = prepare_videos(videos[name]["original"], folder, settings)
+            videos[name][copy] = preparation[name, copy].pop("paths")
+    # Evaluation reads only the original videos of the first size: it is the reference loader's slow path, measured
+    # for comparison with earlier results, and prepared files change nothing in its decoding of whole videos.
+    evaluation_size = next(iter(videos))
+    cases = [(name, ("training", 1, method)) for name in videos for method in methods_run]
+    cases += [
+        (evaluation_size, ("evaluation", views, method)) for views in EVALUATION_VIEWS for method in EVALUATION_METHODS
     ]
-    for case in cases:  # warm-up: imports, FFmpeg libraries, file cache
-        time_case(case, videos[args.keyframe_intervals[0]][:1], processor, args)
+    for name, case in cases:  # warm-up: imports, FFmpeg libraries, file cache
+        time_case(case, {copy: paths[:1] for copy, paths in videos[name].items()}, processor, args)
 
-    seconds = {(gop, case): [] for gop in videos for case in cases}
+    load_before = os.getloadavg()
+    seconds = {key: [] for key in cases}
     for round_index in range(args.repeats):
-        for gop, paths in videos.items():
-            for case in cases:
-                seconds[gop, case].append(time_case(case, paths, processor, args))
+        for name, case in cases:
+            seconds[name, case].append(time_case(case, videos[name], processor, args))
         log(
-            f"round {round_index + 1}/{args.repeats}: "
-            + ", ".join(f"g{g} {p[:5]} {v}v {m} {s[-1]:.3f} s" for (g, (p, v, m)), s in seconds.items())
+            f"round {round_index + 1}/{args.repeats} (load {os.getloadavg()[0]:.1f}): "
+            + ", ".join(f"{n} {p[:5]} {v}v {m} {s[-1]:.3f} s" for (n, (p, v, m)), s in seconds.items())
         )
+    load_after = os.getloadavg()
 
-    training, evaluation, ratios, targets = {}, {}, {}, {}
-    training_rows, evaluation_rows, agreement_rows = [], [], []
-    for gop, paths in videos.items():
-        keyframes = keyframe_positions(paths[0])
-        methods = {
-            method: {
-                "clips_per_s": len(paths) / median(seconds[gop, ("training", 1, method)]),
-                "seconds_per_clip": median(seconds[gop, ("training", 1, method)]) / len(paths),
-                "clips_per_s_runs": [len(paths) / s for s in seconds[gop, ("training", 1, method)]],
+    gpu_clips_per_s = args.gpu_tflops * 1e12 / (args.gflop_per_clip * 1e9)
+    training, evaluation, agreement, ratios, targets = {}, {}, {}, {}, {}
+    training_rows, disk_rows, agreement_rows, evaluation_rows, eval_agreement_rows = [], [], [], [], []
+    for name, paths in videos.items():
+        num_clips = len(paths["original"]) * args.clips_per_video
+        methods = {}
+        for method in methods_run:
+            runs = seconds[name, ("training", 1, method)]
+            clips_per_s = num_clips / median(runs)
+            copy = "original" if method in ORIGINAL_METHODS else method.rsplit("_", 1)[-1]
+            methods[method] = {
+                "videos": copy,
+                "clips_per_s": clips_per_s,
+                "seconds_per_clip": median(runs) / num_clips,
+                "clips_per_s_runs": [num_clips / s for s in runs],
+                "cores_per_gpu": gpu_clips_per_s / clips_per_s,
             }
-            for method in TRAINING_METHODS
+            training_rows.append([name, method, copy, clips_per_s, 1000 / clips_per_s, gpu_clips_per_s / clips_per_s])
+        training[name] = {
+            "keyframes_in_first_video": {copy: keyframe_positions(files[0])[:8] for copy, files in paths.items()},
+            "prepared_size": list(frame_size(paths[copies[0]][0])),
+            "methods": methods,
         }
-        training[f"keyframe_interval_{gop}"] = {"keyframes_in_first_video": keyframes, "methods": methods}
-        name = f"training_torchcodec_over_pyav_keyframe_interval_{gop}"
-        ratios[name] = ratio(methods["torchcodec_sampled"]["clips_per_s"], methods["pyav_whole_video"]["clips_per_s"])
-        targets[name] = target(ratios[name], at_least=3.0)
-        training_rows += [
-            [gop, len(keyframes), m, r["clips_per_s"], 1000 * r["seconds_per_clip"]] for m, r in methods.items()
-        ]
-
-        evaluation[f"keyframe_interval_{gop}"] = {}
-        for views in EVALUATION_VIEWS:
-            methods = {
-                method: evaluation_speeds(seconds[gop, ("evaluation", views, method)], len(paths), views)
-                for method in EVALUATION_METHODS
-            }
-            agreement = evaluation_agreement(paths[0], processor, args, views)
-            evaluation[f"keyframe_interval_{gop}"][f"views_{views}"] = {"methods": methods, "agreement": agreement}
-            differences = (agreement["mean_abs_diff"], agreement["mean_abs_diff_between_clip_frames"])
-            agreement_rows.append([gop, views, *(f"{difference:.4f}" for difference in differences)])
-            name = f"evaluation_{views}_view{'s' if views > 1 else ''}_torchcodec_over_pyav_keyframe_interval_{gop}"
-            ratios[name] = ratio(
-                methods["torchcodec_sampled"]["videos_per_s"], methods["pyav_reference_eval"]["videos_per_s"]
+        for copy in copies:
+            prep = preparation[name, copy]
+            prep["size_ratio"] = prep["bytes_after"] / prep["bytes_before"]
+            disk_rows.append(
+                [
+                    name,
+                    copy[1:],
+                    "x".join(map(str, training[name]["prepared_size"])),
+                    prep["bytes_before"] / len(paths["original"]) / 1e6,
+                    prep["bytes_after"] / len(paths["original"]) / 1e6,
+                    prep["size_ratio"],
+                    prep["seconds_per_video"],
+                ]
             )
-            targets[name] = target(ratios[name], at_least=3.0)
-            evaluation_rows += [
-                [gop, views, m, r["videos_per_s"], r["clips_per_s"], 1000 * r["seconds_per_video"]]
-                for m, r in methods.items()
-            ]
+            agreement[f"{name}_{copy}"] = a = prepared_agreement(paths["original"], paths[copy], processor, args)
+            agreement_rows.append([name, copy[1:], *(f"{a[key] * 255:.2f}" for key in a)])
+            prepared = methods[f"torchcodec_prepared_{copy}"]["clips_per_s"]
+            for baseline, goal in (("torchcodec_sampled", 3.0), ("pyav_whole_video", 5.0)):
+                ratio_name = f"training_{name}_prepared_{copy}_over_{baseline}"
+                ratios[ratio_name] = ratio(prepared, methods[baseline]["clips_per_s"])
+                targets[ratio_name] = target(ratios[ratio_name], at_least=goal)
+            targets[f"prepared_{name}_{copy}_mean_abs_diff_frames"] = target(
+                a["mean_abs_diff_frames"], at_most=round(2 / 255, 5)
+            )
+
+    for views in EVALUATION_VIEWS:
+        methods = {
+            method: evaluation_speeds(seconds[evaluation_size, ("evaluation", views, method)], args.num_videos, views)
+            for method in EVALUATION_METHODS
+        }
+        check = evaluation_agreement(videos[evaluation_size]["original"][0], processor, args, views)
+        evaluation[f"views_{views}"] = {"methods": methods, "agreement": check}
+        differences = (check["mean_abs_diff"], check["mean_abs_diff_between_clip_frames"])
+        eval_agreement_rows.append([views, *(f"{difference:.4f}" for difference in differences)])
+        ratio_name = f"evaluation_{views}_view{'s' if views > 1 else ''}_torchcodec_over_pyav"
+        ratios[ratio_name] = ratio(
+            methods["torchcodec_sampled"]["videos_per_s"], methods["pyav_reference_eval"]["videos_per_s"]
+        )
+        targets[ratio_name] = target(ratios[ratio_name], at_least=3.0)
+        evaluation_rows += [
+            [views, m, r["videos_per_s"], r["clips_per_s"], 1000 * r["seconds_per_video"]] for m, r in methods.items()
+        ]
+    preparation = {f"{name}_{copy}": prep for (name, copy), prep in preparation.items()}
 
     result = {
         "benchmark": "data_path",
         "settings": {
             "tiny": args.tiny,
             "num_videos": args.num_videos,
-            "video": f"{args.seconds:g} s, {args.fps} fps, {args.width}x{args.height}, H.264 (libx264, yuv420p)",
-            "keyframe_intervals": args.keyframe_intervals,
+            "videos": f"{args.seconds:g} s, {args.fps} fps, H.264 (libx264 defaults: keyframe interval 250, crf 23), "
+            "yuv420p",
+            "sizes": [f"{w}x{h}" for w, h in args.sizes],
+            "prepare_videos": {
+                "short_side": args.short_side,
+                "keyframe_intervals": args.keyframe_intervals,
+                "crf": args.crf,
+            },
+            "clips_per_video": args.clips_per_video,
             "num_frames": args.num_frames,
             "frame_stride": args.frame_stride,
+            "evaluation_size": evaluation_size,
             "evaluation_views": list(EVALUATION_VIEWS),
             "transforms": "shortest edge 224 bilinear, centre crop 224, CLIP normalisation",
             "threads": 1,
             "repeats": args.repeats,
+            "gflop_per_clip": args.gflop_per_clip,
+            "gpu_tflops": args.gpu_tflops,
+            "gpu_clips_per_s": gpu_clips_per_s,
+            "loadavg_before": [round(x, 2) for x in load_before],
+            "loadavg_after": [round(x, 2) for x in load_after],
         },
         "machine": machine_info(),
-        # The training path, under the key that plot_benchmarks.py and earlier results use.
+        # The training path, under the key that plot_benchmarks.py reads.
         "videos": training,
+        "preparation": preparation,
+        "prepared_agreement": agreement,
         "evaluation": evaluation,
         "ratios": ratios,
         "targets": targets,
@@ -404,29 +556,54 @@ def main(argv=None):
     s = result["settings"]
     markdown = "\n".join(
         [
-            f"{s['num_frames']} frames at stride {s['frame_stride']} from {s['num_videos']} videos per keyframe "
-            f"interval ({s['video']}), one thread; medians of {s['repeats']} alternating rounds",
+            f"{s['num_frames']} frames at stride {s['frame_stride']} from {s['num_videos']} videos per size "
+            f"({s['videos']}), one thread; medians of {s['repeats']} alternating rounds; load average "
+            f"{s['loadavg_before'][0]:.1f} before, {s['loadavg_after'][0]:.1f} after "
+            f"({result['machine']['cpu_count']} cores)",
             "",
-            "Training path (one centred clip per video):",
-            "",
-            markdown_table(["keyframe interval", "keyframes", "method", "clips/s", "ms/clip"], training_rows),
-            "",
-            "Evaluation path (1 view, or 3 temporal views x 1 centre crop, per video):",
+            f"Training path ({args.clips_per_video} clips per video, random starts, the same for every method). "
+            "Cores per GPU: how many cores decoding this way keep up "
+            f"with {gpu_clips_per_s:.0f} training clips/s ({s['gflop_per_clip']:g} GFLOP per clip at "
+            f"{s['gpu_tflops']:g} TFLOP/s):",
             "",
             markdown_table(
-                ["keyframe interval", "views", "method", "videos/s", "clips/s", "ms/video"], evaluation_rows
+                ["size", "method", "videos", "clips/s per core", "ms/clip", "cores per GPU"], training_rows
             ),
+            "",
+            f"Preparation (`evl-hf prepare-videos --short_side {args.short_side} --crf {args.crf} "
+            "--keyframe_interval K`), one thread:",
+            "",
+            markdown_table(
+                ["size", "K", "prepared size", "MB/video before", "MB/video after", "after/before", "s per video"],
+                disk_rows,
+            ),
+            "",
+            "Same frames? Mean absolute difference in grey levels (0-255), over the first training clip of each video:",
+            "",
+            markdown_table(
+                [
+                    "size",
+                    "K",
+                    "prepared vs original resized to the prepared size",
+                    "at the model input (224 crop, before normalisation)",
+                    "successive frames of a clip",
+                ],
+                agreement_rows,
+            ),
+            "",
+            f"Evaluation path ({evaluation_size}, original videos; 1 view, or 3 temporal views x 1 centre crop):",
+            "",
+            markdown_table(["views", "method", "videos/s", "clips/s", "ms/video"], evaluation_rows),
             "",
             "Same views? Mean absolute difference of the evaluation `pixel_values` (first video, normalised units):",
             "",
             markdown_table(
                 [
-                    "keyframe interval",
                     "views",
                     "torchcodec_sampled vs pyav_reference_eval",
                     "successive frames of a pyav_reference_eval clip",
                 ],
-                agreement_rows,
+                eval_agreement_rows,
             ),
             "",
             targets_table(targets),

@@ -104,44 +104,72 @@ def test_cpu_models_output_writes_json_and_markdown(cpu_models, results_dir):
     assert (results_dir / "cpu_models.md").read_text().count("| evl |") == 1
 
 
-def test_data_path_reports_clips_per_second_for_each_method(data_path):
-    assert set(data_path["videos"]) == {"keyframe_interval_250", "keyframe_interval_30"}
+TRAINING_METHODS = {"pyav_whole_video", "torchcodec_sampled", "torchcodec_prepared_g16", "torchcodec_prepared_g8"}
+
+
+def test_data_path_reports_clips_per_second_per_core_for_each_method_and_size(data_path):
+    assert set(data_path["videos"]) == {"128x96", "192x108"}
+    gpu_clips_per_s = data_path["settings"]["gpu_clips_per_s"]
+    assert gpu_clips_per_s == pytest.approx(494.7e12 / 332.1e9)  # half an H100's bf16 peak, EVL B/16 8 frames
     for video in data_path["videos"].values():
-        assert set(video["methods"]) == {"pyav_whole_video", "torchcodec_sampled", "processor_from_path"}
+        assert set(video["methods"]) == TRAINING_METHODS
         for method in video["methods"].values():
-            assert_positive(method, ["clips_per_s", "seconds_per_clip"])
+            assert_positive(method, ["clips_per_s", "seconds_per_clip", "cores_per_gpu"])
+            assert method["cores_per_gpu"] == pytest.approx(gpu_clips_per_s / method["clips_per_s"])
     assert all(value > 0 for value in data_path["ratios"].values())
 
 
+def test_data_path_prepared_videos_have_frequent_keyframes_and_a_measured_disk_cost(data_path):
+    for name, video in data_path["videos"].items():
+        keyframes = video["keyframes_in_first_video"]
+        assert keyframes["original"] == [0]  # 4 s, 120 frames: libx264's default puts one keyframe
+        assert keyframes["g16"] == [0, 16, 32, 48, 64, 80, 96, 112]
+        assert keyframes["g8"] == [0, 8, 16, 24, 32, 40, 48, 56]  # the first 8
+        assert min(video["prepared_size"]) == 64  # --tiny prepares with short side 64
+        for copy in ("g16", "g8"):
+            preparation = data_path["preparation"][f"{name}_{copy}"]
+            assert_positive(preparation, ["bytes_before", "bytes_after", "seconds_per_video"])
+            assert preparation["size_ratio"] == pytest.approx(preparation["bytes_after"] / preparation["bytes_before"])
+
+
+def test_data_path_prepared_frames_are_the_original_frames(data_path):
+    # A re-encoded, smaller copy of the same frames: far closer than two frames of a clip are to each other.
+    assert len(data_path["prepared_agreement"]) == 4
+    for agreement in data_path["prepared_agreement"].values():
+        between = agreement["mean_abs_diff_between_clip_frames"]
+        assert 0 < agreement["mean_abs_diff_frames"] < 0.3 * between
+        # Upscaled from the 64-pixel short side of --tiny to 224, the chroma lost at 64 pixels shows more.
+        assert 0 < agreement["mean_abs_diff_model_input"] < 0.5 * between
+
+
 def test_data_path_times_the_evaluation_path_for_one_and_three_views(data_path):
-    assert set(data_path["evaluation"]) == {"keyframe_interval_250", "keyframe_interval_30"}
-    for by_views in data_path["evaluation"].values():
-        assert set(by_views) == {"views_1", "views_3"}
-        for views, result in by_views.items():
-            num_views = int(views.split("_")[1])
-            assert set(result["methods"]) == {"pyav_reference_eval", "torchcodec_sampled", "processor_from_path"}
-            for method in result["methods"].values():
-                assert_positive(method, ["videos_per_s", "clips_per_s", "seconds_per_video"])
-                assert method["clips_per_s"] == pytest.approx(num_views * method["videos_per_s"])
+    assert set(data_path["evaluation"]) == {"views_1", "views_3"}
+    for views, result in data_path["evaluation"].items():
+        num_views = int(views.split("_")[1])
+        assert set(result["methods"]) == {"pyav_reference_eval", "torchcodec_sampled", "processor_from_path"}
+        for method in result["methods"].values():
+            assert_positive(method, ["videos_per_s", "clips_per_s", "seconds_per_video"])
+            assert method["clips_per_s"] == pytest.approx(num_views * method["videos_per_s"])
 
 
 def test_data_path_evaluation_methods_give_the_same_views(data_path):
     # Both resize the same frames, with and without antialiasing: far closer than two frames of a clip are.
-    for by_views in data_path["evaluation"].values():
-        for result in by_views.values():
-            agreement = result["agreement"]
-            assert agreement["mean_abs_diff"] < 0.1 * agreement["mean_abs_diff_between_clip_frames"]
+    for result in data_path["evaluation"].values():
+        agreement = result["agreement"]
+        assert agreement["mean_abs_diff"] < 0.1 * agreement["mean_abs_diff_between_clip_frames"]
 
 
-def test_data_path_checks_the_3x_target_for_training_and_evaluation_separately(data_path):
-    expected = {
-        f"{path}_torchcodec_over_pyav_keyframe_interval_{interval}"
-        for path in ("training", "evaluation_1_view", "evaluation_3_views")
-        for interval in (250, 30)
-    }
-    assert set(data_path["targets"]) == expected
+def test_data_path_checks_the_prepared_targets_per_size_and_the_evaluation_target(data_path, results_dir):
+    expected = {f"evaluation_{views}_torchcodec_over_pyav": ">= 3.0" for views in ("1_view", "3_views")}
+    for size in ("128x96", "192x108"):
+        for copy in ("g16", "g8"):
+            expected[f"training_{size}_prepared_{copy}_over_torchcodec_sampled"] = ">= 3.0"
+            expected[f"training_{size}_prepared_{copy}_over_pyav_whole_video"] = ">= 5.0"
+            expected[f"prepared_{size}_{copy}_mean_abs_diff_frames"] = "<= 0.00784"
+    assert {name: check["target"] for name, check in data_path["targets"].items()} == expected
     for check in data_path["targets"].values():
-        assert check["target"] == ">= 3.0" and check["value"] > 0 and isinstance(check["met"], bool)
+        assert check["value"] > 0 and isinstance(check["met"], bool)
+    assert json.loads((results_dir / "data_path.json").read_text()) == data_path
 
 
 def test_data_wait_reports_the_share_of_the_training_loop_spent_waiting_for_data(data_wait):

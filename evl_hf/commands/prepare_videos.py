@@ -1,0 +1,398 @@
+# Copyright 2026 The evl_hf authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+`evl-hf prepare-videos`: re-encodes a video dataset once so that sampling a training clip decodes little.
+
+A training clip is a few frames sampled from somewhere inside the video, and a decoder can only start at a keyframe:
+with libx264's default (a keyframe every 250 frames) most of a 10 s video is decoded to read 8 frames of it. The
+prepared copy has a keyframe every `--keyframe_interval` frames and its short side scaled down to `--short_side`, so a
+clip costs a few small frames of decoding each. Frame rate and frame count stay those of the input, so frame indices,
+and the clips a sampler picks, mean the same in both copies.
+
+Each output is written under a temporary name, decoded in full and checked to have as many frames as its input, and
+only then renamed into place: a finished output is one that exists under its final name, which a later run keeps.
+"""
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from . import UsageError
+
+
+# What the `videofolder` layout counts as a video (the extensions FFmpeg reads that datasets' builder accepts).
+VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv"}
+REPORT_NAME = "prepare_report.jsonl"
+SETTINGS_NAME = "prepare_settings.json"
+
+
+def register(subparsers):
+    parser = subparsers.add_parser(
+        "prepare-videos",
+        help="Re-encode a video dataset for fast clip sampling (small frames, frequent keyframes).",
+        description=(
+            "Re-encodes every video of INPUT with FFmpeg to H.264 (libx264, yuv420p), its short side scaled down to "
+            "--short_side (never up), a keyframe every --keyframe_interval frames, the same frame rate and frame "
+            "count, no audio. INPUT is a videofolder tree (its layout is kept under OUTPUT_DIR, extensions become "
+            ".mp4) or a .txt/.csv video list (a new list with the new paths is written into OUTPUT_DIR under the "
+            "same name). Finished outputs are kept when the command is run again; videos that cannot be read are "
+            f"listed in OUTPUT_DIR/{REPORT_NAME} (for a list: OUTPUT_DIR/<list name>.{REPORT_NAME}) and skipped. "
+            "Exit status 1 when some were."
+        ),
+    )
+    parser.add_argument("input", metavar="INPUT", help="A videofolder tree, or a .txt (Kinetics) or .csv video list.")
+    parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="Where the prepared videos (and list) are written.")
+    parser.add_argument(
+        "--short_side",
+        type=int,
+        default=320,
+        help="Scale frames so that their short side is this many pixels; smaller videos keep their size (default: "
+        "320, for 224-pixel crops after the paper's short-side resize).",
+    )
+    parser.add_argument(
+        "--keyframe_interval", type=int, default=16, help="Frames from one keyframe to the next (default: 16)."
+    )
+    parser.add_argument(
+        "--crf",
+        type=int,
+        default=23,
+        help="libx264 constant rate factor, 0-51: lower is larger and closer to the input (default: 23).",
+    )
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="Videos encoded at the same time, one FFmpeg thread each (default: the number of CPU cores).",
+    )
+    parser.add_argument(
+        "--video_root",
+        default=None,
+        help="For a list: where its relative paths start (default: the list file's folder, as in training).",
+    )
+    parser.add_argument(
+        "--video_column_name",
+        default="video",
+        help="For a .csv list: the column with the video paths (default: video).",
+    )
+    parser.set_defaults(run=run, parser=parser)
+
+
+def check_arguments(args) -> None:
+    if args.short_side < 2:
+        raise UsageError(f"--short_side {args.short_side}: must be at least 2 pixels (320 is the usual choice).")
+    if args.keyframe_interval < 1:
+        raise UsageError(f"--keyframe_interval {args.keyframe_interval}: must be at least 1 (16 is the default).")
+    if not 0 <= args.crf <= 51:
+        raise UsageError(f"--crf {args.crf}: libx264 takes 0 to 51 (23 is its default; lower keeps more detail).")
+    if args.num_workers < 1:
+        raise UsageError(f"--num_workers {args.num_workers}: must be at least 1.")
+
+
+def find_ffmpeg() -> str:
+    """Path of an `ffmpeg` binary with the libx264 encoder, or a `UsageError` that says how to get one."""
+    ffmpeg = shutil.which("ffmpeg")
+    if ffmpeg is None:
+        raise UsageError(
+            "the ffmpeg program is not on PATH. Install it (`apt-get install ffmpeg`, `make install` does it, or "
+            "`conda install -c conda-forge ffmpeg`) and run the command again."
+        )
+    encoders = subprocess.run([ffmpeg, "-hide_banner", "-encoders"], capture_output=True, text=True).stdout
+    if "libx264" not in encoders:
+        raise UsageError(f"{ffmpeg} has no libx264 encoder; install an FFmpeg build with it (Debian's ffmpeg has it).")
+    return ffmpeg
+
+
+def output_name(relative: Path) -> Path:
+    return relative.with_suffix(".mp4")
+
+
+def find_tree_videos(input_dir: Path, output_dir: Path) -> list[tuple[Path, Path]]:
+    """`(input path, output path relative to OUTPUT_DIR)` of every video under `input_dir`, in sorted order."""
+    videos = []
+    for root, folders, files in os.walk(input_dir):
+        # An OUTPUT_DIR inside INPUT holds outputs, not inputs: a second run must not prepare them again.
+        folders[:] = sorted(f for f in folders if (Path(root) / f).resolve() != output_dir)
+        for name in sorted(files):
+            path = Path(root) / name
+            if path.suffix.lower() in VIDEO_EXTENSIONS:
+                videos.append((path, output_name(path.relative_to(input_dir))))
+    return videos
+
+
+def relative_output(video: str, root: Path) -> Path:
+    """Where a listed video goes under OUTPUT_DIR: its path below the list's root (absolute paths elsewhere keep
+    their full path below OUTPUT_DIR)."""
+    path = Path(os.path.normpath(root / video))
+    relative = Path(os.path.relpath(path, root))
+    if relative.parts and relative.parts[0] == os.pardir:
+        relative = Path(*path.parts[1:])
+    return output_name(relative)
+
+
+def read_list(list_path: Path, root: Path, video_column: str):
+    """
+    Reads a `.txt` (one `path label` per line) or `.csv` video list.
+
+    Returns:
+        `tuple[list[dict], list[str] | None, list[tuple[Path, Path]]]`: the rows (a `.txt` row has the video column
+        and `label`), the CSV header (None for `.txt`), and `(input path, output path relative to OUTPUT_DIR)` per
+        row.
+    """
+    rows, header = [], None
+    with open(list_path, encoding="utf-8", newline="") as file:
+        if list_path.suffix.lower() == ".csv":
+            reader = csv.DictReader(file)
+            header = reader.fieldnames or []
+            if video_column not in header:
+                raise UsageError(
+                    f"{list_path}: no column {video_column!r} (--video_column_name); its columns are {header}."
+                )
+            rows = [row for row in reader if row.get(video_column)]
+        else:
+            for line_number, line in enumerate(file, start=1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                parts = line.rsplit(maxsplit=1)  # the path may contain spaces, the label does not
+                if len(parts) != 2:
+                    raise UsageError(
+                        f"{list_path}, line {line_number}: expected `<video path> <label>`, got {line!r}."
+                    )
+                rows.append({video_column: parts[0], "label": parts[1]})
+    if not rows:
+        raise UsageError(f"{list_path} lists no videos.")
+    jobs = [(root / row[video_column], relative_output(row[video_column], root)) for row in rows]
+    return rows, header, jobs
+
+
+def write_list(list_path: Path, rows: list[dict], header, video_column: str) -> None:
+    """Writes the list atomically (a temporary file renamed), so that a killed run never leaves half a list."""
+    partial = list_path.with_name(f".{list_path.name}.partial")
+    with open(partial, "w", encoding="utf-8", newline="") as file:
+        if header is not None:
+            writer = csv.DictWriter(file, fieldnames=header)
+            writer.writeheader()
+            writer.writerows(rows)
+        else:
+            file.writelines(f"{row[video_column]} {row['label']}\n" for row in rows)
+    os.replace(partial, list_path)
+
+
+def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
+    """Output `(width, height)`: the short side brought down to `short_side` (never up), both sides even.
+
+    H.264 in yuv420p stores colour at half resolution, so libx264 needs even sides: they are rounded down, never up,
+    so an odd side loses one pixel.
+    """
+    scale = min(1.0, short_side / min(width, height))
+    return max(2, int(width * scale) // 2 * 2), max(2, int(height * scale) // 2 * 2)
+
+
+def encode_command(ffmpeg: str, source: Path, target: Path, size: tuple[int, int], settings: dict) -> list[str]:
+    gop = str(settings["keyframe_interval"])
+    return [
+        ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
+        "-threads", "1", "-i", str(source),
+        "-map", "0:v:0", "-an", "-sn", "-dn",
+        # One thread for the filter and the encoder too: the parallelism is over files.
+        "-filter_threads", "1", "-vf", f"scale={size[0]}:{size[1]}:flags=bilinear",
+        # Every decoded frame is encoded once with its timestamp: no frame dropped or duplicated to fit a rate.
+        "-fps_mode", "passthrough",
+        "-c:v", "libx264", "-crf", str(settings["crf"]), "-pix_fmt", "yuv420p", "-threads", "1",
+        # A keyframe exactly every `gop` frames: no scene-cut keyframes in between, closed GOPs (x264's default).
+        "-g", gop, "-keyint_min", gop, "-sc_threshold", "0",
+        "-movflags", "+faststart", "-f", "mp4", str(target),
+    ]  # fmt: skip
+
+
+def count_decoded_frames(path: Path) -> int:
+    """Decodes every frame of `path` (in chunks, to bound memory) and returns how many there were."""
+    from torchcodec.decoders import VideoDecoder
+
+    decoder = VideoDecoder(str(path), seek_mode="exact", num_ffmpeg_threads=1)
+    chunk = 32
+    for start in range(0, len(decoder), chunk):
+        decoder.get_frames_in_range(start, min(start + chunk, len(decoder)))
+    return len(decoder)
+
+
+def prepare_one(ffmpeg: str, source: Path, target: Path, settings: dict) -> dict:
+    """
+    Prepares one video with `settings` (`short_side`, `keyframe_interval`, `crf`); never raises for a bad input.
+
+    Returns:
+        `dict`: `input`, `output`, `status` ("prepared", "kept" or "failed"), `reason` when failed, and the input's
+        and output's sizes in bytes.
+    """
+    result = {"input": str(source), "output": str(target), "input_bytes": None, "output_bytes": None}
+    if target.exists():
+        result.update(status="kept", output_bytes=target.stat().st_size)
+        if source.exists():
+            result["input_bytes"] = source.stat().st_size
+        return result
+    from ..video_processing_evl import _open_video
+
+    partial = target.with_name(f".{target.name}.partial")
+    try:
+        try:
+            decoder, _ = _open_video(source)
+        except (OSError, ValueError) as error:
+            raise ValueError(str(error)) from None
+        metadata = decoder.metadata
+        frames = len(decoder)
+        size = scaled_size(metadata.width, metadata.height, settings["short_side"])
+        result["input_bytes"] = source.stat().st_size
+        target.parent.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(encode_command(ffmpeg, source, partial, size, settings), capture_output=True, text=True)
+        if done.returncode != 0:
+            last_lines = " | ".join(done.stderr.strip().splitlines()[-3:])
+            raise ValueError(f"ffmpeg failed (exit status {done.returncode}): {last_lines}")
+        try:
+            output_frames = count_decoded_frames(partial)
+        except (RuntimeError, ValueError) as error:
+            raise ValueError(f"the re-encoded video does not decode: {error}") from None
+        if output_frames != frames:
+            raise ValueError(
+                f"the re-encoded video has {output_frames} frames, the input {frames} (the input is probably "
+                "corrupted part way through)"
+            )
+        result["output_bytes"] = partial.stat().st_size
+        os.replace(partial, target)
+        result["status"] = "prepared"
+    except ValueError as error:
+        partial.unlink(missing_ok=True)
+        result.update(status="failed", reason=str(error))
+    return result
+
+
+def _prepare_one_in_worker(job):
+    return prepare_one(*job)
+
+
+def check_settings(output_dir: Path, settings: dict) -> None:
+    """Outputs made with other settings must not be mixed with new ones: refuse, or record the settings."""
+    path = output_dir / SETTINGS_NAME
+    if path.exists():
+        previous = json.loads(path.read_text())
+        if previous != settings:
+            raise UsageError(
+                f"{output_dir} holds videos prepared with {previous}, not {settings}. Use those settings to finish "
+                "that run, or another OUTPUT_DIR."
+            )
+        return
+    output_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(settings) + "\n")
+
+
+def run(args) -> int:
+    check_arguments(args)
+    source = Path(args.input)
+    output_dir = Path(args.output_dir).resolve()
+    if not source.exists():
+        raise UsageError(f"INPUT {args.input!r}: no such file or folder.")
+    rows = header = None
+    if source.is_dir():
+        if source.resolve() == output_dir:
+            raise UsageError("OUTPUT_DIR is INPUT: the prepared videos would replace the originals; pick another.")
+        jobs = find_tree_videos(source, output_dir)
+        if not jobs:
+            raise UsageError(
+                f"INPUT {args.input!r} holds no videos (looked for {', '.join(sorted(VIDEO_EXTENSIONS))})."
+            )
+    elif source.suffix.lower() in (".txt", ".csv"):
+        root = Path(args.video_root) if args.video_root is not None else source.resolve().parent
+        rows, header, jobs = read_list(source, root, args.video_column_name)
+    else:
+        raise UsageError(
+            f"INPUT {args.input!r}: expected a videofolder tree, or a video list ending in .txt (`path label` per "
+            "line) or .csv."
+        )
+    # Two inputs may not land on one output (`a.avi` and `a.mp4` in one folder); a video listed twice is done once.
+    by_output = {}
+    for path, relative in jobs:
+        other = by_output.setdefault(relative, path)
+        if os.path.abspath(other) != os.path.abspath(path):
+            raise UsageError(
+                f"{other} and {path} would both be written to {output_dir / relative}; rename one of them."
+            )
+    ffmpeg = find_ffmpeg()
+    settings = {"short_side": args.short_side, "keyframe_interval": args.keyframe_interval, "crf": args.crf}
+    check_settings(output_dir, settings)
+
+    work = [(ffmpeg, path, output_dir / relative, settings) for relative, path in by_output.items()]
+    results = run_jobs(work, args.num_workers)
+
+    failed = [r for r in results if r["status"] == "failed"]
+    # One report per list, so that preparing train.txt and val.txt into one folder keeps both.
+    report = output_dir / (REPORT_NAME if rows is None else f"{source.name}.{REPORT_NAME}")
+    with open(report, "w", encoding="utf-8") as file:
+        file.writelines(json.dumps({"input": r["input"], "reason": r["reason"]}) + "\n" for r in failed)
+    if rows is not None:
+        failed_inputs = {r["input"] for r in failed}
+        kept_rows = []
+        for row, (path, relative) in zip(rows, jobs):
+            if str(path) not in failed_inputs:
+                kept_rows.append({**row, args.video_column_name: relative.as_posix()})
+        write_list(output_dir / source.name, kept_rows, header, args.video_column_name)
+
+    counts = {status: sum(r["status"] == status for r in results) for status in ("prepared", "kept", "failed")}
+    measured = [r for r in results if r["input_bytes"] and r["output_bytes"]]
+    before, after = sum(r["input_bytes"] for r in measured), sum(r["output_bytes"] for r in measured)
+    print(
+        f"{counts['prepared']} prepared, {counts['kept']} kept from an earlier run, {counts['failed']} failed; "
+        f"{before / 1e6:.1f} MB of inputs -> {after / 1e6:.1f} MB in {output_dir}"
+        + (f" (list: {output_dir / source.name})" if rows is not None else "")
+    )
+    if failed:
+        print(f"{len(failed)} video(s) could not be prepared and were skipped; see {report}:", file=sys.stderr)
+        for r in failed[:10]:
+            print(f"  {r['input']}: {r['reason']}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_jobs(work: list[tuple], num_workers: int) -> list[dict]:
+    """Runs `prepare_one` over `work` with a progress bar; in this process for one worker, else in a process pool."""
+    from tqdm.auto import tqdm
+
+    progress = tqdm(total=len(work), unit="video", desc="prepare-videos", file=sys.stderr)
+    results = []
+    try:
+        if num_workers == 1 or len(work) == 1:
+            for job in work:
+                results.append(prepare_one(*job))
+                progress.update()
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
+
+            # "spawn": the workers must not inherit the threads of a parent that has imported torch.
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(max_workers=num_workers, mp_context=context) as pool:
+                futures = [pool.submit(_prepare_one_in_worker, job) for job in work]
+                try:
+                    for future in as_completed(futures):
+                        results.append(future.result())
+                        progress.update()
+                except BaseException:
+                    pool.shutdown(cancel_futures=True)
+                    raise
+    finally:
+        progress.close()
+    return results
