@@ -11,7 +11,8 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Video processor class for EVL: frame sampling, torchcodec decoding and CLIP preprocessing."""
+"""Video processor class for EVL: frame sampling, decoding, training augmentation, multi-view placement and CLIP
+preprocessing."""
 
 import errno
 import os
@@ -21,11 +22,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
 from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
-from transformers.video_utils import VideoInput, VideoMetadata
+from transformers.video_utils import VideoInput, VideoMetadata, load_video
 
 
 if TYPE_CHECKING:
@@ -160,21 +163,22 @@ def _diagnose_unopenable_video(path: str) -> str:
     return "its data is not a video container FFmpeg recognises (the file is corrupted or truncated)"
 
 
-def _open_video(video: "str | os.PathLike | VideoDecoder") -> tuple["VideoDecoder", str]:
+def load_video_frames(
+    video: "str | os.PathLike | VideoDecoder", sample_indices_fn: Callable[..., Sequence[int]]
+) -> tuple[torch.Tensor, VideoMetadata]:
     """
-    Opens `video` for decoding and checks it has frames.
+    Decodes the frames `sample_indices_fn(metadata=...)` picks, and no other, with torchcodec: a path goes through
+    `transformers.video_utils.load_video`, an opened decoder is read directly. Every failure names the video and says
+    what is wrong with it.
 
     Returns:
-        `tuple[VideoDecoder, str]`: the decoder and a name for the video to use in error messages.
+        `tuple[torch.Tensor, VideoMetadata]`: uint8 RGB frames `(T, 3, H, W)` in the order of the indices, and the
+        video's metadata with `frames_indices` set.
     """
-    if _is_video_decoder(video):
-        name = "the given VideoDecoder"
-        decoder = video
-    else:
-        from torchcodec.decoders import VideoDecoder
-
+    is_decoder = _is_video_decoder(video)
+    name = "the given VideoDecoder" if is_decoder else repr(os.fspath(video))
+    if not is_decoder:
         path = os.fspath(video)
-        name = repr(path)
         if not os.path.exists(path):
             raise FileNotFoundError(errno.ENOENT, "Video file not found", path)
         if os.path.isdir(path):
@@ -185,40 +189,58 @@ def _open_video(video: "str | os.PathLike | VideoDecoder") -> tuple["VideoDecode
             raise VideoDecodingError(f"Cannot read video {name}: it is not a regular file (a pipe or a device)")
         if file_stat.st_size == 0:
             raise VideoDecodingError(f"Cannot read video {name}: the file is empty (0 bytes)")
+
+    # The sampling function runs once the file is open: whether it ran tells a file FFmpeg cannot open from one
+    # whose frame data is broken.
+    sampled: list[list[int]] = []
+    own_errors: list[Exception] = []
+
+    def checked_indices(metadata: VideoMetadata, **kwargs) -> list[int]:
+        sampled.append([])
         try:
-            # "exact" scans the packets once: frame counts are then right for variable frame rate and truncated
-            # files, where the header's estimate is not.
-            decoder = VideoDecoder(path, seek_mode="exact")
-        except (RuntimeError, ValueError) as err:
-            raise VideoDecodingError(f"Cannot read video {name}: {_diagnose_unopenable_video(path)}") from err
-    if len(decoder) == 0:
-        raise VideoDecodingError(f"Cannot read video {name}: its video stream has no frames (is the file truncated?)")
-    return decoder, name
+            if metadata.total_num_frames == 0:
+                raise VideoDecodingError(f"Cannot read video {name}: its video stream has no frames (is it truncated?)")
+            indices = [int(index) for index in sample_indices_fn(metadata=metadata)]
+            if not indices:
+                raise ValueError(f"No frame indices given for video {name}")
+            out_of_range = [index for index in indices if not 0 <= index < metadata.total_num_frames]
+            if out_of_range:
+                raise IndexError(
+                    f"Frame indices {out_of_range} are out of range for video {name} with "
+                    f"{metadata.total_num_frames} frames"
+                )
+        except Exception as error:
+            own_errors.append(error)
+            raise
+        sampled[-1] = indices
+        return indices
 
-
-def _decode_frames(decoder: "VideoDecoder", name: str, indices: Sequence[int]) -> torch.Tensor:
-    """Decodes the frames at `indices` (and no other) of an opened video as uint8 `(T, 3, H, W)`."""
-    num_video_frames = len(decoder)
-    indices = [int(index) for index in indices]
-    if not indices:
-        raise ValueError(f"No frame indices given for video {name}")
-    out_of_range = [index for index in indices if not 0 <= index < num_video_frames]
-    if out_of_range:
-        raise IndexError(
-            f"Frame indices {out_of_range} are out of range for video {name} with {num_video_frames} frames"
-        )
-    # Each distinct frame is decoded once, in file order, which keeps seeking forward.
-    unique_indices = sorted(set(indices))
     try:
-        frames = decoder.get_frames_at(unique_indices).data
-    except (RuntimeError, ValueError, IndexError) as err:
+        if is_decoder:
+            metadata = VideoMetadata(
+                total_num_frames=len(video),
+                fps=video.metadata.average_fps,
+                width=video.metadata.width,
+                height=video.metadata.height,
+                duration=video.metadata.duration_seconds,
+                video_backend="torchcodec",
+            )
+            metadata.frames_indices = checked_indices(metadata)
+            frames = video.get_frames_at(metadata.frames_indices).data
+            if frames.shape[-1] == 3 and frames.shape[1] != 3:  # a decoder opened with dimension_order="NHWC"
+                frames = frames.permute(0, 3, 1, 2)
+        else:
+            frames, metadata = load_video(path, backend="torchcodec", sample_indices_fn=checked_indices)
+    except (RuntimeError, ValueError, IndexError) as error:
+        if any(error is own for own in own_errors):
+            raise
+        if not sampled:
+            raise VideoDecodingError(f"Cannot read video {name}: {_diagnose_unopenable_video(path)}") from error
         raise VideoDecodingError(
-            f"Cannot decode frames {unique_indices} of video {name}: the file is truncated or its data is corrupted"
-        ) from err
-    if frames.shape[-1] == 3 and frames.shape[1] != 3:  # a decoder opened with dimension_order="NHWC"
-        frames = frames.permute(0, 3, 1, 2)
-    row = {index: position for position, index in enumerate(unique_indices)}
-    return frames[[row[index] for index in indices]].contiguous()
+            f"Cannot decode frames {sorted(set(sampled[-1]))} of video {name}: the file is truncated or its data is "
+            "corrupted"
+        ) from error
+    return frames.contiguous(), metadata
 
 
 def read_video_frames(
@@ -243,12 +265,14 @@ def read_video_frames(
         `VideoDecodingError`: the file cannot be decoded (empty, not a video, no video stream, truncated, corrupted).
         `IndexError`: an index is outside the video.
     """
-    decoder, name = _open_video(video)
-    indices = indices_or_fn(len(decoder)) if callable(indices_or_fn) else indices_or_fn
-    return _decode_frames(decoder, name, indices)
+
+    def sample_indices_fn(metadata: VideoMetadata) -> Sequence[int]:
+        return indices_or_fn(metadata.total_num_frames) if callable(indices_or_fn) else indices_or_fn
+
+    return load_video_frames(video, sample_indices_fn)[0]
 
 
-class EVLVideosKwargs(VideosKwargs, total=False):
+class EVLVideoProcessorKwargs(VideosKwargs, total=False):
     r"""
     frame_sampling (`str`, *optional*, defaults to `self.frame_sampling`):
         How to choose the `num_frames` frames: `"dense"` (fixed `frame_stride`, as the paper), `"uniform"` or
@@ -258,13 +282,32 @@ class EVLVideosKwargs(VideosKwargs, total=False):
     num_clips (`int`, *optional*, defaults to `self.num_clips`):
         Number of evenly spaced temporal views of the video (multi-view testing).
     clip_index (`int`, *optional*, defaults to `self.clip_index`):
-        Which of the `num_clips` views to sample.
+        Which of the `num_clips` temporal views to return; `None` returns all of them as views.
+    num_crops (`int`, *optional*, defaults to `self.num_crops`):
+        Number of spatial views: crops spread evenly along each frame's longer side (1: the centre crop).
+    do_augment (`bool`, *optional*, defaults to `self.do_augment`):
+        Training: sample the frames at random and apply [`~EVLVideoProcessor.augment`] instead of resize and centre
+        crop.
+    min_crop_scale (`float`, *optional*, defaults to `self.min_crop_scale`):
+        Smallest fraction of the frame area the training crop covers.
+    horizontal_flip (`bool`, *optional*, defaults to `self.horizontal_flip`):
+        Training: flip half of the clips horizontally (only for labels that do not depend on left and right).
+    rand_augment (`bool`, *optional*, defaults to `self.rand_augment`):
+        Training: RandAugment with 4 operations at magnitude 7 of 10 (the paper's recipe).
+    seed (`int`, *optional*):
+        Seed of a training clip's random draws (frames, crop, flip, RandAugment); torch's global generator without it.
     """
 
     frame_sampling: Literal["dense", "uniform", "segment"] | None
     frame_stride: int | None
     num_clips: int | None
     clip_index: int | None
+    num_crops: int | None
+    do_augment: bool | None
+    min_crop_scale: float | None
+    horizontal_flip: bool | None
+    rand_augment: bool | None
+    seed: int | None
 
 
 def _is_undecoded(videos) -> bool:
@@ -276,14 +319,20 @@ def _is_undecoded(videos) -> bool:
 
 class EVLVideoProcessor(BaseVideoProcessor):
     r"""
-    Video processor for EVL: samples `num_frames` frames, resizes their shortest edge to 224 (bilinear), crops the
-    centre 224x224 and normalises with the CLIP mean and std.
+    Video processor for EVL, the one place where clips are made: samples `num_frames` frames (decoding only those),
+    resizes their shortest edge to 224 (bilinear), crops the centre 224x224 and normalises with the CLIP mean and std.
 
-    Videos given as paths (or torchcodec decoders) are sampled with [`sample_frame_indices`] and only the sampled
-    frames are decoded. Videos given as frames (uint8 `(T, C, H, W)` tensors or arrays, or lists of frames) are taken
-    as the clip unless `do_sample_frames=True` is passed; that is what `do_sample_frames=None`, the default, means.
+    - Multi-view testing: `num_clips` temporal views x `num_crops` spatial views per video give `pixel_values` of
+      shape `(batch_size, views, num_frames, 3, height, width)`, spatial-major (all temporal views of the first crop,
+      then of the second, ...).
+    - Training (`do_augment=True`): frames sampled at random, then [`~EVLVideoProcessor.augment`] in place of resize
+      and centre crop, then normalisation.
+    - `fps` samples that many frames per second of video, spread over all of it, instead of `num_frames`.
 
-    Returns `pixel_values` of shape `(batch_size, num_frames, 3, height, width)`.
+    Videos given as paths (or torchcodec decoders) are sampled with [`sample_frame_indices`]. Videos given as frames
+    (uint8 `(T, C, H, W)` tensors or arrays, or lists of frames) are taken as the clip unless `do_sample_frames=True`
+    is passed; that is what `do_sample_frames=None`, the default, means. A video shorter than the clip repeats its
+    last frame rather than failing.
     """
 
     resample = PILImageResampling.BILINEAR
@@ -303,25 +352,40 @@ class EVLVideoProcessor(BaseVideoProcessor):
     frame_sampling = "dense"
     frame_stride = 16
     num_clips = 1
-    clip_index = 0
-    valid_kwargs = EVLVideosKwargs
+    clip_index = None
+    num_crops = 1
+    do_augment = False
+    min_crop_scale = 0.08
+    horizontal_flip = False
+    rand_augment = False
+    valid_kwargs = EVLVideoProcessorKwargs
     model_input_names = ["pixel_values"]
 
-    def __init__(self, **kwargs: Unpack[EVLVideosKwargs]):
+    def __init__(self, **kwargs: Unpack[EVLVideoProcessorKwargs]):
+        frame_sampling = kwargs.get("frame_sampling", self.frame_sampling)
+        if frame_sampling not in FRAME_SAMPLING_STRATEGIES:
+            raise ValueError(
+                f"Unknown frame_sampling {frame_sampling!r}; expected one of {', '.join(FRAME_SAMPLING_STRATEGIES)}."
+            )
+        if kwargs.get("fps") is not None:
+            if kwargs.get("num_frames") is not None:
+                raise ValueError("`num_frames` and `fps` are mutually exclusive arguments, please use only one!")
+            kwargs["num_frames"] = None  # the frame count then follows from each video's length
         super().__init__(**kwargs)
 
-    def preprocess(self, videos: VideoInput, **kwargs: Unpack[EVLVideosKwargs]) -> BatchFeature:
+    def preprocess(self, videos: VideoInput, **kwargs: Unpack[EVLVideoProcessorKwargs]) -> BatchFeature:
         r"""
         Args:
             videos (`VideoInput`):
                 A video or a batch of videos: paths, torchcodec decoders, uint8 `(T, C, H, W)` tensors or arrays, or
                 lists of frames.
-            kwargs ([`EVLVideosKwargs`]):
+            kwargs ([`EVLVideoProcessorKwargs`]):
                 Overrides of the processor's attributes for this call.
 
         Returns:
-            [`BatchFeature`] with `pixel_values` of shape `(batch_size, num_frames, 3, height, width)` (a list of
-            `(num_frames, 3, height, width)` tensors without `return_tensors`).
+            [`BatchFeature`] with `pixel_values` of shape `(batch_size, num_frames, 3, height, width)`, or
+            `(batch_size, views, num_frames, 3, height, width)` for several views (a list of per-video tensors
+            without `return_tensors`).
         """
         if isinstance(videos, os.PathLike):
             videos = os.fspath(videos)
@@ -329,6 +393,8 @@ class EVLVideoProcessor(BaseVideoProcessor):
             videos = [os.fspath(video) for video in videos]
         if kwargs.get("do_sample_frames", self.do_sample_frames) is None:
             kwargs["do_sample_frames"] = _is_undecoded(videos)
+        if kwargs.get("fps") is not None and "num_frames" not in kwargs:
+            kwargs["num_frames"] = None  # `fps` given for this call replaces the processor's `num_frames`
         batch = super().preprocess(videos, **kwargs)
         batch["pixel_values"] = batch.pop("pixel_values_videos")
         return batch
@@ -337,38 +403,69 @@ class EVLVideoProcessor(BaseVideoProcessor):
         self,
         metadata: VideoMetadata,
         num_frames: int | None = None,
+        fps: float | None = None,
         frame_sampling: str | None = None,
         frame_stride: int | None = None,
         num_clips: int | None = None,
         clip_index: int | None = None,
+        do_augment: bool | None = None,
+        seed: int | None = None,
         **kwargs,
     ) -> list[int]:
         """
         Indices of the frames to keep, from [`sample_frame_indices`]; unlike the default sampler this never fails on
-        a short video (its last frame is repeated).
+        a short video (its last frame is repeated). With `clip_index=None` and several `num_clips`, the indices of
+        all temporal views, one after the other.
 
         Args:
             metadata (`VideoMetadata`):
-                Metadata of the video; only `total_num_frames` is used.
-            num_frames, frame_sampling, frame_stride, num_clips, clip_index:
-                Default to the processor's attributes.
+                Metadata of the video: `total_num_frames`, and `fps` when sampling by `fps`.
+            num_frames, fps, frame_sampling, frame_stride, num_clips, clip_index, do_augment, seed:
+                As in [`EVLVideoProcessorKwargs`]; `fps` and `num_frames` are mutually exclusive, as in transformers'
+                processors.
 
         Returns:
-            `list[int]`: `num_frames` frame indices.
+            `list[int]`: the frame indices.
         """
-        return sample_frame_indices(
-            metadata.total_num_frames,
-            num_frames if num_frames is not None else self.num_frames,
-            strategy=frame_sampling if frame_sampling is not None else self.frame_sampling,
-            frame_stride=frame_stride if frame_stride is not None else self.frame_stride,
-            num_clips=num_clips if num_clips is not None else self.num_clips,
-            clip_index=clip_index if clip_index is not None else self.clip_index,
-        )
+        if fps is not None and num_frames is not None:
+            raise ValueError("`num_frames` and `fps` are mutually exclusive arguments, please use only one!")
+        fps = fps if fps is not None else self.fps
+        frame_sampling = frame_sampling or self.frame_sampling
+        if fps is not None:
+            if not metadata.fps:
+                raise ValueError(
+                    f"Sampling fps={fps} frames per second needs the video's frame rate, and this video has none in "
+                    "its metadata (frames given as arrays carry none): pass `video_metadata` with `fps`, or "
+                    "`num_frames` instead of `fps`."
+                )
+            # As transformers' default sampler: at least one frame, frames spread over the whole video.
+            num_frames = max(1, int(metadata.total_num_frames / metadata.fps * fps))
+            frame_sampling = "segment" if frame_sampling == "segment" else "uniform"
+        num_frames = num_frames if num_frames is not None else self.num_frames
+        num_clips = num_clips or self.num_clips
+        views = range(num_clips) if clip_index is None else [clip_index]
+        if do_augment:
+            views = [0]
+            num_clips = 1
+        random = (torch.Generator().manual_seed(seed) if seed is not None else True) if do_augment else False
+        return [
+            index
+            for view in views
+            for index in sample_frame_indices(
+                metadata.total_num_frames,
+                num_frames,
+                strategy=frame_sampling,
+                frame_stride=frame_stride or self.frame_stride,
+                random=random,
+                num_clips=num_clips,
+                clip_index=view,
+            )
+        ]
 
     def fetch_videos(self, video_url_or_urls, sample_indices_fn: Callable | None = None):
         """
-        Decodes videos given by path (or torchcodec decoder) with torchcodec, only at the frames `sample_indices_fn`
-        picks (every frame without it). URLs are left to transformers' loader.
+        Decodes videos given by path (or torchcodec decoder) with [`load_video_frames`], only at the frames
+        `sample_indices_fn` picks (every frame without it). URLs are left to transformers' loader.
 
         Returns:
             `tuple`: the frames (uint8 `(T, 3, H, W)`) and their `VideoMetadata`, or a pair of tuples for a list.
@@ -377,22 +474,9 @@ class EVLVideoProcessor(BaseVideoProcessor):
             return tuple(zip(*[self.fetch_videos(video, sample_indices_fn) for video in video_url_or_urls]))
         if isinstance(video_url_or_urls, str) and video_url_or_urls.startswith(("http://", "https://")):
             return super().fetch_videos(video_url_or_urls, sample_indices_fn=sample_indices_fn)
-
-        decoder, name = _open_video(video_url_or_urls)
-        metadata = VideoMetadata(
-            total_num_frames=len(decoder),
-            fps=decoder.metadata.average_fps,
-            width=decoder.metadata.width,
-            height=decoder.metadata.height,
-            duration=decoder.metadata.duration_seconds,
-            video_backend="torchcodec",
+        return load_video_frames(
+            video_url_or_urls, sample_indices_fn or (lambda metadata: range(metadata.total_num_frames))
         )
-        if sample_indices_fn is None:
-            indices = list(range(len(decoder)))
-        else:
-            indices = [int(index) for index in sample_indices_fn(metadata=metadata)]
-        metadata.frames_indices = indices
-        return _decode_frames(decoder, name, indices), metadata
 
     def _decode_and_sample_videos(
         self,
@@ -414,12 +498,99 @@ class EVLVideoProcessor(BaseVideoProcessor):
             sample_indices_fn=sample_indices_fn,
         )
 
+    def augment(
+        self,
+        video: torch.Tensor,
+        crop_size: SizeDict,
+        min_crop_scale: float,
+        horizontal_flip: bool,
+        rand_augment: bool,
+        seed: int | None = None,
+    ) -> torch.Tensor:
+        """
+        Training augmentation of one clip, uint8 `(T, 3, H, W)` -> uint8 `(T, 3, crop_height, crop_width)`:
+        RandomResizedCrop (area `min_crop_scale`-1, aspect ratio 3/4-4/3), an optional horizontal flip and optional
+        RandAugment (timm's "rand-m7-n4": magnitude 7 on a 0-10 scale, 4 operations). torchvision draws once per
+        call on a `Video`, so every frame of the clip gets the same crop, flip and operations and the motion between
+        frames is left intact.
+        """
+        transforms = [
+            v2.RandomResizedCrop((crop_size.height, crop_size.width), scale=(min_crop_scale, 1.0), ratio=(3 / 4, 4 / 3))
+        ]
+        if horizontal_flip:
+            transforms.append(v2.RandomHorizontalFlip())
+        if rand_augment:
+            transforms.append(v2.RandAugment(num_ops=4, magnitude=7, num_magnitude_bins=11))
+        # torchvision draws from torch's global generator: a seeded clip borrows it without disturbing it.
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed + 1)  # not the frame sampler's stream
+            return v2.Compose(transforms)(tv_tensors.Video(video)).as_subclass(torch.Tensor)
+
+    def _spatial_crops(self, video: torch.Tensor, crop_size: SizeDict, num_crops: int) -> list[torch.Tensor]:
+        """`num_crops` crops of `video` (`(T, 3, H, W)`, resized), spread evenly along the side with more room: the
+        centre for one, both ends and the centre for three (the paper's three-crop testing)."""
+        if num_crops == 1:
+            return [self.center_crop(video, crop_size)]
+        height, width = video.shape[-2:]
+        top, left = (height - crop_size.height) // 2, (width - crop_size.width) // 2
+        crops = []
+        for view in range(num_crops):
+            if height - crop_size.height > width - crop_size.width:
+                top = round(view / (num_crops - 1) * (height - crop_size.height))
+            else:
+                left = round(view / (num_crops - 1) * (width - crop_size.width))
+            crops.append(video[..., top : top + crop_size.height, left : left + crop_size.width])
+        return crops
+
+    def _preprocess(
+        self,
+        videos: list[torch.Tensor],
+        do_resize: bool,
+        size: SizeDict,
+        resample,
+        do_center_crop: bool,
+        crop_size: SizeDict,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean: float | list[float] | None,
+        image_std: float | list[float] | None,
+        return_tensors=None,
+        num_clips: int = 1,
+        clip_index: int | None = None,
+        num_crops: int = 1,
+        do_augment: bool = False,
+        min_crop_scale: float = 0.08,
+        horizontal_flip: bool = False,
+        rand_augment: bool = False,
+        seed: int | None = None,
+        **kwargs,
+    ) -> BatchFeature:
+        processed = []
+        for video in videos:  # uint8 (frames, 3, H, W); frames = temporal views x T
+            if do_augment:
+                views = [self.augment(video, crop_size, min_crop_scale, horizontal_flip, rand_augment, seed)]
+            else:
+                if do_resize:
+                    video = self.resize(video, size=size, resample=resample)
+                views = self._spatial_crops(video, crop_size, num_crops) if do_center_crop else [video]
+            num_temporal_views = num_clips if clip_index is None and not do_augment else 1
+            # (crops, temporal views * T, 3, h, w) -> (views, T, 3, h, w)
+            views = torch.stack(views).unflatten(1, (num_temporal_views, -1)).flatten(0, 1)
+            views = self.rescale_and_normalize(
+                views.flatten(0, 1), do_rescale, rescale_factor, do_normalize, image_mean, image_std
+            ).view(views.shape)
+            processed.append(views[0] if len(views) == 1 else views)
+        return BatchFeature(data={"pixel_values_videos": processed}, tensor_type=return_tensors)
+
 
 __all__ = [
     "FRAME_SAMPLING_STRATEGIES",
     "EVLVideoProcessor",
-    "EVLVideosKwargs",
+    "EVLVideoProcessorKwargs",
     "VideoDecodingError",
+    "load_video_frames",
     "read_video_frames",
     "sample_frame_indices",
 ]
