@@ -400,3 +400,9 @@ def test_fps_with_num_frames_or_without_a_frame_rate_is_an_error(video_path):
     frames = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
     with pytest.raises(ValueError, match="frame rate"):
         processor(frames, fps=2, do_sample_frames=True)
+
+
+def test_without_sampling_a_path_gives_every_frame(video_path):
+    processor = EVLVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    pixel_values = processor(str(video_path), do_sample_frames=False, return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (1, NUM_VIDEO_FRAMES, 3, 32, 32)
