@@ -11,8 +11,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Video processor class for EVL: frame sampling, decoding, training augmentation, multi-view placement and CLIP
-preprocessing."""
+"""Video processor class for EVL: sampling, decoding, training augmentation, multi-view placement, CLIP preprocessing."""
 
 import errno
 import os
@@ -43,15 +42,9 @@ class VideoDecodingError(ValueError):
 
 
 def sample_frame_indices(
-    num_video_frames: int,
-    num_frames: int,
-    *,
-    strategy: Literal["dense", "uniform", "segment"] = "dense",
-    frame_stride: int = 16,
-    random: bool | torch.Generator = False,
-    num_clips: int = 1,
-    clip_index: int = 0,
-) -> list[int]:
+    num_video_frames: int, num_frames: int, *, strategy: Literal["dense", "uniform", "segment"] = "dense",
+    frame_stride: int = 16, random: bool | torch.Generator = False, num_clips: int = 1, clip_index: int = 0,
+) -> list[int]:  # fmt: skip
     """
     Choose which `num_frames` frames of a video of `num_video_frames` frames make up a clip (non-decreasing indices).
 
@@ -200,24 +193,16 @@ def load_video_frames(
     return frames.contiguous(), metadata
 
 
-def read_video_frames(
-    video: "str | os.PathLike | VideoDecoder",
-    indices_or_fn: Sequence[int] | Callable[[int], Sequence[int]],
-) -> torch.Tensor:
+def read_video_frames(video: "str | os.PathLike | VideoDecoder", indices_or_fn) -> torch.Tensor:
     """
     Decodes some frames of a video (a path, or a torchcodec decoder as a `datasets` `Video` column gives) as uint8
-    RGB `(T, 3, H, W)`, seeking to each instead of decoding the whole video. `indices_or_fn` is the frame indices
-    (repeats allowed) or a function from the video's frame count to them, e.g. `lambda n: sample_frame_indices(n, 8)`.
-
-    Raises `FileNotFoundError` / `IsADirectoryError` for a missing path or a folder, `VideoDecodingError` for a file
-    that cannot be decoded (empty, not a video, no video stream, truncated, corrupted), `IndexError` for an index
-    outside the video.
+    RGB `(T, 3, H, W)`, seeking to each. `indices_or_fn`: frame indices (repeats allowed) or a function from the
+    video's frame count to them, e.g. `lambda n: sample_frame_indices(n, 8)`. Raises `FileNotFoundError` /
+    `IsADirectoryError` for a missing path or a folder, `VideoDecodingError` for a file that cannot be decoded (empty,
+    not a video, no video stream, truncated, corrupted), `IndexError` for an index outside the video.
     """
-
-    def sample_indices_fn(metadata: VideoMetadata) -> Sequence[int]:
-        return indices_or_fn(metadata.total_num_frames) if callable(indices_or_fn) else indices_or_fn
-
-    return load_video_frames(video, sample_indices_fn)[0]
+    indices = (lambda metadata: indices_or_fn(metadata.total_num_frames)) if callable(indices_or_fn) else None
+    return load_video_frames(video, indices or (lambda metadata: indices_or_fn))[0]
 
 
 class EVLVideoProcessorKwargs(VideosKwargs, total=False):
@@ -404,16 +389,10 @@ class EVLVideoProcessor(BaseVideoProcessor):
         centre for one, both ends and the centre for three (the paper's three-crop testing)."""
         if num_crops == 1:
             return [self.center_crop(video, crop_size)]
-        height, width = video.shape[-2:]
-        top, left = (height - crop_size.height) // 2, (width - crop_size.width) // 2
-        crops = []
-        for view in range(num_crops):
-            if height - crop_size.height > width - crop_size.width:
-                top = round(view / (num_crops - 1) * (height - crop_size.height))
-            else:
-                left = round(view / (num_crops - 1) * (width - crop_size.width))
-            crops.append(video[..., top : top + crop_size.height, left : left + crop_size.width])
-        return crops
+        room_y, room_x = video.shape[-2] - crop_size.height, video.shape[-1] - crop_size.width
+        corners = [(round(view / (num_crops - 1) * room_y), room_x // 2) if room_y > room_x else
+                   (room_y // 2, round(view / (num_crops - 1) * room_x)) for view in range(num_crops)]  # fmt: skip
+        return [video[..., top : top + crop_size.height, left : left + crop_size.width] for top, left in corners]
 
     def _preprocess(
         self, videos: list[torch.Tensor], do_resize: bool, size: SizeDict, resample, do_center_crop: bool,
@@ -440,12 +419,5 @@ class EVLVideoProcessor(BaseVideoProcessor):
         return BatchFeature(data={"pixel_values_videos": processed}, tensor_type=return_tensors)
 
 
-__all__ = [
-    "FRAME_SAMPLING_STRATEGIES",
-    "EVLVideoProcessor",
-    "EVLVideoProcessorKwargs",
-    "VideoDecodingError",
-    "load_video_frames",
-    "read_video_frames",
-    "sample_frame_indices",
-]
+__all__ = ["EVLVideoProcessor", "EVLVideoProcessorKwargs", "VideoDecodingError", "load_video_frames",
+           "read_video_frames", "sample_frame_indices", "FRAME_SAMPLING_STRATEGIES"]  # fmt: skip
