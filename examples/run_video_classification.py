@@ -38,6 +38,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Video, load_dataset
 import transformers
 from accelerate.utils import gather_object
 from transformers import AutoConfig, CLIPVisionConfig, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
+from transformers.modelcard import TrainingSummary
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from evl_hf import EVLConfig, EVLForVideoClassification, EVLImageProcessor, EVLVideoProcessor
@@ -122,10 +123,9 @@ class DataTrainingArguments:
                 raise ValueError(f"Give the {split} videos as --{split}_dir or as --{split}_file, not both.")
         if self.num_temporal_views < 1 or self.num_spatial_views < 1:
             raise ValueError("--num_temporal_views and --num_spatial_views must be at least 1.")
-        if not 0.0 < self.min_crop_scale <= 1.0:
-            raise ValueError(f"--min_crop_scale must be in (0, 1], got {self.min_crop_scale}.")
-        if not 0.0 <= self.max_skipped_fraction <= 1.0:
-            raise ValueError(f"--max_skipped_fraction must be in [0, 1], got {self.max_skipped_fraction}.")
+        if not (0.0 < self.min_crop_scale <= 1.0 and 0.0 <= self.max_skipped_fraction <= 1.0):
+            raise ValueError(f"Need 0 < --min_crop_scale <= 1 and 0 <= --max_skipped_fraction <= 1, got "
+                             f"{self.min_crop_scale} and {self.max_skipped_fraction}.")
 
 
 def is_embedded_default(model_args: ModelArguments, data_args: DataTrainingArguments) -> bool:
@@ -156,7 +156,6 @@ def check_hub_access():
 
 
 # ---- Data -----------------------------------------------------------------------------------------------------------
-
 
 def check_video_folder(path: str, argument: str):
     """`path`, or a clear error naming the argument when this videofolder-layout folder holds no labelled videos."""
@@ -270,7 +269,6 @@ def encode_labels(dataset: DatasetDict, label_column: str, known_names: list[str
 
 # ---- Transforms: the video processor makes every clip ---------------------------------------------------------------
 
-
 class VideoClipDataset(torch.utils.data.Dataset):
     """Clips of the videos (paths, or `{"path", "bytes"}`) of a `datasets.Dataset` with integer `labels`, made by the
     video processor with `processor_kwargs` in the DataLoader workers. Training draws frames and augmentation from
@@ -285,8 +283,7 @@ class VideoClipDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def set_epoch(self, epoch: int):
-        """Called at the start of each training epoch, before the workers start, to draw new augmentations."""
+    def set_epoch(self, epoch: int):  # see EpochCallback
         self.epoch = epoch
 
     def _name(self, index: int) -> str:
@@ -339,7 +336,6 @@ def collate_fn(examples: list[dict]) -> dict:
 
 # ---- Model ----------------------------------------------------------------------------------------------------------
 
-
 def build_model(model_args: ModelArguments, checkpoint_config, label_names: list[str]) -> EVLForVideoClassification:
     """From an EVL checkpoint (training continues), around a CLIP checkpoint, or, without --model_name_or_path,
     around a small randomly initialised CLIP. The backbone is in --backbone_dtype, the decoder and head in float32."""
@@ -386,7 +382,6 @@ def build_video_processor(model, model_args: ModelArguments, data_args: DataTrai
 
 # ---- Metric ---------------------------------------------------------------------------------------------------------
 
-
 def save_confusion_matrix(predictions: np.ndarray, references: np.ndarray, label_names: list[str], output_dir: str):
     """Writes `confusion_matrix.json` (rows: true label, columns: predicted) and its picture `confusion_matrix.png`."""
     num_labels = len(label_names)
@@ -410,7 +405,6 @@ def save_confusion_matrix(predictions: np.ndarray, references: np.ndarray, label
 
 
 # ---- Trainer --------------------------------------------------------------------------------------------------------
-
 
 class VideoClassificationTrainer(Trainer):
     """The Trainer, plus: views of an evaluation clip (`pixel_values` `(B, views, T, 3, H, W)`) scored by their mean
@@ -448,22 +442,22 @@ class VideoClassificationTrainer(Trainer):
         # (B, views, num_labels) -> (B, num_labels): the paper's multi-view score, an average of probabilities
         log_probs = logits.view(batch_size, num_views, -1).softmax(dim=-1).mean(dim=1).log()
         loss = F.nll_loss(log_probs, inputs["labels"]) if "labels" in inputs else None
-        outputs = ImageClassifierOutput(loss=loss, logits=log_probs)
-        return (loss, outputs) if return_outputs else loss
+        return (loss, ImageClassifierOutput(loss=loss, logits=log_probs)) if return_outputs else loss
 
     def create_model_card(self, **kwargs):
-        super().create_model_card(**kwargs)
         if not self.is_world_process_zero():
             return
-        card = huggingface_hub.ModelCard.load(path := os.path.join(self.args.output_dir, "README.md"))
+        summary = TrainingSummary.from_trainer(self, **kwargs)  # what `Trainer.create_model_card` writes
+        summary.finetuned_from = kwargs.get("finetuned_from")  # not the empty name of a model built from a config
+        card = huggingface_hub.ModelCard(summary.to_model_card())
         card.data.pipeline_tag, card.data.library_name = "video-classification", "transformers"
         results = Path(self.args.output_dir, "eval_results.json")
         metrics = json.loads(results.read_text()) if results.is_file() else {}
+        shown = [key for key in ("eval_accuracy", "eval_top5_accuracy", "eval_loss") if key in metrics]
         card.text += (EXAMPLES_DIR / "model_card_evl.md").read_text().format(
-            description=self.model_card_text,
-            metrics="\n".join(f"| `{key}` | {value:.4f} |" for key, value in metrics.items() if type(value) is float),
-            repo=self.hub_model_id if self.args.push_to_hub and self.hub_model_id else self.args.output_dir)
-        card.save(path)
+            description=self.model_card_text, metrics="\n".join(f"| `{key}` | {metrics[key]:.4f} |" for key in shown),
+            repo=self.hub_model_id if self.args.push_to_hub else self.args.output_dir)
+        card.save(os.path.join(self.args.output_dir, "README.md"))
 
 
 class EpochCallback(TrainerCallback):
@@ -512,7 +506,6 @@ def main(args: list[str] | None = None):
         if split in dataset and limit is not None:
             subset = dataset[split].shuffle(seed=training_args.seed)
             dataset[split] = subset.select(range(min(limit, len(subset))))
-    logger.info(f"{len(label_names)} labels: {', '.join(label_names[:20])}{', ...' if len(label_names) > 20 else ''}")
 
     # ---- Model and transforms ----
     transformers.set_seed(training_args.seed)  # the decoder's (and a random backbone's) initialisation
@@ -532,7 +525,9 @@ def main(args: list[str] | None = None):
         f"{data_args.num_temporal_views} temporal x {data_args.num_spatial_views} spatial view(s), softmax averaged",
         f"Backbone trained in {model_args.backbone_dtype} and saved in float32; decoder and head in float32",
     ]  # fmt: skip
-    logger.info(f"EVL, {model.num_parameters(only_trainable=True):,} trainable parameters: " + "; ".join(description))
+    labels = ", ".join(label_names[:10]) + (", ..." if len(label_names) > 10 else "")
+    logger.info(f"EVL, {model.num_parameters(only_trainable=True):,} trainable parameters, labels {labels}: "
+                + "; ".join(description))
     train_dataset = eval_dataset = None
     if training_args.do_train:
         train_dataset = VideoClipDataset(
@@ -589,7 +584,8 @@ def main(args: list[str] | None = None):
         EVLImageProcessor(size=video_processor.size, crop_size=video_processor.crop_size).save_pretrained(
             training_args.output_dir)  # fmt: skip
     card = {"model_name": Path(training_args.output_dir).resolve().name, "tags": ["evl", "clip", "video"],
-            "finetuned_from": base if base and not os.path.isdir(base) else None, "dataset": data_args.dataset_name}
+            "finetuned_from": base if base and not os.path.isdir(base) else None,
+            "dataset": data_args.dataset_name or "local"}
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="End of training", **card)
     else:
