@@ -104,6 +104,7 @@ def test_trains_and_writes_model_processors_metrics_and_model_card(run, tiny_cli
     card = (output_dir / "README.md").read_text()
     assert "pipeline_tag: video-classification" in card
     assert tiny_clip in card and "eval_accuracy" in card and "eval_top5_accuracy" in card
+    assert "import evl_hf" in card and "trust_remote_code=True" in card  # both ways to load the model
 
 
 def test_saved_processor_follows_the_backbone_and_the_sampling_arguments(run):
@@ -220,6 +221,29 @@ def test_trains_from_a_kinetics_style_list(run, tmp_path, videos):
     )
     config = json.loads((output_dir / "config.json").read_text())
     assert config["id2label"] == {"0": "0", "1": "1", "2": "2", "3": "3"}
+
+
+def test_a_label_names_file_names_the_indices_of_a_list(run, tmp_path, videos):
+    label_index = {"down": 0, "left": 1, "right": 2, "up": 3}
+    paths = sorted((videos / "train").glob("*/*.mp4"))
+    lines = [f"{path.parent.name}/{path.name} {label_index[path.parent.name]}\n" for path in paths]
+    (tmp_path / "train.txt").write_text("".join(lines))
+    (tmp_path / "names.txt").write_text("down\nleft\nright\nup\n")
+    output_dir = run(
+        f"--max_steps 1 --do_train --label_names_file {tmp_path / 'names.txt'}",
+        data=f"--train_file {tmp_path / 'train.txt'} --video_root {videos / 'train'}",
+    )
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "down", "1": "left", "2": "right", "3": "up"}
+
+
+def test_a_half_precision_backbone_trains_and_is_saved_in_float32(run):
+    output_dir = run("--max_steps 1 --do_train --backbone_dtype bfloat16")
+    from safetensors.torch import load_file
+
+    weights = load_file(str(output_dir / "model.safetensors"))
+    assert {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()} == {torch.float32}
+    assert "Backbone trained in bfloat16 and saved in float32" in (output_dir / "README.md").read_text()
 
 
 def test_trains_from_a_csv_file_with_named_columns(run, tmp_path, videos):
