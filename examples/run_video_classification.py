@@ -175,7 +175,7 @@ def read_video_list(path: str, video_root: str | None, video_column: str, label_
     """A Kinetics-style list, `relative/path.mp4 label_index` per line (`#` comments), as paths and integer labels."""
     root = video_root or os.path.dirname(os.path.abspath(path))
     rows = {video_column: [], label_column: []}
-    for line_number, line in enumerate(open(path, encoding="utf-8").read().splitlines(), start=1):
+    for line_number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
         parts = line.strip().rsplit(maxsplit=1)  # the path may contain spaces, the label index does not
         if parts and not parts[0].startswith("#"):
             if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
@@ -251,6 +251,8 @@ def encode_labels(dataset: DatasetDict, label_column: str, known_names: list[str
         if any(value < 0 for split_values in values.values() for value in split_values):
             raise ValueError(f"Label indices in column {label_column!r} must not be negative.")
         num_labels = max(max(split_values) for split_values in values.values()) + 1
+        if known_names and num_labels > len(known_names):
+            logger.warning(f"Label indices reach {num_labels - 1}, {len(known_names)} names are known: using indices.")
         names = known_names if known_names and num_labels <= len(known_names) else list(map(str, range(num_labels)))
         values = {split: [names[value] for value in split_values] for split, split_values in values.items()}
     values = {split: [str(value) for value in split_values] for split, split_values in values.items()}
@@ -478,8 +480,8 @@ def main(args: list[str] | None = None):
     logger.setLevel(log_level := training_args.get_process_log_level())
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
-    args = training_args
-    logger.warning(f"Process rank: {args.process_index}, device: {args.device}, world size: {args.world_size}")
+    logger.warning(f"Process rank: {training_args.process_index}, device: {training_args.device}, world size: "
+                   f"{training_args.world_size}")  # fmt: skip
     # Pinned memory only helps copies to a GPU; persistent workers would repeat the first epoch's augmentations; the
     # video column holds paths, not model inputs, and must reach the dataset.
     training_args.dataloader_pin_memory = training_args.dataloader_pin_memory and torch.cuda.is_available()
@@ -491,7 +493,8 @@ def main(args: list[str] | None = None):
         checkpoint_config = AutoConfig.from_pretrained(base, cache_dir=model_args.cache_dir,
                                                        revision=model_args.model_revision, token=model_args.token)
     if data_args.label_names_file is not None:
-        known_names = [line.strip() for line in open(data_args.label_names_file, encoding="utf-8") if line.strip()]
+        names_text = Path(data_args.label_names_file).read_text(encoding="utf-8")
+        known_names = [name.strip() for name in names_text.strip().splitlines()]  # line i names index i
     elif checkpoint_config is not None and checkpoint_config.model_type == "evl":
         known_names = [checkpoint_config.id2label[index] for index in range(checkpoint_config.num_labels)]
     with training_args.main_process_first(desc="loading the videos"):
