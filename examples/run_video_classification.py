@@ -488,6 +488,7 @@ def main(args: list[str] | None = None):
     training_args.dataloader_persistent_workers = training_args.remove_unused_columns = False
 
     # ---- Data ----
+    embedded = is_embedded_default(model_args, data_args)  # asked before the synthetic data fills in the folders
     checkpoint_config = known_names = None
     if (base := model_args.model_name_or_path) is not None:
         checkpoint_config = AutoConfig.from_pretrained(base, cache_dir=model_args.cache_dir,
@@ -513,7 +514,7 @@ def main(args: list[str] | None = None):
     # ---- Model and transforms ----
     transformers.set_seed(training_args.seed)  # the decoder's (and a random backbone's) initialisation
     model = build_model(model_args, checkpoint_config, label_names)
-    if base is None and not is_embedded_default(model_args, data_args):
+    if base is None and not embedded:
         logger.warning("No --model_name_or_path: training a small randomly initialised CLIP backbone. For real videos "
                        "start from CLIP weights, e.g. --model_name_or_path openai/clip-vit-base-patch16.")
     video_processor = build_video_processor(model, model_args, data_args, checkpoint_config)

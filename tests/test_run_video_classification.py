@@ -443,3 +443,14 @@ def test_two_processes_evaluate_every_validation_clip_exactly_once(tmp_path, tin
     confusion = json.loads((output_dir / "confusion_matrix.json").read_text())
     rows = dict(zip(confusion["labels"], (sum(row) for row in confusion["matrix"])))
     assert rows == {"down": 1, "left": 2, "right": 1, "up": 1}
+
+
+def test_the_embedded_default_does_not_warn_about_its_random_backbone(tmp_path, caplog):
+    run_video_classification.main(
+        f"""
+        --synthetic_data_dir {tmp_path / "synthetic"} --synthetic_train_videos_per_label 1
+        --synthetic_validation_videos_per_label 1 --max_steps 1 --per_device_train_batch_size 2 --do_eval False
+        --dataloader_num_workers 0 --output_dir {tmp_path / "out"} --cache_dir {tmp_path / "cache"} --disable_tqdm True
+        """.split()
+    )
+    assert "No --model_name_or_path" not in caplog.text
