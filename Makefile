@@ -15,7 +15,7 @@ $(STAMP): setup.cfg pyproject.toml
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq ffmpeg; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	$(BIN)/python -m pip install --quiet -e ".[dev]"  # the library, the `train` extra and the test tools
 	touch $(STAMP)
 
 # The main job on its embedded default: a generated video dataset and a small CLIP built from a config.

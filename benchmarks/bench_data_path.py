@@ -67,7 +67,10 @@ EVALUATION_VIEWS = (1, 3)
 
 def default_video_dir() -> Path:
     """`$EVL_HF_CACHE/benchmark_videos`, by default `~/.cache/evl_hf/benchmark_videos`, next to the synthetic data."""
-    from evl_hf.synthetic_data import default_cache_dir
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    from synthetic_data import default_cache_dir
 
     return default_cache_dir().parent / "benchmark_videos"
 

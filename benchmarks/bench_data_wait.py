@@ -37,12 +37,12 @@ from unittest import mock
 import torch
 from transformers import Trainer, TrainerCallback
 
-from evl_hf.synthetic_data import SyntheticMotionConfig, default_cache_dir
-
 from benchmark_utils import emit, log, machine_info, markdown_table, target, targets_table
 
 
 SCRIPT = Path(__file__).resolve().parent.parent / "examples" / "run_video_classification.py"
+sys.path.insert(0, str(SCRIPT.parent))  # the synthetic-motion generator sits next to the script
+from synthetic_data import SyntheticMotionConfig, default_cache_dir  # noqa: E402
 
 
 def load_training_script():

@@ -13,7 +13,7 @@
 # limitations under the License.
 """Image processor class for EVL, for clips given as lists of frames."""
 
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 from transformers.models.videomae.image_processing_videomae import VideoMAEImageProcessor
 
 
@@ -28,17 +28,10 @@ class EVLImageProcessor(VideoMAEImageProcessor):
     normalisation constants, so only the defaults differ.
     """
 
-    resample = PILImageResampling.BILINEAR
+    # VideoMAE's defaults (bilinear shortest edge 224, centre crop 224, rescale) with CLIP's normalisation, and
+    # grayscale or RGBA frames made RGB.
     image_mean = OPENAI_CLIP_MEAN
     image_std = OPENAI_CLIP_STD
-    size = {"shortest_edge": 224}
-    default_to_square = False
-    crop_size = {"height": 224, "width": 224}
-    do_resize = True
-    do_center_crop = True
-    do_rescale = True
-    rescale_factor = 1 / 255
-    do_normalize = True
     do_convert_rgb = True
     model_input_names = ["pixel_values"]
 

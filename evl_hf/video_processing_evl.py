@@ -11,7 +11,7 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Video processor class for EVL: frame sampling, torchcodec decoding and CLIP preprocessing."""
+"""Video processor class for EVL: sampling, decoding, training augmentation, multi-view placement, CLIP preprocessing."""
 
 import errno
 import os
@@ -21,11 +21,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Literal
 
 import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2
 from transformers.image_processing_utils import BatchFeature
-from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
 from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
-from transformers.video_utils import VideoInput, VideoMetadata
+from transformers.video_utils import VideoInput, VideoMetadata, load_video
 
 
 if TYPE_CHECKING:
@@ -40,50 +42,20 @@ class VideoDecodingError(ValueError):
 
 
 def sample_frame_indices(
-    num_video_frames: int,
-    num_frames: int,
-    *,
-    strategy: Literal["dense", "uniform", "segment"] = "dense",
-    frame_stride: int = 16,
-    random: bool | torch.Generator = False,
-    num_clips: int = 1,
-    clip_index: int = 0,
-) -> list[int]:
+    num_video_frames: int, num_frames: int, *, strategy: Literal["dense", "uniform", "segment"] = "dense",
+    frame_stride: int = 16, random: bool | torch.Generator = False, num_clips: int = 1, clip_index: int = 0,
+) -> list[int]:  # fmt: skip
     """
-    Choose which frames of a video make up a clip.
+    Choose which `num_frames` frames of a video of `num_video_frames` frames make up a clip (non-decreasing indices).
 
-    Strategies:
-        - `"dense"` (the paper): `num_frames` frames `frame_stride` apart. At inference the window is centred in the
-          video, or, for multi-view testing, is the `clip_index`-th of `num_clips` windows spread evenly from the
-          start to the end of the video. With `random` the window starts anywhere it fits (training).
-        - `"uniform"`: one frame every `num_video_frames / num_frames` frames, covering the whole video. At
-          inference each frame is at the centre of its stretch (or at offset `(clip_index + 0.5) / num_clips` of it);
-          with `random` the whole grid is shifted by one random offset, keeping the spacing exact.
-        - `"segment"` (TSN): the video is cut into `num_frames` equal segments and one frame is taken from each: a
-          random one per segment with `random`, otherwise placed like `"uniform"`.
+    - `"dense"` (the paper): frames `frame_stride` apart, in a window centred in the video, or the `clip_index`-th of
+      `num_clips` windows spread from its start to its end; with `random` (training) the window starts anywhere.
+    - `"uniform"`: one frame every `num_video_frames / num_frames` frames, at the centre of each stretch (or at offset
+      `(clip_index + 0.5) / num_clips` of it); `random` shifts the whole grid by one random offset.
+    - `"segment"` (TSN): one frame per equal segment, a random one with `random`, otherwise placed like `"uniform"`.
 
-    A video shorter than the clip needs (`(num_frames - 1) * frame_stride + 1` frames for `"dense"`, `num_frames`
-    otherwise) is played from its first frame and its last frame repeated, as the reference implementation does.
-
-    Args:
-        num_video_frames (`int`):
-            Number of frames in the video, at least 1.
-        num_frames (`int`):
-            Number of frames in the clip, `T`.
-        strategy (`str`, *optional*, defaults to `"dense"`):
-            One of `"dense"`, `"uniform"`, `"segment"`.
-        frame_stride (`int`, *optional*, defaults to 16):
-            Distance between two sampled frames for `"dense"`; unused otherwise.
-        random (`bool` or `torch.Generator`, *optional*, defaults to `False`):
-            Sample at random (training). `True` uses torch's global generator; pass a `torch.Generator` for
-            reproducible draws.
-        num_clips (`int`, *optional*, defaults to 1):
-            Number of evenly spaced temporal views at inference.
-        clip_index (`int`, *optional*, defaults to 0):
-            Which of the `num_clips` views to return, in `[0, num_clips)`.
-
-    Returns:
-        `list[int]`: `num_frames` frame indices in `[0, num_video_frames)`, non-decreasing.
+    A video shorter than the clip needs is played from its first frame and its last frame repeated, as the reference
+    implementation does. `random` is `True` (torch's global generator) or a `torch.Generator` for reproducible draws.
     """
     if strategy not in FRAME_SAMPLING_STRATEGIES:
         raise ValueError(f"Unknown frame sampling strategy {strategy!r}; expected one of {FRAME_SAMPLING_STRATEGIES}")
@@ -133,8 +105,7 @@ def sample_frame_indices(
 
 
 def _is_video_decoder(obj) -> bool:
-    # A torchcodec VideoDecoder can only exist once torchcodec is imported; looking it up this way keeps importing
-    # this module free of torchcodec (and of the FFmpeg libraries it loads).
+    # A torchcodec VideoDecoder exists only once torchcodec is imported: this keeps importing this module free of it.
     decoders = sys.modules.get("torchcodec.decoders")
     return decoders is not None and isinstance(obj, decoders.VideoDecoder)
 
@@ -146,12 +117,10 @@ def _diagnose_unopenable_video(path: str) -> str:
     with open(path, "rb") as file:
         head = file.read(4096)
     try:
-        head.decode("utf-8")
-        is_text = b"\x00" not in head
+        if head.decode("utf-8") and b"\x00" not in head:
+            return "it is a text file, not a video"
     except UnicodeDecodeError:
-        is_text = False
-    if is_text:
-        return "it is a text file, not a video"
+        pass
     try:
         AudioDecoder(path)
         return "it has an audio stream but no video stream"
@@ -160,21 +129,21 @@ def _diagnose_unopenable_video(path: str) -> str:
     return "its data is not a video container FFmpeg recognises (the file is corrupted or truncated)"
 
 
-def _open_video(video: "str | os.PathLike | VideoDecoder") -> tuple["VideoDecoder", str]:
+def load_video_frames(
+    video: "str | os.PathLike | VideoDecoder", sample_indices_fn: Callable[..., Sequence[int]]
+) -> tuple[torch.Tensor, VideoMetadata]:
     """
-    Opens `video` for decoding and checks it has frames.
+    Decodes the frames `sample_indices_fn(metadata=...)` picks, and no other, with torchcodec: a path through
+    `transformers.video_utils.load_video`, an opened decoder directly. Every failure names the video and its problem.
 
     Returns:
-        `tuple[VideoDecoder, str]`: the decoder and a name for the video to use in error messages.
+        `tuple[torch.Tensor, VideoMetadata]`: uint8 RGB frames `(T, 3, H, W)` in the order of the indices, and the
+        video's metadata with `frames_indices` set.
     """
-    if _is_video_decoder(video):
-        name = "the given VideoDecoder"
-        decoder = video
-    else:
-        from torchcodec.decoders import VideoDecoder
-
+    is_decoder = _is_video_decoder(video)
+    name = "the given VideoDecoder" if is_decoder else repr(os.fspath(video))
+    if not is_decoder:
         path = os.fspath(video)
-        name = repr(path)
         if not os.path.exists(path):
             raise FileNotFoundError(errno.ENOENT, "Video file not found", path)
         if os.path.isdir(path):
@@ -185,86 +154,81 @@ def _open_video(video: "str | os.PathLike | VideoDecoder") -> tuple["VideoDecode
             raise VideoDecodingError(f"Cannot read video {name}: it is not a regular file (a pipe or a device)")
         if file_stat.st_size == 0:
             raise VideoDecodingError(f"Cannot read video {name}: the file is empty (0 bytes)")
-        try:
-            # "exact" scans the packets once: frame counts are then right for variable frame rate and truncated
-            # files, where the header's estimate is not.
-            decoder = VideoDecoder(path, seek_mode="exact")
-        except (RuntimeError, ValueError) as err:
-            raise VideoDecodingError(f"Cannot read video {name}: {_diagnose_unopenable_video(path)}") from err
-    if len(decoder) == 0:
-        raise VideoDecodingError(f"Cannot read video {name}: its video stream has no frames (is the file truncated?)")
-    return decoder, name
 
+    # The sampling function runs once the file is open: whether it ran tells a file FFmpeg cannot open from one
+    # whose frame data is broken; whether it returned, an error of its own (or of these checks) from the decoder's.
+    state = {}
 
-def _decode_frames(decoder: "VideoDecoder", name: str, indices: Sequence[int]) -> torch.Tensor:
-    """Decodes the frames at `indices` (and no other) of an opened video as uint8 `(T, 3, H, W)`."""
-    num_video_frames = len(decoder)
-    indices = [int(index) for index in indices]
-    if not indices:
-        raise ValueError(f"No frame indices given for video {name}")
-    out_of_range = [index for index in indices if not 0 <= index < num_video_frames]
-    if out_of_range:
-        raise IndexError(
-            f"Frame indices {out_of_range} are out of range for video {name} with {num_video_frames} frames"
-        )
-    # Each distinct frame is decoded once, in file order, which keeps seeking forward.
-    unique_indices = sorted(set(indices))
+    def checked_indices(metadata: VideoMetadata, **kwargs) -> list[int]:
+        state["opened"] = True
+        if metadata.total_num_frames == 0:
+            raise VideoDecodingError(f"Cannot read video {name}: its video stream has no frames (truncated?)")
+        indices = [int(index) for index in sample_indices_fn(metadata=metadata)]
+        if not indices:
+            raise ValueError(f"No frame indices given for video {name}")
+        if out_of_range := [index for index in indices if not 0 <= index < metadata.total_num_frames]:
+            raise IndexError(f"Frame indices {out_of_range} are out of range for video {name} with "
+                             f"{metadata.total_num_frames} frames")  # fmt: skip
+        state["indices"] = indices
+        return indices
+
     try:
-        frames = decoder.get_frames_at(unique_indices).data
-    except (RuntimeError, ValueError, IndexError) as err:
-        raise VideoDecodingError(
-            f"Cannot decode frames {unique_indices} of video {name}: the file is truncated or its data is corrupted"
-        ) from err
-    if frames.shape[-1] == 3 and frames.shape[1] != 3:  # a decoder opened with dimension_order="NHWC"
-        frames = frames.permute(0, 3, 1, 2)
-    row = {index: position for position, index in enumerate(unique_indices)}
-    return frames[[row[index] for index in indices]].contiguous()
+        if is_decoder:
+            info = video.metadata
+            metadata = VideoMetadata(total_num_frames=len(video), fps=info.average_fps, width=info.width,
+                                     height=info.height, duration=info.duration_seconds, video_backend="torchcodec")
+            metadata.frames_indices = checked_indices(metadata)
+            frames = video.get_frames_at(metadata.frames_indices).data
+            if frames.shape[-1] == 3 and frames.shape[1] != 3:  # a decoder opened with dimension_order="NHWC"
+                frames = frames.permute(0, 3, 1, 2)
+        else:
+            frames, metadata = load_video(path, backend="torchcodec", sample_indices_fn=checked_indices)
+    except (RuntimeError, ValueError, IndexError) as error:
+        if "opened" not in state:
+            raise VideoDecodingError(f"Cannot read video {name}: {_diagnose_unopenable_video(path)}") from error
+        if "indices" not in state:
+            raise
+        raise VideoDecodingError(f"Cannot decode frames {sorted(set(state['indices']))} of video {name}: the file is "
+                                 "truncated or its data is corrupted") from error
+    return frames.contiguous(), metadata
 
 
-def read_video_frames(
-    video: "str | os.PathLike | VideoDecoder",
-    indices_or_fn: Sequence[int] | Callable[[int], Sequence[int]],
-) -> torch.Tensor:
+def read_video_frames(video: "str | os.PathLike | VideoDecoder", indices_or_fn) -> torch.Tensor:
     """
-    Decodes some frames of a video with torchcodec, seeking to each instead of decoding the whole video.
-
-    Args:
-        video (`str`, `os.PathLike` or `torchcodec.decoders.VideoDecoder`):
-            Path of a video file, or an opened decoder (what a `datasets` `Video` column gives).
-        indices_or_fn (`Sequence[int]` or `Callable[[int], Sequence[int]]`):
-            Frame indices to decode (repeats allowed), or a function from the number of frames in the video to those
-            indices, e.g. `lambda n: sample_frame_indices(n, 8)`.
-
-    Returns:
-        `torch.Tensor`: uint8 RGB frames of shape `(T, 3, H, W)`, in the order of the indices.
-
-    Raises:
-        `FileNotFoundError`, `IsADirectoryError`: `video` is a missing path or a folder.
-        `VideoDecodingError`: the file cannot be decoded (empty, not a video, no video stream, truncated, corrupted).
-        `IndexError`: an index is outside the video.
+    Decodes some frames of a video (a path, or a torchcodec decoder as a `datasets` `Video` column gives) as uint8
+    RGB `(T, 3, H, W)`, seeking to each. `indices_or_fn`: frame indices (repeats allowed) or a function from the
+    video's frame count to them, e.g. `lambda n: sample_frame_indices(n, 8)`. Raises `FileNotFoundError` /
+    `IsADirectoryError` for a missing path or a folder, `VideoDecodingError` for a file that cannot be decoded (empty,
+    not a video, no video stream, truncated, corrupted), `IndexError` for an index outside the video.
     """
-    decoder, name = _open_video(video)
-    indices = indices_or_fn(len(decoder)) if callable(indices_or_fn) else indices_or_fn
-    return _decode_frames(decoder, name, indices)
+    indices = (lambda metadata: indices_or_fn(metadata.total_num_frames)) if callable(indices_or_fn) else None
+    return load_video_frames(video, indices or (lambda metadata: indices_or_fn))[0]
 
 
-class EVLVideosKwargs(VideosKwargs, total=False):
+class EVLVideoProcessorKwargs(VideosKwargs, total=False):
     r"""
-    frame_sampling (`str`, *optional*, defaults to `self.frame_sampling`):
-        How to choose the `num_frames` frames: `"dense"` (fixed `frame_stride`, as the paper), `"uniform"` or
-        `"segment"`. See [`sample_frame_indices`].
-    frame_stride (`int`, *optional*, defaults to `self.frame_stride`):
-        Distance between two sampled frames for `"dense"` sampling.
-    num_clips (`int`, *optional*, defaults to `self.num_clips`):
-        Number of evenly spaced temporal views of the video (multi-view testing).
-    clip_index (`int`, *optional*, defaults to `self.clip_index`):
-        Which of the `num_clips` views to sample.
+    frame_sampling (`str`): `"dense"` (frames `frame_stride` apart, the paper), `"uniform"` or `"segment"`.
+    frame_stride (`int`): distance between two sampled frames for `"dense"` sampling.
+    num_clips (`int`): number of evenly spaced temporal views of the video (multi-view testing).
+    clip_index (`int`): which temporal view to return; `None` returns all `num_clips` of them as views.
+    num_crops (`int`): number of spatial views, crops spread along each frame's longer side (1: the centre crop).
+    do_augment (`bool`): training: random frames and [`~EVLVideoProcessor.augment`] in place of resize and crop.
+    min_crop_scale (`float`): smallest fraction of the frame area the training crop covers.
+    horizontal_flip (`bool`): flip half of the training clips (only for labels blind to left and right).
+    rand_augment (`bool`): RandAugment, 4 operations at magnitude 7 of 10 (the paper's recipe), in training.
+    seed (`int`): seed of a training clip's draws (frames, crop, flip, RandAugment); without it, torch's generator.
     """
 
     frame_sampling: Literal["dense", "uniform", "segment"] | None
     frame_stride: int | None
     num_clips: int | None
     clip_index: int | None
+    num_crops: int | None
+    do_augment: bool | None
+    min_crop_scale: float | None
+    horizontal_flip: bool | None
+    rand_augment: bool | None
+    seed: int | None
 
 
 def _is_undecoded(videos) -> bool:
@@ -276,14 +240,14 @@ def _is_undecoded(videos) -> bool:
 
 class EVLVideoProcessor(BaseVideoProcessor):
     r"""
-    Video processor for EVL: samples `num_frames` frames, resizes their shortest edge to 224 (bilinear), crops the
-    centre 224x224 and normalises with the CLIP mean and std.
+    Video processor for EVL, the one place where clips are made: samples `num_frames` frames (decoding only those),
+    resizes their shortest edge to 224 (bilinear), crops the centre 224x224 and normalises with the CLIP mean and std.
+    `num_clips` temporal x `num_crops` spatial views give `pixel_values` `(batch_size, views, num_frames, 3, H, W)`,
+    spatial-major; training (`do_augment=True`) samples at random and [`~EVLVideoProcessor.augment`]s in place of
+    resize and crop; `fps` samples that many frames per second of video instead of `num_frames`.
 
-    Videos given as paths (or torchcodec decoders) are sampled with [`sample_frame_indices`] and only the sampled
-    frames are decoded. Videos given as frames (uint8 `(T, C, H, W)` tensors or arrays, or lists of frames) are taken
-    as the clip unless `do_sample_frames=True` is passed; that is what `do_sample_frames=None`, the default, means.
-
-    Returns `pixel_values` of shape `(batch_size, num_frames, 3, height, width)`.
+    Paths and torchcodec decoders are sampled with [`sample_frame_indices`] (a short video repeats its last frame);
+    frames (uint8 `(T, C, H, W)` tensors or arrays, or lists of frames) are the clip unless `do_sample_frames=True`.
     """
 
     resample = PILImageResampling.BILINEAR
@@ -303,25 +267,38 @@ class EVLVideoProcessor(BaseVideoProcessor):
     frame_sampling = "dense"
     frame_stride = 16
     num_clips = 1
-    clip_index = 0
-    valid_kwargs = EVLVideosKwargs
+    clip_index = None
+    num_crops = 1
+    do_augment = False
+    min_crop_scale = 0.08
+    horizontal_flip = False
+    rand_augment = False
+    valid_kwargs = EVLVideoProcessorKwargs
     model_input_names = ["pixel_values"]
 
-    def __init__(self, **kwargs: Unpack[EVLVideosKwargs]):
+    def __init__(self, **kwargs: Unpack[EVLVideoProcessorKwargs]):
+        frame_sampling = kwargs.get("frame_sampling", self.frame_sampling)
+        if frame_sampling not in FRAME_SAMPLING_STRATEGIES:
+            raise ValueError(
+                f"Unknown frame_sampling {frame_sampling!r}; expected one of {', '.join(FRAME_SAMPLING_STRATEGIES)}."
+            )
+        if kwargs.get("fps") is not None:
+            if kwargs.get("num_frames") is not None:
+                raise ValueError("`num_frames` and `fps` are mutually exclusive arguments, please use only one!")
+            kwargs["num_frames"] = None  # the frame count then follows from each video's length
         super().__init__(**kwargs)
 
-    def preprocess(self, videos: VideoInput, **kwargs: Unpack[EVLVideosKwargs]) -> BatchFeature:
+    def preprocess(self, videos: VideoInput, **kwargs: Unpack[EVLVideoProcessorKwargs]) -> BatchFeature:
         r"""
         Args:
             videos (`VideoInput`):
-                A video or a batch of videos: paths, torchcodec decoders, uint8 `(T, C, H, W)` tensors or arrays, or
-                lists of frames.
-            kwargs ([`EVLVideosKwargs`]):
+                A video or a batch: paths, torchcodec decoders, uint8 `(T, C, H, W)` tensors or arrays, or frames.
+            kwargs ([`EVLVideoProcessorKwargs`]):
                 Overrides of the processor's attributes for this call.
 
         Returns:
-            [`BatchFeature`] with `pixel_values` of shape `(batch_size, num_frames, 3, height, width)` (a list of
-            `(num_frames, 3, height, width)` tensors without `return_tensors`).
+            [`BatchFeature`] with `pixel_values` `(batch_size, num_frames, 3, height, width)`, or `(batch_size, views,
+            num_frames, 3, height, width)` for several views (a list of per-video tensors without `return_tensors`).
         """
         if isinstance(videos, os.PathLike):
             videos = os.fspath(videos)
@@ -329,97 +306,118 @@ class EVLVideoProcessor(BaseVideoProcessor):
             videos = [os.fspath(video) for video in videos]
         if kwargs.get("do_sample_frames", self.do_sample_frames) is None:
             kwargs["do_sample_frames"] = _is_undecoded(videos)
+        if kwargs.get("fps") is not None and "num_frames" not in kwargs:
+            kwargs["num_frames"] = None  # `fps` given for this call replaces the processor's `num_frames`
         batch = super().preprocess(videos, **kwargs)
         batch["pixel_values"] = batch.pop("pixel_values_videos")
         return batch
 
     def sample_frames(
-        self,
-        metadata: VideoMetadata,
-        num_frames: int | None = None,
-        frame_sampling: str | None = None,
-        frame_stride: int | None = None,
-        num_clips: int | None = None,
-        clip_index: int | None = None,
-        **kwargs,
-    ) -> list[int]:
+        self, metadata: VideoMetadata, num_frames: int | None = None, fps: float | None = None,
+        frame_sampling: str | None = None, frame_stride: int | None = None, num_clips: int | None = None,
+        clip_index: int | None = None, do_augment: bool | None = None, seed: int | None = None, **kwargs,
+    ) -> list[int]:  # fmt: skip
         """
-        Indices of the frames to keep, from [`sample_frame_indices`]; unlike the default sampler this never fails on
-        a short video (its last frame is repeated).
-
-        Args:
-            metadata (`VideoMetadata`):
-                Metadata of the video; only `total_num_frames` is used.
-            num_frames, frame_sampling, frame_stride, num_clips, clip_index:
-                Default to the processor's attributes.
-
-        Returns:
-            `list[int]`: `num_frames` frame indices.
+        Indices of the frames to keep (`metadata.total_num_frames`, and `metadata.fps` for `fps`) from
+        [`sample_frame_indices`]; unlike the default sampler this never fails on a short video. With `clip_index=None`
+        the indices of all `num_clips` temporal views, one after the other. `fps` and `num_frames` are mutually
+        exclusive, as in transformers' processors.
         """
-        return sample_frame_indices(
-            metadata.total_num_frames,
-            num_frames if num_frames is not None else self.num_frames,
-            strategy=frame_sampling if frame_sampling is not None else self.frame_sampling,
-            frame_stride=frame_stride if frame_stride is not None else self.frame_stride,
-            num_clips=num_clips if num_clips is not None else self.num_clips,
-            clip_index=clip_index if clip_index is not None else self.clip_index,
-        )
+        if fps is not None and num_frames is not None:
+            raise ValueError("`num_frames` and `fps` are mutually exclusive arguments, please use only one!")
+        fps, frame_sampling = fps if fps is not None else self.fps, frame_sampling or self.frame_sampling
+        if fps is not None:
+            if not metadata.fps:
+                raise ValueError(f"Sampling fps={fps} frames per second needs the video's frame rate, which its "
+                                 "metadata lacks (frames given as arrays carry none): pass `video_metadata` with "
+                                 "`fps`, or `num_frames` instead of `fps`.")  # fmt: skip
+            # As transformers' default sampler: at least one frame, frames spread over the whole video.
+            num_frames = max(1, int(metadata.total_num_frames / metadata.fps * fps))
+            frame_sampling = "segment" if frame_sampling == "segment" else "uniform"
+        num_clips = 1 if do_augment else num_clips or self.num_clips
+        views = [0] if do_augment else range(num_clips) if clip_index is None else [clip_index]
+        random = (torch.Generator().manual_seed(seed) if seed is not None else True) if do_augment else False
+        options = dict(strategy=frame_sampling, frame_stride=frame_stride or self.frame_stride, num_clips=num_clips)
+        return [
+            index for view in views for index in sample_frame_indices(
+                metadata.total_num_frames, num_frames or self.num_frames, random=random, clip_index=view, **options)
+        ]  # fmt: skip
 
     def fetch_videos(self, video_url_or_urls, sample_indices_fn: Callable | None = None):
-        """
-        Decodes videos given by path (or torchcodec decoder) with torchcodec, only at the frames `sample_indices_fn`
-        picks (every frame without it). URLs are left to transformers' loader.
-
-        Returns:
-            `tuple`: the frames (uint8 `(T, 3, H, W)`) and their `VideoMetadata`, or a pair of tuples for a list.
-        """
+        """Decodes paths (or torchcodec decoders) with [`load_video_frames`] at the frames `sample_indices_fn` picks
+        (all without it); URLs go to transformers' loader. Returns the frames and their `VideoMetadata` (tuples for a
+        list)."""
         if isinstance(video_url_or_urls, (list, tuple)):
             return tuple(zip(*[self.fetch_videos(video, sample_indices_fn) for video in video_url_or_urls]))
         if isinstance(video_url_or_urls, str) and video_url_or_urls.startswith(("http://", "https://")):
             return super().fetch_videos(video_url_or_urls, sample_indices_fn=sample_indices_fn)
+        every_frame = lambda metadata: range(metadata.total_num_frames)  # noqa: E731
+        return load_video_frames(video_url_or_urls, sample_indices_fn or every_frame)
 
-        decoder, name = _open_video(video_url_or_urls)
-        metadata = VideoMetadata(
-            total_num_frames=len(decoder),
-            fps=decoder.metadata.average_fps,
-            width=decoder.metadata.width,
-            height=decoder.metadata.height,
-            duration=decoder.metadata.duration_seconds,
-            video_backend="torchcodec",
-        )
-        if sample_indices_fn is None:
-            indices = list(range(len(decoder)))
-        else:
-            indices = [int(index) for index in sample_indices_fn(metadata=metadata)]
-        metadata.frames_indices = indices
-        return _decode_frames(decoder, name, indices), metadata
-
-    def _decode_and_sample_videos(
-        self,
-        videos: VideoInput,
-        video_metadata: VideoMetadata | dict,
-        do_sample_frames: bool | None = None,
-        sample_indices_fn: Callable | None = None,
-    ):
+    def _decode_and_sample_videos(self, videos: VideoInput, video_metadata, do_sample_frames=None,
+                                  sample_indices_fn: Callable | None = None):  # fmt: skip
         # transformers' batching helpers do not know torchcodec decoders (what a `datasets` `Video` column holds):
         # they are read like paths, decoding only the sampled frames.
         if _is_video_decoder(videos):
             videos = [videos]
         if isinstance(videos, (list, tuple)) and videos and _is_video_decoder(videos[0]):
             return self.fetch_videos(list(videos), sample_indices_fn=sample_indices_fn)
-        return super()._decode_and_sample_videos(
-            videos,
-            video_metadata=video_metadata,
-            do_sample_frames=do_sample_frames,
-            sample_indices_fn=sample_indices_fn,
-        )
+        return super()._decode_and_sample_videos(videos, video_metadata, do_sample_frames, sample_indices_fn)
+
+    def augment(self, video: torch.Tensor, crop_size: SizeDict, min_crop_scale: float, horizontal_flip: bool,
+                rand_augment: bool, seed: int | None = None) -> torch.Tensor:  # fmt: skip
+        """
+        Training augmentation of a clip, uint8 `(T, 3, H, W)` -> `(T, 3, crop_height, crop_width)`: RandomResizedCrop
+        (area `min_crop_scale`-1, aspect ratio 3/4-4/3), optional horizontal flip and RandAugment (timm's
+        "rand-m7-n4"). torchvision draws once per call on a `Video`: every frame gets the same crop, flip and
+        operations, so the motion between frames is intact.
+        """
+        crop = (crop_size.height, crop_size.width)
+        transforms = [v2.RandomResizedCrop(crop, scale=(min_crop_scale, 1.0), ratio=(3 / 4, 4 / 3))]
+        if horizontal_flip:
+            transforms.append(v2.RandomHorizontalFlip())
+        if rand_augment:
+            transforms.append(v2.RandAugment(num_ops=4, magnitude=7, num_magnitude_bins=11))
+        # torchvision draws from torch's global generator: a seeded clip borrows it without disturbing it.
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed + 1)  # not the frame sampler's stream
+            return v2.Compose(transforms)(tv_tensors.Video(video)).as_subclass(torch.Tensor)
+
+    def _spatial_crops(self, video: torch.Tensor, crop_size: SizeDict, num_crops: int) -> list[torch.Tensor]:
+        """`num_crops` crops of `video` (`(T, 3, H, W)`, resized), spread evenly along the side with more room: the
+        centre for one, both ends and the centre for three (the paper's three-crop testing)."""
+        if num_crops == 1:
+            return [self.center_crop(video, crop_size)]
+        room_y, room_x = video.shape[-2] - crop_size.height, video.shape[-1] - crop_size.width
+        corners = [(round(view / (num_crops - 1) * room_y), room_x // 2) if room_y > room_x else
+                   (room_y // 2, round(view / (num_crops - 1) * room_x)) for view in range(num_crops)]  # fmt: skip
+        return [video[..., top : top + crop_size.height, left : left + crop_size.width] for top, left in corners]
+
+    def _preprocess(
+        self, videos: list[torch.Tensor], do_resize: bool, size: SizeDict, resample, do_center_crop: bool,
+        crop_size: SizeDict, do_rescale: bool, rescale_factor: float, do_normalize: bool, image_mean, image_std,
+        return_tensors=None, num_clips: int = 1, clip_index: int | None = None, num_crops: int = 1,
+        do_augment: bool = False, min_crop_scale: float = 0.08, horizontal_flip: bool = False,
+        rand_augment: bool = False, seed: int | None = None, **kwargs,
+    ) -> BatchFeature:  # fmt: skip
+        processed = []
+        for video in videos:  # uint8 (frames, 3, H, W); frames = temporal views x T
+            if do_augment:
+                views = [self.augment(video, crop_size, min_crop_scale, horizontal_flip, rand_augment, seed)]
+            else:
+                if do_resize:
+                    video = self.resize(video, size=size, resample=resample)
+                views = self._spatial_crops(video, crop_size, num_crops) if do_center_crop else [video]
+            num_temporal_views = num_clips if clip_index is None and not do_augment else 1
+            # (crops, temporal views * T, 3, h, w) -> (views, T, 3, h, w)
+            views = torch.stack(views).unflatten(1, (num_temporal_views, -1)).flatten(0, 1)
+            views = self.rescale_and_normalize(
+                views.flatten(0, 1), do_rescale, rescale_factor, do_normalize, image_mean, image_std
+            ).view(views.shape)
+            processed.append(views[0] if len(views) == 1 else views)
+        return BatchFeature(data={"pixel_values_videos": processed}, tensor_type=return_tensors)
 
 
-__all__ = [
-    "FRAME_SAMPLING_STRATEGIES",
-    "EVLVideoProcessor",
-    "EVLVideosKwargs",
-    "VideoDecodingError",
-    "read_video_frames",
-    "sample_frame_indices",
-]
+__all__ = ["EVLVideoProcessor", "EVLVideoProcessorKwargs", "VideoDecodingError", "load_video_frames",
+           "read_video_frames", "sample_frame_indices", "FRAME_SAMPLING_STRATEGIES"]  # fmt: skip

@@ -16,12 +16,13 @@ from torchcodec.encoders import VideoEncoder
 from transformers import CLIPVisionConfig, CLIPVisionModel, TrainingArguments, pipeline
 
 import evl_hf  # noqa: F401  (registers EVL with the Auto classes, for the pipeline)
-from evl_hf.synthetic_data import SyntheticMotionConfig, generate_synthetic_motion_dataset
 from evl_hf.video_processing_evl import EVLVideoProcessor, sample_frame_indices
 
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "examples" / "run_video_classification.py"
+sys.path.insert(0, str(SCRIPT.parent))  # the synthetic-motion generator sits next to the script
+from synthetic_data import SyntheticMotionConfig, generate_synthetic_motion_dataset  # noqa: E402
 _spec = importlib.util.spec_from_file_location("run_video_classification", SCRIPT)
 run_video_classification = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(run_video_classification)
@@ -103,10 +104,11 @@ def test_trains_and_writes_model_processors_metrics_and_model_card(run, tiny_cli
     card = (output_dir / "README.md").read_text()
     assert "pipeline_tag: video-classification" in card
     assert tiny_clip in card and "eval_accuracy" in card and "eval_top5_accuracy" in card
+    assert "import evl_hf" in card and "trust_remote_code=True" in card  # both ways to load the model
 
 
 def test_saved_processor_follows_the_backbone_and_the_sampling_arguments(run):
-    output_dir = run("--max_steps 1 --do_eval False --frame_sampling segment")
+    output_dir = run("--max_steps 1 --do_train --frame_sampling segment")
     processor = json.loads((output_dir / "video_preprocessor_config.json").read_text())
     assert processor["crop_size"] == {"height": 32, "width": 32}
     assert processor["size"] == {"shortest_edge": 32}
@@ -114,7 +116,7 @@ def test_saved_processor_follows_the_backbone_and_the_sampling_arguments(run):
 
 
 def test_training_continues_from_an_evl_checkpoint(run, tmp_path, videos):
-    first = run("--max_steps 1 --do_eval False", output_dir=tmp_path / "first")
+    first = run("--max_steps 1 --do_train", output_dir=tmp_path / "first")
     run_video_classification.main(
         f"""
         --model_name_or_path {first} --train_dir {videos / "train"} --output_dir {tmp_path / "second"}
@@ -144,29 +146,30 @@ def test_default_run_output_loads_in_the_video_classification_pipeline(tmp_path)
 
 
 def test_without_arguments_the_embedded_default_is_used():
-    model_args, data_args, training_args, given = run_video_classification.parse_arguments([])
-    assert model_args.model_name_or_path is None and data_args.train_dir is None and given == set()
+    model_args, data_args, training_args = run_video_classification.parse_arguments([])
+    assert model_args.model_name_or_path is None and data_args.train_dir is None
+    assert run_video_classification.is_embedded_default(model_args, data_args)
     assert training_args.output_dir == "outputs/evl-synthetic-motion"
     assert (training_args.do_train, training_args.do_eval) == (True, True)
     assert data_args.horizontal_flip is False  # it would swap "left" and "right"
 
 
 def test_embedded_defaults_do_not_apply_once_data_is_given():
-    _, data_args, training_args, given = run_video_classification.parse_arguments(["--train_dir", "videos"])
+    model_args, data_args, training_args = run_video_classification.parse_arguments(["--train_dir", "videos"])
     assert training_args.output_dir != "outputs/evl-synthetic-motion" and data_args.frame_stride is None
-    assert given == {"train_dir"}
+    assert data_args.train_dir == "videos" and not run_video_classification.is_embedded_default(model_args, data_args)
 
 
 def test_arguments_can_come_from_a_json_file(tmp_path):
     path = tmp_path / "args.json"
     path.write_text(json.dumps({"train_dir": "videos", "output_dir": "out", "use_temporal_conv": False}))
-    model_args, data_args, training_args, _ = run_video_classification.parse_arguments([str(path)])
+    model_args, data_args, training_args = run_video_classification.parse_arguments([str(path)])
     assert (data_args.train_dir, training_args.output_dir, model_args.use_temporal_conv) == ("videos", "out", False)
 
 
 def test_temporal_modules_can_be_switched_off(run):
     output_dir = run(
-        "--max_steps 1 --do_eval False "
+        "--max_steps 1 --do_train "
         "--use_temporal_conv False --use_temporal_pos_embed False --use_temporal_cross_attention False"
     )
     config = json.loads((output_dir / "config.json").read_text())
@@ -177,27 +180,13 @@ def test_temporal_modules_can_be_switched_off(run):
 # ---- Data ------------------------------------------------------------------------------------------------------
 
 
-def test_training_augmentation_is_identical_on_every_frame_of_a_clip():
-    processor = EVLVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    data_args = run_video_classification.DataTrainingArguments(horizontal_flip=True, rand_augment=True)
-    transform = run_video_classification.build_train_transform(processor, data_args)
-    frame = torch.randint(0, 256, (1, 3, 48, 40), dtype=torch.uint8)
-    torch.manual_seed(0)
-    for _ in range(10):
-        clip = transform(run_video_classification.tv_tensors.Video(frame.expand(8, -1, -1, -1)))
-        assert clip.shape == (8, 3, 32, 32)
-        assert torch.equal(clip, clip[:1].expand_as(clip))
-
-
 def test_a_training_clip_depends_only_on_seed_epoch_and_index(videos):
     processor = EVLVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}, num_frames=4)
     paths = sorted(str(p) for p in (videos / "train").glob("*/*.mp4"))
     rows = Dataset.from_dict({"video": paths, "labels": [0] * len(paths)})
-    data_args = run_video_classification.DataTrainingArguments()
-    transform = run_video_classification.build_train_transform(processor, data_args)
 
     def clip(epoch, index):
-        dataset = run_video_classification.VideoClipDataset(rows, "video", processor, train=True, transform=transform)
+        dataset = run_video_classification.VideoClipDataset(rows, "video", processor, train=True)
         dataset.set_epoch(epoch)
         return dataset[index]["pixel_values"]
 
@@ -227,11 +216,34 @@ def test_trains_from_a_kinetics_style_list(run, tmp_path, videos):
     lines = [f"{path.parent.name}/{path.name} {label_index[path.parent.name]}" for path in paths]
     (tmp_path / "train.txt").write_text("\n".join(lines) + "\n")
     output_dir = run(
-        "--max_steps 1 --do_eval False",
+        "--max_steps 1 --do_train",
         data=f"--train_file {tmp_path / 'train.txt'} --video_root {videos / 'train'}",
     )
     config = json.loads((output_dir / "config.json").read_text())
     assert config["id2label"] == {"0": "0", "1": "1", "2": "2", "3": "3"}
+
+
+def test_a_label_names_file_names_the_indices_of_a_list(run, tmp_path, videos):
+    label_index = {"down": 0, "left": 1, "right": 2, "up": 3}
+    paths = sorted((videos / "train").glob("*/*.mp4"))
+    lines = [f"{path.parent.name}/{path.name} {label_index[path.parent.name]}\n" for path in paths]
+    (tmp_path / "train.txt").write_text("".join(lines))
+    (tmp_path / "names.txt").write_text("down\nleft\nright\nup\n")
+    output_dir = run(
+        f"--max_steps 1 --do_train --label_names_file {tmp_path / 'names.txt'}",
+        data=f"--train_file {tmp_path / 'train.txt'} --video_root {videos / 'train'}",
+    )
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "down", "1": "left", "2": "right", "3": "up"}
+
+
+def test_a_half_precision_backbone_trains_and_is_saved_in_float32(run):
+    output_dir = run("--max_steps 1 --do_train --backbone_dtype bfloat16")
+    from safetensors.torch import load_file
+
+    weights = load_file(str(output_dir / "model.safetensors"))
+    assert {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()} == {torch.float32}
+    assert "Backbone trained in bfloat16 and saved in float32" in (output_dir / "README.md").read_text()
 
 
 def test_trains_from_a_csv_file_with_named_columns(run, tmp_path, videos):
@@ -239,7 +251,7 @@ def test_trains_from_a_csv_file_with_named_columns(run, tmp_path, videos):
     rows = [f"{path.parent.name}/{path.name},{path.parent.name}" for path in paths]
     (tmp_path / "train.csv").write_text("path,action\n" + "\n".join(rows) + "\n")
     output_dir = run(
-        "--max_steps 1 --do_eval False --video_column_name path --label_column_name action",
+        "--max_steps 1 --do_train --video_column_name path --label_column_name action",
         data=f"--train_file {tmp_path / 'train.csv'} --video_root {videos / 'train'}",
     )
     assert sorted(json.loads((output_dir / "config.json").read_text())["label2id"]) == ["down", "left", "right", "up"]
@@ -276,7 +288,7 @@ def test_multi_view_evaluation_gives_temporal_and_spatial_views(tmp_path):
     )
     rows = Dataset.from_dict({"video": [str(path)], "labels": [0]})
     dataset = run_video_classification.VideoClipDataset(
-        rows, "video", processor, train=False, num_temporal_views=2, num_spatial_views=3
+        rows, "video", processor, train=False, num_clips=2, num_crops=3
     )
     pixel_values = dataset[0]["pixel_values"]
     assert pixel_values.shape == (6, 4, 3, 32, 32)  # (spatial views x temporal views, T, 3, H, W)
@@ -364,7 +376,7 @@ def train_dir_with_a_broken_video(tmp_path, videos) -> Path:
 
 def test_an_undecodable_training_video_is_skipped_named_and_counted(run, train_dir_with_a_broken_video, caplog):
     output_dir = run(
-        "--max_steps 1 --per_device_train_batch_size 9 --max_skipped_fraction 0.5 --do_eval False",
+        "--max_steps 1 --per_device_train_batch_size 9 --max_skipped_fraction 0.5 --do_train",
         data=f"--train_dir {train_dir_with_a_broken_video}",
     )
     assert json.loads((output_dir / "train_results.json").read_text())["train_skipped_videos"] == 1
@@ -375,7 +387,7 @@ def test_too_many_undecodable_videos_stop_the_run(run, train_dir_with_a_broken_v
     # 1 of 9 videos is above the default 5%.
     with pytest.raises(RuntimeError, match=r"broken\.mp4"):
         run(
-            "--max_steps 1 --per_device_train_batch_size 9 --do_eval False",
+            "--max_steps 1 --per_device_train_batch_size 9 --do_train",
             data=f"--train_dir {train_dir_with_a_broken_video}",
         )
 
@@ -383,7 +395,7 @@ def test_too_many_undecodable_videos_stop_the_run(run, train_dir_with_a_broken_v
 def test_a_resumed_run_ends_like_an_uninterrupted_one(run, tmp_path):
     # 8 clips in batches of 3: 3 steps per epoch, so the resumed run starts mid-way and crosses an epoch boundary.
     args = (
-        "--max_steps 6 --per_device_train_batch_size 3 --save_strategy steps --save_steps 4 --do_eval False "
+        "--max_steps 6 --per_device_train_batch_size 3 --save_strategy steps --save_steps 4 --do_train "
         "--dataloader_num_workers 1 --seed 7"
     )
     uninterrupted = run(args, output_dir=tmp_path / "uninterrupted")
@@ -431,3 +443,14 @@ def test_two_processes_evaluate_every_validation_clip_exactly_once(tmp_path, tin
     confusion = json.loads((output_dir / "confusion_matrix.json").read_text())
     rows = dict(zip(confusion["labels"], (sum(row) for row in confusion["matrix"])))
     assert rows == {"down": 1, "left": 2, "right": 1, "up": 1}
+
+
+def test_the_embedded_default_does_not_warn_about_its_random_backbone(tmp_path, caplog):
+    run_video_classification.main(
+        f"""
+        --synthetic_data_dir {tmp_path / "synthetic"} --synthetic_train_videos_per_label 1
+        --synthetic_validation_videos_per_label 1 --max_steps 1 --per_device_train_batch_size 2 --do_eval False
+        --dataloader_num_workers 0 --output_dir {tmp_path / "out"} --cache_dir {tmp_path / "cache"} --disable_tqdm True
+        """.split()
+    )
+    assert "No --model_name_or_path" not in caplog.text

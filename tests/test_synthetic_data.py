@@ -1,12 +1,18 @@
 """The synthetic-motion dataset: real H.264 clips whose label only the order of the frames reveals."""
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from torchcodec.decoders import VideoDecoder
 
-from evl_hf import synthetic_data
-from evl_hf.synthetic_data import (
+
+# The demo data generator and the metric live next to the training script in examples/, not in the library.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+import synthetic_data  # noqa: E402
+from synthetic_data import (  # noqa: E402
     SYNTHETIC_MOTION_LABELS,
     SyntheticMotionConfig,
     generate_synthetic_motion_dataset,

@@ -344,3 +344,65 @@ def test_processor_round_trips_through_save_pretrained(tmp_path):
     assert (loaded.num_frames, loaded.frame_stride, loaded.frame_sampling) == (16, 4, "segment")
     assert loaded.size.shortest_edge == 64
     assert loaded.to_dict() == processor.to_dict()
+
+
+def test_training_augmentation_is_identical_on_every_frame_of_a_clip():
+    processor = EVLVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    frame = torch.randint(0, 256, (1, 3, 48, 40), dtype=torch.uint8)
+    torch.manual_seed(0)
+    for _ in range(10):
+        clip = processor(frame.expand(8, -1, -1, -1), do_augment=True, horizontal_flip=True, rand_augment=True,
+                         return_tensors="pt")["pixel_values"][0]
+        assert clip.shape == (8, 3, 32, 32)
+        assert torch.equal(clip, clip[:1].expand_as(clip))
+
+
+def test_seeded_training_clips_repeat_and_differ_between_seeds(video_path):
+    processor = EVLVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+
+    def clip(seed):
+        batch = processor(str(video_path), do_augment=True, seed=seed, return_tensors="pt", return_metadata=True)
+        return batch["pixel_values"], batch["video_metadata"][0].frames_indices
+
+    (first, indices), (again, indices_again), (other, _) = clip(1), clip(1), clip(2)
+    assert torch.equal(first, again) and indices == indices_again
+    assert not torch.equal(first, other)
+    assert indices == list(range(indices[0], indices[0] + 8 * 16, 16))  # a dense clip at a random start
+
+
+def test_unknown_frame_sampling_fails_at_construction_naming_it(tmp_path):
+    with pytest.raises(ValueError, match="'randm'"):
+        EVLVideoProcessor(frame_sampling="randm")
+    EVLVideoProcessor().save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "video_preprocessor_config.json").read_text())
+    (tmp_path / "video_preprocessor_config.json").write_text(json.dumps({**config, "frame_sampling": "randm"}))
+    with pytest.raises(ValueError, match="'randm'"):
+        EVLVideoProcessor.from_pretrained(tmp_path)
+
+
+def test_fps_samples_that_many_frames_per_second_of_video(video_path):
+    # 160 frames at 25 fps is 6.4 s: 2 frames per second gives 12 frames, spread over the whole video.
+    processor = EVLVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    batch = processor(str(video_path), fps=2, return_tensors="pt", return_metadata=True)
+    assert batch["pixel_values"].shape == (1, 12, 3, 32, 32)
+    assert batch["video_metadata"][0].frames_indices == sample_frame_indices(NUM_VIDEO_FRAMES, 12, strategy="uniform")
+    saved = EVLVideoProcessor(fps=2, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    assert saved.num_frames is None
+    assert torch.equal(saved(str(video_path), return_tensors="pt")["pixel_values"], batch["pixel_values"])
+
+
+def test_fps_with_num_frames_or_without_a_frame_rate_is_an_error(video_path):
+    processor = EVLVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        processor(str(video_path), fps=2, num_frames=8)
+    with pytest.raises(ValueError, match="mutually exclusive"):
+        EVLVideoProcessor(fps=2, num_frames=8)
+    frames = torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8)
+    with pytest.raises(ValueError, match="frame rate"):
+        processor(frames, fps=2, do_sample_frames=True)
+
+
+def test_without_sampling_a_path_gives_every_frame(video_path):
+    processor = EVLVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    pixel_values = processor(str(video_path), do_sample_frames=False, return_tensors="pt")["pixel_values"]
+    assert pixel_values.shape == (1, NUM_VIDEO_FRAMES, 3, 32, 32)

@@ -13,18 +13,17 @@
 # limitations under the License.
 """Top-1 and top-5 accuracy of a video classifier, as an `evaluate` metric module.
 
-`evaluate.load("accuracy")` fetches its script from the Hub; this module ships with the package and is loaded by
-path, so evaluation works offline:
+`evaluate.load("accuracy")` fetches its script from the Hub; this module sits next to the training script and is
+loaded by path, so evaluation works offline:
 
 ```python
 >>> import evaluate
->>> import evl_hf.video_accuracy
->>> metric = evaluate.load(evl_hf.video_accuracy.__file__)
+>>> metric = evaluate.load("examples/video_accuracy.py")
 >>> metric.compute(predictions=[[0.1, 2.0, 0.3], [1.5, 0.2, 0.1]], references=[1, 2], k=2)
 {'accuracy': 0.5, 'top5_accuracy': 0.5}
 ```
 
-The file imports nothing from evl_hf: `evaluate` copies it into its module cache and imports it on its own.
+The file imports nothing from its neighbours: `evaluate` copies it into its module cache and imports it on its own.
 """
 
 import datasets
@@ -52,7 +51,7 @@ Returns:
     accuracy (`float`): fraction of clips whose highest-scoring class is the reference, in [0, 1].
     top5_accuracy (`float`): fraction of clips whose reference is among the `k` highest-scoring classes, in [0, 1].
 Examples:
-    >>> metric = evaluate.load("evl_hf/video_accuracy.py")
+    >>> metric = evaluate.load("examples/video_accuracy.py")
     >>> metric.compute(predictions=[[0.1, 0.7, 0.2], [0.6, 0.3, 0.1]], references=[1, 1])
     {'accuracy': 0.5, 'top5_accuracy': 1.0}
 """
