@@ -1,6 +1,7 @@
 """Inference speed of an `evl-hf export` ONNX file under onnxruntime against the same model in PyTorch, on the CPU.
 
-The model has the shapes of `--shape` (ViT-B/16 by default) with random weights, 8 frames and 400 labels. It is
+The model has the shapes of `--shape` (ViT-B/16 by default) with random weights, 8 frames and 400 labels (built as in
+`bench_timeline.py`). It is
 exported with `export_onnx` (what `evl-hf export` runs), then both run the same random clips of `--batch-size`:
 PyTorch in eval mode under `torch.inference_mode`, onnxruntime's `CPUExecutionProvider` with its default graph
 optimisations. Both use `--threads` threads. They take turns over `--repeats` rounds after one warm-up each; medians
@@ -19,28 +20,8 @@ from pathlib import Path
 
 import torch
 
+from bench_timeline import build_model
 from benchmark_utils import VIT_SHAPES, emit, log, machine_info, markdown_table, median, ratio
-
-
-def build_model(shape: str, num_frames: int):
-    from transformers import CLIPVisionConfig
-
-    from evl_hf import EVLConfig, EVLForVideoClassification
-
-    torch.manual_seed(0)
-    vision = VIT_SHAPES[shape]
-    config = EVLConfig(
-        vision_config=CLIPVisionConfig(**vision),
-        num_frames=num_frames,
-        decoder_num_layers=min(4, vision["num_hidden_layers"]),
-        num_labels=400,
-    )
-    model = EVLForVideoClassification(config).eval()
-    with torch.no_grad():  # the zero-initialised temporal parts get values, so that the comparison covers them
-        for name, parameter in model.named_parameters():
-            if any(part in name for part in ("temporal_cross_attention", "temporal_pos_embed", "query_token")):
-                parameter.normal_(std=0.02)
-    return model
 
 
 def main(argv=None):
@@ -62,7 +43,7 @@ def main(argv=None):
 
     from evl_hf.commands.export import export_onnx
 
-    model = build_model(args.shape, args.num_frames)
+    model, _ = build_model(args.shape, args.num_frames, frame_stride=16)
     size = model.config.vision_config.image_size
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "model.onnx"

@@ -88,7 +88,9 @@ def export_onnx(model, path, *, opset: int = DEFAULT_OPSET, batch_size: int = 2)
             dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch_size")}},
             verbose=False,
         )
-    graph = onnx.load(str(path))
+    # The weights may sit in a `.data` file next to the graph (the exporter's choice for large models): only the graph
+    # is read and rewritten, and it keeps pointing at that file.
+    graph = onnx.load(str(path), load_external_data=False)
     metadata = {
         "id2label": json.dumps({str(i): label for i, label in config.id2label.items()}),
         "num_frames": str(config.num_frames),

@@ -21,6 +21,7 @@ then only runs the small decoder ([`EVLModel.decode_frame_features`]) and the he
 
 import argparse
 import json
+import os
 import sys
 
 from . import UsageError
@@ -115,8 +116,6 @@ def compute_timeline(
         rate), the top-k `"labels"` and `"scores"`), `"probabilities"` (per window, the softmax over all labels) and
         `"max_cached_frames"` (the most frames whose features were held at once: what bounds memory).
     """
-    import os
-
     import torch
     from tqdm.auto import tqdm
 
@@ -250,7 +249,7 @@ def plot_timeline(result: dict, path, top_classes: int = 5):
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise ImportError("Drawing a timeline needs matplotlib: pip install matplotlib") from None
+        raise ImportError("Drawing a timeline needs matplotlib: pip install 'evl-hf[plot]'") from None
 
     probabilities = result["probabilities"]
     labels = result["labels"]
@@ -302,12 +301,15 @@ def register(subparsers):
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     for option in ("stride_frames", "top_k", "batch_size", "plot_classes"):
         value = getattr(args, option)
         if value is not None and value < 1:
             raise UsageError(f"--{option} must be at least 1, got {value}.")
+    if args.plot:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            raise UsageError("--plot needs matplotlib: pip install 'evl-hf[plot]'")
     if not os.path.isfile(args.video):
         raise UsageError(f"VIDEO {args.video!r} is not a file; pass the path of a video file.")
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)

@@ -23,7 +23,7 @@ def exported(model_folder, tmp_path_factory):
     return path
 
 
-@pytest.mark.slow  # torch.export and the ONNX translation take 20 s to a minute on a 2-core CPU
+@pytest.mark.slow  # the export (torch.export, ONNX translation) takes 5 s on a quiet 2-core CPU, 20-110 s on a busy one
 @pytest.mark.parametrize("batch_size", [1, 4])
 def test_onnxruntime_logits_equal_pytorch_at_any_batch_size(model_folder, exported, batch_size):
     model = EVLForVideoClassification.from_pretrained(model_folder).eval()

@@ -138,7 +138,7 @@ def test_a_torn_last_line_is_dropped_and_its_video_predicted_again(model_folder,
     assert [r["video"] for r in read_records(output)] == [str(videos[0]), str(videos[1])]
 
 
-@pytest.mark.slow  # two interpreters importing torch and transformers: a minute on a busy 2-core machine
+@pytest.mark.slow  # two interpreters importing torch and transformers: 10 s on a quiet 2-core CPU, 30-95 s on a busy one
 def test_an_interrupted_run_resumes_without_recomputing(model_folder, videos, tmp_path):
     # many distinct paths (links to the three videos), so that the run is still going when it is stopped
     folder = tmp_path / "many"

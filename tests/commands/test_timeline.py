@@ -167,4 +167,4 @@ def test_the_benchmark_runs_and_matches_the_per_window_model(tmp_path):
     result, _ = json.JSONDecoder().raw_decode(done.stdout)
     assert result["num_windows"] == (300 - 113) // 16 + 1
     assert result["max_probability_difference"] < 1e-5
-    assert result["timeline_seconds"][0] > 0 and result["per_window_seconds_whole_video"][0] > 0
+    assert all(value[0] > 0 for value in result["whole_video_cpu_seconds"].values())
