@@ -41,7 +41,8 @@ SHAPES = {**VIT_SHAPES, "vit-s16": {**VIT_SHAPES["vit-b16"], "hidden_size": 384,
 
 
 def default_video_dir() -> Path:
-    from evl_hf.synthetic_data import default_cache_dir
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))  # the generator sits there
+    from synthetic_data import default_cache_dir
 
     return default_cache_dir().parent / "benchmark_videos"
 

@@ -276,6 +276,7 @@ class EVLDecoderLayer(GradientCheckpointingLayer):
         hidden_states: torch.Tensor,
         attention_queries: torch.Tensor | None = None,
         attention_keys: torch.Tensor | None = None,
+        temporal_cross_attention_output: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Args:
@@ -285,6 +286,10 @@ class EVLDecoderLayer(GradientCheckpointingLayer):
             attention_queries, attention_keys (`torch.Tensor` of shape
                 `(batch_size, num_frames, 1 + num_patches, heads, head_dim)`, *optional*):
                 that encoder layer's query and key projections, needed by the temporal cross attention.
+            temporal_cross_attention_output (`torch.Tensor` of shape `(batch_size, num_frames, 1 + num_patches,
+                hidden_size)`, *optional*):
+                the temporal cross attention's output when it is already known (it depends only on neighbouring
+                frames, so overlapping clips can share it); then the queries and keys are not needed.
 
         Returns:
             The query token after this layer, `(batch_size, hidden_size)`, and its attention weights over the
@@ -301,7 +306,9 @@ class EVLDecoderLayer(GradientCheckpointingLayer):
         if self.temporal_pos_embed is not None:
             features = features + self._temporal_pos_embed(num_frames)[:, None, :]
         if self.temporal_cross_attention is not None:
-            features = features + self.temporal_cross_attention(attention_queries, attention_keys)
+            if temporal_cross_attention_output is None:
+                temporal_cross_attention_output = self.temporal_cross_attention(attention_queries, attention_keys)
+            features = features + temporal_cross_attention_output
         features = features.reshape(batch_size, num_frames * num_tokens, width)
 
         attention_output, attention_weights = self.attn(self.layer_norm1(query), self.layer_norm3(features))
@@ -571,7 +578,7 @@ class EVLModel(EVLPreTrainedModel):
         attentions = tuple(outputs.attentions[-num_read:]) if output_attentions and outputs.attentions else None
         return EVLFrameFeatures(hidden_states=hidden_states, queries=queries, keys=keys, attentions=attentions)
 
-    def _decode(self, hidden_states, queries, keys) -> tuple[torch.Tensor, tuple, tuple]:
+    def _decode(self, hidden_states, queries, keys, cross_attention_outputs=None) -> tuple[torch.Tensor, tuple, tuple]:
         """The decoder on per-clip features (`(batch_size, num_frames, ...)` tensors, one per layer read): the query
         after the last layer, the query before and after each layer, and each layer's attention weights."""
         query = self.decoder.query_token.expand(hidden_states[0].shape[0], -1)
@@ -579,12 +586,15 @@ class EVLModel(EVLPreTrainedModel):
         for index, layer in enumerate(self.decoder.layers):
             layer_queries = None if queries is None else queries[index]
             layer_keys = None if keys is None else keys[index]
-            query, attention_weights = layer(query, hidden_states[index], layer_queries, layer_keys)
+            cross_attention = None if cross_attention_outputs is None else cross_attention_outputs[index]
+            query, attention_weights = layer(query, hidden_states[index], layer_queries, layer_keys, cross_attention)
             decoder_hidden_states.append(query)
             decoder_attentions.append(attention_weights)
         return query, tuple(decoder_hidden_states), tuple(decoder_attentions)
 
-    def decode_frame_features(self, features: EVLFrameFeatures, num_frames: int) -> tuple[torch.Tensor, tuple]:
+    def decode_frame_features(
+        self, features: EVLFrameFeatures, num_frames: int, temporal_cross_attention_outputs: tuple | None = None
+    ) -> tuple[torch.Tensor, tuple]:
         r"""
         Run the decoder on the frame features of whole clips.
 
@@ -593,6 +603,9 @@ class EVLModel(EVLPreTrainedModel):
                 Features of `batch_size * num_frames` frames, clip after clip, as [`get_frame_features`] returns them.
             num_frames (`int`):
                 Frames per clip.
+            temporal_cross_attention_outputs (`tuple(torch.FloatTensor)`, *optional*):
+                Per decoder layer, the temporal cross attention's output for those frames, `(batch_size * num_frames,
+                1 + num_patches, hidden_size)`, when already known; `features` then needs no queries and keys.
 
         Returns:
             `tuple`: the query token after the last decoder layer, `(batch_size, hidden_size)`, and the query token
@@ -601,7 +614,10 @@ class EVLModel(EVLPreTrainedModel):
         # (B * T, ...) -> (B, T, ...)
         unfold = lambda tensors: None if tensors is None else [t.unflatten(0, (-1, num_frames)) for t in tensors]
         query, decoder_hidden_states, _ = self._decode(
-            unfold(features.hidden_states), unfold(features.queries), unfold(features.keys)
+            unfold(features.hidden_states),
+            unfold(features.queries),
+            unfold(features.keys),
+            unfold(temporal_cross_attention_outputs),
         )
         return query, decoder_hidden_states
 

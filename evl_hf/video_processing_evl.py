@@ -129,6 +129,39 @@ def _diagnose_unopenable_video(path: str) -> str:
     return "its data is not a video container FFmpeg recognises (the file is corrupted or truncated)"
 
 
+def _check_video_file(video: "str | os.PathLike") -> str:
+    """The path of `video`, once it is known to be a non-empty regular file; otherwise an error naming it."""
+    path = os.fspath(video)
+    if not os.path.exists(path):
+        raise FileNotFoundError(errno.ENOENT, "Video file not found", path)
+    if os.path.isdir(path):
+        raise IsADirectoryError(errno.EISDIR, "Expected a video file but got a directory", path)
+    file_stat = os.stat(path)
+    # FFmpeg would block forever on a pipe with no writer, or read a device without end.
+    if not stat.S_ISREG(file_stat.st_mode):
+        raise VideoDecodingError(f"Cannot read video {path!r}: it is not a regular file (a pipe or a device)")
+    if file_stat.st_size == 0:
+        raise VideoDecodingError(f"Cannot read video {path!r}: the file is empty (0 bytes)")
+    return path
+
+
+def open_video(video: "str | os.PathLike") -> "VideoDecoder":
+    """
+    Opens a video file for decoding frames on demand (a torchcodec `VideoDecoder` counting frames exactly), with the
+    errors of [`load_video_frames`]: for tools that read one video many times, such as a timeline of a long video.
+    """
+    from torchcodec.decoders import VideoDecoder
+
+    path = _check_video_file(video)
+    try:
+        decoder = VideoDecoder(path, seek_mode="exact")
+    except (RuntimeError, ValueError) as error:
+        raise VideoDecodingError(f"Cannot read video {path!r}: {_diagnose_unopenable_video(path)}") from error
+    if len(decoder) == 0:
+        raise VideoDecodingError(f"Cannot read video {path!r}: its video stream has no frames (truncated?)")
+    return decoder
+
+
 def load_video_frames(
     video: "str | os.PathLike | VideoDecoder", sample_indices_fn: Callable[..., Sequence[int]]
 ) -> tuple[torch.Tensor, VideoMetadata]:
@@ -143,17 +176,7 @@ def load_video_frames(
     is_decoder = _is_video_decoder(video)
     name = "the given VideoDecoder" if is_decoder else repr(os.fspath(video))
     if not is_decoder:
-        path = os.fspath(video)
-        if not os.path.exists(path):
-            raise FileNotFoundError(errno.ENOENT, "Video file not found", path)
-        if os.path.isdir(path):
-            raise IsADirectoryError(errno.EISDIR, "Expected a video file but got a directory", path)
-        file_stat = os.stat(path)
-        # FFmpeg would block forever on a pipe with no writer, or read a device without end.
-        if not stat.S_ISREG(file_stat.st_mode):
-            raise VideoDecodingError(f"Cannot read video {name}: it is not a regular file (a pipe or a device)")
-        if file_stat.st_size == 0:
-            raise VideoDecodingError(f"Cannot read video {name}: the file is empty (0 bytes)")
+        path = _check_video_file(video)
 
     # The sampling function runs once the file is open: whether it ran tells a file FFmpeg cannot open from one
     # whose frame data is broken; whether it returned, an error of its own (or of these checks) from the decoder's.
@@ -419,5 +442,5 @@ class EVLVideoProcessor(BaseVideoProcessor):
         return BatchFeature(data={"pixel_values_videos": processed}, tensor_type=return_tensors)
 
 
-__all__ = ["EVLVideoProcessor", "EVLVideoProcessorKwargs", "VideoDecodingError", "load_video_frames",
+__all__ = ["EVLVideoProcessor", "EVLVideoProcessorKwargs", "VideoDecodingError", "load_video_frames", "open_video",
            "read_video_frames", "sample_frame_indices", "FRAME_SAMPLING_STRATEGIES"]  # fmt: skip

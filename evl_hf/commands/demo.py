@@ -101,7 +101,7 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
     import torch
     from transformers.video_utils import VideoMetadata
 
-    from ..video_processing_evl import _open_video
+    from ..video_processing_evl import open_video
     from .timeline import compute_timeline
 
     inputs = video_processor(video, return_tensors="pt")  # pixel_values: (1, num_frames, 3, height, width)
@@ -112,7 +112,7 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
 
     # The processor decoded only its sampled frames and does not return their positions: ask its sampler again, with
     # the frame count it saw.
-    decoder, _ = _open_video(video)
+    decoder = open_video(video)
     num_video_frames = len(decoder)
     frame_indices = video_processor.sample_frames(VideoMetadata(total_num_frames=num_video_frames))
     span = (model.config.num_frames - 1) * video_processor.frame_stride + 1

@@ -246,12 +246,12 @@ def prepare_one(ffmpeg: str, source: Path, target: Path, settings: dict) -> dict
         if source.exists():
             result["input_bytes"] = source.stat().st_size
         return result
-    from ..video_processing_evl import _open_video
+    from ..video_processing_evl import open_video
 
     partial = target.with_name(f".{target.name}.partial")
     try:
         try:
-            decoder, _ = _open_video(source)
+            decoder = open_video(source)
         except (OSError, ValueError) as error:
             raise ValueError(str(error)) from None
         metadata = decoder.metadata

@@ -44,35 +44,6 @@ def window_frame_indices(num_video_frames: int, num_frames: int, frame_stride: i
     return [[start + i * frame_stride for i in range(num_frames)] for start in starts]
 
 
-def _decode_windows(model, hidden_states, cross_attention_outputs):
-    """
-    The decoder on whole windows, with the temporal cross attention output given rather than computed: the steps of
-    `EVLDecoderLayer.forward`, in its order, reading the layers' own modules.
-
-    Args:
-        hidden_states, cross_attention_outputs (`list[torch.Tensor]`):
-            Per decoder layer, `(batch_size, num_frames, 1 + num_patches, hidden_size)`.
-
-    Returns:
-        `torch.Tensor` of shape `(batch_size, hidden_size)`: the query token after the last layer.
-    """
-    query = model.evl.decoder.query_token.expand(hidden_states[0].shape[0], -1)
-    for layer, layer_hidden, cross_attention in zip(model.evl.decoder.layers, hidden_states, cross_attention_outputs):
-        batch_size, num_frames, num_tokens, width = layer_hidden.shape
-        features = layer_hidden
-        if layer.temporal_conv is not None:
-            # (batch, frames, tokens, width) -> (batch * tokens, width, frames): a depthwise convolution along time
-            sequences = layer_hidden.permute(0, 2, 3, 1).reshape(batch_size * num_tokens, width, num_frames)
-            convolved = layer.temporal_conv(sequences).view(batch_size, num_tokens, width, num_frames)
-            features = features + convolved.permute(0, 3, 1, 2)
-        if layer.temporal_pos_embed is not None:
-            features = features + layer._temporal_pos_embed(num_frames)[:, None, :]
-        features = (features + cross_attention).reshape(batch_size, num_frames * num_tokens, width)
-        query = query + layer.attn(layer.layer_norm1(query), layer.layer_norm3(features))
-        query = query + layer.mlp(layer.layer_norm2(query))
-    return query
-
-
 def compute_timeline(
     model,
     video_processor,
@@ -120,14 +91,14 @@ def compute_timeline(
     from tqdm.auto import tqdm
 
     from ..modeling_evl import EVLFrameFeatures
-    from ..video_processing_evl import _decode_frames, _open_video
+    from ..video_processing_evl import load_video_frames, open_video
 
     num_frames = model.config.num_frames
     frame_stride = video_processor.frame_stride
     stride_frames = frame_stride if stride_frames is None else stride_frames
     if stride_frames < 1:
         raise ValueError(f"stride_frames must be at least 1, got {stride_frames}")
-    decoder, name = _open_video(video)
+    decoder = open_video(video)
     num_video_frames = len(decoder)
     fps = decoder.metadata.average_fps or None  # None when the container does not say
     windows = window_frame_indices(num_video_frames, num_frames, frame_stride, stride_frames)
@@ -157,7 +128,7 @@ def compute_timeline(
             batch = windows[first : first + batch_size]
             new_frames = sorted({frame for window in batch for frame in window} - features.keys())
             if new_frames:
-                frames = _decode_frames(decoder, name, new_frames)  # uint8 (n, 3, H, W)
+                frames, _ = load_video_frames(decoder, lambda metadata: new_frames)  # uint8 (n, 3, H, W)
                 pixel_values = video_processor(frames, do_sample_frames=False, return_tensors="pt")["pixel_values"]
                 frame_features = model.evl.get_frame_features(pixel_values[0].to(device))
                 groups = [frame_features.hidden_states, frame_features.queries, frame_features.keys]
@@ -189,8 +160,10 @@ def compute_timeline(
                     ahead = torch.stack([torch.stack([pairs[p][layer][0] for p in wp]) for wp in window_pairs])
                     back = torch.stack([torch.stack([pairs[p][layer][1] for p in wp]) for wp in window_pairs])
                     no_frame = torch.zeros_like(back[:, :1])
-                    cross_attention_outputs.append(torch.cat([no_frame, back], 1) + torch.cat([ahead, no_frame], 1))
-                pooled = _decode_windows(model, hidden_states, cross_attention_outputs)
+                    cross_attention = torch.cat([no_frame, back], 1) + torch.cat([ahead, no_frame], 1)
+                    cross_attention_outputs.append(cross_attention.flatten(0, 1))  # (windows * num_frames, ...)
+                window_features = EVLFrameFeatures(hidden_states=tuple(h.flatten(0, 1) for h in hidden_states))
+                pooled, _ = model.evl.decode_frame_features(window_features, num_frames, cross_attention_outputs)
             else:
                 read = lambda group: None if features[batch[0][0]][group] is None else tuple(
                     stack(batch, group, layer).flatten(0, 1) for layer in range(num_layers)

@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,9 +27,13 @@ from torchcodec.encoders import VideoEncoder
 
 from evl_hf import EVLVideoProcessor
 from evl_hf.commands.demo import find_examples, unnormalize_frames
-from evl_hf.synthetic_data import SyntheticMotionConfig, render_clip
 
 from .conftest import save_tiny_model
+
+
+# the synthetic-motion generator sits next to the training script
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
+from synthetic_data import SyntheticMotionConfig, render_clip  # noqa: E402
 
 
 def write_motion_video(path, directions, seed=0):
