@@ -186,7 +186,9 @@ def convert(
     model = EVLForVideoClassification.from_clip_pretrained(
         clip_model, id2label=id2label, label2id={name: i for i, name in id2label.items()}, **inferred
     )
-    expected = {key: value.shape for key, value in model.state_dict().items() if not key.startswith("evl.vision_model.")}
+    expected = {
+        key: value.shape for key, value in model.state_dict().items() if not key.startswith("evl.vision_model.")
+    }
     mismatched = [
         f"{key}: checkpoint {tuple(value.shape)}, model {tuple(expected[key])}"
         for key, value in converted.items()
@@ -208,7 +210,9 @@ def convert(
     image_size = model.config.vision_config.image_size
     processor_kwargs = dict(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     video_processor = EVLVideoProcessor(
-        num_frames=model.config.num_frames, frame_stride=default_frame_stride(model.config.num_frames), **processor_kwargs
+        num_frames=model.config.num_frames,
+        frame_stride=default_frame_stride(model.config.num_frames),
+        **processor_kwargs,
     )
     return model, video_processor, EVLImageProcessor(**processor_kwargs)
 
@@ -232,8 +236,10 @@ def main(argv=None):
         parser.exit(2, f"error: {error}\n")
     for artefact in (model, video_processor, image_processor):
         artefact.save_pretrained(args.output_dir)
-    print(f"Saved EVL ({model.config.decoder_num_layers} decoder layers, {model.config.num_frames} frames, "
-          f"{model.config.num_labels} classes) to {args.output_dir}")  # fmt: skip
+    print(
+        f"Saved EVL ({model.config.decoder_num_layers} decoder layers, {model.config.num_frames} frames, "
+        f"{model.config.num_labels} classes) to {args.output_dir}"
+    )
     if args.push_to_hub:
         for artefact in (model, video_processor, image_processor):
             artefact.push_to_hub(args.push_to_hub)

@@ -486,9 +486,15 @@ class EVLPreTrainedModel(PreTrainedModel):
         ```
         """
         loading_keys = {
-            "cache_dir", "revision", "token", "local_files_only", "force_download", "subfolder",
-            "attn_implementation", "dtype",
-        }  # fmt: skip
+            "cache_dir",
+            "revision",
+            "token",
+            "local_files_only",
+            "force_download",
+            "subfolder",
+            "attn_implementation",
+            "dtype",
+        }
         loading_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in loading_keys}
         vision_model = CLIPVisionModel.from_pretrained(clip_name_or_path, **loading_kwargs)
         config = EVLConfig(vision_config=vision_model.config, **kwargs)

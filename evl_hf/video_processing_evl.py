@@ -42,9 +42,15 @@ class VideoDecodingError(ValueError):
 
 
 def sample_frame_indices(
-    num_video_frames: int, num_frames: int, *, strategy: Literal["dense", "uniform", "segment"] = "dense",
-    frame_stride: int = 16, random: bool | torch.Generator = False, num_clips: int = 1, clip_index: int = 0,
-) -> list[int]:  # fmt: skip
+    num_video_frames: int,
+    num_frames: int,
+    *,
+    strategy: Literal["dense", "uniform", "segment"] = "dense",
+    frame_stride: int = 16,
+    random: bool | torch.Generator = False,
+    num_clips: int = 1,
+    clip_index: int = 0,
+) -> list[int]:
     """
     Choose which `num_frames` frames of a video of `num_video_frames` frames make up a clip (non-decreasing indices).
 
@@ -190,16 +196,24 @@ def load_video_frames(
         if not indices:
             raise ValueError(f"No frame indices given for video {name}")
         if out_of_range := [index for index in indices if not 0 <= index < metadata.total_num_frames]:
-            raise IndexError(f"Frame indices {out_of_range} are out of range for video {name} with "
-                             f"{metadata.total_num_frames} frames")  # fmt: skip
+            raise IndexError(
+                f"Frame indices {out_of_range} are out of range for video {name} with "
+                f"{metadata.total_num_frames} frames"
+            )
         state["indices"] = indices
         return indices
 
     try:
         if is_decoder:
             info = video.metadata
-            metadata = VideoMetadata(total_num_frames=len(video), fps=info.average_fps, width=info.width,
-                                     height=info.height, duration=info.duration_seconds, video_backend="torchcodec")
+            metadata = VideoMetadata(
+                total_num_frames=len(video),
+                fps=info.average_fps,
+                width=info.width,
+                height=info.height,
+                duration=info.duration_seconds,
+                video_backend="torchcodec",
+            )
             metadata.frames_indices = checked_indices(metadata)
             frames = video.get_frames_at(metadata.frames_indices).data
             if frames.shape[-1] == 3 and frames.shape[1] != 3:  # a decoder opened with dimension_order="NHWC"
@@ -211,8 +225,10 @@ def load_video_frames(
             raise VideoDecodingError(f"Cannot read video {name}: {_diagnose_unopenable_video(path)}") from error
         if "indices" not in state:
             raise
-        raise VideoDecodingError(f"Cannot decode frames {sorted(set(state['indices']))} of video {name}: the file is "
-                                 "truncated or its data is corrupted") from error
+        raise VideoDecodingError(
+            f"Cannot decode frames {sorted(set(state['indices']))} of video {name}: the file is "
+            "truncated or its data is corrupted"
+        ) from error
     return frames.contiguous(), metadata
 
 
@@ -336,10 +352,18 @@ class EVLVideoProcessor(BaseVideoProcessor):
         return batch
 
     def sample_frames(
-        self, metadata: VideoMetadata, num_frames: int | None = None, fps: float | None = None,
-        frame_sampling: str | None = None, frame_stride: int | None = None, num_clips: int | None = None,
-        clip_index: int | None = None, do_augment: bool | None = None, seed: int | None = None, **kwargs,
-    ) -> list[int]:  # fmt: skip
+        self,
+        metadata: VideoMetadata,
+        num_frames: int | None = None,
+        fps: float | None = None,
+        frame_sampling: str | None = None,
+        frame_stride: int | None = None,
+        num_clips: int | None = None,
+        clip_index: int | None = None,
+        do_augment: bool | None = None,
+        seed: int | None = None,
+        **kwargs,
+    ) -> list[int]:
         """
         Indices of the frames to keep (`metadata.total_num_frames`, and `metadata.fps` for `fps`) from
         [`sample_frame_indices`]; unlike the default sampler this never fails on a short video. With `clip_index=None`
@@ -351,9 +375,11 @@ class EVLVideoProcessor(BaseVideoProcessor):
         fps, frame_sampling = fps if fps is not None else self.fps, frame_sampling or self.frame_sampling
         if fps is not None:
             if not metadata.fps:
-                raise ValueError(f"Sampling fps={fps} frames per second needs the video's frame rate, which its "
-                                 "metadata lacks (frames given as arrays carry none): pass `video_metadata` with "
-                                 "`fps`, or `num_frames` instead of `fps`.")  # fmt: skip
+                raise ValueError(
+                    f"Sampling fps={fps} frames per second needs the video's frame rate, which its "
+                    "metadata lacks (frames given as arrays carry none): pass `video_metadata` with "
+                    "`fps`, or `num_frames` instead of `fps`."
+                )
             # As transformers' default sampler: at least one frame, frames spread over the whole video.
             num_frames = max(1, int(metadata.total_num_frames / metadata.fps * fps))
             frame_sampling = "segment" if frame_sampling == "segment" else "uniform"
@@ -362,9 +388,12 @@ class EVLVideoProcessor(BaseVideoProcessor):
         random = (torch.Generator().manual_seed(seed) if seed is not None else True) if do_augment else False
         options = dict(strategy=frame_sampling, frame_stride=frame_stride or self.frame_stride, num_clips=num_clips)
         return [
-            index for view in views for index in sample_frame_indices(
-                metadata.total_num_frames, num_frames or self.num_frames, random=random, clip_index=view, **options)
-        ]  # fmt: skip
+            index
+            for view in views
+            for index in sample_frame_indices(
+                metadata.total_num_frames, num_frames or self.num_frames, random=random, clip_index=view, **options
+            )
+        ]
 
     def fetch_videos(self, video_url_or_urls, sample_indices_fn: Callable | None = None):
         """Decodes paths (or torchcodec decoders) with [`load_video_frames`] at the frames `sample_indices_fn` picks
@@ -377,8 +406,9 @@ class EVLVideoProcessor(BaseVideoProcessor):
         every_frame = lambda metadata: range(metadata.total_num_frames)  # noqa: E731
         return load_video_frames(video_url_or_urls, sample_indices_fn or every_frame)
 
-    def _decode_and_sample_videos(self, videos: VideoInput, video_metadata, do_sample_frames=None,
-                                  sample_indices_fn: Callable | None = None):  # fmt: skip
+    def _decode_and_sample_videos(
+        self, videos: VideoInput, video_metadata, do_sample_frames=None, sample_indices_fn: Callable | None = None
+    ):
         # transformers' batching helpers do not know torchcodec decoders (what a `datasets` `Video` column holds):
         # they are read like paths, decoding only the sampled frames.
         if _is_video_decoder(videos):
@@ -387,8 +417,15 @@ class EVLVideoProcessor(BaseVideoProcessor):
             return self.fetch_videos(list(videos), sample_indices_fn=sample_indices_fn)
         return super()._decode_and_sample_videos(videos, video_metadata, do_sample_frames, sample_indices_fn)
 
-    def augment(self, video: torch.Tensor, crop_size: SizeDict, min_crop_scale: float, horizontal_flip: bool,
-                rand_augment: bool, seed: int | None = None) -> torch.Tensor:  # fmt: skip
+    def augment(
+        self,
+        video: torch.Tensor,
+        crop_size: SizeDict,
+        min_crop_scale: float,
+        horizontal_flip: bool,
+        rand_augment: bool,
+        seed: int | None = None,
+    ) -> torch.Tensor:
         """
         Training augmentation of a clip, uint8 `(T, 3, H, W)` -> `(T, 3, crop_height, crop_width)`: RandomResizedCrop
         (area `min_crop_scale`-1, aspect ratio 3/4-4/3), optional horizontal flip and RandAugment (timm's
@@ -413,17 +450,38 @@ class EVLVideoProcessor(BaseVideoProcessor):
         if num_crops == 1:
             return [self.center_crop(video, crop_size)]
         room_y, room_x = video.shape[-2] - crop_size.height, video.shape[-1] - crop_size.width
-        corners = [(round(view / (num_crops - 1) * room_y), room_x // 2) if room_y > room_x else
-                   (room_y // 2, round(view / (num_crops - 1) * room_x)) for view in range(num_crops)]  # fmt: skip
+        corners = [
+            (round(view / (num_crops - 1) * room_y), room_x // 2)
+            if room_y > room_x
+            else (room_y // 2, round(view / (num_crops - 1) * room_x))
+            for view in range(num_crops)
+        ]
         return [video[..., top : top + crop_size.height, left : left + crop_size.width] for top, left in corners]
 
     def _preprocess(
-        self, videos: list[torch.Tensor], do_resize: bool, size: SizeDict, resample, do_center_crop: bool,
-        crop_size: SizeDict, do_rescale: bool, rescale_factor: float, do_normalize: bool, image_mean, image_std,
-        return_tensors=None, num_clips: int = 1, clip_index: int | None = None, num_crops: int = 1,
-        do_augment: bool = False, min_crop_scale: float = 0.08, horizontal_flip: bool = False,
-        rand_augment: bool = False, seed: int | None = None, **kwargs,
-    ) -> BatchFeature:  # fmt: skip
+        self,
+        videos: list[torch.Tensor],
+        do_resize: bool,
+        size: SizeDict,
+        resample,
+        do_center_crop: bool,
+        crop_size: SizeDict,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean,
+        image_std,
+        return_tensors=None,
+        num_clips: int = 1,
+        clip_index: int | None = None,
+        num_crops: int = 1,
+        do_augment: bool = False,
+        min_crop_scale: float = 0.08,
+        horizontal_flip: bool = False,
+        rand_augment: bool = False,
+        seed: int | None = None,
+        **kwargs,
+    ) -> BatchFeature:
         processed = []
         for video in videos:  # uint8 (frames, 3, H, W); frames = temporal views x T
             if do_augment:
@@ -442,5 +500,13 @@ class EVLVideoProcessor(BaseVideoProcessor):
         return BatchFeature(data={"pixel_values_videos": processed}, tensor_type=return_tensors)
 
 
-__all__ = ["EVLVideoProcessor", "EVLVideoProcessorKwargs", "VideoDecodingError", "load_video_frames", "open_video",
-           "read_video_frames", "sample_frame_indices", "FRAME_SAMPLING_STRATEGIES"]  # fmt: skip
+__all__ = [
+    "EVLVideoProcessor",
+    "EVLVideoProcessorKwargs",
+    "VideoDecodingError",
+    "load_video_frames",
+    "open_video",
+    "read_video_frames",
+    "sample_frame_indices",
+    "FRAME_SAMPLING_STRATEGIES",
+]
