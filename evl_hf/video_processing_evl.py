@@ -27,7 +27,7 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
 from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
-from transformers.video_utils import VideoInput, VideoMetadata, load_video
+from transformers.video_utils import VideoInput, VideoMetadata
 
 
 if TYPE_CHECKING:
@@ -151,16 +151,17 @@ def _check_video_file(video: "str | os.PathLike") -> str:
     return path
 
 
-def open_video(video: "str | os.PathLike") -> "VideoDecoder":
+def open_video(video: "str | os.PathLike", num_ffmpeg_threads: int = 1) -> "VideoDecoder":
     """
-    Opens a video file for decoding frames on demand (a torchcodec `VideoDecoder` counting frames exactly), with the
-    errors of [`load_video_frames`]: for tools that read one video many times, such as a timeline of a long video.
+    Opens a video file for decoding frames on demand (a torchcodec `VideoDecoder` counting frames exactly, with
+    `num_ffmpeg_threads` threads, 0 for FFmpeg's choice), with the errors of [`load_video_frames`]: for tools that
+    read one video many times, such as a timeline of a long video.
     """
     from torchcodec.decoders import VideoDecoder
 
     path = _check_video_file(video)
     try:
-        decoder = VideoDecoder(path, seek_mode="exact")
+        decoder = VideoDecoder(path, seek_mode="exact", num_ffmpeg_threads=num_ffmpeg_threads)
     except (RuntimeError, ValueError) as error:
         raise VideoDecodingError(f"Cannot read video {path!r}: {_diagnose_unopenable_video(path)}") from error
     if len(decoder) == 0:
@@ -172,63 +173,45 @@ def load_video_frames(
     video: "str | os.PathLike | VideoDecoder", sample_indices_fn: Callable[..., Sequence[int]]
 ) -> tuple[torch.Tensor, VideoMetadata]:
     """
-    Decodes the frames `sample_indices_fn(metadata=...)` picks, and no other, with torchcodec: a path through
-    `transformers.video_utils.load_video`, an opened decoder directly. Every failure names the video and its problem.
+    Decodes the frames `sample_indices_fn(metadata=...)` picks, and no other, with torchcodec (a path is opened with
+    [`open_video`]). Every failure names the video and its problem.
 
     Returns:
         `tuple[torch.Tensor, VideoMetadata]`: uint8 RGB frames `(T, 3, H, W)` in the order of the indices, and the
         video's metadata with `frames_indices` set.
     """
-    is_decoder = _is_video_decoder(video)
-    name = "the given VideoDecoder" if is_decoder else repr(os.fspath(video))
-    if not is_decoder:
-        path = _check_video_file(video)
-
-    # The sampling function runs once the file is open: whether it ran tells a file FFmpeg cannot open from one
-    # whose frame data is broken; whether it returned, an error of its own (or of these checks) from the decoder's.
-    state = {}
-
-    def checked_indices(metadata: VideoMetadata, **kwargs) -> list[int]:
-        state["opened"] = True
-        if metadata.total_num_frames == 0:
-            raise VideoDecodingError(f"Cannot read video {name}: its video stream has no frames (truncated?)")
-        indices = [int(index) for index in sample_indices_fn(metadata=metadata)]
-        if not indices:
-            raise ValueError(f"No frame indices given for video {name}")
-        if out_of_range := [index for index in indices if not 0 <= index < metadata.total_num_frames]:
-            raise IndexError(
-                f"Frame indices {out_of_range} are out of range for video {name} with "
-                f"{metadata.total_num_frames} frames"
-            )
-        state["indices"] = indices
-        return indices
-
+    if _is_video_decoder(video):
+        name = "the given VideoDecoder"
+    else:
+        # FFmpeg chooses its thread count, as in transformers' video loader
+        name, video = repr(os.fspath(video)), open_video(video, num_ffmpeg_threads=0)
+    info = video.metadata
+    metadata = VideoMetadata(
+        total_num_frames=len(video),
+        fps=info.average_fps,
+        width=info.width,
+        height=info.height,
+        duration=info.duration_seconds,
+        video_backend="torchcodec",
+    )
+    if metadata.total_num_frames == 0:
+        raise VideoDecodingError(f"Cannot read video {name}: its video stream has no frames (truncated?)")
+    indices = [int(index) for index in sample_indices_fn(metadata=metadata)]
+    if not indices:
+        raise ValueError(f"No frame indices given for video {name}")
+    if out_of_range := [index for index in indices if not 0 <= index < metadata.total_num_frames]:
+        raise IndexError(
+            f"Frame indices {out_of_range} are out of range for video {name} with {metadata.total_num_frames} frames"
+        )
+    metadata.frames_indices = indices
     try:
-        if is_decoder:
-            info = video.metadata
-            metadata = VideoMetadata(
-                total_num_frames=len(video),
-                fps=info.average_fps,
-                width=info.width,
-                height=info.height,
-                duration=info.duration_seconds,
-                video_backend="torchcodec",
-            )
-            metadata.frames_indices = checked_indices(metadata)
-            frames = video.get_frames_at(metadata.frames_indices).data
-            if frames.shape[-1] == 3 and frames.shape[1] != 3:  # a decoder opened with dimension_order="NHWC"
-                frames = frames.permute(0, 3, 1, 2)
-        else:
-            frames, metadata = load_video(path, backend="torchcodec", sample_indices_fn=checked_indices)
+        frames = video.get_frames_at(indices).data
     except (RuntimeError, ValueError, IndexError) as error:
-        if "opened" not in state:
-            raise VideoDecodingError(f"Cannot read video {name}: {_diagnose_unopenable_video(path)}") from error
-        if "indices" not in state:
-            raise
         raise VideoDecodingError(
-            f"Cannot decode frames {sorted(set(state['indices']))} of video {name}: the file is "
-            "truncated or its data is corrupted"
+            f"Cannot decode frames {sorted(set(indices))} of video {name}: the file is truncated or its data is corrupted"
         ) from error
+    if frames.shape[-1] == 3 and frames.shape[1] != 3:  # a decoder opened with dimension_order="NHWC"
+        frames = frames.permute(0, 3, 1, 2)
     return frames.contiguous(), metadata
 
 
@@ -236,12 +219,12 @@ def read_video_frames(video: "str | os.PathLike | VideoDecoder", indices_or_fn) 
     """
     Decodes some frames of a video (a path, or a torchcodec decoder as a `datasets` `Video` column gives) as uint8
     RGB `(T, 3, H, W)`, seeking to each. `indices_or_fn`: frame indices (repeats allowed) or a function from the
-    video's frame count to them, e.g. `lambda n: sample_frame_indices(n, 8)`. Raises `FileNotFoundError` /
-    `IsADirectoryError` for a missing path or a folder, `VideoDecodingError` for a file that cannot be decoded (empty,
-    not a video, no video stream, truncated, corrupted), `IndexError` for an index outside the video.
+    video's frame count to them, e.g. `lambda n: sample_frame_indices(n, 8)`. Raises as [`load_video_frames`]:
+    `FileNotFoundError` / `IsADirectoryError` for a missing path or a folder, `VideoDecodingError` for a file that
+    cannot be decoded (empty, not a video, no video stream, truncated, corrupted), `IndexError` for a wrong index.
     """
-    indices = (lambda metadata: indices_or_fn(metadata.total_num_frames)) if callable(indices_or_fn) else None
-    return load_video_frames(video, indices or (lambda metadata: indices_or_fn))[0]
+    indices_fn = indices_or_fn if callable(indices_or_fn) else lambda num_video_frames: indices_or_fn
+    return load_video_frames(video, lambda metadata: indices_fn(metadata.total_num_frames))[0]
 
 
 class EVLVideoProcessorKwargs(VideosKwargs, total=False):
@@ -268,13 +251,6 @@ class EVLVideoProcessorKwargs(VideosKwargs, total=False):
     horizontal_flip: bool | None
     rand_augment: bool | None
     seed: int | None
-
-
-def _is_undecoded(videos) -> bool:
-    """Whether `videos` is a video file or decoder, or a batch of them, rather than frames."""
-    if isinstance(videos, (list, tuple)) and videos:
-        videos = videos[0]
-    return isinstance(videos, (str, os.PathLike)) or _is_video_decoder(videos)
 
 
 class EVLVideoProcessor(BaseVideoProcessor):
@@ -344,7 +320,9 @@ class EVLVideoProcessor(BaseVideoProcessor):
         elif isinstance(videos, (list, tuple)) and videos and isinstance(videos[0], os.PathLike):
             videos = [os.fspath(video) for video in videos]
         if kwargs.get("do_sample_frames", self.do_sample_frames) is None:
-            kwargs["do_sample_frames"] = _is_undecoded(videos)
+            # files and decoders are sampled, frames are the clip
+            first = videos[0] if isinstance(videos, (list, tuple)) and videos else videos
+            kwargs["do_sample_frames"] = isinstance(first, str) or _is_video_decoder(first)
         if kwargs.get("fps") is not None and "num_frames" not in kwargs:
             kwargs["num_frames"] = None  # `fps` given for this call replaces the processor's `num_frames`
         batch = super().preprocess(videos, **kwargs)
