@@ -152,11 +152,8 @@ def _check_video_file(video: "str | os.PathLike") -> str:
 
 
 def open_video(video: "str | os.PathLike", num_ffmpeg_threads: int = 1) -> "VideoDecoder":
-    """
-    Opens a video file for decoding frames on demand (a torchcodec `VideoDecoder` counting frames exactly, with
-    `num_ffmpeg_threads` threads, 0 for FFmpeg's choice), with the errors of [`load_video_frames`]: for tools that
-    read one video many times, such as a timeline of a long video.
-    """
+    """A torchcodec `VideoDecoder` of a video file, counting frames exactly, with `num_ffmpeg_threads` threads (0:
+    FFmpeg chooses) and the errors of [`load_video_frames`]: for reading one video many times (a timeline, say)."""
     from torchcodec.decoders import VideoDecoder
 
     path = _check_video_file(video)
@@ -208,7 +205,8 @@ def load_video_frames(
         frames = video.get_frames_at(indices).data
     except (RuntimeError, ValueError, IndexError) as error:
         raise VideoDecodingError(
-            f"Cannot decode frames {sorted(set(indices))} of video {name}: the file is truncated or its data is corrupted"
+            f"Cannot decode frames {sorted(set(indices))} of video {name}: the file is truncated or its data is "
+            "corrupted"
         ) from error
     if frames.shape[-1] == 3 and frames.shape[1] != 3:  # a decoder opened with dimension_order="NHWC"
         frames = frames.permute(0, 3, 1, 2)
@@ -218,10 +216,9 @@ def load_video_frames(
 def read_video_frames(video: "str | os.PathLike | VideoDecoder", indices_or_fn) -> torch.Tensor:
     """
     Decodes some frames of a video (a path, or a torchcodec decoder as a `datasets` `Video` column gives) as uint8
-    RGB `(T, 3, H, W)`, seeking to each. `indices_or_fn`: frame indices (repeats allowed) or a function from the
-    video's frame count to them, e.g. `lambda n: sample_frame_indices(n, 8)`. Raises as [`load_video_frames`]:
-    `FileNotFoundError` / `IsADirectoryError` for a missing path or a folder, `VideoDecodingError` for a file that
-    cannot be decoded (empty, not a video, no video stream, truncated, corrupted), `IndexError` for a wrong index.
+    RGB `(T, 3, H, W)`. `indices_or_fn`: frame indices (repeats allowed) or a function from the video's frame count
+    to them, e.g. `lambda n: sample_frame_indices(n, 8)`. Raises `FileNotFoundError` or `IsADirectoryError` for a
+    wrong path, `VideoDecodingError` for a file that cannot be decoded, `IndexError` for an index outside the video.
     """
     indices_fn = indices_or_fn if callable(indices_or_fn) else lambda num_video_frames: indices_or_fn
     return load_video_frames(video, lambda metadata: indices_fn(metadata.total_num_frames))[0]
@@ -255,14 +252,12 @@ class EVLVideoProcessorKwargs(VideosKwargs, total=False):
 
 class EVLVideoProcessor(BaseVideoProcessor):
     r"""
-    Video processor for EVL, the one place where clips are made: samples `num_frames` frames (decoding only those),
-    resizes their shortest edge to 224 (bilinear), crops the centre 224x224 and normalises with the CLIP mean and std.
-    `num_clips` temporal x `num_crops` spatial views give `pixel_values` `(batch_size, views, num_frames, 3, H, W)`,
-    spatial-major; training (`do_augment=True`) samples at random and [`~EVLVideoProcessor.augment`]s in place of
-    resize and crop; `fps` samples that many frames per second of video instead of `num_frames`.
-
-    Paths and torchcodec decoders are sampled with [`sample_frame_indices`] (a short video repeats its last frame);
-    frames (uint8 `(T, C, H, W)` tensors or arrays, or lists of frames) are the clip unless `do_sample_frames=True`.
+    Video processor for EVL, the one place where clips are made: samples `num_frames` frames (or `fps` per second)
+    with [`sample_frame_indices`], decoding only those, resizes their shortest edge to 224 (bilinear), crops the
+    centre 224x224 and normalises with the CLIP mean and std. Frames given as uint8 `(T, C, H, W)` tensors or arrays
+    are the clip unless `do_sample_frames=True`. `num_clips` temporal x `num_crops` spatial views give `pixel_values`
+    `(batch_size, views, num_frames, 3, H, W)`, spatial-major; training (`do_augment=True`) samples at random and
+    [`~EVLVideoProcessor.augment`]s in place of resize and crop.
     """
 
     resample = PILImageResampling.BILINEAR
@@ -305,15 +300,10 @@ class EVLVideoProcessor(BaseVideoProcessor):
 
     def preprocess(self, videos: VideoInput, **kwargs: Unpack[EVLVideoProcessorKwargs]) -> BatchFeature:
         r"""
-        Args:
-            videos (`VideoInput`):
-                A video or a batch: paths, torchcodec decoders, uint8 `(T, C, H, W)` tensors or arrays, or frames.
-            kwargs ([`EVLVideoProcessorKwargs`]):
-                Overrides of the processor's attributes for this call.
-
-        Returns:
-            [`BatchFeature`] with `pixel_values` `(batch_size, num_frames, 3, height, width)`, or `(batch_size, views,
-            num_frames, 3, height, width)` for several views (a list of per-video tensors without `return_tensors`).
+        `videos`: a video or a batch: paths, torchcodec decoders, uint8 `(T, C, H, W)` tensors or arrays, or frames;
+        `kwargs` ([`EVLVideoProcessorKwargs`]) override the processor's attributes for this call. Returns
+        `pixel_values` `(batch_size, num_frames, 3, height, width)`, or `(batch_size, views, num_frames, 3, height,
+        width)` for several views (a list of per-video tensors without `return_tensors`).
         """
         if isinstance(videos, os.PathLike):
             videos = os.fspath(videos)
@@ -342,12 +332,8 @@ class EVLVideoProcessor(BaseVideoProcessor):
         seed: int | None = None,
         **kwargs,
     ) -> list[int]:
-        """
-        Indices of the frames to keep (`metadata.total_num_frames`, and `metadata.fps` for `fps`) from
-        [`sample_frame_indices`]; unlike the default sampler this never fails on a short video. With `clip_index=None`
-        the indices of all `num_clips` temporal views, one after the other. `fps` and `num_frames` are mutually
-        exclusive, as in transformers' processors.
-        """
+        """Indices of the frames to keep from [`sample_frame_indices`] (never failing on a short video); with
+        `clip_index=None`, those of all `num_clips` temporal views, one after the other."""
         if fps is not None and num_frames is not None:
             raise ValueError("`num_frames` and `fps` are mutually exclusive arguments, please use only one!")
         fps, frame_sampling = fps if fps is not None else self.fps, frame_sampling or self.frame_sampling
@@ -374,9 +360,8 @@ class EVLVideoProcessor(BaseVideoProcessor):
         ]
 
     def fetch_videos(self, video_url_or_urls, sample_indices_fn: Callable | None = None):
-        """Decodes paths (or torchcodec decoders) with [`load_video_frames`] at the frames `sample_indices_fn` picks
-        (all without it); URLs go to transformers' loader. Returns the frames and their `VideoMetadata` (tuples for a
-        list)."""
+        """Decodes paths and torchcodec decoders with [`load_video_frames`] (all frames without `sample_indices_fn`),
+        URLs with transformers' loader. Returns the frames and their `VideoMetadata` (tuples for a list)."""
         if isinstance(video_url_or_urls, (list, tuple)):
             return tuple(zip(*[self.fetch_videos(video, sample_indices_fn) for video in video_url_or_urls]))
         if isinstance(video_url_or_urls, str) and video_url_or_urls.startswith(("http://", "https://")):
@@ -406,9 +391,8 @@ class EVLVideoProcessor(BaseVideoProcessor):
     ) -> torch.Tensor:
         """
         Training augmentation of a clip, uint8 `(T, 3, H, W)` -> `(T, 3, crop_height, crop_width)`: RandomResizedCrop
-        (area `min_crop_scale`-1, aspect ratio 3/4-4/3), optional horizontal flip and RandAugment (timm's
-        "rand-m7-n4"). torchvision draws once per call on a `Video`: every frame gets the same crop, flip and
-        operations, so the motion between frames is intact.
+        (area `min_crop_scale`-1, aspect ratio 3/4-4/3), optional horizontal flip and RandAugment ("rand-m7-n4"), drawn
+        once per clip so that every frame gets the same ones and the motion between frames is intact.
         """
         crop = (crop_size.height, crop_size.width)
         transforms = [v2.RandomResizedCrop(crop, scale=(min_crop_scale, 1.0), ratio=(3 / 4, 4 / 3))]
@@ -428,12 +412,8 @@ class EVLVideoProcessor(BaseVideoProcessor):
         if num_crops == 1:
             return [self.center_crop(video, crop_size)]
         room_y, room_x = video.shape[-2] - crop_size.height, video.shape[-1] - crop_size.width
-        corners = [
-            (round(view / (num_crops - 1) * room_y), room_x // 2)
-            if room_y > room_x
-            else (room_y // 2, round(view / (num_crops - 1) * room_x))
-            for view in range(num_crops)
-        ]
+        offsets = [round(view / (num_crops - 1) * max(room_y, room_x)) for view in range(num_crops)]
+        corners = [(offset, room_x // 2) if room_y > room_x else (room_y // 2, offset) for offset in offsets]
         return [video[..., top : top + crop_size.height, left : left + crop_size.width] for top, left in corners]
 
     def _preprocess(
