@@ -60,12 +60,8 @@ class EVLModelOutput(ModelOutput):
 @dataclass
 class EVLVideoClassifierOutput(ImageClassifierOutput):
     r"""
-    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
-        Classification (or regression) loss.
-    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
-        Classification scores, before softmax.
-    hidden_states, attentions, decoder_hidden_states, decoder_attentions:
-        As in [`EVLModelOutput`].
+    `loss` (when `labels` are given) and `logits` `(batch_size, num_labels)` as for images; the rest as in
+    [`EVLModelOutput`].
     """
 
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
@@ -157,9 +153,7 @@ class EVLTemporalCrossAttention(nn.Module):
         col_offset = cols[:, None] - cols[None, :] + width - 1
         return row_offset * (2 * width - 1) + col_offset
 
-    def _attend(
-        self, queries: torch.Tensor, keys: torch.Tensor, table: torch.Tensor, offset_index: torch.LongTensor
-    ) -> torch.Tensor:
+    def _attend(self, queries, keys, table: torch.Tensor, offset_index: torch.LongTensor) -> torch.Tensor:
         # queries, keys: (batch, pairs, num_patches, heads, head_dim) -> (batch, pairs, heads, num_patches, head_dim)
         queries, keys = queries.transpose(2, 3), keys.transpose(2, 3)
         scores = queries @ keys.transpose(-1, -2) * queries.shape[-1] ** -0.5
@@ -170,7 +164,8 @@ class EVLTemporalCrossAttention(nn.Module):
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
         """`queries`, `keys`: the CLIP layer's projections before scaling, `(batch_size, num_frames, 1 + num_patches,
-        heads, head_dim)`. Returns `(batch_size, num_frames, 1 + num_patches, hidden_size)`, zero at the class token."""
+        heads, head_dim)`. Returns `(batch_size, num_frames, 1 + num_patches, hidden_size)`,
+        zero at the class token."""
         queries, keys = queries[:, :, 1:], keys[:, :, 1:]
         batch_size, num_frames, num_patches = queries.shape[:3]
         if num_frames == 1:
@@ -203,8 +198,8 @@ class EVLDecoderAttention(nn.Module):
             projection.bias_init_std = 0.0  # read by `EVLPreTrainedModel._init_weights`
 
     def forward(self, query: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`query` `(batch_size, hidden_size)` reads `context` `(batch_size, sequence_length, hidden_size)`. Returns the
-        output `(batch_size, hidden_size)` and the weights `(batch_size, num_heads, 1, sequence_length)`."""
+        """`query` `(batch_size, hidden_size)` reads `context` `(batch_size, sequence_length, hidden_size)`. Returns
+        the output `(batch_size, hidden_size)` and the weights `(batch_size, num_heads, 1, sequence_length)`."""
         batch_size = query.shape[0]
         heads, head_dim, width = self.num_heads, self.head_dim, self.hidden_size
         query = self.q_proj(query).view(batch_size, heads, head_dim)
@@ -282,18 +277,12 @@ class EVLDecoderLayer(GradientCheckpointingLayer):
         temporal_cross_attention_output: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        Args:
-            query (`torch.Tensor` of shape `(batch_size, hidden_size)`): the video query token.
-            hidden_states (`torch.Tensor` of shape `(batch_size, num_frames, 1 + num_patches, hidden_size)`):
-                the output of the encoder layer this decoder layer reads.
-            attention_queries, attention_keys (`torch.Tensor`, *optional*): that layer's query and key projections,
-                `(batch_size, num_frames, 1 + num_patches, heads, head_dim)`, for the temporal cross attention.
-            temporal_cross_attention_output (`torch.Tensor`, *optional*): that attention's output, shaped as
-                `hidden_states`, when already known (overlapping clips share it); the queries and keys are then unused.
-
-        Returns:
-            The query after this layer, `(batch_size, hidden_size)`, and its attention weights over the video tokens,
-            `(batch_size, num_heads, 1, num_frames * (1 + num_patches))`.
+        The video query token `(batch_size, hidden_size)` reads `hidden_states` `(batch_size, num_frames, 1 +
+        num_patches, hidden_size)`, one encoder layer's output. The temporal cross attention takes that layer's
+        `attention_queries` and `attention_keys` `(batch_size, num_frames, 1 + num_patches, heads, head_dim)`, or its
+        `temporal_cross_attention_output`, shaped as `hidden_states`, when already known (overlapping clips share it).
+        Returns the query after this layer and its attention weights `(batch_size, num_heads, 1, num_frames * (1 +
+        num_patches))`.
         """
         batch_size, num_frames, num_tokens, width = hidden_states.shape
         features = hidden_states
@@ -423,15 +412,10 @@ class EVLPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_clip_pretrained(cls, clip_name_or_path, **kwargs):
         r"""
-        Build an EVL model around the vision tower of a CLIP checkpoint, with a freshly initialised decoder.
-
-        Args:
-            clip_name_or_path (`str` or `os.PathLike`):
-                A Hub id or folder of a `CLIPModel` (such as `openai/clip-vit-base-patch16`) or `CLIPVisionModel`.
-            kwargs:
-                Loading options (`cache_dir`, `revision`, `token`, `local_files_only`, `force_download`, `subfolder`,
-                `attn_implementation`, and `dtype`, for the backbone only) go to `CLIPVisionModel.from_pretrained`;
-                everything else (`num_frames`, `id2label`, ...) to [`EVLConfig`].
+        Build an EVL model, with a fresh decoder, around the vision tower of `clip_name_or_path`, a Hub id or folder of
+        a `CLIPModel` (such as `openai/clip-vit-base-patch16`) or `CLIPVisionModel`. The loading options in `kwargs`
+        (`cache_dir`, `revision`, `token`, `local_files_only`, `force_download`, `subfolder`, `attn_implementation`,
+        and `dtype`, for the backbone only) go to its `from_pretrained`; the rest (`num_frames`, ...) to [`EVLConfig`].
 
         Example:
 
@@ -499,7 +483,7 @@ class EVLModel(EVLPreTrainedModel):
                 f"{self.config.spatial_size[1]} patch grid, i.e. shape {expected}; got shape {shape}. Resize and crop "
                 "the frames with EVLVideoProcessor."
             )
-        if shape[0] == 0 or shape[1] == 0:
+        if 0 in shape[:2]:
             raise ValueError(f"pixel_values must hold at least one clip of at least one frame, got shape {shape}.")
 
     def get_frame_features(self, frames: torch.Tensor, output_attentions: bool = False) -> EVLFrameFeatures:
@@ -565,16 +549,9 @@ class EVLModel(EVLPreTrainedModel):
         self, features: EVLFrameFeatures, num_frames: int, temporal_cross_attention_outputs: tuple | None = None
     ) -> tuple[torch.Tensor, tuple]:
         r"""
-        Run the decoder on the frame features of whole clips.
-
-        Args:
-            features ([`EVLFrameFeatures`]):
-                Features of `batch_size * num_frames` frames, clip after clip, as [`get_frame_features`] returns them.
-            num_frames (`int`):
-                Frames per clip.
-            temporal_cross_attention_outputs (`tuple(torch.FloatTensor)`, *optional*):
-                Per decoder layer, the temporal cross attention's output for those frames, `(batch_size * num_frames,
-                1 + num_patches, hidden_size)`, when already known; `features` then needs no queries and keys.
+        Run the decoder on the [`get_frame_features`] of `batch_size` clips of `num_frames` frames, clip after clip.
+        `temporal_cross_attention_outputs`, per decoder layer `(batch_size * num_frames, 1 + num_patches,
+        hidden_size)`, stand for the temporal cross attention when known; `features` then needs no queries and keys.
 
         Returns:
             The query after the last decoder layer, `(batch_size, hidden_size)`, and the query before and after each.
