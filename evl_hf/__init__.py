@@ -4,13 +4,7 @@ Importing the package registers EVL with the Auto classes, so `AutoConfig`, `Aut
 `AutoVideoProcessor`, `AutoImageProcessor` and `pipeline("video-classification")` load EVL checkpoints.
 """
 
-from transformers import (
-    AutoConfig,
-    AutoImageProcessor,
-    AutoModel,
-    AutoModelForVideoClassification,
-    AutoVideoProcessor,
-)
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForVideoClassification, AutoVideoProcessor
 
 from .configuration_evl import EVLConfig
 from .image_processing_evl import EVLImageProcessor

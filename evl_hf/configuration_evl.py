@@ -98,9 +98,8 @@ class EVLConfig(PreTrainedConfig):
 
     @property
     def spatial_size(self) -> tuple[int, int]:
-        """Patch grid (height, width) of the backbone at its configured image size."""
-        side = self.vision_config.image_size // self.vision_config.patch_size  # CLIP images and patches are square
-        return side, side
+        """Patch grid (height, width) of the backbone; CLIP images and patches are square."""
+        return (self.vision_config.image_size // self.vision_config.patch_size,) * 2
 
     def validate_architecture(self):
         """Reject configurations that cannot build a model, saying which value to change."""

@@ -17,10 +17,9 @@
         --clip_model openai/clip-vit-base-patch16 --num_frames 8 --output_dir evl-vitb16-8f-k400 \\
         --labels_file k400_class_mappings.json
 
-The official checkpoints hold the decoder and the classification head, with keys such as
-`module.decoder.decoder_layers.0.attn.q_proj.weight`; the backbone is the OpenAI CLIP image encoder, taken here from
-a Transformers CLIP checkpoint. Decoder depth and the temporal-module switches are read from the keys, the number of
-frames and classes from the shapes.
+The official checkpoints hold the decoder and the head (keys such as `module.decoder.decoder_layers.0.attn.q_proj.
+weight`); the backbone comes from a Transformers CLIP checkpoint. Decoder depth and temporal modules are read from the
+keys, frames and classes from the shapes.
 """
 
 import argparse
@@ -57,8 +56,8 @@ class CheckpointMismatchError(ValueError):
 
 
 def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read an official checkpoint: the training script's `{"model": state_dict, ...}` or a bare state dict, as a
-    `.pth` (loaded with `weights_only=True`) or `.safetensors` file. Returns the state dict without `module.`."""
+    """The state dict, without `module.`, of an official checkpoint (`{"model": state_dict, ...}` or a bare state
+    dict) in a `.pth` (loaded with `weights_only=True`) or `.safetensors` file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"Checkpoint {path} does not exist or is not a file.")
@@ -78,7 +77,8 @@ def load_original_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]
         checkpoint = checkpoint["model"]
     if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
         raise CheckpointMismatchError(
-            f"{path} holds neither a state dict nor a dict with a 'model' state dict (found {type(checkpoint).__name__})."
+            f"{path} holds neither a state dict nor a dict with a 'model' state dict (found "
+            f"{type(checkpoint).__name__})."
         )
     return {key.removeprefix("module."): value for key, value in checkpoint.items()}
 
@@ -172,8 +172,7 @@ def convert(
         raise CheckpointMismatchError("The checkpoint has no temporal position embedding: pass --num_frames.")
     num_labels = inferred.pop("num_labels")
     id2label = read_labels(labels_file, num_labels) if labels_file else {i: f"LABEL_{i}" for i in range(num_labels)}
-    if decoder_num_heads is not None:
-        inferred["decoder_num_heads"] = decoder_num_heads
+    inferred["decoder_num_heads"] = decoder_num_heads  # None: the backbone's
 
     vision_config = AutoConfig.from_pretrained(clip_model)
     vision_config = getattr(vision_config, "vision_config", vision_config)  # a full CLIPModel, or its vision tower
@@ -186,7 +185,9 @@ def convert(
     model = EVLForVideoClassification.from_clip_pretrained(
         clip_model, id2label=id2label, label2id={name: i for i, name in id2label.items()}, **inferred
     )
-    expected = {key: value.shape for key, value in model.state_dict().items() if not key.startswith("evl.vision_model.")}
+    expected = {
+        key: value.shape for key, value in model.state_dict().items() if not key.startswith("evl.vision_model.")
+    }
     mismatched = [
         f"{key}: checkpoint {tuple(value.shape)}, model {tuple(expected[key])}"
         for key, value in converted.items()
@@ -207,8 +208,9 @@ def convert(
 
     image_size = model.config.vision_config.image_size
     processor_kwargs = dict(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
+    num_frames = model.config.num_frames
     video_processor = EVLVideoProcessor(
-        num_frames=model.config.num_frames, frame_stride=default_frame_stride(model.config.num_frames), **processor_kwargs
+        num_frames=num_frames, frame_stride=default_frame_stride(num_frames), **processor_kwargs
     )
     return model, video_processor, EVLImageProcessor(**processor_kwargs)
 
@@ -232,8 +234,10 @@ def main(argv=None):
         parser.exit(2, f"error: {error}\n")
     for artefact in (model, video_processor, image_processor):
         artefact.save_pretrained(args.output_dir)
-    print(f"Saved EVL ({model.config.decoder_num_layers} decoder layers, {model.config.num_frames} frames, "
-          f"{model.config.num_labels} classes) to {args.output_dir}")  # fmt: skip
+    print(
+        f"Saved EVL ({model.config.decoder_num_layers} decoder layers, {model.config.num_frames} frames, "
+        f"{model.config.num_labels} classes) to {args.output_dir}"
+    )
     if args.push_to_hub:
         for artefact in (model, video_processor, image_processor):
             artefact.push_to_hub(args.push_to_hub)

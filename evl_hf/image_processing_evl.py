@@ -19,17 +19,12 @@ from transformers.models.videomae.image_processing_videomae import VideoMAEImage
 
 class EVLImageProcessor(VideoMAEImageProcessor):
     r"""
-    Image processor for EVL clips given as lists of frames (PIL images, arrays or tensors), the interface older video
-    models use. Each frame's shortest edge is resized to 224 (bilinear), the centre 224x224 cropped and the CLIP mean
-    and std applied, the same preprocessing as [`EVLVideoProcessor`], which also samples and decodes video files.
-
-    Takes a clip (a list of frames) or a batch of clips (a list of lists of frames) and returns `pixel_values` of
-    shape `(batch_size, num_frames, 3, height, width)`. VideoMAE's processor does exactly this with other
-    normalisation constants, so only the defaults differ.
+    Image processor for EVL clips given as lists of frames (PIL images, arrays or tensors), or batches of them, the
+    interface older video models use: `pixel_values` `(batch_size, num_frames, 3, height, width)` preprocessed as by
+    [`EVLVideoProcessor`] (which also samples and decodes videos). VideoMAE's processor with CLIP's mean and std, and
+    grayscale or RGBA frames made RGB.
     """
 
-    # VideoMAE's defaults (bilinear shortest edge 224, centre crop 224, rescale) with CLIP's normalisation, and
-    # grayscale or RGBA frames made RGB.
     image_mean = OPENAI_CLIP_MEAN
     image_std = OPENAI_CLIP_STD
     do_convert_rgb = True

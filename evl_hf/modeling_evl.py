@@ -38,19 +38,16 @@ class EVLModelOutput(ModelOutput):
     pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
         The video query token after the last decoder layer: one vector per clip.
     hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
-        The outputs of the encoder layers the decoder reads, shallow to deep, each of shape
-        `(batch_size, num_frames, 1 + num_patches, hidden_size)`. These are the tensors the decoder consumes, so they
-        carry gradients (`retain_grad()`, or `.grad` after `backward`) even when the backbone is frozen.
+        The encoder layers the decoder reads, shallow to deep, each `(batch_size, num_frames, 1 + num_patches,
+        hidden_size)`: what the decoder consumes, so they carry gradients even when the backbone is frozen.
     attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
-        The self-attention maps of the same encoder layers, with the frames folded into the batch as the backbone sees
-        them: each of shape `(batch_size * num_frames, num_heads, 1 + num_patches, 1 + num_patches)`. Needs the eager
-        attention implementation (`attn_implementation="eager"`). The backbone computes them, so with a frozen backbone
-        they carry no gradient.
+        Those layers' self-attention maps, each `(batch_size * num_frames, num_heads, 1 + num_patches, 1 +
+        num_patches)`; eager attention only, and without gradient when the backbone is frozen.
     decoder_hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
-        The query token before the first decoder layer and after each one, each of shape `(batch_size, hidden_size)`.
+        The query token before the first decoder layer and after each one, each `(batch_size, hidden_size)`.
     decoder_attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
-        Each decoder layer's attention weights of the query over the video tokens, each of shape
-        `(batch_size, decoder_num_heads, 1, num_frames * (1 + num_patches))`, frame after frame.
+        Each decoder layer's attention of the query over the video tokens, frame after frame, each
+        `(batch_size, decoder_num_heads, 1, num_frames * (1 + num_patches))`.
     """
 
     pooler_output: torch.FloatTensor | None = None
@@ -63,12 +60,8 @@ class EVLModelOutput(ModelOutput):
 @dataclass
 class EVLVideoClassifierOutput(ImageClassifierOutput):
     r"""
-    loss (`torch.FloatTensor` of shape `()`, *optional*, returned when `labels` are given):
-        Classification (or regression) loss.
-    logits (`torch.FloatTensor` of shape `(batch_size, num_labels)`):
-        Classification scores, before softmax.
-    hidden_states, attentions, decoder_hidden_states, decoder_attentions:
-        As in [`EVLModelOutput`].
+    `loss` (when `labels` are given) and `logits` `(batch_size, num_labels)` as for images; the rest as in
+    [`EVLModelOutput`].
     """
 
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
@@ -78,17 +71,15 @@ class EVLVideoClassifierOutput(ImageClassifierOutput):
 @dataclass
 class EVLFrameFeatures(ModelOutput):
     r"""
-    What the EVL decoder reads from the CLIP encoder, per frame: see [`EVLModel.get_frame_features`].
+    What the EVL decoder reads from the CLIP encoder, per frame (see [`EVLModel.get_frame_features`]).
 
     hidden_states (`tuple(torch.FloatTensor)`):
-        The outputs of the encoder layers the decoder reads, shallow to deep, each of shape
-        `(num_images, 1 + num_patches, hidden_size)`.
+        The encoder layers the decoder reads, shallow to deep, each `(num_images, 1 + num_patches, hidden_size)`.
     queries, keys (`tuple(torch.FloatTensor)`, *optional*):
-        Those layers' attention queries and keys before scaling, each of shape
-        `(num_images, 1 + num_patches, num_heads, head_dim)`; `None` without temporal cross attention.
+        Those layers' attention queries and keys before scaling, each `(num_images, 1 + num_patches, num_heads,
+        head_dim)`; `None` without temporal cross attention.
     attentions (`tuple(torch.FloatTensor)`, *optional*):
-        Those layers' self-attention maps, each of shape `(num_images, num_heads, 1 + num_patches, 1 + num_patches)`,
-        when asked for (eager attention only).
+        Those layers' self-attention maps, each `(num_images, num_heads, 1 + num_patches, 1 + num_patches)`.
     """
 
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
@@ -109,16 +100,19 @@ def _record_projection(key: tuple[int, str], module: nn.Module, args, output: to
         record[key] = output
 
 
+def _unfold_clips(tensors: tuple[torch.Tensor, ...] | None, num_frames: int) -> list[torch.Tensor] | None:
+    """`(batch_size * num_frames, ...)` tensors -> `(batch_size, num_frames, ...)`."""
+    return None if tensors is None else [tensor.unflatten(0, (-1, num_frames)) for tensor in tensors]
+
+
 class EVLQuickGELUActivation(QuickGELUActivation):
     """
     CLIP's QuickGELU, `x * sigmoid(1.702 * x)`, bit for bit, computed in place while autograd is not recording.
 
-    The stock module makes three new tensors the size of a CLIP MLP's hidden activations (`(images, tokens, 4 *
-    width)`: 39 MB per ViT-B/16 layer for 16 frames). The allocator gives tensors that large fresh pages from the
-    kernel every time, and faulting them in costs more than the arithmetic. EVL's frozen backbone runs without
-    autograd, so there this module overwrites its input (the output of `fc1`, which nothing else reads), like
-    `nn.ReLU(inplace=True)`, a cache-sized block of rows at a time. With autograd recording, or under `torch.compile`
-    (which fuses the stock formula), it is the stock module.
+    The stock module makes three fresh tensors of `(images, tokens, 4 * width)` (39 MB per ViT-B/16 layer for 16
+    frames), and faulting in their pages costs more than the arithmetic. Without autograd (the frozen backbone) this
+    overwrites its input, `fc1`'s output, a cache-sized block of rows at a time; with autograd or under
+    `torch.compile` (which fuses the stock formula) it is the stock module.
     """
 
     block_elements = 2**18  # 1 MiB of fp32 per block: its temporary stays in the core's cache
@@ -136,10 +130,8 @@ class EVLTemporalCrossAttention(nn.Module):
     """
     Temporal cross attention: every patch of frame t looks at the patches of frame t-1 (and, with a second table,
     of frame t+1) through the frozen CLIP attention map, and collects a learned vector for each 2-D displacement.
-
-    The reference formulation gathers a `(num_patches, num_patches, hidden_size)` table per direction. Here the
-    head-averaged attention of each query patch is first summed into the `(2h-1) * (2w-1)` displacement bins, then
-    multiplied by the table: the same result without ever materialising the gathered table.
+    The head-averaged attention is summed into the `(2h-1) * (2w-1)` displacement bins, then multiplied by the table:
+    the reference's gathered `(num_patches, num_patches, hidden_size)` table is never materialised.
     """
 
     def __init__(self, config: EVLConfig):
@@ -152,8 +144,8 @@ class EVLTemporalCrossAttention(nn.Module):
 
     def offset_index(self, device: torch.device) -> torch.LongTensor:
         """`(num_patches, num_patches)` index of the displacement bin between query patch p and key patch r."""
-        # Computed per call (a few integer ops on num_patches^2 entries): no module state, so nothing is assigned while
-        # torch.export or torch.compile trace, and no buffer comes back uninitialised from the meta device.
+        # Computed per call, not a buffer: nothing is assigned while torch.export or torch.compile trace, and nothing
+        # comes back uninitialised from the meta device.
         height, width = self.spatial_size
         rows = torch.arange(height, device=device).repeat_interleave(width)
         cols = torch.arange(width, device=device).repeat(height)
@@ -161,9 +153,7 @@ class EVLTemporalCrossAttention(nn.Module):
         col_offset = cols[:, None] - cols[None, :] + width - 1
         return row_offset * (2 * width - 1) + col_offset
 
-    def _attend(
-        self, queries: torch.Tensor, keys: torch.Tensor, table: torch.Tensor, offset_index: torch.LongTensor
-    ) -> torch.Tensor:
+    def _attend(self, queries, keys, table: torch.Tensor, offset_index: torch.LongTensor) -> torch.Tensor:
         # queries, keys: (batch, pairs, num_patches, heads, head_dim) -> (batch, pairs, heads, num_patches, head_dim)
         queries, keys = queries.transpose(2, 3), keys.transpose(2, 3)
         scores = queries @ keys.transpose(-1, -2) * queries.shape[-1] ** -0.5
@@ -173,14 +163,9 @@ class EVLTemporalCrossAttention(nn.Module):
         return bins @ table.to(bins.dtype)  # (batch, pairs, num_patches, hidden_size)
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        """
-        Args:
-            queries, keys (`torch.Tensor` of shape `(batch_size, num_frames, 1 + num_patches, heads, head_dim)`):
-                The frozen CLIP layer's query and key projections, before the attention scaling.
-
-        Returns:
-            `torch.Tensor` of shape `(batch_size, num_frames, 1 + num_patches, hidden_size)`, zero at the class token.
-        """
+        """`queries`, `keys`: the CLIP layer's projections before scaling, `(batch_size, num_frames, 1 + num_patches,
+        heads, head_dim)`. Returns `(batch_size, num_frames, 1 + num_patches, hidden_size)`,
+        zero at the class token."""
         queries, keys = queries[:, :, 1:], keys[:, :, 1:]
         batch_size, num_frames, num_patches = queries.shape[:3]
         if num_frames == 1:
@@ -195,12 +180,9 @@ class EVLTemporalCrossAttention(nn.Module):
 
 class EVLDecoderAttention(nn.Module):
     """
-    Multi-head attention of a single query vector over many context tokens.
-
-    With one query per clip, the key projection is folded into the query (`q · (W_k x + b_k) = (W_k^T q) · x` up to a
-    constant that the softmax cancels) and the value projection is applied after pooling (the softmax weights sum to
-    one). The `batch * num_frames * (1 + num_patches)` context tokens are therefore never projected; the parameters are
-    still the usual `q_proj`, `k_proj`, `v_proj` and `out_proj`.
+    Multi-head attention of one query vector over many context tokens. The key projection is folded into the query
+    (`q · (W_k x + b_k) = (W_k^T q) · x` up to a constant the softmax cancels) and the value projection applied after
+    pooling (the weights sum to one), so the context tokens are never projected; the parameters stay the usual ones.
     """
 
     def __init__(self, config: EVLConfig):
@@ -216,15 +198,8 @@ class EVLDecoderAttention(nn.Module):
             projection.bias_init_std = 0.0  # read by `EVLPreTrainedModel._init_weights`
 
     def forward(self, query: torch.Tensor, context: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """
-        Args:
-            query (`torch.Tensor` of shape `(batch_size, hidden_size)`): the query token.
-            context (`torch.Tensor` of shape `(batch_size, sequence_length, hidden_size)`): the tokens it reads.
-
-        Returns:
-            The attention output, `(batch_size, hidden_size)`, and the attention weights,
-            `(batch_size, num_heads, 1, sequence_length)`.
-        """
+        """`query` `(batch_size, hidden_size)` reads `context` `(batch_size, sequence_length, hidden_size)`. Returns
+        the output `(batch_size, hidden_size)` and the weights `(batch_size, num_heads, 1, sequence_length)`."""
         batch_size = query.shape[0]
         heads, head_dim, width = self.num_heads, self.head_dim, self.hidden_size
         query = self.q_proj(query).view(batch_size, heads, head_dim)
@@ -302,22 +277,12 @@ class EVLDecoderLayer(GradientCheckpointingLayer):
         temporal_cross_attention_output: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """
-        Args:
-            query (`torch.Tensor` of shape `(batch_size, hidden_size)`): the video query token.
-            hidden_states (`torch.Tensor` of shape `(batch_size, num_frames, 1 + num_patches, hidden_size)`):
-                the output of the encoder layer this decoder layer reads.
-            attention_queries, attention_keys (`torch.Tensor` of shape
-                `(batch_size, num_frames, 1 + num_patches, heads, head_dim)`, *optional*):
-                that encoder layer's query and key projections, needed by the temporal cross attention.
-            temporal_cross_attention_output (`torch.Tensor` of shape `(batch_size, num_frames, 1 + num_patches,
-                hidden_size)`, *optional*):
-                the temporal cross attention's output when it is already known (it depends only on neighbouring
-                frames, so overlapping clips can share it); then the queries and keys are not needed.
-
-        Returns:
-            The query token after this layer, `(batch_size, hidden_size)`, and its attention weights over the
-            `num_frames * (1 + num_patches)` video tokens, of shape
-            `(batch_size, num_heads, 1, num_frames * (1 + num_patches))`.
+        The video query token `(batch_size, hidden_size)` reads `hidden_states` `(batch_size, num_frames, 1 +
+        num_patches, hidden_size)`, one encoder layer's output. The temporal cross attention takes that layer's
+        `attention_queries` and `attention_keys` `(batch_size, num_frames, 1 + num_patches, heads, head_dim)`, or its
+        `temporal_cross_attention_output`, shaped as `hidden_states`, when already known (overlapping clips share it).
+        Returns the query after this layer and its attention weights `(batch_size, num_heads, 1, num_frames * (1 +
+        num_patches))`.
         """
         batch_size, num_frames, num_tokens, width = hidden_states.shape
         features = hidden_states
@@ -354,9 +319,7 @@ class EVLPreTrainedModel(PreTrainedModel):
     input_modalities = ("video",)
     supports_gradient_checkpointing = True
     _no_split_modules = ["CLIPEncoderLayer", "CLIPVisionEmbeddings", "EVLDecoderLayer"]
-    # The attention implementation is the CLIP backbone's, which supports all of these; EVL's own attention modules
-    # (one query pooling the video tokens, the head-averaged temporal cross attention) are fixed formulas that no
-    # backend replaces.
+    # The attention implementation is the CLIP backbone's; EVL's own attention modules are fixed formulas.
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -364,15 +327,13 @@ class EVLPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
-        # transformers guesses this from the module source; EVL's attention modules have no backend to switch, and
-        # switching reaches the CLIP backbone, whose attention does go through transformers' attention interface.
+        # transformers guesses this from the module source; switching reaches the CLIP backbone's attention.
         return True
 
     @classmethod
     def is_custom_code(cls) -> bool:
-        # `_init_weights` uses `transformers.initialization`, which respects loaded weights as in-tree models do, so
-        # the initialisation pass may visit every module; in particular the CLIP backbone's modules then get CLIP's own
-        # initialisation (its attention and MLP rules sit on container modules the custom-code pass would skip).
+        # `_init_weights` respects loaded weights as in-tree models do, so the pass may visit every module, and the
+        # CLIP backbone gets CLIP's own initialisation (set on container modules the custom-code pass would skip).
         return False
 
     def _init_weights(self, module):
@@ -399,11 +360,8 @@ class EVLPreTrainedModel(PreTrainedModel):
         self._apply_backbone_freezing()
 
     def _apply_backbone_freezing(self):
-        """
-        The one place that turns `config.freeze_backbone` (saved with the model) into the backbone's `requires_grad`
-        flags, which the forward pass follows. `post_layernorm` never trains: EVL reads the layer outputs before CLIP's
-        final layer norm, and a trainable parameter without gradient is an error for distributed data parallel.
-        """
+        """Set the backbone's `requires_grad` from `config.freeze_backbone`. `post_layernorm` never trains: EVL reads
+        the layers before it, and a trainable parameter without gradient is an error for distributed data parallel."""
         vision_model = self.base_model.vision_model
         vision_model.requires_grad_(not self.config.freeze_backbone)
         vision_model.post_layernorm.requires_grad_(False)
@@ -423,19 +381,12 @@ class EVLPreTrainedModel(PreTrainedModel):
         return self.base_model.vision_model.get_input_embeddings()
 
     def get_decoder(self):
-        """
-        `None`: EVL has no language decoder. Its `decoder` turns video features into one query vector; returning it
-        would make generic utilities (the export helpers' multimodal detection, say) take EVL for an encoder and a
-        language model.
-        """
+        """`None`: EVL's `decoder` is no language decoder, and generic utilities (export) must not take it for one."""
         return None
 
     def resize_temporal_position_embeddings(self, num_frames: int):
-        """
-        Make the model's clip length `num_frames`: each decoder layer's learned `(frames, hidden_size)` temporal
-        position table is linearly interpolated to the new length, as the forward pass does for clips of another
-        length, and `config.num_frames` is updated.
-        """
+        """Make the clip length `num_frames`: each decoder layer's `(frames, hidden_size)` temporal position table is
+        interpolated to it, as the forward pass does for clips of another length, and `config.num_frames` is set."""
         if num_frames < 1:
             raise ValueError(f"num_frames={num_frames} must be at least 1.")
         for layer in self.base_model.decoder.layers:
@@ -447,11 +398,8 @@ class EVLPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        r"""
-        As [`~PreTrainedModel.from_pretrained`], and: the backbone comes back frozen or not as it was saved
-        (`config.freeze_backbone`), and `num_frames=N` different from the checkpoint's loads the trained temporal
-        position embeddings interpolated to `N` frames.
-        """
+        r"""As [`~PreTrainedModel.from_pretrained`]; the backbone comes back frozen as saved, and `num_frames=N`
+        interpolates the trained temporal position embeddings to `N` frames."""
         num_frames = kwargs.pop("num_frames", None)
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
@@ -464,16 +412,10 @@ class EVLPreTrainedModel(PreTrainedModel):
     @classmethod
     def from_clip_pretrained(cls, clip_name_or_path, **kwargs):
         r"""
-        Build an EVL model around the vision tower of a CLIP checkpoint, with a freshly initialised decoder.
-
-        Args:
-            clip_name_or_path (`str` or `os.PathLike`):
-                A Hub id or local folder of a `CLIPModel` (such as `openai/clip-vit-base-patch16`) or a
-                `CLIPVisionModel` checkpoint.
-            kwargs:
-                Loading options (`cache_dir`, `revision`, `token`, `local_files_only`, `force_download`,
-                `subfolder`, `attn_implementation`, and `dtype`, which applies to the backbone only) go to
-                `CLIPVisionModel.from_pretrained`; everything else (`num_frames`, `id2label`, ...) to [`EVLConfig`].
+        Build an EVL model, with a fresh decoder, around the vision tower of `clip_name_or_path`, a Hub id or folder of
+        a `CLIPModel` (such as `openai/clip-vit-base-patch16`) or `CLIPVisionModel`. The loading options in `kwargs`
+        (`cache_dir`, `revision`, `token`, `local_files_only`, `force_download`, `subfolder`, `attn_implementation`,
+        and `dtype`, for the backbone only) go to its `from_pretrained`; the rest (`num_frames`, ...) to [`EVLConfig`].
 
         Example:
 
@@ -485,11 +427,8 @@ class EVLPreTrainedModel(PreTrainedModel):
         ... )
         ```
         """
-        loading_keys = {
-            "cache_dir", "revision", "token", "local_files_only", "force_download", "subfolder",
-            "attn_implementation", "dtype",
-        }  # fmt: skip
-        loading_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in loading_keys}
+        loading_keys = "cache_dir revision token local_files_only force_download subfolder attn_implementation dtype"
+        loading_kwargs = {key: kwargs.pop(key) for key in list(kwargs) if key in loading_keys.split()}
         vision_model = CLIPVisionModel.from_pretrained(clip_name_or_path, **loading_kwargs)
         config = EVLConfig(vision_config=vision_model.config, **kwargs)
         model = cls(config)
@@ -533,14 +472,10 @@ class EVLModel(EVLPreTrainedModel):
             hint = " For a single clip, add a batch dimension: pixel_values[None]." if pixel_values.ndim == 4 else ""
             raise ValueError(f"pixel_values must have shape {expected}, got shape {shape}.{hint}")
         if shape[2] != vision.num_channels:
-            hint = (
-                " It looks like (batch_size, channels, num_frames, height, width): use pixel_values.transpose(1, 2)."
-                if shape[1] == vision.num_channels
-                else ""
-            )
+            hint = " It looks like (batch_size, channels, num_frames, ...): use pixel_values.transpose(1, 2)."
             raise ValueError(
                 f"pixel_values must have {vision.num_channels} channels at dim 2, i.e. shape {expected}; got shape "
-                f"{shape}.{hint}"
+                f"{shape}.{hint if shape[1] == vision.num_channels else ''}"
             )
         if shape[3:] != (height, width):
             raise ValueError(
@@ -548,26 +483,20 @@ class EVLModel(EVLPreTrainedModel):
                 f"{self.config.spatial_size[1]} patch grid, i.e. shape {expected}; got shape {shape}. Resize and crop "
                 "the frames with EVLVideoProcessor."
             )
-        if shape[0] == 0 or shape[1] == 0:
+        if 0 in shape[:2]:
             raise ValueError(f"pixel_values must hold at least one clip of at least one frame, got shape {shape}.")
 
     def get_frame_features(self, frames: torch.Tensor, output_attentions: bool = False) -> EVLFrameFeatures:
         r"""
-        Run the CLIP encoder on frames, each on its own, and keep what the decoder reads from it.
-
-        EVL's backbone sees every frame independently, so these features can be computed once per frame and shared by
-        every clip that uses the frame (overlapping windows of a long video, say); [`decode_frame_features`] then
-        gives exactly what `forward` gives for the clip made of those frames.
+        Run the CLIP encoder on each frame on its own and keep what the decoder reads. A frame's features can thus be
+        shared by every clip that uses it (overlapping windows of a long video); [`decode_frame_features`] then gives
+        what `forward` gives for the clip made of those frames.
 
         Args:
             frames (`torch.FloatTensor` of shape `(num_images, num_channels, height, width)`):
                 Normalised frames, from any number of clips.
             output_attentions (`bool`, *optional*, defaults to `False`):
                 Also return the self-attention maps of the layers read (eager attention only).
-
-        Returns:
-            [`EVLFrameFeatures`] with, per encoder layer the decoder reads, tensors whose first dimension is
-            `num_images`.
         """
         num_layers, num_read = self.config.vision_config.num_hidden_layers, self.config.decoder_num_layers
         # hidden state i is the output of encoder layer i - 1 (0 is the embeddings): the last num_read layers
@@ -576,7 +505,6 @@ class EVLModel(EVLPreTrainedModel):
         token = _projection_record.set(record)
         try:
             # The backbone records a graph only if some of its parameters train; frozen, it keeps no activations.
-            # (`and` skips the scan of the parameters at inference.)
             backbone_trains = torch.is_grad_enabled() and any(p.requires_grad for p in self.vision_model.parameters())
             with torch.set_grad_enabled(backbone_trains):
                 # CLIP's own output capturing keeps the selected hidden states (and attention maps) of this call
@@ -609,11 +537,10 @@ class EVLModel(EVLPreTrainedModel):
         after the last layer, the query before and after each layer, and each layer's attention weights."""
         query = self.decoder.query_token.expand(hidden_states[0].shape[0], -1)
         decoder_hidden_states, decoder_attentions = [query], []
+        pick = lambda tensors, index: None if tensors is None else tensors[index]
         for index, layer in enumerate(self.decoder.layers):
-            layer_queries = None if queries is None else queries[index]
-            layer_keys = None if keys is None else keys[index]
-            cross_attention = None if cross_attention_outputs is None else cross_attention_outputs[index]
-            query, attention_weights = layer(query, hidden_states[index], layer_queries, layer_keys, cross_attention)
+            layer_inputs = (pick(tensors, index) for tensors in (queries, keys, cross_attention_outputs))
+            query, attention_weights = layer(query, hidden_states[index], *layer_inputs)
             decoder_hidden_states.append(query)
             decoder_attentions.append(attention_weights)
         return query, tuple(decoder_hidden_states), tuple(decoder_attentions)
@@ -622,29 +549,15 @@ class EVLModel(EVLPreTrainedModel):
         self, features: EVLFrameFeatures, num_frames: int, temporal_cross_attention_outputs: tuple | None = None
     ) -> tuple[torch.Tensor, tuple]:
         r"""
-        Run the decoder on the frame features of whole clips.
-
-        Args:
-            features ([`EVLFrameFeatures`]):
-                Features of `batch_size * num_frames` frames, clip after clip, as [`get_frame_features`] returns them.
-            num_frames (`int`):
-                Frames per clip.
-            temporal_cross_attention_outputs (`tuple(torch.FloatTensor)`, *optional*):
-                Per decoder layer, the temporal cross attention's output for those frames, `(batch_size * num_frames,
-                1 + num_patches, hidden_size)`, when already known; `features` then needs no queries and keys.
+        Run the decoder on the [`get_frame_features`] of `batch_size` clips of `num_frames` frames, clip after clip.
+        `temporal_cross_attention_outputs`, per decoder layer `(batch_size * num_frames, 1 + num_patches,
+        hidden_size)`, stand for the temporal cross attention when known; `features` then needs no queries and keys.
 
         Returns:
-            `tuple`: the query token after the last decoder layer, `(batch_size, hidden_size)`, and the query token
-            before the first decoder layer and after each one.
+            The query after the last decoder layer, `(batch_size, hidden_size)`, and the query before and after each.
         """
-        # (B * T, ...) -> (B, T, ...)
-        unfold = lambda tensors: None if tensors is None else [t.unflatten(0, (-1, num_frames)) for t in tensors]
-        query, decoder_hidden_states, _ = self._decode(
-            unfold(features.hidden_states),
-            unfold(features.queries),
-            unfold(features.keys),
-            unfold(temporal_cross_attention_outputs),
-        )
+        tensors = (features.hidden_states, features.queries, features.keys, temporal_cross_attention_outputs)
+        query, decoder_hidden_states, _ = self._decode(*(_unfold_clips(t, num_frames) for t in tensors))
         return query, decoder_hidden_states
 
     @can_return_tuple
@@ -669,20 +582,16 @@ class EVLModel(EVLPreTrainedModel):
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         self._check_pixel_values(pixel_values)
-        batch_size, num_frames = pixel_values.shape[:2]
+        num_frames = pixel_values.shape[1]
         # Frames are folded into the batch: (B, T, 3, H, W) -> (B * T, 3, H, W).
         features = self.get_frame_features(pixel_values.flatten(0, 1), output_attentions=output_attentions)
-        # (B * T, ...) -> (B, T, ...)
-        clip_shape = (batch_size, num_frames)
-        unfold = lambda tensors: None if tensors is None else [t.unflatten(0, clip_shape) for t in tensors]
-        hidden_states = unfold(features.hidden_states)
+        hidden_states = _unfold_clips(features.hidden_states, num_frames)
         if output_hidden_states and torch.is_grad_enabled() and not hidden_states[0].requires_grad:
             # A frozen backbone hands over features without autograd history. Returned, they are made leaves of the
             # decoder's graph, so that gradients at what the decoder consumes can be read (saliency, attribution).
             hidden_states = [hidden.detach().requires_grad_() for hidden in hidden_states]
-        query, decoder_hidden_states, decoder_attentions = self._decode(
-            hidden_states, unfold(features.queries), unfold(features.keys)
-        )
+        queries, keys = (_unfold_clips(tensors, num_frames) for tensors in (features.queries, features.keys))
+        query, decoder_hidden_states, decoder_attentions = self._decode(hidden_states, queries, keys)
         return EVLModelOutput(
             pooler_output=query,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
@@ -725,10 +634,6 @@ class EVLForVideoClassification(EVLPreTrainedModel):
         output_attentions, output_hidden_states (`bool`, *optional*):
             As in [`EVLModel.forward`].
 
-        Returns:
-            [`EVLVideoClassifierOutput`] with `logits` of shape `(batch_size, num_labels)`, the `loss` when `labels`
-            are given, and what [`EVLModel`] returns on request.
-
         Example:
 
         ```python
@@ -749,11 +654,7 @@ class EVLForVideoClassification(EVLPreTrainedModel):
             pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states
         )
         logits = self.classifier(self.dropout(self.fc_norm(outputs.pooler_output)))
-
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(labels, logits, self.config, **kwargs)
-
+        loss = None if labels is None else self.loss_function(labels, logits, self.config, **kwargs)
         return EVLVideoClassifierOutput(
             loss=loss,
             logits=logits,

@@ -27,7 +27,7 @@ from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
 from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
-from transformers.video_utils import VideoInput, VideoMetadata, load_video
+from transformers.video_utils import VideoInput, VideoMetadata
 
 
 if TYPE_CHECKING:
@@ -42,9 +42,15 @@ class VideoDecodingError(ValueError):
 
 
 def sample_frame_indices(
-    num_video_frames: int, num_frames: int, *, strategy: Literal["dense", "uniform", "segment"] = "dense",
-    frame_stride: int = 16, random: bool | torch.Generator = False, num_clips: int = 1, clip_index: int = 0,
-) -> list[int]:  # fmt: skip
+    num_video_frames: int,
+    num_frames: int,
+    *,
+    strategy: Literal["dense", "uniform", "segment"] = "dense",
+    frame_stride: int = 16,
+    random: bool | torch.Generator = False,
+    num_clips: int = 1,
+    clip_index: int = 0,
+) -> list[int]:
     """
     Choose which `num_frames` frames of a video of `num_video_frames` frames make up a clip (non-decreasing indices).
 
@@ -145,16 +151,14 @@ def _check_video_file(video: "str | os.PathLike") -> str:
     return path
 
 
-def open_video(video: "str | os.PathLike") -> "VideoDecoder":
-    """
-    Opens a video file for decoding frames on demand (a torchcodec `VideoDecoder` counting frames exactly), with the
-    errors of [`load_video_frames`]: for tools that read one video many times, such as a timeline of a long video.
-    """
+def open_video(video: "str | os.PathLike", num_ffmpeg_threads: int = 1) -> "VideoDecoder":
+    """A torchcodec `VideoDecoder` of a video file, counting frames exactly, with `num_ffmpeg_threads` threads (0:
+    FFmpeg chooses) and the errors of [`load_video_frames`]: for reading one video many times (a timeline, say)."""
     from torchcodec.decoders import VideoDecoder
 
     path = _check_video_file(video)
     try:
-        decoder = VideoDecoder(path, seek_mode="exact")
+        decoder = VideoDecoder(path, seek_mode="exact", num_ffmpeg_threads=num_ffmpeg_threads)
     except (RuntimeError, ValueError) as error:
         raise VideoDecodingError(f"Cannot read video {path!r}: {_diagnose_unopenable_video(path)}") from error
     if len(decoder) == 0:
@@ -166,66 +170,58 @@ def load_video_frames(
     video: "str | os.PathLike | VideoDecoder", sample_indices_fn: Callable[..., Sequence[int]]
 ) -> tuple[torch.Tensor, VideoMetadata]:
     """
-    Decodes the frames `sample_indices_fn(metadata=...)` picks, and no other, with torchcodec: a path through
-    `transformers.video_utils.load_video`, an opened decoder directly. Every failure names the video and its problem.
+    Decodes the frames `sample_indices_fn(metadata=...)` picks, and no other, with torchcodec (a path is opened with
+    [`open_video`]). Every failure names the video and its problem.
 
     Returns:
         `tuple[torch.Tensor, VideoMetadata]`: uint8 RGB frames `(T, 3, H, W)` in the order of the indices, and the
         video's metadata with `frames_indices` set.
     """
-    is_decoder = _is_video_decoder(video)
-    name = "the given VideoDecoder" if is_decoder else repr(os.fspath(video))
-    if not is_decoder:
-        path = _check_video_file(video)
-
-    # The sampling function runs once the file is open: whether it ran tells a file FFmpeg cannot open from one
-    # whose frame data is broken; whether it returned, an error of its own (or of these checks) from the decoder's.
-    state = {}
-
-    def checked_indices(metadata: VideoMetadata, **kwargs) -> list[int]:
-        state["opened"] = True
-        if metadata.total_num_frames == 0:
-            raise VideoDecodingError(f"Cannot read video {name}: its video stream has no frames (truncated?)")
-        indices = [int(index) for index in sample_indices_fn(metadata=metadata)]
-        if not indices:
-            raise ValueError(f"No frame indices given for video {name}")
-        if out_of_range := [index for index in indices if not 0 <= index < metadata.total_num_frames]:
-            raise IndexError(f"Frame indices {out_of_range} are out of range for video {name} with "
-                             f"{metadata.total_num_frames} frames")  # fmt: skip
-        state["indices"] = indices
-        return indices
-
+    if _is_video_decoder(video):
+        name = "the given VideoDecoder"
+    else:
+        # FFmpeg chooses its thread count, as in transformers' video loader
+        name, video = repr(os.fspath(video)), open_video(video, num_ffmpeg_threads=0)
+    info = video.metadata
+    metadata = VideoMetadata(
+        total_num_frames=len(video),
+        fps=info.average_fps,
+        width=info.width,
+        height=info.height,
+        duration=info.duration_seconds,
+        video_backend="torchcodec",
+    )
+    if metadata.total_num_frames == 0:
+        raise VideoDecodingError(f"Cannot read video {name}: its video stream has no frames (truncated?)")
+    indices = [int(index) for index in sample_indices_fn(metadata=metadata)]
+    if not indices:
+        raise ValueError(f"No frame indices given for video {name}")
+    if out_of_range := [index for index in indices if not 0 <= index < metadata.total_num_frames]:
+        raise IndexError(
+            f"Frame indices {out_of_range} are out of range for video {name} with {metadata.total_num_frames} frames"
+        )
+    metadata.frames_indices = indices
     try:
-        if is_decoder:
-            info = video.metadata
-            metadata = VideoMetadata(total_num_frames=len(video), fps=info.average_fps, width=info.width,
-                                     height=info.height, duration=info.duration_seconds, video_backend="torchcodec")
-            metadata.frames_indices = checked_indices(metadata)
-            frames = video.get_frames_at(metadata.frames_indices).data
-            if frames.shape[-1] == 3 and frames.shape[1] != 3:  # a decoder opened with dimension_order="NHWC"
-                frames = frames.permute(0, 3, 1, 2)
-        else:
-            frames, metadata = load_video(path, backend="torchcodec", sample_indices_fn=checked_indices)
+        frames = video.get_frames_at(indices).data
     except (RuntimeError, ValueError, IndexError) as error:
-        if "opened" not in state:
-            raise VideoDecodingError(f"Cannot read video {name}: {_diagnose_unopenable_video(path)}") from error
-        if "indices" not in state:
-            raise
-        raise VideoDecodingError(f"Cannot decode frames {sorted(set(state['indices']))} of video {name}: the file is "
-                                 "truncated or its data is corrupted") from error
+        raise VideoDecodingError(
+            f"Cannot decode frames {sorted(set(indices))} of video {name}: the file is truncated or its data is "
+            "corrupted"
+        ) from error
+    if frames.shape[-1] == 3 and frames.shape[1] != 3:  # a decoder opened with dimension_order="NHWC"
+        frames = frames.permute(0, 3, 1, 2)
     return frames.contiguous(), metadata
 
 
 def read_video_frames(video: "str | os.PathLike | VideoDecoder", indices_or_fn) -> torch.Tensor:
     """
     Decodes some frames of a video (a path, or a torchcodec decoder as a `datasets` `Video` column gives) as uint8
-    RGB `(T, 3, H, W)`, seeking to each. `indices_or_fn`: frame indices (repeats allowed) or a function from the
-    video's frame count to them, e.g. `lambda n: sample_frame_indices(n, 8)`. Raises `FileNotFoundError` /
-    `IsADirectoryError` for a missing path or a folder, `VideoDecodingError` for a file that cannot be decoded (empty,
-    not a video, no video stream, truncated, corrupted), `IndexError` for an index outside the video.
+    RGB `(T, 3, H, W)`. `indices_or_fn`: frame indices (repeats allowed) or a function from the video's frame count
+    to them, e.g. `lambda n: sample_frame_indices(n, 8)`. Raises `FileNotFoundError` or `IsADirectoryError` for a
+    wrong path, `VideoDecodingError` for a file that cannot be decoded, `IndexError` for an index outside the video.
     """
-    indices = (lambda metadata: indices_or_fn(metadata.total_num_frames)) if callable(indices_or_fn) else None
-    return load_video_frames(video, indices or (lambda metadata: indices_or_fn))[0]
+    indices_fn = indices_or_fn if callable(indices_or_fn) else lambda num_video_frames: indices_or_fn
+    return load_video_frames(video, lambda metadata: indices_fn(metadata.total_num_frames))[0]
 
 
 class EVLVideoProcessorKwargs(VideosKwargs, total=False):
@@ -254,23 +250,14 @@ class EVLVideoProcessorKwargs(VideosKwargs, total=False):
     seed: int | None
 
 
-def _is_undecoded(videos) -> bool:
-    """Whether `videos` is a video file or decoder, or a batch of them, rather than frames."""
-    if isinstance(videos, (list, tuple)) and videos:
-        videos = videos[0]
-    return isinstance(videos, (str, os.PathLike)) or _is_video_decoder(videos)
-
-
 class EVLVideoProcessor(BaseVideoProcessor):
     r"""
-    Video processor for EVL, the one place where clips are made: samples `num_frames` frames (decoding only those),
-    resizes their shortest edge to 224 (bilinear), crops the centre 224x224 and normalises with the CLIP mean and std.
-    `num_clips` temporal x `num_crops` spatial views give `pixel_values` `(batch_size, views, num_frames, 3, H, W)`,
-    spatial-major; training (`do_augment=True`) samples at random and [`~EVLVideoProcessor.augment`]s in place of
-    resize and crop; `fps` samples that many frames per second of video instead of `num_frames`.
-
-    Paths and torchcodec decoders are sampled with [`sample_frame_indices`] (a short video repeats its last frame);
-    frames (uint8 `(T, C, H, W)` tensors or arrays, or lists of frames) are the clip unless `do_sample_frames=True`.
+    Video processor for EVL, the one place where clips are made: samples `num_frames` frames (or `fps` per second)
+    with [`sample_frame_indices`], decoding only those, resizes their shortest edge to 224 (bilinear), crops the
+    centre 224x224 and normalises with the CLIP mean and std. Frames given as uint8 `(T, C, H, W)` tensors or arrays
+    are the clip unless `do_sample_frames=True`. `num_clips` temporal x `num_crops` spatial views give `pixel_values`
+    `(batch_size, views, num_frames, 3, H, W)`, spatial-major; training (`do_augment=True`) samples at random and
+    [`~EVLVideoProcessor.augment`]s in place of resize and crop.
     """
 
     resample = PILImageResampling.BILINEAR
@@ -313,22 +300,19 @@ class EVLVideoProcessor(BaseVideoProcessor):
 
     def preprocess(self, videos: VideoInput, **kwargs: Unpack[EVLVideoProcessorKwargs]) -> BatchFeature:
         r"""
-        Args:
-            videos (`VideoInput`):
-                A video or a batch: paths, torchcodec decoders, uint8 `(T, C, H, W)` tensors or arrays, or frames.
-            kwargs ([`EVLVideoProcessorKwargs`]):
-                Overrides of the processor's attributes for this call.
-
-        Returns:
-            [`BatchFeature`] with `pixel_values` `(batch_size, num_frames, 3, height, width)`, or `(batch_size, views,
-            num_frames, 3, height, width)` for several views (a list of per-video tensors without `return_tensors`).
+        `videos`: a video or a batch: paths, torchcodec decoders, uint8 `(T, C, H, W)` tensors or arrays, or frames;
+        `kwargs` ([`EVLVideoProcessorKwargs`]) override the processor's attributes for this call. Returns
+        `pixel_values` `(batch_size, num_frames, 3, height, width)`, or `(batch_size, views, num_frames, 3, height,
+        width)` for several views (a list of per-video tensors without `return_tensors`).
         """
         if isinstance(videos, os.PathLike):
             videos = os.fspath(videos)
         elif isinstance(videos, (list, tuple)) and videos and isinstance(videos[0], os.PathLike):
             videos = [os.fspath(video) for video in videos]
         if kwargs.get("do_sample_frames", self.do_sample_frames) is None:
-            kwargs["do_sample_frames"] = _is_undecoded(videos)
+            # files and decoders are sampled, frames are the clip
+            first = videos[0] if isinstance(videos, (list, tuple)) and videos else videos
+            kwargs["do_sample_frames"] = isinstance(first, str) or _is_video_decoder(first)
         if kwargs.get("fps") is not None and "num_frames" not in kwargs:
             kwargs["num_frames"] = None  # `fps` given for this call replaces the processor's `num_frames`
         batch = super().preprocess(videos, **kwargs)
@@ -336,24 +320,30 @@ class EVLVideoProcessor(BaseVideoProcessor):
         return batch
 
     def sample_frames(
-        self, metadata: VideoMetadata, num_frames: int | None = None, fps: float | None = None,
-        frame_sampling: str | None = None, frame_stride: int | None = None, num_clips: int | None = None,
-        clip_index: int | None = None, do_augment: bool | None = None, seed: int | None = None, **kwargs,
-    ) -> list[int]:  # fmt: skip
-        """
-        Indices of the frames to keep (`metadata.total_num_frames`, and `metadata.fps` for `fps`) from
-        [`sample_frame_indices`]; unlike the default sampler this never fails on a short video. With `clip_index=None`
-        the indices of all `num_clips` temporal views, one after the other. `fps` and `num_frames` are mutually
-        exclusive, as in transformers' processors.
-        """
+        self,
+        metadata: VideoMetadata,
+        num_frames: int | None = None,
+        fps: float | None = None,
+        frame_sampling: str | None = None,
+        frame_stride: int | None = None,
+        num_clips: int | None = None,
+        clip_index: int | None = None,
+        do_augment: bool | None = None,
+        seed: int | None = None,
+        **kwargs,
+    ) -> list[int]:
+        """Indices of the frames to keep from [`sample_frame_indices`] (never failing on a short video); with
+        `clip_index=None`, those of all `num_clips` temporal views, one after the other."""
         if fps is not None and num_frames is not None:
             raise ValueError("`num_frames` and `fps` are mutually exclusive arguments, please use only one!")
         fps, frame_sampling = fps if fps is not None else self.fps, frame_sampling or self.frame_sampling
         if fps is not None:
             if not metadata.fps:
-                raise ValueError(f"Sampling fps={fps} frames per second needs the video's frame rate, which its "
-                                 "metadata lacks (frames given as arrays carry none): pass `video_metadata` with "
-                                 "`fps`, or `num_frames` instead of `fps`.")  # fmt: skip
+                raise ValueError(
+                    f"Sampling fps={fps} frames per second needs the video's frame rate, which its "
+                    "metadata lacks (frames given as arrays carry none): pass `video_metadata` with "
+                    "`fps`, or `num_frames` instead of `fps`."
+                )
             # As transformers' default sampler: at least one frame, frames spread over the whole video.
             num_frames = max(1, int(metadata.total_num_frames / metadata.fps * fps))
             frame_sampling = "segment" if frame_sampling == "segment" else "uniform"
@@ -362,14 +352,16 @@ class EVLVideoProcessor(BaseVideoProcessor):
         random = (torch.Generator().manual_seed(seed) if seed is not None else True) if do_augment else False
         options = dict(strategy=frame_sampling, frame_stride=frame_stride or self.frame_stride, num_clips=num_clips)
         return [
-            index for view in views for index in sample_frame_indices(
-                metadata.total_num_frames, num_frames or self.num_frames, random=random, clip_index=view, **options)
-        ]  # fmt: skip
+            index
+            for view in views
+            for index in sample_frame_indices(
+                metadata.total_num_frames, num_frames or self.num_frames, random=random, clip_index=view, **options
+            )
+        ]
 
     def fetch_videos(self, video_url_or_urls, sample_indices_fn: Callable | None = None):
-        """Decodes paths (or torchcodec decoders) with [`load_video_frames`] at the frames `sample_indices_fn` picks
-        (all without it); URLs go to transformers' loader. Returns the frames and their `VideoMetadata` (tuples for a
-        list)."""
+        """Decodes paths and torchcodec decoders with [`load_video_frames`] (all frames without `sample_indices_fn`),
+        URLs with transformers' loader. Returns the frames and their `VideoMetadata` (tuples for a list)."""
         if isinstance(video_url_or_urls, (list, tuple)):
             return tuple(zip(*[self.fetch_videos(video, sample_indices_fn) for video in video_url_or_urls]))
         if isinstance(video_url_or_urls, str) and video_url_or_urls.startswith(("http://", "https://")):
@@ -377,8 +369,9 @@ class EVLVideoProcessor(BaseVideoProcessor):
         every_frame = lambda metadata: range(metadata.total_num_frames)  # noqa: E731
         return load_video_frames(video_url_or_urls, sample_indices_fn or every_frame)
 
-    def _decode_and_sample_videos(self, videos: VideoInput, video_metadata, do_sample_frames=None,
-                                  sample_indices_fn: Callable | None = None):  # fmt: skip
+    def _decode_and_sample_videos(
+        self, videos: VideoInput, video_metadata, do_sample_frames=None, sample_indices_fn: Callable | None = None
+    ):
         # transformers' batching helpers do not know torchcodec decoders (what a `datasets` `Video` column holds):
         # they are read like paths, decoding only the sampled frames.
         if _is_video_decoder(videos):
@@ -387,13 +380,19 @@ class EVLVideoProcessor(BaseVideoProcessor):
             return self.fetch_videos(list(videos), sample_indices_fn=sample_indices_fn)
         return super()._decode_and_sample_videos(videos, video_metadata, do_sample_frames, sample_indices_fn)
 
-    def augment(self, video: torch.Tensor, crop_size: SizeDict, min_crop_scale: float, horizontal_flip: bool,
-                rand_augment: bool, seed: int | None = None) -> torch.Tensor:  # fmt: skip
+    def augment(
+        self,
+        video: torch.Tensor,
+        crop_size: SizeDict,
+        min_crop_scale: float,
+        horizontal_flip: bool,
+        rand_augment: bool,
+        seed: int | None = None,
+    ) -> torch.Tensor:
         """
         Training augmentation of a clip, uint8 `(T, 3, H, W)` -> `(T, 3, crop_height, crop_width)`: RandomResizedCrop
-        (area `min_crop_scale`-1, aspect ratio 3/4-4/3), optional horizontal flip and RandAugment (timm's
-        "rand-m7-n4"). torchvision draws once per call on a `Video`: every frame gets the same crop, flip and
-        operations, so the motion between frames is intact.
+        (area `min_crop_scale`-1, aspect ratio 3/4-4/3), optional horizontal flip and RandAugment ("rand-m7-n4"), drawn
+        once per clip so that every frame gets the same ones and the motion between frames is intact.
         """
         crop = (crop_size.height, crop_size.width)
         transforms = [v2.RandomResizedCrop(crop, scale=(min_crop_scale, 1.0), ratio=(3 / 4, 4 / 3))]
@@ -413,17 +412,34 @@ class EVLVideoProcessor(BaseVideoProcessor):
         if num_crops == 1:
             return [self.center_crop(video, crop_size)]
         room_y, room_x = video.shape[-2] - crop_size.height, video.shape[-1] - crop_size.width
-        corners = [(round(view / (num_crops - 1) * room_y), room_x // 2) if room_y > room_x else
-                   (room_y // 2, round(view / (num_crops - 1) * room_x)) for view in range(num_crops)]  # fmt: skip
+        offsets = [round(view / (num_crops - 1) * max(room_y, room_x)) for view in range(num_crops)]
+        corners = [(offset, room_x // 2) if room_y > room_x else (room_y // 2, offset) for offset in offsets]
         return [video[..., top : top + crop_size.height, left : left + crop_size.width] for top, left in corners]
 
     def _preprocess(
-        self, videos: list[torch.Tensor], do_resize: bool, size: SizeDict, resample, do_center_crop: bool,
-        crop_size: SizeDict, do_rescale: bool, rescale_factor: float, do_normalize: bool, image_mean, image_std,
-        return_tensors=None, num_clips: int = 1, clip_index: int | None = None, num_crops: int = 1,
-        do_augment: bool = False, min_crop_scale: float = 0.08, horizontal_flip: bool = False,
-        rand_augment: bool = False, seed: int | None = None, **kwargs,
-    ) -> BatchFeature:  # fmt: skip
+        self,
+        videos: list[torch.Tensor],
+        do_resize: bool,
+        size: SizeDict,
+        resample,
+        do_center_crop: bool,
+        crop_size: SizeDict,
+        do_rescale: bool,
+        rescale_factor: float,
+        do_normalize: bool,
+        image_mean,
+        image_std,
+        return_tensors=None,
+        num_clips: int = 1,
+        clip_index: int | None = None,
+        num_crops: int = 1,
+        do_augment: bool = False,
+        min_crop_scale: float = 0.08,
+        horizontal_flip: bool = False,
+        rand_augment: bool = False,
+        seed: int | None = None,
+        **kwargs,
+    ) -> BatchFeature:
         processed = []
         for video in videos:  # uint8 (frames, 3, H, W); frames = temporal views x T
             if do_augment:
@@ -442,5 +458,13 @@ class EVLVideoProcessor(BaseVideoProcessor):
         return BatchFeature(data={"pixel_values_videos": processed}, tensor_type=return_tensors)
 
 
-__all__ = ["EVLVideoProcessor", "EVLVideoProcessorKwargs", "VideoDecodingError", "load_video_frames", "open_video",
-           "read_video_frames", "sample_frame_indices", "FRAME_SAMPLING_STRATEGIES"]  # fmt: skip
+__all__ = [
+    "EVLVideoProcessor",
+    "EVLVideoProcessorKwargs",
+    "VideoDecodingError",
+    "load_video_frames",
+    "open_video",
+    "read_video_frames",
+    "sample_frame_indices",
+    "FRAME_SAMPLING_STRATEGIES",
+]
