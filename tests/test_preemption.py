@@ -178,6 +178,18 @@ def logged_steps(log: Path) -> int:
     return log.read_text(errors="replace").count("'loss'")
 
 
+def rank_process(launcher: int, rank: int) -> int:
+    """The id of the training process of `rank` among the descendants of the `launcher` process."""
+    pending = [launcher]
+    while pending:
+        pid = pending.pop()
+        environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        if f"RANK={rank}".encode() in environment:
+            return pid  # the first one found from the top: the DataLoader workers below it inherit RANK too
+        pending += [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    raise LookupError(f"no process of rank {rank} under {launcher}")
+
+
 def stopped_lines(text: str) -> list[int]:
     return [int(step) for step in re.findall(r"Stopped by SIGTERM at step (\d+), saved in", text)]
 
@@ -271,7 +283,16 @@ def test_two_processes_stop_at_the_same_step_on_sigterm_to_the_process_group(tmp
     assert checkpoint_problem(checkpoint) is None
     assert sorted(path.name for path in checkpoint.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
 
-    log = tmp_path / "resumed.txt"
-    process = start(command + args + ["--resume_from_checkpoint", "last"], log)
+    # SIGTERM to rank 1 only: rank 0 learns it through the per-step all-reduce and stops at the same step.
+    log, resume = tmp_path / "resumed.txt", command + args + ["--resume_from_checkpoint", "last"]
+    process = start(resume, log)
+    assert wait_for(lambda: logged_steps(log) >= 1, process), log.read_text()[-3000:]
+    os.kill(rank_process(process.pid, rank=1), signal.SIGTERM)
+    assert process.wait(timeout=120) != 0
+    again = stopped_lines(log.read_text())
+    assert len(again) == 2 and again[0] == again[1] > steps[0], log.read_text()[-3000:]
+    assert checkpoint_problem(output_dir / f"checkpoint-{again[0]}") is None
+
+    process = start(resume, log := tmp_path / "finished.txt")
     assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
     assert final_step_and_loss(output_dir)[0] == 30
