@@ -96,25 +96,27 @@ def _safetensors_problem(path: Path) -> str | None:
 def checkpoint_problem(folder: str | os.PathLike) -> str | None:
     """
     Why the Trainer could not resume from the checkpoint `folder`, or `None` when it can: a file it needs (the trainer
-    state, the weights, the optimizer, scheduler and RNG states) that is missing, unreadable or cut short.
+    state, the weights, the optimizer, scheduler and RNG states) that is missing, unreadable or cut short. Of FSDP's
+    sharded and DeepSpeed's checkpoints, written in their own layouts, only the trainer and RNG states are checked.
     """
     folder = Path(folder)
     try:
         json.loads((folder / "trainer_state.json").read_text())["global_step"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         return f"trainer_state.json is missing or unreadable ({type(error).__name__})"
-    if (index := folder / "model.safetensors.index.json").is_file():  # weights in shards
+    shards, states = ["model.safetensors"], ["optimizer.pt", "scheduler.pt"]
+    if any(folder.glob("pytorch_model_fsdp*")) or (folder / "latest").is_file():  # FSDP's or DeepSpeed's layout
+        shards, states = [], []
+    elif (index := folder / "model.safetensors.index.json").is_file():  # weights in shards
         try:
             shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         except (OSError, ValueError, KeyError) as error:
             return f"{index.name} is unreadable ({type(error).__name__})"
-    else:
-        shards = ["model.safetensors"]
     for shard in shards:
         if (problem := _safetensors_problem(folder / shard)) is not None:
             return problem
     rng_states = sorted(path.name for path in folder.glob("rng_state*.pth")) or ["rng_state.pth"]
-    for name in ["optimizer.pt", "scheduler.pt", *rng_states]:
+    for name in [*states, *rng_states]:
         try:
             # torch.save writes zip archives whose index is at the end: one written in part does not open.
             with zipfile.ZipFile(folder / name):

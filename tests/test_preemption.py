@@ -96,6 +96,15 @@ def test_checkpoint_problem_names_the_missing_or_cut_short_file(uninterrupted, t
     assert problem in checkpoint_problem(folder)
 
 
+def test_sharded_weights_are_checked_through_their_index(uninterrupted, tmp_path):
+    folder = tmp_path / "checkpoint-2"
+    shutil.copytree(uninterrupted / "checkpoint-2", folder)
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert checkpoint_problem(folder) == "model-00002-of-00002.safetensors is missing or unreadable"
+
+
 def test_no_checkpoint_folder_means_none(tmp_path, caplog):
     (tmp_path / "checkpoint-best").mkdir()  # not a step: never a candidate
     assert last_complete_checkpoint(tmp_path) is None
