@@ -152,18 +152,21 @@ class PreemptionCallback(TrainerCallback):
     optimisation step, save a checkpoint at it and stop training; `stopped_at_step` then says where.
 
     With several processes, a one-element all-reduce per step lets every process stop at the same step even when the
-    signal reaches them at different steps.
+    signal reaches them at different steps. It runs on the CPU over a gloo group of its own, so that it never waits for
+    a GPU to finish its queued work.
     """
 
     def __init__(self):
         self.requested = False
         self.stopped_at_step = None
-        self._previous_handler = signal.SIG_DFL
+        self._previous_handler, self._group = signal.SIG_DFL, None
 
     def on_train_begin(self, args, state, control, **kwargs):
         # Installed before the DataLoader workers are forked: they inherit it instead of dying on the signal, which
         # SLURM and `kill -- -PGID` send to them too.
         self._previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
+        if args.world_size > 1 and self._group is None:  # every process gets here: creating a group is collective
+            self._group = torch.distributed.new_group(backend="gloo")
 
     def _request_stop(self, signum, frame):
         self.requested = True
@@ -171,8 +174,8 @@ class PreemptionCallback(TrainerCallback):
     def on_step_end(self, args, state, control, **kwargs):
         stop = self.requested
         if args.world_size > 1:
-            flag = torch.tensor(float(stop), device=args.device)
-            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            flag = torch.tensor(float(stop))
+            torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX, group=self._group)
             stop = bool(flag.item())
         if stop:
             control.should_save = control.should_training_stop = True
