@@ -189,5 +189,6 @@ class PreemptionCallback(TrainerCallback):
         if self.stopped_at_step is not None:
             checkpoint = os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.stopped_at_step}")
             logger.warning(f"Stopped by SIGTERM at step {self.stopped_at_step}, saved in {checkpoint}: the run is not "
-                           "finished; to continue, run again with the same arguments and --resume_from_checkpoint last.")
+                           "finished; to continue, run again with the same arguments and "
+                           "--resume_from_checkpoint last.")
             raise SystemExit(PREEMPTED_EXIT_STATUS)
