@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import signal
+import threading
 import zipfile
 from pathlib import Path
 
@@ -164,7 +165,10 @@ class PreemptionCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         # Installed before the DataLoader workers are forked: they inherit it instead of dying on the signal, which
         # SLURM and `kill -- -PGID` send to them too.
-        self._previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
+        if threading.current_thread() is threading.main_thread():  # the only thread Python lets set a handler
+            self._previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
+        else:
+            logger.warning("Training runs outside the main thread: SIGTERM will end it without a checkpoint.")
         if args.world_size > 1 and self._group is None:  # every process gets here: creating a group is collective
             self._group = torch.distributed.new_group(backend="gloo")
 
@@ -182,7 +186,8 @@ class PreemptionCallback(TrainerCallback):
             self.stopped_at_step = state.global_step
 
     def on_train_end(self, args, state, control, **kwargs):
-        signal.signal(signal.SIGTERM, self._previous_handler)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._previous_handler)
 
     def exit_if_stopped(self, output_dir: str):
         """After `Trainer.train`: when SIGTERM stopped it, says where and exits with `PREEMPTED_EXIT_STATUS`."""
