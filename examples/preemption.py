@@ -22,6 +22,7 @@ Training that survives preemption, for a script built on the Trainer (run_video_
   stops, at the same step on every process.
 """
 
+import functools
 import json
 import logging
 import os
@@ -147,6 +148,19 @@ def resume_checkpoint(resume_from_checkpoint: str | None, output_dir: str) -> st
     return resume_from_checkpoint
 
 
+def _ignore_sigterm(worker_init_fn, worker_id: int):
+    """
+    A DataLoader worker's start: torch makes its workers die on a SIGTERM that does not come from their parent, which
+    SLURM and `kill -- -PGID` send to every process of the group; the main process would then fail on the lost worker
+    instead of saving. The workers still end with the main process, which stops them or whose exit they notice.
+    Forked with SIGTERM blocked (`PreemptionCallback.on_epoch_begin`), they cannot get it before they ignore it.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    if worker_init_fn is not None:
+        worker_init_fn(worker_id)
+
+
 class PreemptionCallback(TrainerCallback):
     """
     On SIGTERM (what SLURM, Kubernetes and spot instances send before they take the machine back), finish the current
@@ -160,15 +174,25 @@ class PreemptionCallback(TrainerCallback):
     def __init__(self):
         self.requested = False
         self.stopped_at_step = None
-        self._previous_handler, self._group = signal.SIG_DFL, None
+        self._previous_handler, self._group, self._workers = signal.SIG_DFL, None, False
 
     def on_train_begin(self, args, state, control, **kwargs):
-        # Installed before the DataLoader workers are forked: they inherit it instead of dying on the signal, which
-        # SLURM and `kill -- -PGID` send to them too.
         if threading.current_thread() is threading.main_thread():  # the only thread Python lets set a handler
             self._previous_handler = signal.signal(signal.SIGTERM, self._request_stop)
         else:
             logger.warning("Training runs outside the main thread: SIGTERM will end it without a checkpoint.")
+        dataloader = kwargs.get("train_dataloader")
+        if dataloader is not None and dataloader.num_workers > 0:
+            dataloader.worker_init_fn = functools.partial(_ignore_sigterm, dataloader.worker_init_fn)
+            self._workers = threading.current_thread() is threading.main_thread()
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        if self._workers:  # the epoch's DataLoader workers are forked next: blocked there until they ignore it
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self._workers:  # a SIGTERM that came meanwhile is delivered now
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
         if args.world_size > 1 and self._group is None:  # every process gets here: creating a group is collective
             self._group = torch.distributed.new_group(backend="gloo")
 
@@ -187,6 +211,7 @@ class PreemptionCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         if threading.current_thread() is threading.main_thread():
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
             signal.signal(signal.SIGTERM, self._previous_handler)
 
     def exit_if_stopped(self, output_dir: str):

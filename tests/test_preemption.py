@@ -187,8 +187,9 @@ def start(command: list[str], log: Path) -> subprocess.Popen:
 
 
 def descendants(pid: int) -> list[int]:
-    try:
-        children = [int(child) for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+    try:  # the children of each of its threads
+        children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for child in (task / "children").read_text().split()]  # fmt: skip
     except OSError:  # it has ended
         return []
     return children + [grandchild for child in children for grandchild in descendants(child)]
@@ -244,7 +245,10 @@ def test_sigterm_finishes_the_step_saves_a_checkpoint_and_exits_143(tmp_path, ti
     args = script_args(tiny_clip, videos, output_dir, "--max_steps 2000 --save_strategy no --dataloader_num_workers 1")
     process = start([sys.executable, str(SCRIPT), *args], log)
     assert wait_for(lambda: logged_steps(log) >= 2, process), log.read_text()[-3000:]
-    os.killpg(process.pid, signal.SIGTERM)  # the whole group, the DataLoader worker included, as SLURM does
+    assert wait_for(lambda: descendants(process.pid), process, interval=0.001)  # each epoch has its own worker
+    os.kill(descendants(process.pid)[0], signal.SIGTERM)  # the DataLoader worker first: it must not die of it
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGTERM)  # then the whole group, as SLURM does
     assert process.wait(timeout=120) == 143, log.read_text()[-3000:]
 
     text = log.read_text()
