@@ -43,6 +43,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from evl_hf import EVLConfig, EVLForVideoClassification, EVLImageProcessor, EVLVideoProcessor
 from evl_hf.video_processing_evl import FRAME_SAMPLING_STRATEGIES, VideoDecodingError
+from preemption import AtomicCheckpointsMixin, PreemptionCallback, resume_checkpoint
 
 
 logger = logging.getLogger(__name__)
@@ -408,10 +409,10 @@ def save_confusion_matrix(predictions: np.ndarray, references: np.ndarray, label
 
 # ---- Trainer --------------------------------------------------------------------------------------------------------
 
-class VideoClassificationTrainer(Trainer):
-    """The Trainer, plus: views of an evaluation clip (`pixel_values` `(B, views, T, 3, H, W)`) scored by their mean
-    softmax (logits: its log); undecodable training videos counted over all processes at each logging step (each step
-    on one process), stopping the run past `max_skipped_fraction`; the model card's tag, metrics and loading routes."""
+class VideoClassificationTrainer(AtomicCheckpointsMixin, Trainer):
+    """The Trainer, plus: complete-or-absent checkpoints; views of an evaluation clip (`pixel_values` `(B, views, T,
+    3, H, W)`) scored by their mean softmax; undecodable training videos counted over all processes at each logging
+    step (each step on one process), stopping the run past `max_skipped_fraction`; the model card's extras."""
 
     def __init__(self, *args, max_skipped_fraction: float = 0.05, model_card_text: str = "", **kwargs):
         super().__init__(*args, **kwargs)
@@ -556,10 +557,11 @@ def main(args: list[str] | None = None):
         max_skipped_fraction=data_args.max_skipped_fraction,
         model_card_text="\n".join(f"- {line}" for line in description))  # fmt: skip
     if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint  # "true" or "last": the last one in --output_dir
-        checkpoint = True if str(checkpoint).lower() in ("true", "last") else checkpoint
+        checkpoint = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
         trainer.add_callback(EpochCallback(train_dataset))
+        trainer.add_callback(preemption := PreemptionCallback())
         metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
+        preemption.exit_if_stopped(training_args.output_dir)  # no final save or evaluation: the run is not finished
         trainer.share_skipped_videos()
         metrics["train_skipped_videos"] = len(trainer.skipped_videos)
         if trainer.skipped_videos:

@@ -1,0 +1,349 @@
+"""Preemption: complete-or-absent checkpoints, `--resume_from_checkpoint last` past incomplete ones, SIGTERM handling
+(examples/preemption.py, used by examples/run_video_classification.py), with real runs, processes and signals."""
+
+import contextlib
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+# Importing it puts examples/ on sys.path; its tiny CLIP and video fixtures are used here too.
+from test_run_video_classification import SCRIPT, run_video_classification, tiny_clip, videos  # noqa: F401
+
+from preemption import STAGING_DIR, checkpoint_problem, last_complete_checkpoint  # noqa: E402  (examples/)
+
+
+ROOT = SCRIPT.parents[1]
+# 8 training clips in batches of 2: 4 steps an epoch; a checkpoint every 2 steps.
+TRAIN_ARGS = (
+    "--num_frames 4 --frame_stride 2 --decoder_num_layers 2 --learning_rate 1e-3 --per_device_train_batch_size 2 "
+    "--logging_steps 1 --do_train --disable_tqdm True --report_to none --seed 7"
+)
+
+
+def script_args(tiny_clip, videos, output_dir, extra=""):
+    return (
+        f"--model_name_or_path {tiny_clip} --train_dir {videos / 'train'} --output_dir {output_dir} "
+        f"--cache_dir {output_dir.parent / 'cache'} {TRAIN_ARGS} {extra}"
+    ).split()
+
+
+def final_step_and_loss(output_dir: Path):
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return state["global_step"], [entry for entry in state["log_history"] if "loss" in entry][-1]["loss"]
+
+
+def assert_same_weights(output_dir: Path, reference: Path):
+    weights, expected = load_file(output_dir / "model.safetensors"), load_file(reference / "model.safetensors")
+    assert weights.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(weights[name], expected[name], atol=1e-6, rtol=0, msg=name)
+
+
+ARGS_4_STEPS = "--max_steps 4 --save_strategy steps --save_steps 2 --dataloader_num_workers 0"
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, tiny_clip, videos) -> Path:  # noqa: F811
+    """The output folder of a 4-step run saving checkpoints at steps 2 and 4."""
+    output_dir = tmp_path_factory.mktemp("uninterrupted") / "output"
+    run_video_classification.main(script_args(tiny_clip, videos, output_dir, ARGS_4_STEPS))
+    return output_dir
+
+
+# ---- Checkpoints -----------------------------------------------------------------------------------------------
+
+
+def test_a_finished_run_leaves_complete_checkpoints_and_no_staging_folder(uninterrupted):
+    assert sorted(path.name for path in uninterrupted.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert checkpoint_problem(uninterrupted / "checkpoint-2") is None
+    assert checkpoint_problem(uninterrupted / "checkpoint-4") is None
+    assert not (uninterrupted / STAGING_DIR).exists()
+
+
+def test_the_best_checkpoint_is_recorded_where_it_ends_up(tmp_path, tiny_clip, videos):  # noqa: F811
+    output_dir = tmp_path / "output"
+    args = (
+        f"{ARGS_4_STEPS} --do_eval --validation_dir {videos / 'validation'} --per_device_eval_batch_size 4 "
+        "--eval_strategy steps --eval_steps 2 --load_best_model_at_end --metric_for_best_model loss "
+        "--save_total_limit 1"
+    )
+    run_video_classification.main(script_args(tiny_clip, videos, output_dir, args))
+    best = json.loads((output_dir / "trainer_state.json").read_text())["best_model_checkpoint"]
+    assert Path(best).parent == output_dir and Path(best).is_dir()  # not under the staging folder; kept by rotation
+    saved_with_it = json.loads((Path(best) / "trainer_state.json").read_text())["best_model_checkpoint"]
+    assert saved_with_it == best
+
+
+@pytest.mark.parametrize(
+    "damage, problem",
+    [
+        ("delete trainer_state.json", "trainer_state.json is missing"),
+        ("truncate trainer_state.json", "trainer_state.json is missing or unreadable"),
+        ("delete model.safetensors", "model.safetensors is missing"),
+        ("truncate model.safetensors", "model.safetensors is truncated"),
+        ("truncate optimizer.pt", "optimizer.pt is missing or truncated"),
+        ("delete scheduler.pt", "scheduler.pt is missing or truncated"),
+        ("truncate rng_state.pth", "rng_state.pth is missing or truncated"),
+    ],
+)
+def test_checkpoint_problem_names_the_missing_or_cut_short_file(uninterrupted, tmp_path, damage, problem):
+    folder = tmp_path / "checkpoint-2"
+    shutil.copytree(uninterrupted / "checkpoint-2", folder)
+    action, name = damage.split()
+    if action == "delete":
+        (folder / name).unlink()
+    else:  # what a kill while the file is written leaves
+        data = (folder / name).read_bytes()
+        (folder / name).write_bytes(data[: len(data) // 2])
+    assert problem in checkpoint_problem(folder)
+
+
+def test_sharded_weights_are_checked_through_their_index(uninterrupted, tmp_path):
+    folder = tmp_path / "checkpoint-2"
+    shutil.copytree(uninterrupted / "checkpoint-2", folder)
+    (folder / "model.safetensors").rename(folder / "model-00001-of-00002.safetensors")
+    weight_map = {"a": "model-00001-of-00002.safetensors", "b": "model-00002-of-00002.safetensors"}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    assert checkpoint_problem(folder) == "model-00002-of-00002.safetensors is missing or unreadable"
+
+
+def test_no_checkpoint_folder_means_none(tmp_path, caplog):
+    (tmp_path / "checkpoint-best").mkdir()  # not a step: never a candidate
+    assert last_complete_checkpoint(tmp_path) is None
+    assert "No complete checkpoint" in caplog.text
+
+
+# ---- Resuming --------------------------------------------------------------------------------------------------
+
+
+def test_resume_last_skips_incomplete_checkpoints_and_ends_like_an_uninterrupted_run(
+    uninterrupted, tmp_path, tiny_clip, videos, caplog  # noqa: F811
+):
+    # What killed runs without complete-or-absent checkpoints leave: checkpoint-4 without its trainer state,
+    # checkpoint-3 with an optimizer state written in part; checkpoint-2 is complete.
+    output_dir = tmp_path / "output"
+    for step, source in [(2, 2), (3, 2), (4, 4)]:
+        shutil.copytree(uninterrupted / f"checkpoint-{source}", output_dir / f"checkpoint-{step}")
+    (output_dir / "checkpoint-4" / "trainer_state.json").unlink()
+    optimizer = output_dir / "checkpoint-3" / "optimizer.pt"
+    optimizer.write_bytes(optimizer.read_bytes()[:1000])
+    resumed_from = (output_dir / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns
+
+    args = script_args(tiny_clip, videos, output_dir, f"{ARGS_4_STEPS} --resume_from_checkpoint last")
+    run_video_classification.main(args)
+    assert re.search(r"Skipping incomplete checkpoint \S*checkpoint-4: trainer_state.json is missing", caplog.text)
+    assert re.search(r"Skipping incomplete checkpoint \S*checkpoint-3: optimizer.pt is missing", caplog.text)
+    # resumed from checkpoint-2, not from scratch: that one was not saved again
+    assert (output_dir / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns == resumed_from
+    step, loss = final_step_and_loss(output_dir)
+    expected_step, expected_loss = final_step_and_loss(uninterrupted)
+    assert step == expected_step == 4 and loss == pytest.approx(expected_loss, abs=1e-6)
+    assert_same_weights(output_dir, uninterrupted)
+    assert checkpoint_problem(output_dir / "checkpoint-4") is None  # saved again, complete this time
+
+
+def test_without_a_complete_checkpoint_training_starts_from_scratch(
+    uninterrupted, tmp_path, tiny_clip, videos, caplog  # noqa: F811
+):
+    output_dir = tmp_path / "output"
+    shutil.copytree(uninterrupted / "checkpoint-2", output_dir / "checkpoint-2")
+    (output_dir / "checkpoint-2" / "model.safetensors").unlink()
+
+    args = script_args(tiny_clip, videos, output_dir, f"{ARGS_4_STEPS} --resume_from_checkpoint true")
+    run_video_classification.main(args)
+    assert "Skipping incomplete checkpoint" in caplog.text and "model.safetensors is missing" in caplog.text
+    assert f"No complete checkpoint in {output_dir}: training starts from scratch" in caplog.text
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4]
+    assert final_step_and_loss(output_dir)[1] == pytest.approx(final_step_and_loss(uninterrupted)[1], abs=1e-6)
+
+
+# ---- Real processes and signals --------------------------------------------------------------------------------
+
+
+ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+STARTED = []  # the processes `start` started, ended by `end_started_processes` whatever the test's outcome
+
+
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    """Starts `command` in its own process group (as a batch scheduler does), its output going to `log`."""
+    with open(log, "w") as file:
+        STARTED.append(subprocess.Popen(command, stdout=file, stderr=subprocess.STDOUT, env=ENVIRONMENT, cwd=ROOT,
+                                        start_new_session=True))  # fmt: skip
+    return STARTED[-1]
+
+
+def descendants(pid: int) -> list[int]:
+    try:  # the children of each of its threads
+        children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for child in (task / "children").read_text().split()]  # fmt: skip
+    except OSError:  # it has ended
+        return []
+    return children + [grandchild for child in children for grandchild in descendants(child)]
+
+
+@pytest.fixture(autouse=True)
+def end_started_processes():
+    """After each test, SIGKILL what is left of the processes it started (torchrun's workers have their own groups)."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            for pid in [process.pid, *descendants(process.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            process.wait()
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 300, interval: float = 0.05) -> bool:
+    """Polls `condition()` until it holds (True) or the process ends first (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if process.poll() is not None:
+            return bool(condition())
+        time.sleep(interval)
+    process.kill()
+    raise TimeoutError("the training process made no progress in time")
+
+
+def logged_steps(log: Path) -> int:
+    """How many training losses the Trainer has printed (with --disable_tqdm True, one per logged step)."""
+    return log.read_text(errors="replace").count("'loss'")
+
+
+def rank_process(launcher: int, rank: int) -> int:
+    """The id of the training process of `rank` among the descendants of the `launcher` process."""
+    for pid in descendants(launcher):  # parents before their children, whose DataLoader workers inherit RANK too
+        if f"RANK={rank}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+            return pid
+    raise LookupError(f"no process of rank {rank} under {launcher}")
+
+
+def stopped_lines(text: str) -> list[int]:
+    return [int(step) for step in re.findall(r"Stopped by SIGTERM at step (\d+), saved in", text)]
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_saves_a_checkpoint_and_exits_143(tmp_path, tiny_clip, videos):  # noqa: F811
+    output_dir, log = tmp_path / "output", tmp_path / "log.txt"
+    # No periodic checkpoints: the only one is the one SIGTERM makes. One DataLoader worker gets the signal too.
+    args = script_args(tiny_clip, videos, output_dir, "--max_steps 2000 --save_strategy no --dataloader_num_workers 1")
+    process = start([sys.executable, str(SCRIPT), *args], log)
+    assert wait_for(lambda: logged_steps(log) >= 2, process), log.read_text()[-3000:]
+    assert wait_for(lambda: descendants(process.pid), process, interval=0.001)  # each epoch has its own worker
+    os.kill(descendants(process.pid)[0], signal.SIGTERM)  # the DataLoader worker first: it must not die of it
+    time.sleep(0.5)
+    os.killpg(process.pid, signal.SIGTERM)  # then the whole group, as SLURM does
+    assert process.wait(timeout=120) == 143, log.read_text()[-3000:]
+
+    text = log.read_text()
+    (step,) = stopped_lines(text)
+    assert 2 <= step < 2000
+    assert f"saved in {output_dir / f'checkpoint-{step}'}" in text and "--resume_from_checkpoint last" in text
+    assert [path.name for path in output_dir.glob("checkpoint-*")] == [f"checkpoint-{step}"]
+    assert checkpoint_problem(output_dir / f"checkpoint-{step}") is None
+    assert json.loads((output_dir / f"checkpoint-{step}" / "trainer_state.json").read_text())["global_step"] == step
+    assert not (output_dir / STAGING_DIR).exists()
+    assert not (output_dir / "model.safetensors").exists() and "eval_results.json" not in text  # no final save
+
+
+@pytest.mark.slow
+def test_a_run_killed_again_and_again_ends_like_an_uninterrupted_one(tmp_path, tiny_clip, videos):  # noqa: F811
+    args = "--max_steps 36 --save_strategy steps --save_steps 4 --dataloader_num_workers 1"
+    reference, log = tmp_path / "reference", tmp_path / "reference.txt"
+    process = start([sys.executable, str(SCRIPT), *script_args(tiny_clip, videos, reference, args)], log)
+    assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+
+    output_dir, rng = tmp_path / "output", random.Random(0)
+    staging = output_dir / STAGING_DIR
+    resume = [sys.executable, str(SCRIPT), *script_args(tiny_clip, videos, output_dir, args)]
+    resume += ["--resume_from_checkpoint", "last"]
+    kills, finished = [], False  # (signal, whether a checkpoint was being written, exit status) per kill
+    for attempt in range(10):
+        log = tmp_path / f"attempt-{attempt}.txt"
+        process = start(resume, log)
+        if attempt in (0, 3):  # SIGKILL while a checkpoint is written: as soon as its staging folder appears
+            how, ready = signal.SIGKILL, wait_for(lambda: any(staging.glob("checkpoint-*")), process, interval=0.002)
+        else:  # SIGKILL or SIGTERM in turn, at a random moment once training runs
+            how, ready = [signal.SIGTERM, signal.SIGKILL][attempt % 2], wait_for(lambda: logged_steps(log), process)
+            time.sleep(rng.uniform(0, 1.5))
+        if not ready or process.poll() is not None:
+            finished = True
+            break
+        if how == signal.SIGKILL:  # the DataLoader worker too: nothing survives
+            os.killpg(process.pid, signal.SIGKILL)
+        else:  # the main process only, as Kubernetes signals a container's first process
+            process.send_signal(signal.SIGTERM)
+        returncode = process.wait(timeout=120)
+        kills.append((how.name, attempt in (0, 3) and any(staging.glob("checkpoint-*")), returncode))
+        if returncode == 0:  # it finished before the signal came
+            finished = True
+            break
+        # SIGTERM after training, during the final save and evaluation, ends the process at once (default handling)
+        finished_training = "train_runtime" in log.read_text()
+        assert returncode in (-signal.SIGKILL, 143, *[-signal.SIGTERM] * finished_training), log.read_text()[-3000:]
+        if returncode == 143:
+            assert len(stopped_lines(log.read_text())) == 1
+    if not finished:
+        process = start(resume, log := tmp_path / "last-attempt.txt")
+    assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+    print("kills (signal, during a save, exit status):", kills)
+
+    assert any(name == "SIGKILL" and during_save for name, during_save, _ in kills), kills
+    assert any(name == "SIGKILL" and not during_save for name, during_save, _ in kills), kills
+    assert any(name == "SIGTERM" and code == 143 for name, _, code in kills), kills
+    step, loss = final_step_and_loss(output_dir)
+    assert (step, loss) == (36, pytest.approx(final_step_and_loss(reference)[1], abs=1e-6)), kills
+    assert_same_weights(output_dir, reference)
+    assert not staging.exists()
+
+
+@pytest.mark.slow
+def test_two_processes_stop_at_the_same_step_on_sigterm(tmp_path, tiny_clip, videos):  # noqa: F811
+    output_dir, log = tmp_path / "output", tmp_path / "log.txt"
+    args = script_args(tiny_clip, videos, output_dir, "--max_steps 30 --save_strategy no --dataloader_num_workers 1")
+    command = f"""
+        {sys.executable} -m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1
+        --mixed_precision no --dynamo_backend no {SCRIPT} --use_cpu True --ddp_timeout 120
+    """.split()
+    process = start(command + args, log)
+    assert wait_for(lambda: logged_steps(log) >= 1, process), log.read_text()[-3000:]
+    os.killpg(process.pid, signal.SIGTERM)  # the launcher, both workers and their DataLoader workers
+    assert process.wait(timeout=120) != 0
+
+    text = log.read_text()
+    steps = stopped_lines(text)
+    assert len(steps) == 2 and steps[0] == steps[1], text[-3000:]  # one line per rank
+    checkpoint = output_dir / f"checkpoint-{steps[0]}"
+    assert [path.name for path in output_dir.glob("checkpoint-*")] == [checkpoint.name]
+    assert checkpoint_problem(checkpoint) is None
+    assert sorted(path.name for path in checkpoint.glob("rng_state*")) == ["rng_state_0.pth", "rng_state_1.pth"]
+
+    # SIGTERM to rank 1 only: rank 0 learns it through the per-step all-reduce and stops at the same step.
+    log, resume = tmp_path / "resumed.txt", command + args + ["--resume_from_checkpoint", "last"]
+    process = start(resume, log)
+    assert wait_for(lambda: logged_steps(log) >= 1, process), log.read_text()[-3000:]
+    os.kill(rank_process(process.pid, rank=1), signal.SIGTERM)
+    assert process.wait(timeout=120) != 0
+    again = stopped_lines(log.read_text())
+    assert len(again) == 2 and again[0] == again[1] > steps[0], log.read_text()[-3000:]
+    assert checkpoint_problem(output_dir / f"checkpoint-{again[0]}") is None
+
+    process = start(resume, log := tmp_path / "finished.txt")
+    assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert final_step_and_loss(output_dir)[0] == 30
