@@ -566,11 +566,9 @@ def main(args: list[str] | None = None):
         metrics["train_skipped_videos"] = len(trainer.skipped_videos)
         if trainer.skipped_videos:
             logger.warning(f"Undecodable videos skipped: {sorted(trainer.skipped_videos)}")
-        # Saved in float32 whatever --backbone_dtype was, so that the model loads and runs anywhere.
-        backbone, backbone_dtype = model.base_model.vision_model, model.base_model.vision_model.dtype
-        backbone.float()
+        model.base_model.vision_model.float()  # saved in float32 whatever --backbone_dtype was: it loads anywhere
         trainer.save_model()
-        backbone.to(backbone_dtype)
+        model.base_model.vision_model.to(DTYPES[model_args.backbone_dtype])
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()
