@@ -200,10 +200,11 @@ def make_steps(name: str, model, pixel_values: torch.Tensor, labels: torch.Tenso
     return {"inference": inference, "train": train}
 
 
-def timed(step) -> float:
-    start = time.perf_counter()
+def timed(step) -> tuple[float, float]:
+    """Wall-clock and CPU seconds (all threads of this process) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
     step()
-    return time.perf_counter() - start
+    return time.perf_counter() - wall, time.process_time() - cpu
 
 
 def profile_inference(name: str, step, rows: int) -> str:
@@ -242,21 +243,41 @@ def to_markdown(result: dict) -> str:
     base = times["reference_fp32"]
     for name in SYSTEMS:
         if name not in times:
-            rows.append([name, "skipped", "", "", "", result["bf16_skipped_because"]])
+            rows.append([name, "skipped", "", "", "", "", "", "", "", result["bf16_skipped_because"]])
             continue
-        t = times[name]
+        t, paired = times[name], result["median_of_round_ratios"]
         rows.append(
             [
                 name,
                 t["inference_s"],
                 ratio(base["inference_s"], t["inference_s"]),
+                paired.get(f"{name}_inference_speedup", 1.0),
+                t["inference_cpu_s"],
                 t["train_s"],
                 ratio(base["train_s"], t["train_s"]),
+                paired.get(f"{name}_train_speedup", 1.0),
+                t["train_cpu_s"],
                 f"{result['max_abs_logit_diff'][name]:.1e}",
             ]
         )
-    headers = ["system", "inference (s)", "speed-up", "train step (s)", "speed-up", "max abs logit diff vs reference"]
-    lines = [title, "", markdown_table(headers, rows), "", targets_table(result["targets"])]
+    headers = [
+        "system",
+        "inference (s)",
+        "speed-up",
+        "median of round speed-ups",
+        "inference CPU (s)",
+        "train step (s)",
+        "speed-up",
+        "median of round speed-ups",
+        "train step CPU (s)",
+        "max abs logit diff vs reference",
+    ]
+    quiet = (
+        f"fp32 `torch.mm` 2048x2048 per round (a quiet machine gives the most): "
+        f"{', '.join(f'{g:.0f}' for g in result['matmul_gflops_per_s_runs'])} GFLOP/s; load average per round: "
+        f"{', '.join(fmt(load) for load in result['loadavg_runs'])}"
+    )
+    lines = [title, "", markdown_table(headers, rows), "", quiet, "", targets_table(result["targets"])]
     return "\n".join(lines)
 
 
@@ -303,7 +324,7 @@ def main(argv=None):
     for name, step in steps.items():
         for _ in range(args.warmup_steps):
             step["inference"](), step["train"]()
-    runs = {name: {"inference_s": [], "train_s": []} for name in steps}
+    runs = {name: {f"{mode}_{unit}": [] for mode in ("inference", "train") for unit in ("s", "cpu_s")} for name in steps}
     matmul, loads = [], []
     names = list(steps)
     for round_index in range(args.rounds):
@@ -311,8 +332,10 @@ def main(argv=None):
         loads.append(round(os.getloadavg()[0], 2))
         order = names[round_index % len(names) :] + names[: round_index % len(names)]
         for name in order:
-            runs[name]["inference_s"].append(timed(steps[name]["inference"]))
-            runs[name]["train_s"].append(timed(steps[name]["train"]))
+            for mode in ("inference", "train"):
+                wall, cpu = timed(steps[name][mode])
+                runs[name][f"{mode}_s"].append(wall)
+                runs[name][f"{mode}_cpu_s"].append(cpu)
         log(
             f"round {round_index + 1}/{args.rounds} (matmul {matmul[-1]:.0f} GFLOP/s, load {loads[-1]}): "
             + ", ".join(f"{n} {runs[n]['inference_s'][-1]:.2f}/{runs[n]['train_s'][-1]:.2f} s" for n in names)
@@ -320,10 +343,16 @@ def main(argv=None):
 
     times = {name: {key: median(values) for key, values in run.items()} for name, run in runs.items()}
     base = times["reference_fp32"]
-    ratios = {}
+    ratios, cpu_time_ratios, paired_ratios = {}, {}, {}
     for name in names[1:]:
         for mode in ("inference", "train"):
-            ratios[f"{name}_{mode}_speedup"] = ratio(base[f"{mode}_s"], times[name][f"{mode}_s"])
+            key = f"{name}_{mode}_speedup"
+            ratios[key] = ratio(base[f"{mode}_s"], times[name][f"{mode}_s"])
+            cpu_time_ratios[key] = ratio(base[f"{mode}_cpu_s"], times[name][f"{mode}_cpu_s"])
+            # each round's own ratio: both sides saw that round's load
+            paired_ratios[key] = median(
+                [ratio(b, t) for b, t in zip(runs["reference_fp32"][f"{mode}_s"], runs[name][f"{mode}_s"])]
+            )
     goals = {"evl_hf_fp32_inference_speedup": 1.15, "evl_hf_bf16_inference_speedup": 1.8, "evl_hf_bf16_train_speedup": 2.2}
     targets = {key: target(ratios.get(key), at_least=goal) for key, goal in goals.items() if key in ratios}
     targets["evl_hf_fp32_max_abs_logit_diff"] = target(differences["evl_hf_fp32"], at_most=1e-4)
@@ -351,6 +380,8 @@ def main(argv=None):
         "matmul_gflops_per_s_runs": matmul,
         "loadavg_runs": loads,
         "ratios": ratios,
+        "median_of_round_ratios": paired_ratios,
+        "cpu_time_ratios": cpu_time_ratios,
         "targets": targets,
     }
     emit("reference", result, to_markdown(result), args.output)
