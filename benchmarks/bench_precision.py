@@ -137,6 +137,10 @@ def measure_random_clip(args) -> dict:
     return result
 
 
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
 def to_markdown(result: dict) -> str:
     headers = [
         "model",
@@ -155,9 +159,9 @@ def to_markdown(result: dict) -> str:
             [
                 f"trained ({r['model']})" if key == "trained" else f"random {r['shape']} CLIP, random decoder",
                 r["clips"],
-                r["top1_agreement"],
-                r.get("accuracy_fp32"),
-                r.get("accuracy_bf16"),
+                percent(r["top1_agreement"]),
+                percent(r.get("accuracy_fp32")),
+                percent(r.get("accuracy_bf16")),
                 f"{r['max_abs_logit_diff']:.1e}",
                 f"{r['mean_abs_logit_diff']:.1e}",
                 fmt(r["max_abs_logit"]),
