@@ -73,20 +73,15 @@ class EVLQuickGELUActivation(QuickGELUActivation):
     The stock module makes three new tensors the size of a CLIP MLP's hidden activations (`(images, tokens, 4 *
     width)`: 39 MB per ViT-B/16 layer for 16 frames). The allocator gives tensors that large fresh pages from the
     kernel every time, and faulting them in costs more than the arithmetic. EVL's frozen backbone runs without
-    autograd, so there this module overwrites its input (the output of `fc1`, which nothing else reads), like
-    `nn.ReLU(inplace=True)`, a cache-sized block of rows at a time. With autograd recording, or under `torch.compile`
+    autograd, so there this module makes one such tensor and overwrites its input (the output of `fc1`, which nothing
+    else reads) with the result, like `nn.ReLU(inplace=True)`. With autograd recording, or under `torch.compile`
     (which fuses the stock formula), it is the stock module.
     """
 
-    block_elements = 2**18  # 1 MiB of fp32 per block: its temporary stays in the core's cache
-
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or not input.is_contiguous():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return super().forward(input)
-        rows = input.view(-1, input.shape[-1])
-        for block in rows.split(max(1, self.block_elements // rows.shape[-1])):
-            block.mul_((1.702 * block).sigmoid_())
-        return input
+        return input.mul_((1.702 * input).sigmoid_())
 
 
 class EVLTemporalCrossAttention(nn.Module):
