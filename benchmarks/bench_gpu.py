@@ -9,10 +9,14 @@ cores), the decoder and head keep fp32 weights, and the forward runs under `torc
   with a `GradScaler`) in clips/s, and peak memory: `torch.cuda.max_memory_allocated` on GPU, the process's
   peak RSS on CPU.
 
+Then the decode rate: 8 frames at stride 16 from generated 640x360, 10 s, 30 fps H.264 videos (libx264's
+default keyframe interval), with torchcodec's CPU decoder (one thread) and, when this torchcodec and FFmpeg can
+use it, its CUDA (NVDEC) decoder; clips/s, uint8 frames on the decoder's device, no resize.
+
 The backbone's attention runs through `--attn-implementation` (`sdpa`, `flash_attention_2` (needs the
 flash-attn package and a GPU) or `eager`); the decoder's single-query attention always uses SDPA.
 
-    python benchmarks/bench_gpu.py                                    # bf16, sdpa, ViT-B/16 and ViT-L/14 on cuda
+    python benchmarks/bench_gpu.py --output docs/benchmark_results    # bf16, sdpa, ViT-B/16 and ViT-L/14 on cuda
     python benchmarks/bench_gpu.py --dtype fp16 --attn-implementation flash_attention_2 --compile
     python benchmarks/bench_gpu.py --tiny --device cpu                # seconds; what the tests run
     python benchmarks/bench_gpu.py --device cpu --shapes vit-b16 --accuracy-only --accuracy-batch-size 1
@@ -21,6 +25,7 @@ flash-attn package and a GPU) or `eager`); the decoder's single-query attention 
 import argparse
 import copy
 import time
+from pathlib import Path
 
 import torch
 from transformers import CLIPVisionConfig
@@ -165,6 +170,40 @@ def benchmark_shape(shape: str, args, device: torch.device) -> dict:
     return result
 
 
+def decode_rates(args) -> dict:
+    """Clips/s of torchcodec's CPU decoder and, where it works here, its CUDA decoder: `{device: result}`."""
+    from torchcodec.decoders import VideoDecoder
+
+    from bench_data_path import default_video_dir, generate_videos
+    from evl_hf.video_processing_evl import read_video_frames, sample_frame_indices
+
+    height, width, seconds = (96, 128, 4.0) if args.tiny else (360, 640, 10.0)
+    paths = generate_videos(Path(args.video_dir or default_video_dir()), args.decode_videos, seconds, 30, height, width, keyframe_interval=250)
+    indices = lambda total: sample_frame_indices(total, args.num_frames, strategy="dense", frame_stride=16)  # noqa: E731
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    results = {}
+    for device in devices:
+        decode = lambda path: read_video_frames(VideoDecoder(str(path), device=device, num_ffmpeg_threads=1), indices)  # noqa: E731
+        try:
+            decode(paths[0])  # warm-up: FFmpeg libraries, CUDA context, file cache
+            times = []
+            for _ in range(args.decode_rounds):
+                synchronize(torch.device(device))
+                start = time.perf_counter()
+                for path in paths:
+                    frames = decode(path)
+                synchronize(torch.device(device))
+                times.append(time.perf_counter() - start)
+        except Exception as error:  # e.g. an FFmpeg built without NVDEC: reported, not fatal
+            results[device] = {"error": f"{type(error).__name__}: {error}"}
+            log(f"decode on {device}: {results[device]['error']}")
+            continue
+        assert frames.shape[0] == args.num_frames and frames.device.type == device, (frames.shape, frames.device)
+        results[device] = {"clips_per_s": len(paths) / median(times), "seconds_runs": times}
+        log(f"decode on {device}: {results[device]['clips_per_s']:.1f} clips/s")
+    return {"video": f"{width}x{height}, {seconds:g} s, 30 fps, H.264, keyframe every 250 frames", "devices": results}
+
+
 def to_markdown(result: dict) -> str:
     s, machine = result["settings"], result["machine"]
     headers = [
@@ -193,7 +232,13 @@ def to_markdown(result: dict) -> str:
         f"{s['attn_implementation']} attention, compile {'on' if s['compile'] else 'off'}, {s['num_frames']} frames, "
         f"{timed}logits compared on {s['accuracy_batch_size']} clip(s); peak memory = {s['peak_memory']}"
     )
-    return "\n".join([title, "", markdown_table(headers, rows)])
+    lines = [title, "", markdown_table(headers, rows)]
+    if result.get("decode"):
+        decode = result["decode"]
+        rows = [[device, r.get("clips_per_s"), r.get("error", "")] for device, r in decode["devices"].items()]
+        lines += ["", f"Decoding {s['num_frames']} frames at stride 16 ({decode['video']}):", ""]
+        lines.append(markdown_table(["torchcodec decoder", "clips/s", "error"], rows))
+    return "\n".join(lines)
 
 
 def parse_args(argv=None):
@@ -210,11 +255,15 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="timed steps, default 10 (2 with --tiny)")
     parser.add_argument("--warmup-steps", type=int, default=None, help="default 3, 10 with --compile (1 with --tiny)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes only, for a run in seconds")
+    parser.add_argument("--decode-videos", type=int, default=4, help="videos in the decode-rate measurement (0: skip it)")
+    parser.add_argument("--decode-rounds", type=int, default=3)
+    parser.add_argument("--video-dir", default=None, help="where the decode videos are generated (default: the cache)")
     parser.add_argument("--output", help="folder to write gpu_<dtype>.json and .md (gpu_on_cpu_<dtype>.* on CPU) into")
     args = parser.parse_args(argv)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.tiny:
         args.shapes = "tiny"
+        args.decode_videos, args.decode_rounds = min(args.decode_videos, 2), 1
     args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     for shape in args.shapes:
         if shape not in SHAPES:
@@ -234,6 +283,7 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     results = {shape: benchmark_shape(shape, args, device) for shape in args.shapes}
+    decode = decode_rates(args) if args.decode_videos and not args.accuracy_only else None
     machine = machine_info()
     if device.type == "cuda":
         machine["gpu"] = torch.cuda.get_device_name(device)
@@ -255,6 +305,7 @@ def main(argv=None):
         },
         "machine": machine,
         "results": results,
+        "decode": decode,
     }
     # A CPU run (the tests, or the accuracy check at full shapes) must not pass for GPU numbers.
     name = ("gpu" if device.type == "cuda" else "gpu_on_cpu") + f"_{args.dtype}"

@@ -111,19 +111,14 @@ class EVLQuickGELUActivation(QuickGELUActivation):
 
     The stock module makes three fresh tensors of `(images, tokens, 4 * width)` (39 MB per ViT-B/16 layer for 16
     frames), and faulting in their pages costs more than the arithmetic. Without autograd (the frozen backbone) this
-    overwrites its input, `fc1`'s output, a cache-sized block of rows at a time; with autograd or under
+    makes one and overwrites its input, `fc1`'s output, which nothing else reads; with autograd or under
     `torch.compile` (which fuses the stock formula) it is the stock module.
     """
 
-    block_elements = 2**18  # 1 MiB of fp32 per block: its temporary stays in the core's cache
-
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if torch.is_grad_enabled() or torch.compiler.is_compiling() or not input.is_contiguous():
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
             return super().forward(input)
-        rows = input.view(-1, input.shape[-1])
-        for block in rows.split(max(1, self.block_elements // rows.shape[-1])):
-            block.mul_((1.702 * block).sigmoid_())
-        return input
+        return input.mul_((1.702 * input).sigmoid_())
 
 
 class EVLTemporalCrossAttention(nn.Module):

@@ -189,13 +189,27 @@ def test_data_wait_checks_the_2_worker_target(data_wait, results_dir):
     assert "| 2 |" in (results_dir / "data_wait.md").read_text()
 
 
-def test_gpu_benchmark_runs_on_cpu_and_reports_the_half_precision_logits_difference():
-    result = run_benchmark("bench_gpu.py", "--tiny", "--device", "cpu", "--steps", "1")
+def test_gpu_benchmark_runs_on_cpu_and_reports_the_half_precision_logits_difference(tmp_path):
+    result = run_benchmark("bench_gpu.py", "--tiny", "--device", "cpu", "--steps", "1", "--video-dir", str(tmp_path))
     tiny = result["results"]["tiny"]
     assert_positive(tiny["inference"], ["clips_per_s", "peak_memory_mb"])
     assert_positive(tiny["train"], ["clips_per_s", "peak_memory_mb"])
     # bf16 keeps about 3 significant digits: a difference, but a small one.
     assert 0 < tiny["accuracy"]["max_abs_diff"] < 0.1
+    # without a GPU only the CPU decoder is timed
+    assert set(result["decode"]["devices"]) == {"cpu"}
+    assert_positive(result["decode"]["devices"]["cpu"], ["clips_per_s"])
+
+
+def test_reference_benchmark_says_where_to_get_the_reference_code(tmp_path):
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_reference.py"), "--reference-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0
+    assert "has no model.py" in done.stderr and "git clone https://github.com/OpenGVLab/efficient-video-recognition" in done.stderr
 
 
 def test_plot_writes_a_png(cpu_models, data_path, results_dir):

@@ -1,0 +1,224 @@
+"""What a bf16 CLIP backbone (decoder and head in fp32) changes in EVL's predictions, against the fp32 model.
+
+Two models, each loaded twice, once in fp32 and once with `from_pretrained(dtype=torch.bfloat16)` (which
+halves the backbone only), and run on the same clips:
+
+- `trained`: a model trained with `examples/run_video_classification.py` (`--model DIR`, by default the
+  embedded synthetic-motion run), on the validation videos of the synthetic-motion dataset, decoded and
+  preprocessed by the model's own video processor;
+- `random_clip`: a randomly initialised ViT-B/16 CLIP saved to a folder, turned into EVL with
+  `from_clip_pretrained`, its decoder drawn at random (the zero-initialised tables too), saved and loaded
+  again; the first `--random-clips` validation videos, upsampled to 224 px, are its input.
+
+For each: top-1 accuracy of both (where labels are known), top-1 agreement between them, and the max and mean
+absolute logit difference.
+
+    python benchmarks/bench_precision.py --model outputs/evl-synthetic-motion --output docs/benchmark_results
+    python benchmarks/bench_precision.py --model outputs/evl-synthetic-motion --random-clips 0   # trained model only
+"""
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from benchmark_utils import VIT_SHAPES, emit, fmt, log, machine_info, markdown_table
+
+
+def validation_videos(validation_dir: Path, label2id: dict) -> list[tuple[Path, int]]:
+    """`(path, label index)` for every `<label>/*.mp4` under `validation_dir`, in a fixed order."""
+    videos = [
+        (path, label2id[path.parent.name])
+        for path in sorted(validation_dir.glob("*/*.mp4"))
+        if path.parent.name in label2id
+    ]
+    if not videos:
+        raise SystemExit(
+            f"error: no <label>/*.mp4 videos with labels {sorted(label2id)} under {validation_dir}: pass the "
+            "validation folder of the model's dataset with --validation-dir."
+        )
+    return videos
+
+
+def predict(models: dict, processor, videos: list, batch_size: int) -> dict:
+    """Logits of each model on the same preprocessed clips: `{name: (num_videos, num_labels)}`."""
+    logits = {name: [] for name in models}
+    for start in range(0, len(videos), batch_size):
+        paths = [str(path) for path, _ in videos[start : start + batch_size]]
+        pixel_values = processor(paths, return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            for name, model in models.items():
+                logits[name].append(model(pixel_values=pixel_values).logits.float())
+        log(f"  {min(start + batch_size, len(videos))}/{len(videos)} clips")
+    return {name: torch.cat(values) for name, values in logits.items()}
+
+
+def agreement(logits: dict, labels: torch.Tensor | None) -> dict:
+    fp32, bf16 = logits["fp32"], logits["bf16"]
+    difference = (bf16 - fp32).abs()
+    top2 = fp32.topk(2, dim=-1).values
+    result = {
+        "clips": fp32.shape[0],
+        "top1_agreement": (fp32.argmax(-1) == bf16.argmax(-1)).float().mean().item(),
+        "max_abs_logit_diff": difference.max().item(),
+        "mean_abs_logit_diff": difference.mean().item(),
+        "max_abs_logit": fp32.abs().max().item(),
+        # how close the fp32 model's first and second classes are: a flip needs a difference of this size
+        "min_top1_margin": (top2[:, 0] - top2[:, 1]).min().item(),
+    }
+    if labels is not None:
+        result["accuracy_fp32"] = (fp32.argmax(-1) == labels).float().mean().item()
+        result["accuracy_bf16"] = (bf16.argmax(-1) == labels).float().mean().item()
+    return result
+
+
+def load_both(folder: str) -> dict:
+    from evl_hf import EVLForVideoClassification
+
+    models = {
+        "fp32": EVLForVideoClassification.from_pretrained(folder),
+        "bf16": EVLForVideoClassification.from_pretrained(folder, dtype=torch.bfloat16),
+    }
+    for model in models.values():
+        model.eval()
+    assert models["bf16"].evl.vision_model.embeddings.patch_embedding.weight.dtype == torch.bfloat16
+    assert models["bf16"].classifier.weight.dtype == torch.float32
+    return models
+
+
+def measure_trained(args) -> dict:
+    from evl_hf import EVLVideoProcessor
+
+    models = load_both(args.model)
+    processor = EVLVideoProcessor.from_pretrained(args.model)
+    videos = validation_videos(Path(args.validation_dir), models["fp32"].config.label2id)
+    log(f"trained model {args.model}: {len(videos)} validation videos")
+    logits = predict(models, processor, videos, args.batch_size)
+    result = agreement(logits, torch.tensor([label for _, label in videos]))
+    result["model"] = args.model
+    result["vision_config"] = {key: getattr(models["fp32"].config.vision_config, key) for key in VIT_SHAPES["tiny"]}
+    return result
+
+
+def measure_random_clip(args) -> dict:
+    from evl_hf import EVLForVideoClassification, EVLVideoProcessor
+
+    torch.manual_seed(0)
+    shape = VIT_SHAPES[args.random_shape]
+    with tempfile.TemporaryDirectory() as clip_dir, tempfile.TemporaryDirectory() as evl_dir:
+        CLIPVisionModel(CLIPVisionConfig(**shape)).save_pretrained(clip_dir)
+        id2label = {i: f"class_{i}" for i in range(400)}
+        model = EVLForVideoClassification.from_clip_pretrained(
+            clip_dir,
+            num_frames=8,
+            decoder_num_layers=min(4, shape["num_hidden_layers"]),
+            id2label=id2label,
+            label2id={name: i for i, name in id2label.items()},
+        )
+        with torch.no_grad():
+            for parameter in model.evl.decoder.parameters():
+                if not parameter.any():  # temporal tables, position embeddings and query token start at zero
+                    parameter.normal_(std=0.02)
+        model.save_pretrained(evl_dir)
+        models = load_both(evl_dir)
+    size = shape["image_size"]
+    processor = EVLVideoProcessor(
+        num_frames=8, frame_stride=3, size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    )
+    videos = sorted(Path(args.validation_dir).glob("*/*.mp4"))[: args.random_clips]
+    log(f"random {args.random_shape} CLIP: {len(videos)} clips")
+    logits = predict(models, processor, [(path, None) for path in videos], args.batch_size)
+    result = agreement(logits, None)
+    result["shape"] = args.random_shape
+    return result
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+def to_markdown(result: dict) -> str:
+    headers = [
+        "model",
+        "clips",
+        "top-1 agreement",
+        "accuracy fp32",
+        "accuracy bf16",
+        "max abs logit diff",
+        "mean abs logit diff",
+        "largest logit",
+        "smallest top-1 margin",
+    ]
+    rows = []
+    for key, r in result["models"].items():
+        rows.append(
+            [
+                f"trained ({r['model']})" if key == "trained" else f"random {r['shape']} CLIP, random decoder",
+                r["clips"],
+                percent(r["top1_agreement"]),
+                percent(r.get("accuracy_fp32")),
+                percent(r.get("accuracy_bf16")),
+                f"{r['max_abs_logit_diff']:.1e}",
+                f"{r['mean_abs_logit_diff']:.1e}",
+                fmt(r["max_abs_logit"]),
+                f"{r['min_top1_margin']:.1e}",
+            ]
+        )
+    title = f"{result['machine']['cpu']}: fp32 model against the same weights loaded with a bf16 backbone (decoder and head fp32)"
+    return "\n".join([title, "", markdown_table(headers, rows)])
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", help="folder of a trained EVL model; omitted: the trained-model part is skipped")
+    parser.add_argument(
+        "--validation-dir",
+        help="folder of <label>/*.mp4 validation videos (default: the synthetic-motion dataset's, generated if needed)",
+    )
+    parser.add_argument("--random-clips", type=int, default=32, help="clips for the random ViT-B/16 model (0: skip)")
+    parser.add_argument("--random-shape", default="vit-b16", choices=list(VIT_SHAPES))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--output", help="folder to write precision.json and precision.md into")
+    args = parser.parse_args(argv)
+    if args.model and not Path(args.model, "config.json").is_file():
+        parser.error(f"--model {args.model} has no config.json: pass the output folder of a training run.")
+    if args.validation_dir is None:
+        from evl_hf.synthetic_data import generate_synthetic_motion_dataset
+
+        args.validation_dir = str(generate_synthetic_motion_dataset() / "validation")
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    start = time.perf_counter()
+    models = {}
+    if args.model:
+        models["trained"] = measure_trained(args)
+    if args.random_clips:
+        models["random_clip"] = measure_random_clip(args)
+    if not models:
+        sys.exit("error: nothing to measure: pass --model and/or a positive --random-clips.")
+    result = {
+        "benchmark": "precision",
+        "settings": {
+            "validation_dir": args.validation_dir,
+            "random_clips": args.random_clips,
+            "batch_size": args.batch_size,
+            "threads": args.threads,
+        },
+        "machine": machine_info(),
+        "seconds": time.perf_counter() - start,
+        "models": models,
+    }
+    emit("precision", result, to_markdown(result), args.output)
+
+
+if __name__ == "__main__":
+    main()
