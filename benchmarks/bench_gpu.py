@@ -178,7 +178,8 @@ def decode_rates(args) -> dict:
     from evl_hf.video_processing_evl import read_video_frames, sample_frame_indices
 
     height, width, seconds = (96, 128, 4.0) if args.tiny else (360, 640, 10.0)
-    paths = generate_videos(Path(args.video_dir or default_video_dir()), args.decode_videos, seconds, 30, height, width, keyframe_interval=250)
+    # libx264's default GOP, as most downloaded datasets have
+    paths = generate_videos(Path(args.video_dir or default_video_dir()), args.decode_videos, seconds, 30, height, width)
     indices = lambda total: sample_frame_indices(total, args.num_frames, strategy="dense", frame_stride=16)  # noqa: E731
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     results = {}
