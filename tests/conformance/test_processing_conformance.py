@@ -11,11 +11,13 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""EVL model configuration."""
 """transformers' video-processor and image-processor common suites against EVL's processors (see conftest.py)."""
 
+import linecache
+import traceback
 import unittest
 
+import torch
 from transformers_tests.test_image_processing_common import ImageProcessingTester, ImageProcessingTestMixin
 from transformers_tests.test_video_processing_common import VideoProcessingTestMixin, prepare_video_inputs
 
@@ -73,6 +75,28 @@ class EVLVideoProcessingConformanceTest(VideoProcessingTestMixin, unittest.TestC
     @property
     def video_processor_dict(self):
         return self.video_processor_tester.prepare_video_processor_dict()
+
+    def test_call_sample_frames(self):
+        # The one documented deviation: transformers' processors raise when a video has fewer frames than
+        # `num_frames`; EVL's plays the video and repeats its last frame, as the paper's sampling does. Everything the
+        # common test checks before that step (no sampling when switched off, sampling `num_frames`, `fps` with and
+        # without metadata) must pass, and it must fail there and nowhere else.
+        try:
+            super().test_call_sample_frames()
+        except AssertionError as error:
+            self.assertIn("ValueError not raised", str(error))
+            frames = traceback.extract_tb(error.__traceback__)
+        else:
+            self.fail("the common test passed: the short-video deviation is gone, remove this override")
+        common = [entry for entry in frames if entry.filename.endswith("test_video_processing_common.py")][-1]
+        block = "".join(linecache.getline(common.filename, common.lineno + offset) for offset in range(3))
+        self.assertIn("num_frames=10", block, f"the common test failed elsewhere, at line {common.lineno}")
+        # What EVL does instead: 10 frames from an 8-frame video, the last one repeated.
+        processor = self.fast_video_processing_class(**self.video_processor_dict, do_sample_frames=True)
+        video = torch.arange(8, dtype=torch.uint8).view(8, 1, 1, 1).expand(8, 3, 32, 32).contiguous() * 30
+        clip = processor(video, num_frames=10, frame_sampling="uniform", return_tensors="pt")["pixel_values"][0]
+        self.assertEqual(clip.shape[0], 10)
+        self.assertTrue(torch.equal(clip[-1], clip[-2]) and torch.equal(clip[-3], clip[-2]))
 
 
 class EVLImageProcessingTester(ImageProcessingTester):
