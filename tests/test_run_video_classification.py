@@ -128,6 +128,26 @@ def test_training_continues_from_an_evl_checkpoint(run, tmp_path, videos):
     assert sorted(config["label2id"]) == ["down", "left", "right", "up"]
 
 
+def test_continuing_with_another_num_frames_interpolates_the_trained_temporal_embedding(run, tmp_path, videos):
+    from evl_hf import EVLForVideoClassification
+
+    first = run("--max_steps 2 --do_train", output_dir=tmp_path / "first")
+    run_video_classification.main(
+        f"""
+        --model_name_or_path {first} --train_dir {videos / "train"} --output_dir {tmp_path / "second"}
+        --cache_dir {tmp_path / "cache"} --num_frames 6 --frame_stride 1 --max_steps 1 --learning_rate 0
+        --per_device_train_batch_size 2 --save_strategy no --dataloader_num_workers 0 --report_to none
+        """.split()
+    )
+    trained = EVLForVideoClassification.from_pretrained(first).evl.decoder.layers[0].temporal_pos_embed
+    continued = EVLForVideoClassification.from_pretrained(tmp_path / "second")
+    assert continued.config.num_frames == 6
+    table = continued.evl.decoder.layers[0].temporal_pos_embed
+    expected = torch.nn.functional.interpolate(trained.T[None], size=6, mode="linear", align_corners=False)[0].T
+    assert trained.abs().sum() > 0 and table.shape == (6, trained.shape[1])
+    assert torch.allclose(table, expected, atol=1e-6)  # learning rate 0: the interpolated table, not a fresh one
+
+
 def test_default_run_output_loads_in_the_video_classification_pipeline(tmp_path):
     output_dir = tmp_path / "default"
     # No data or model argument: the embedded synthetic-motion run, shortened.
