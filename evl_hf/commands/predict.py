@@ -27,11 +27,10 @@ import os
 import sys
 
 from . import UsageError
-from .utils import add_model_arguments, load_model_and_processor
+from .utils import VIDEO_EXTENSIONS, add_model_arguments, load_model_and_processor
 
 
 # Extensions searched for in folders (lower case); FFmpeg reads all of these.
-VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp")
 LIST_EXTENSIONS = (".txt", ".csv")
 
 

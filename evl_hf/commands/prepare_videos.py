@@ -34,10 +34,9 @@ import sys
 from pathlib import Path
 
 from . import UsageError
+from .utils import VIDEO_EXTENSIONS
 
 
-# What the `videofolder` layout counts as a video (the extensions FFmpeg reads that datasets' builder accepts).
-VIDEO_EXTENSIONS = {".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp", ".ogv"}
 REPORT_NAME = "prepare_report.jsonl"
 SETTINGS_NAME = "prepare_settings.json"
 

@@ -19,6 +19,10 @@ from . import UsageError
 
 
 DTYPES = ("float32", "bfloat16", "float16")
+# What folders are searched for (predict, prepare-videos): the containers FFmpeg reads that video datasets use.
+VIDEO_EXTENSIONS = (
+    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp", ".ogv"
+)  # fmt: skip
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, device: bool = True, dtype: bool = True):
