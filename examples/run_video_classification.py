@@ -597,4 +597,8 @@ def main(args: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    finally:  # a gloo process group left to the interpreter's exit can abort it (SIGABRT) after the work is done
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
