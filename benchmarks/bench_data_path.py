@@ -383,10 +383,10 @@ def parse_args(argv=None):
     parser.add_argument("--frame-stride", type=int, default=16)
     parser.add_argument("--short-side", type=int, default=320, help="prepare-videos --short_side")
     parser.add_argument(
-        "--keyframe-intervals", default="16,8", help="comma-separated prepare-videos --keyframe_interval values"
+        "--keyframe-intervals", default="8,16", help="comma-separated prepare-videos --keyframe_interval values"
     )
     parser.add_argument("--clips-per-video", type=int, default=3, help="random training clips timed per video")
-    parser.add_argument("--crf", type=int, default=23, help="prepare-videos --crf")
+    parser.add_argument("--crf", type=int, default=18, help="prepare-videos --crf")
     parser.add_argument(
         "--gflop-per-clip",
         type=float,

@@ -180,8 +180,9 @@ def load_video_frames(
     if _is_video_decoder(video):
         name = "the given VideoDecoder"
     else:
-        # FFmpeg chooses its thread count, as in transformers' video loader
-        name, video = repr(os.fspath(video)), open_video(video, num_ffmpeg_threads=0)
+        # As many FFmpeg threads as torch uses: all cores in the main process, one in a DataLoader worker, where the
+        # workers are the parallelism (a few sampled frames decode fastest on one thread: no frame-thread pipeline)
+        name, video = repr(os.fspath(video)), open_video(video, num_ffmpeg_threads=torch.get_num_threads())
     info = video.metadata
     metadata = VideoMetadata(
         total_num_frames=len(video),
