@@ -119,10 +119,8 @@ def infer_config_kwargs(state_dict: dict[str, torch.Tensor]) -> dict:
         raise CheckpointMismatchError(
             f"The checkpoint's decoder layers are {sorted(layers)}; expected consecutive layers from 0."
         )
-    fc1 = state_dict.get("decoder.decoder_layers.0.mlp.fc1.weight")
-    if fc1 is None:
-        raise CheckpointMismatchError("The checkpoint has no 'decoder.decoder_layers.0.mlp.fc1.weight'.")
-    kwargs["decoder_mlp_ratio"] = fc1.shape[0] / fc1.shape[1]
+    if (fc1 := state_dict.get("decoder.decoder_layers.0.mlp.fc1.weight")) is not None:
+        kwargs["decoder_mlp_ratio"] = fc1.shape[0] / fc1.shape[1]  # without it, `convert` reports the missing key
     if kwargs["use_temporal_pos_embed"]:
         kwargs["num_frames"] = state_dict["decoder.temporal_pos_embed.0"].shape[0]
     return kwargs
@@ -147,11 +145,6 @@ def read_labels(labels_file: str | os.PathLike, num_labels: int) -> dict[int, st
     return dict(enumerate(labels))
 
 
-def default_frame_stride(num_frames: int) -> int:
-    """The paper's sampling: 8 and 16 frames every 16th frame, 32 frames every 8th."""
-    return 8 if num_frames >= 32 else 16
-
-
 def convert(
     checkpoint: str | os.PathLike,
     clip_model: str,
@@ -170,9 +163,9 @@ def convert(
         )
     if "num_frames" not in inferred:
         raise CheckpointMismatchError("The checkpoint has no temporal position embedding: pass --num_frames.")
-    num_labels = inferred.pop("num_labels")
-    id2label = read_labels(labels_file, num_labels) if labels_file else {i: f"LABEL_{i}" for i in range(num_labels)}
-    inferred["decoder_num_heads"] = decoder_num_heads  # None: the backbone's
+    if labels_file:  # otherwise the config names the `num_labels` classes LABEL_0, LABEL_1, ...
+        id2label = read_labels(labels_file, inferred.pop("num_labels"))
+        inferred.update(id2label=id2label, label2id={name: i for i, name in id2label.items()})
 
     vision_config = AutoConfig.from_pretrained(clip_model)
     vision_config = getattr(vision_config, "vision_config", vision_config)  # a full CLIPModel, or its vision tower
@@ -182,9 +175,7 @@ def convert(
             f"{clip_model} has only {vision_config.num_hidden_layers} encoder layers. Check that --clip_model is the "
             "backbone the checkpoint was trained with."
         )
-    model = EVLForVideoClassification.from_clip_pretrained(
-        clip_model, id2label=id2label, label2id={name: i for i, name in id2label.items()}, **inferred
-    )
+    model = EVLForVideoClassification.from_clip_pretrained(clip_model, decoder_num_heads=decoder_num_heads, **inferred)
     expected = {
         key: value.shape for key, value in model.state_dict().items() if not key.startswith("evl.vision_model.")
     }
@@ -209,8 +200,9 @@ def convert(
     image_size = model.config.vision_config.image_size
     processor_kwargs = dict(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size})
     num_frames = model.config.num_frames
+    # the paper's sampling: 8 and 16 frames every 16th frame, 32 frames every 8th
     video_processor = EVLVideoProcessor(
-        num_frames=num_frames, frame_stride=default_frame_stride(num_frames), **processor_kwargs
+        num_frames=num_frames, frame_stride=8 if num_frames >= 32 else 16, **processor_kwargs
     )
     return model, video_processor, EVLImageProcessor(**processor_kwargs)
 

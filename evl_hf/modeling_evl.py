@@ -107,11 +107,9 @@ def _unfold_clips(tensors: tuple[torch.Tensor, ...] | None, num_frames: int) -> 
 
 class EVLQuickGELUActivation(QuickGELUActivation):
     """
-    CLIP's QuickGELU, `x * sigmoid(1.702 * x)`, bit for bit, computed in place while autograd is not recording.
-
-    The stock module makes three fresh tensors of `(images, tokens, 4 * width)` (39 MB per ViT-B/16 layer for 16
-    frames), and faulting in their pages costs more than the arithmetic. Without autograd (the frozen backbone) this
-    makes one and overwrites its input, `fc1`'s output, which nothing else reads; with autograd or under
+    CLIP's QuickGELU, `x * sigmoid(1.702 * x)`, bit for bit. Without autograd (the frozen backbone) it makes one fresh
+    `(images, tokens, 4 * width)` tensor, not the stock module's three (faulting in their pages costs more than the
+    arithmetic), and overwrites its input, `fc1`'s output, which nothing else reads; with autograd or under
     `torch.compile` (which fuses the stock formula) it is the stock module.
     """
 
@@ -162,9 +160,8 @@ class EVLTemporalCrossAttention(nn.Module):
         heads, head_dim)`. Returns `(batch_size, num_frames, 1 + num_patches, hidden_size)`,
         zero at the class token."""
         queries, keys = queries[:, :, 1:], keys[:, :, 1:]
-        batch_size, num_frames, num_patches = queries.shape[:3]
-        if num_frames == 1:
-            return queries.new_zeros(batch_size, 1, 1 + num_patches, self.w_fwd.shape[1])
+        batch_size, _, num_patches = queries.shape[:3]
+        # a single frame has no neighbour: both directions are empty and it gets zeros
         offset_index = self.offset_index(queries.device)
         forward = self._attend(queries[:, 1:], keys[:, :-1], self.w_fwd, offset_index)  # frames 1..T-1 look back
         backward = self._attend(queries[:, :-1], keys[:, 1:], self.w_bwd, offset_index)  # frames 0..T-2 look ahead

@@ -135,8 +135,11 @@ def _diagnose_unopenable_video(path: str) -> str:
     return "its data is not a video container FFmpeg recognises (the file is corrupted or truncated)"
 
 
-def _check_video_file(video: "str | os.PathLike") -> str:
-    """The path of `video`, once it is known to be a non-empty regular file; otherwise an error naming it."""
+def open_video(video: "str | os.PathLike", num_ffmpeg_threads: int = 1) -> "VideoDecoder":
+    """A torchcodec `VideoDecoder` of a video file, counting frames exactly, with `num_ffmpeg_threads` threads (0:
+    FFmpeg chooses) and the errors of [`load_video_frames`]: for reading one video many times (a timeline, say)."""
+    from torchcodec.decoders import VideoDecoder
+
     path = os.fspath(video)
     if not os.path.exists(path):
         raise FileNotFoundError(errno.ENOENT, "Video file not found", path)
@@ -148,15 +151,6 @@ def _check_video_file(video: "str | os.PathLike") -> str:
         raise VideoDecodingError(f"Cannot read video {path!r}: it is not a regular file (a pipe or a device)")
     if file_stat.st_size == 0:
         raise VideoDecodingError(f"Cannot read video {path!r}: the file is empty (0 bytes)")
-    return path
-
-
-def open_video(video: "str | os.PathLike", num_ffmpeg_threads: int = 1) -> "VideoDecoder":
-    """A torchcodec `VideoDecoder` of a video file, counting frames exactly, with `num_ffmpeg_threads` threads (0:
-    FFmpeg chooses) and the errors of [`load_video_frames`]: for reading one video many times (a timeline, say)."""
-    from torchcodec.decoders import VideoDecoder
-
-    path = _check_video_file(video)
     try:
         decoder = VideoDecoder(path, seek_mode="exact", num_ffmpeg_threads=num_ffmpeg_threads)
     except (RuntimeError, ValueError) as error:
@@ -256,9 +250,7 @@ class EVLVideoProcessor(BaseVideoProcessor):
     Video processor for EVL, the one place where clips are made: samples `num_frames` frames (or `fps` per second)
     with [`sample_frame_indices`], decoding only those, resizes their shortest edge to 224 (bilinear), crops the
     centre 224x224 and normalises with the CLIP mean and std. Frames given as uint8 `(T, C, H, W)` tensors or arrays
-    are the clip unless `do_sample_frames=True`. `num_clips` temporal x `num_crops` spatial views give `pixel_values`
-    `(batch_size, views, num_frames, 3, H, W)`, spatial-major; training (`do_augment=True`) samples at random and
-    [`~EVLVideoProcessor.augment`]s in place of resize and crop.
+    are the clip unless `do_sample_frames=True`. Several views ([`EVLVideoProcessorKwargs`]) are spatial-major.
     """
 
     resample = PILImageResampling.BILINEAR
@@ -288,11 +280,8 @@ class EVLVideoProcessor(BaseVideoProcessor):
     model_input_names = ["pixel_values"]
 
     def __init__(self, **kwargs: Unpack[EVLVideoProcessorKwargs]):
-        frame_sampling = kwargs.get("frame_sampling", self.frame_sampling)
-        if frame_sampling not in FRAME_SAMPLING_STRATEGIES:
-            raise ValueError(
-                f"Unknown frame_sampling {frame_sampling!r}; expected one of {', '.join(FRAME_SAMPLING_STRATEGIES)}."
-            )
+        # an unknown strategy is refused on construction (or loading), not at the first video
+        sample_frame_indices(1, 1, strategy=kwargs.get("frame_sampling", self.frame_sampling))
         if kwargs.get("fps") is not None:
             if kwargs.get("num_frames") is not None:
                 raise ValueError("`num_frames` and `fps` are mutually exclusive arguments, please use only one!")
