@@ -53,17 +53,19 @@ def plot(results: Path, output: Path) -> Path:
         "clips / s",
     )
     if data:
-        labels, values = [], []
-        for interval, video in data["videos"].items():
-            gop = interval.rsplit("_", 1)[-1]
-            for method in ("torchcodec_sampled", "pyav_whole_video"):
-                labels.append(f"{method.split('_')[0]}\ng={gop}")
-                values.append(video["methods"][method]["clips_per_s"])
-        bars = axes[3].bar(labels, values, color=["tab:green", "tab:gray"] * (len(values) // 2))
+        labels, values, colours = [], [], []
+        short = {"pyav_whole_video": "PyAV", "torchcodec_sampled": "torchcodec"}
+        for size, video in data["videos"].items():
+            for method, result in video["methods"].items():
+                # torchcodec_prepared_g4 -> "prepared g4"
+                labels.append(f"{size} {short.get(method, 'prepared ' + method.rsplit('_', 1)[-1])}")
+                values.append(result["clips_per_s"])
+                colours.append({"PyAV": "tab:gray", "torchcodec": "tab:green"}.get(short.get(method), "tab:blue"))
+        bars = axes[3].bar(labels, values, color=colours)
         axes[3].bar_label(bars, [f"{v:.1f}" for v in values], fontsize=8)
         axes[3].set_title("decode + transforms, 1 thread (higher is better)", fontsize=10)
         axes[3].set_ylabel("clips / s")
-        axes[3].tick_params(axis="x", labelsize=8)
+        axes[3].tick_params(axis="x", labelsize=7, labelrotation=60)
         axes[3].margins(y=0.15)
 
     s = cpu["settings"]

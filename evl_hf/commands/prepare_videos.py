@@ -65,7 +65,7 @@ def register(subparsers):
         "320, for 224-pixel crops after the paper's short-side resize).",
     )
     parser.add_argument(
-        "--keyframe_interval", type=int, default=8, help="Frames from one keyframe to the next (default: 8)."
+        "--keyframe_interval", type=int, default=4, help="Frames from one keyframe to the next (default: 4)."
     )
     parser.add_argument(
         "--crf",
@@ -96,7 +96,7 @@ def check_arguments(args) -> None:
     if args.short_side < 2:
         raise UsageError(f"--short_side {args.short_side}: must be at least 2 pixels (320 is the usual choice).")
     if args.keyframe_interval < 1:
-        raise UsageError(f"--keyframe_interval {args.keyframe_interval}: must be at least 1 (8 is the default).")
+        raise UsageError(f"--keyframe_interval {args.keyframe_interval}: must be at least 1 (4 is the default).")
     if not 0 <= args.crf <= 51:
         raise UsageError(f"--crf {args.crf}: libx264 takes 0 to 51 (18 is the default; lower keeps more detail).")
     if args.num_workers < 1:

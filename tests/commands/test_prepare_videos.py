@@ -107,6 +107,16 @@ def test_a_keyframe_every_keyframe_interval_frames(tree, tmp_path):
     assert keyframe_indices(out / "right/b.mp4") == [0, 8, 16, 24, 32]
 
 
+def test_defaults_a_keyframe_every_4_frames_and_no_b_frames(tree, tmp_path):
+    # What makes a sampled frame cheap: few frames back to a keyframe, none ahead (a B-frame needs a later frame).
+    out = tmp_path / "prepared"
+    assert prepare(tree, out) == 0
+    assert keyframe_indices(out / "left/a.mp4") == list(range(0, 40, 4))
+    with av.open(str(out / "left/a.mp4")) as container:
+        picture_types = {av.video.frame.PictureType(frame.pict_type).name for frame in container.decode(video=0)}
+    assert picture_types == {"I", "P"}
+
+
 def test_prepared_frames_are_the_original_frames(tree, tmp_path):
     out = tmp_path / "prepared"
     assert prepare(tree, out, "--short_side", 48, "--crf", 10) == 0  # no resizing: compare pixel for pixel
