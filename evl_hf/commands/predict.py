@@ -22,6 +22,7 @@ batch in flight, and running the same command again skips every video already in
 
 import argparse
 import csv
+import io
 import json
 import os
 import sys
@@ -80,12 +81,12 @@ class ResultsFile:
     `error`). Opening it reads the videos it already holds; a last line cut short by a stopped run is removed.
     """
 
-    def __init__(self, path: str, top_k: int):
+    def __init__(self, path: str, top_k: int, retry_failed: bool = False):
         self.path, self.top_k = path, top_k
         self.is_csv = path.lower().endswith(".csv")
         self.done = {}  # video -> whether its record is an error
         if os.path.exists(path):
-            self._read()
+            self._read(retry_failed)
         self.file = open(path, "a", newline="")
         self.writer = csv.writer(self.file) if self.is_csv else None
         if self.is_csv and self.file.tell() == 0:
@@ -96,7 +97,7 @@ class ResultsFile:
     def _csv_header(top_k: int) -> list[str]:
         return ["video"] + [f"{name}_{i}" for i in range(1, top_k + 1) for name in ("label", "score")] + ["error"]
 
-    def _read(self):
+    def _read(self, retry_failed: bool):
         with open(self.path, "rb") as file:
             data = file.read()
         complete = data[: data.rfind(b"\n") + 1]
@@ -105,21 +106,40 @@ class ResultsFile:
                 file.truncate(len(complete))
         text = complete.decode("utf-8")
         if self.is_csv:
-            for row in csv.DictReader(text.splitlines()):
-                if "video" not in row:
-                    raise UsageError(f"--output {self.path!r} is a CSV file without a `video` column; choose another.")
-                self.done[row["video"]] = bool(row.get("error"))
-            return
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-                self.done[record["video"]] = "error" in record
-            except (ValueError, KeyError, TypeError):
-                raise UsageError(
-                    f"--output {self.path!r}: line {number} is not a record of evl-hf predict; choose another file."
-                ) from None
+            rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
+            header, rows = (rows[0], rows[1:]) if rows else (None, [])
+            if header is not None and "video" not in header:
+                raise UsageError(f"--output {self.path!r} is a CSV file without a `video` column; choose another.")
+            video = header.index("video") if header else 0
+            error = header.index("error") if header and "error" in header else len(header or [])
+            records = [(row[video], len(row) > error and bool(row[error]), row) for row in rows]
+        else:
+            records = []
+            for number, line in enumerate(text.splitlines(keepends=True), start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                    records.append((record["video"], "error" in record, line))
+                except (ValueError, KeyError, TypeError):
+                    raise UsageError(
+                        f"--output {self.path!r}: line {number} is not a record of evl-hf predict; choose another file."
+                    ) from None
+        kept = []
+        for video, failed, record in records:
+            if failed and retry_failed:
+                self.done.pop(video, None)
+            else:
+                self.done[video] = failed
+                kept.append(record)
+        if len(kept) < len(records):  # error records dropped: rewrite the file without them, atomically
+            partial = f"{self.path}.partial"
+            with open(partial, "w", encoding="utf-8", newline="") as file:
+                if self.is_csv:
+                    csv.writer(file).writerows([header, *kept])
+                else:
+                    file.writelines(kept)
+            os.replace(partial, self.path)
 
     def write(self, record: dict):
         if self.is_csv:
@@ -182,13 +202,19 @@ def register(subparsers):
             "Classify video files, folders (searched recursively) and .txt/.csv lists of videos. Writes one record "
             "per video, as JSON lines or CSV (by the extension of --output) or to standard output: "
             '{"video", "labels", "scores"}, or {"video", "error"} for a video that cannot be read. Run the same '
-            "command again to resume: videos already in --output are skipped. Exit status: 0 when every video was "
+            "command again to resume: videos already in --output are skipped (with --retry_failed, those that failed are "
+            "tried again). Exit status: 0 when every video was "
             "predicted, 1 when some failed, 2 for usage errors."
         ),
     )
     add_model_arguments(parser)
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="Video files, folders, or .txt/.csv lists.")
     parser.add_argument("--output", help="JSON lines file (.csv for CSV) to write and resume (default: stdout).")
+    parser.add_argument(
+        "--retry_failed",
+        action="store_true",
+        help="Resuming: remove the error records from --output and try those videos again (default: keep them).",
+    )
     parser.add_argument("--top_k", type=int, default=5, help="Labels per video (default: 5).")
     parser.add_argument("--batch_size", type=int, default=8, help="Clips per forward pass (default: 8).")
     parser.add_argument(
@@ -219,7 +245,9 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    results = ResultsFile(args.output, args.top_k) if args.output else _StdoutResults(args.top_k)
+    if args.retry_failed and not args.output:
+        raise UsageError("--retry_failed resumes an --output file; give one.")
+    results = ResultsFile(args.output, args.top_k, args.retry_failed) if args.output else _StdoutResults(args.top_k)
     todo = [video for video in videos if video not in results.done]  # a resumed run skips what is recorded
     skipped = len(videos) - len(todo)
     if skipped:

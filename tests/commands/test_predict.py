@@ -172,3 +172,40 @@ def test_an_interrupted_run_resumes_without_recomputing(model_folder, videos, tm
     assert videos_recorded[: len(done_before)] == done_before  # the first run's records are kept as they were
     assert f"{len(done_before)} of 60 videos already in" in resumed.stderr
     assert f"{60 - len(done_before)} predicted now" in resumed.stderr
+
+
+@pytest.mark.parametrize("suffix", [".jsonl", ".csv"])
+def test_retry_failed_tries_the_failed_videos_again(model_folder, videos, tmp_path, suffix):
+    broken = tmp_path / "later.mp4"
+    broken.write_bytes(videos[0].read_bytes()[:500])  # still being copied, say
+    output = tmp_path / f"out{suffix}"
+    assert predict(model_folder, videos[1], broken, "--output", output) == 1
+
+    def records():
+        if suffix == ".csv":
+            with open(output, newline="") as file:
+                return {row["video"]: row for row in csv.DictReader(file)}
+        return {record["video"]: record for record in read_records(output)}
+
+    good = records()[str(videos[1])]
+    assert records()[str(broken)]["error"]
+    broken.write_bytes(videos[0].read_bytes())  # the copy finished
+    assert predict(model_folder, videos[1], broken, "--output", output) == 1  # resuming keeps the error record
+    assert records()[str(broken)]["error"]
+
+    assert predict(model_folder, videos[1], broken, "--output", output, "--retry_failed") == 0
+    after = records()
+    assert list(after) == [str(videos[1]), str(broken)]  # the error record is gone, the good one kept as it was
+    assert after[str(videos[1])] == good
+    if suffix == ".csv":
+        assert after[str(broken)]["error"] == "" and after[str(broken)]["label_1"] in LABELS
+    else:
+        assert "error" not in after[str(broken)] and set(after[str(broken)]["labels"]) <= set(LABELS)
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_retry_failed_needs_an_output_file(model_folder, videos, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        predict(model_folder, videos[0], "--retry_failed")
+    assert exit_info.value.code == 2
+    assert "--retry_failed" in capsys.readouterr().err
