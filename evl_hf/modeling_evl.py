@@ -254,11 +254,10 @@ class EVLDecoderLayer(GradientCheckpointingLayer):
         self.mlp = EVLDecoderMLP(config)
 
     def _temporal_pos_embed(self, num_frames: int) -> torch.Tensor:
-        table = self.temporal_pos_embed
-        if num_frames != table.shape[0]:
-            # (frames, width) -> (1, width, frames), stretched linearly to the clip length
-            table = F.interpolate(table.T[None], size=num_frames, mode="linear", align_corners=False)[0].T
-        return table
+        # (frames, width) -> (1, width, frames), stretched linearly to the clip length: at the trained length this is
+        # the table itself, exactly, and having no branch on the length lets torch.export keep it dynamic
+        table = self.temporal_pos_embed.T[None]
+        return F.interpolate(table, size=num_frames, mode="linear", align_corners=False)[0].T
 
     def forward(
         self,

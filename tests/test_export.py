@@ -29,26 +29,27 @@ def model():
     return randomize_zero_initialised(EVLForVideoClassification(tiny_config())).eval()
 
 
-def export(model, dynamic_batch):
-    dynamic_shapes = {"pixel_values": {0: torch.export.Dim("batch_size", min=1, max=64)}} if dynamic_batch else None
+def export(model, dynamic):
+    dimensions = {0: torch.export.Dim("batch_size", min=1, max=64), 1: torch.export.Dim("num_frames", min=3, max=64)}
+    dynamic_shapes = {"pixel_values": dimensions} if dynamic else None
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         program = torch.export.export(model, (clip(),), dynamic_shapes=dynamic_shapes)
     return program, [str(warning.message) for warning in caught]
 
 
-@pytest.mark.parametrize("dynamic_batch", [False, True], ids=["static", "dynamic-batch"])
-def test_exported_program_gives_the_eager_logits_without_warnings(model, dynamic_batch):
-    program, messages = export(model, dynamic_batch)
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic-batch-and-frames"])
+def test_exported_program_gives_the_eager_logits_without_warnings(model, dynamic):
+    program, messages = export(model, dynamic)
     assert messages == []
     # the program holds the whole model: backbone, decoder (temporal tables included) and head
     targets = {spec.target for spec in program.graph_signature.input_specs if spec.target}
     assert {"evl.vision_model.embeddings.patch_embedding.weight", "classifier.weight"} <= targets
     assert "evl.decoder.layers.1.temporal_cross_attention.w_bwd" in targets
     exported = program.module()
-    batch_sizes = [2, 3, 1] if dynamic_batch else [2]
-    for batch_size in batch_sizes:
-        pixel_values = clip(batch_size=batch_size, seed=batch_size)
+    shapes = [(2, 4), (3, 4), (1, 4), (2, 3), (1, 16)] if dynamic else [(2, 4)]
+    for batch_size, num_frames in shapes:
+        pixel_values = clip(batch_size=batch_size, num_frames=num_frames, seed=batch_size)
         with torch.no_grad():
             expected = model(pixel_values).logits
             actual = exported(pixel_values).logits

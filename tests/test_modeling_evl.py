@@ -262,6 +262,13 @@ def test_interpolated_position_embedding_keeps_a_constant_table_constant(model):
     assert torch.allclose(layer._temporal_pos_embed(7), torch.arange(32.0).expand(7, 32))
 
 
+def test_position_embedding_at_the_trained_length_is_the_table_exactly(model):
+    layer = model.evl.decoder.layers[0]
+    with torch.no_grad():
+        layer.temporal_pos_embed.normal_()
+    assert torch.equal(layer._temporal_pos_embed(layer.temporal_pos_embed.shape[0]), layer.temporal_pos_embed)
+
+
 def test_hidden_states_are_the_encoder_layers_the_decoder_reads(model):
     outputs = model(clip(), output_hidden_states=True)
     assert len(outputs.hidden_states) == 2

@@ -122,9 +122,8 @@ class ResultsFile:
                     record = json.loads(line)
                     records.append((record["video"], "error" in record, line))
                 except (ValueError, KeyError, TypeError):
-                    raise UsageError(
-                        f"--output {self.path!r}: line {number} is not a record of evl-hf predict; choose another file."
-                    ) from None
+                    raise UsageError(f"--output {self.path!r}: line {number} is not a record of evl-hf predict; "
+                                     "choose another file.") from None  # fmt: skip
         kept = []
         for video, failed, record in records:
             if failed and retry_failed:
@@ -202,8 +201,8 @@ def register(subparsers):
             "Classify video files, folders (searched recursively) and .txt/.csv lists of videos. Writes one record "
             "per video, as JSON lines or CSV (by the extension of --output) or to standard output: "
             '{"video", "labels", "scores"}, or {"video", "error"} for a video that cannot be read. Run the same '
-            "command again to resume: videos already in --output are skipped (with --retry_failed, those that failed are "
-            "tried again). Exit status: 0 when every video was "
+            "command again to resume: videos already in --output are skipped (with --retry_failed, those that "
+            "failed are tried again). Exit status: 0 when every video was "
             "predicted, 1 when some failed, 2 for usage errors."
         ),
     )
