@@ -19,9 +19,11 @@ Training that survives preemption, for a script built on the Trainer (run_video_
 - [`last_complete_checkpoint`]: what `--resume_from_checkpoint last` resumes from, skipping (with a warning) folders
   the Trainer could not resume from, such as ones left by runs without the mixin;
 - [`PreemptionCallback`]: on SIGTERM the current optimisation step finishes, a checkpoint is saved at it and training
-  stops, at the same step on every process.
+  stops, at the same step on every process;
+- [`process_group_destroyed_at_exit`]: the exit of a finished, stopped or failed run is clean on every process.
 """
 
+import contextlib
 import functools
 import json
 import logging
@@ -222,3 +224,17 @@ class PreemptionCallback(TrainerCallback):
                            "finished; to continue, run again with the same arguments and "
                            "--resume_from_checkpoint last.")
             raise SystemExit(PREEMPTED_EXIT_STATUS)
+
+
+@contextlib.contextmanager
+def process_group_destroyed_at_exit():
+    """
+    Destroys torch.distributed's process group when the block ends, however it ends. A gloo group left for the
+    interpreter's shutdown can abort the process (SIGABRT, "terminate called without an active exception") after
+    the work is done, which a launcher reports as a failed run.
+    """
+    try:
+        yield
+    finally:
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

@@ -43,7 +43,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 
 from evl_hf import EVLConfig, EVLForVideoClassification, EVLImageProcessor, EVLVideoProcessor
 from evl_hf.video_processing_evl import FRAME_SAMPLING_STRATEGIES, VideoDecodingError
-from preemption import AtomicCheckpointsMixin, PreemptionCallback, resume_checkpoint
+from preemption import AtomicCheckpointsMixin, PreemptionCallback, process_group_destroyed_at_exit, resume_checkpoint
 
 
 logger = logging.getLogger(__name__)
@@ -392,19 +392,16 @@ def save_confusion_matrix(predictions: np.ndarray, references: np.ndarray, label
     np.add.at(matrix, (references, predictions), 1)
     with open(os.path.join(output_dir, "confusion_matrix.json"), "w") as file:
         json.dump({"labels": label_names, "matrix": matrix.tolist()}, file, indent=1)
-    import matplotlib
+    from matplotlib.figure import Figure  # without pyplot: no display, no global state
 
-    matplotlib.use("Agg")  # no display needed
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(min(4 + 0.4 * num_labels, 40),) * 2, layout="tight")
+    figure = Figure(figsize=(min(4 + 0.4 * num_labels, 40),) * 2, layout="tight")
+    axes = figure.subplots()
     figure.colorbar(axes.imshow(matrix, cmap="Blues"), ax=axes, fraction=0.046, pad=0.04)
     if num_labels <= 50:  # beyond, the names would overlap
         axes.set_xticks(range(num_labels), label_names, rotation=90)
         axes.set_yticks(range(num_labels), label_names)
     axes.set(xlabel="predicted label", ylabel="true label", title=f"Confusion matrix ({len(references)} videos)")
     figure.savefig(os.path.join(output_dir, "confusion_matrix.png"), dpi=100)
-    plt.close(figure)
 
 
 # ---- Trainer --------------------------------------------------------------------------------------------------------
@@ -597,8 +594,5 @@ def main(args: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    try:
+    with process_group_destroyed_at_exit():
         main()
-    finally:  # a gloo process group left to the interpreter's exit can abort it (SIGABRT) after the work is done
-        if torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
