@@ -34,6 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import ClassLabel, Dataset, DatasetDict, Video, load_dataset
+from datasets.packaged_modules.videofolder.videofolder import VIDEO_EXTENSIONS  # what videofolder loads
 
 import transformers
 from accelerate.utils import gather_object
@@ -49,7 +50,6 @@ from preemption import AtomicCheckpointsMixin, PreemptionCallback, process_group
 logger = logging.getLogger(__name__)
 
 EXAMPLES_DIR = Path(__file__).resolve().parent
-VIDEO_EXTENSIONS = (".mp4", ".mkv", ".avi", ".mov", ".mpeg", ".webm", ".m4v")
 DATA_SOURCES = ("dataset_name", "train_dir", "validation_dir", "train_file", "validation_file")
 # EVLConfig options that change the architecture: continuing from an EVL checkpoint, they must match its weights.
 ARCHITECTURE_OPTIONS = ("decoder_num_layers", "decoder_num_heads", "use_temporal_conv", "use_temporal_pos_embed",
