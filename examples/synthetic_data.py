@@ -178,8 +178,9 @@ def render_clip(rng: np.random.Generator, label: str, config: SyntheticMotionCon
 def _write_mp4(frames: torch.Tensor, path: Path, frame_rate: int):
     from torchcodec.encoders import VideoEncoder
 
-    # crf 18 keeps the edges of small objects crisp; yuv420p is what every H.264 decoder plays. One encoder thread:
-    # with several, x264's output depends on thread timing, so the same settings would not give the same files.
+    # crf 18 keeps the edges of small objects crisp; yuv420p is what every H.264 decoder plays. One encoder thread
+    # keeps x264's threading out of the output; even so, about one clip in ten encodes slightly differently from one
+    # process to the next (the rendered frames are identical), so two generations are close but not byte-identical.
     VideoEncoder(frames, frame_rate=frame_rate).to_file(
         str(path), codec="libx264", pixel_format="yuv420p", crf=18, preset="veryfast", extra_options={"threads": 1}
     )
