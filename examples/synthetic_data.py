@@ -44,8 +44,8 @@ import torch
 SYNTHETIC_MOTION_LABELS = ("left", "right", "up", "down")
 SHAPES = ("square", "disc", "triangle", "diamond")
 
-# Bump when the rendering changes, so that cached datasets made by an older generator are not reused.
-GENERATOR_VERSION = 2
+# Bump when the rendering or the encoding changes, so that cached datasets made by an older generator are not reused.
+GENERATOR_VERSION = 3
 
 # Marks a finished dataset folder; a folder without it is an interrupted generation and is never used.
 _COMPLETE_MARKER = "synthetic_motion.json"
@@ -178,12 +178,13 @@ def render_clip(rng: np.random.Generator, label: str, config: SyntheticMotionCon
 def _write_mp4(frames: torch.Tensor, path: Path, frame_rate: int):
     from torchcodec.encoders import VideoEncoder
 
-    # crf 18 keeps the edges of small objects crisp; yuv420p is what every H.264 decoder plays. One encoder thread
-    # keeps x264's threading out of the output; even so, about one clip in ten encodes slightly differently from one
-    # process to the next (the rendered frames are identical), so two generations are close but not byte-identical.
+    # crf 18 keeps the edges of small objects crisp; yuv420p is what every H.264 decoder plays. One encoder thread and
+    # no macroblock tree: with x264's mbtree, about one clip in ten came out slightly different from one process to
+    # the next, from the same frames, so two generations of the dataset were not byte-identical.
     VideoEncoder(frames, frame_rate=frame_rate).to_file(
-        str(path), codec="libx264", pixel_format="yuv420p", crf=18, preset="veryfast", extra_options={"threads": 1}
-    )
+        str(path), codec="libx264", pixel_format="yuv420p", crf=18, preset="veryfast",
+        extra_options={"threads": 1, "x264-params": "mbtree=0"},
+    )  # fmt: skip
 
 
 def generate_synthetic_motion_dataset(
