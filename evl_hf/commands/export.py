@@ -78,7 +78,6 @@ def export_onnx(model, path, *, opset: int = DEFAULT_OPSET, batch_size: int = 2)
 
     wrapper = Logits(model).eval()
     with torch.no_grad():
-        wrapper(example)  # builds the model's lazily made index tables outside of the trace
         torch.onnx.export(
             wrapper,
             (example,),
