@@ -289,43 +289,45 @@ class VideoClipDataset(torch.utils.data.Dataset):
     def set_epoch(self, epoch: int):  # see EpochCallback
         self.epoch = epoch
 
-    def _name(self, index: int) -> str:
-        video = self.dataset[index][self.video_column]
+    def _name(self, row: dict, index: int) -> str:
+        video = row[self.video_column]
         return str(video.get("path") or f"row {index}") if isinstance(video, dict) else str(video)
 
-    def _clip(self, index: int, **kwargs) -> torch.Tensor:
-        video = self.dataset[index][self.video_column]
+    def _clip(self, row: dict, index: int, **kwargs) -> torch.Tensor:
+        video = row[self.video_column]
         if isinstance(video, dict):  # a `Video(decode=False)` row: the bytes stored in the dataset, or a path
             from torchcodec.decoders import VideoDecoder
 
             try:
                 video = VideoDecoder(video["bytes"], seek_mode="exact") if video.get("bytes") else video["path"]
             except (RuntimeError, ValueError) as error:
-                raise VideoDecodingError(f"Cannot read video {self._name(index)}: {error}") from error
+                raise VideoDecodingError(f"Cannot read video {self._name(row, index)}: {error}") from error
         return self.video_processor(video, return_tensors="pt", **self.processor_kwargs, **kwargs)["pixel_values"][0]
 
     def __getitem__(self, index: int) -> dict:
-        if not self.train:
+        if not self.train:  # a row is read once: with stored bytes, reading it copies the video
+            row = self.dataset[index]
             try:
-                pixel_values = self._clip(index)  # (T, 3, H, W), or (views, T, 3, H, W)
+                pixel_values = self._clip(row, index)  # (T, 3, H, W), or (views, T, 3, H, W)
             except (VideoDecodingError, OSError) as error:
-                raise VideoDecodingError(f"Validation video {self._name(index)} cannot be decoded: {error}") from error
-            return {"pixel_values": pixel_values, "labels": self.dataset[index]["labels"]}
+                name = self._name(row, index)
+                raise VideoDecodingError(f"Validation video {name} cannot be decoded: {error}") from error
+            return {"pixel_values": pixel_values, "labels": row["labels"]}
         # A stream of its own for every (seed, epoch, index): independent of the worker, the process and the order.
         state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
         generator = torch.Generator().manual_seed(int(state))
         skipped, candidate = [], index
         for _ in range(16):  # replacements tried before giving up: a run with that many failures is stopped anyway
+            row = self.dataset[candidate]
             try:
                 seed = int(torch.randint(2**62, (), generator=generator))
-                pixel_values = self._clip(candidate, do_augment=True, seed=seed)
+                pixel_values = self._clip(row, candidate, do_augment=True, seed=seed)
             except (VideoDecodingError, OSError) as error:
-                logger.warning(f"Skipping training video {self._name(candidate)}: {error}")
-                skipped.append(self._name(candidate))
+                skipped.append(self._name(row, candidate))
+                logger.warning(f"Skipping training video {skipped[-1]}: {error}")
                 candidate = int(torch.randint(len(self.dataset), (), generator=generator))
                 continue
-            labels = self.dataset[candidate]["labels"]
-            return {"pixel_values": pixel_values, "labels": labels, "skipped_videos": skipped}
+            return {"pixel_values": pixel_values, "labels": row["labels"], "skipped_videos": skipped}
         raise VideoDecodingError(f"16 videos in a row could not be decoded, the last ones: {skipped[-3:]}.")
 
 
