@@ -28,10 +28,10 @@ import os
 import sys
 
 from . import UsageError
-from .utils import VIDEO_EXTENSIONS, add_model_arguments, load_model_and_processor
+from .utils import VIDEO_EXTENSIONS, add_model_arguments, load_model_and_processor, walk_videos
 
 
-# Extensions searched for in folders (lower case); FFmpeg reads all of these.
+# Inputs read as lists of videos rather than as videos.
 LIST_EXTENSIONS = (".txt", ".csv")
 
 
@@ -63,9 +63,7 @@ def find_videos(inputs: list[str]) -> list[str]:
     videos = []
     for item in inputs:
         if os.path.isdir(item):
-            for root, folders, files in os.walk(item):
-                folders.sort()
-                videos += [os.path.join(root, f) for f in sorted(files) if f.lower().endswith(VIDEO_EXTENSIONS)]
+            videos += walk_videos(item)
         elif os.path.isfile(item) and item.lower().endswith(LIST_EXTENSIONS):
             videos += _read_list(item)
         elif os.path.exists(item):

@@ -34,7 +34,7 @@ import sys
 from pathlib import Path
 
 from . import UsageError
-from .utils import VIDEO_EXTENSIONS
+from .utils import VIDEO_EXTENSIONS, walk_videos
 
 
 REPORT_NAME = "prepare_report.jsonl"
@@ -123,15 +123,9 @@ def output_name(relative: Path) -> Path:
 
 def find_tree_videos(input_dir: Path, output_dir: Path) -> list[tuple[Path, Path]]:
     """`(input path, output path relative to OUTPUT_DIR)` of every video under `input_dir`, in sorted order."""
-    videos = []
-    for root, folders, files in os.walk(input_dir):
-        # An OUTPUT_DIR inside INPUT holds outputs, not inputs: a second run must not prepare them again.
-        folders[:] = sorted(f for f in folders if (Path(root) / f).resolve() != output_dir)
-        for name in sorted(files):
-            path = Path(root) / name
-            if path.suffix.lower() in VIDEO_EXTENSIONS:
-                videos.append((path, output_name(path.relative_to(input_dir))))
-    return videos
+    # An OUTPUT_DIR inside INPUT holds outputs, not inputs: a second run must not prepare them again.
+    paths = [Path(path) for path in walk_videos(input_dir, skip=output_dir)]
+    return [(path, output_name(path.relative_to(input_dir))) for path in paths]
 
 
 def relative_output(video: str, root: Path) -> Path:
