@@ -36,8 +36,9 @@ LIST_EXTENSIONS = (".txt", ".csv")
 
 
 def _read_list(path: str) -> list[str]:
-    """Video paths from a `.txt` file (one per line; blank lines and `#` comments skipped) or a `.csv` file (the
-    `video` or `path` column, else the first column). Relative paths are relative to the list's folder."""
+    """Video paths from a `.txt` file (one per line, or `path label_index` as in the Kinetics lists that training and
+    prepare-videos read; blank lines and `#` comments skipped) or a `.csv` file (the `video` or `path` column, else
+    the first column). Relative paths are relative to the list's folder."""
     folder = os.path.dirname(os.path.abspath(path))
     with open(path, newline="") as file:
         if path.lower().endswith(".csv"):
@@ -48,6 +49,9 @@ def _read_list(path: str) -> list[str]:
         else:
             entries = [line.strip() for line in file]
             entries = [entry for entry in entries if entry and not entry.startswith("#")]
+            # a trailing label index is dropped; the path itself may contain spaces
+            parts = [entry.rsplit(maxsplit=1) for entry in entries]
+            entries = [p[0] if len(p) == 2 and p[1].lstrip("-").isdigit() else e for e, p in zip(entries, parts)]
     return [entry if os.path.isabs(entry) else os.path.normpath(os.path.join(folder, entry)) for entry in entries]
 
 

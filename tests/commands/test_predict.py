@@ -88,6 +88,15 @@ def test_txt_and_csv_lists_and_csv_output(model_folder, videos, tmp_path):
     assert all(row["label_1"] in LABELS and float(row["score_1"]) >= float(row["score_2"]) for row in rows)
 
 
+def test_a_kinetics_style_txt_list_gives_the_paths_without_their_labels(model_folder, videos, tmp_path):
+    # `relative/path.mp4 label_index`, the lists training and prepare-videos read
+    listed = tmp_path / "train.txt"
+    listed.write_text(f"{os.path.relpath(videos[0], tmp_path)} 3\n{videos[2]} 0\n")
+    output = tmp_path / "out.jsonl"
+    assert predict(model_folder, listed, "--output", output) == 0
+    assert [record["video"] for record in read_records(output)] == [str(videos[0]), str(videos[2])]
+
+
 def test_without_output_records_go_to_stdout(model_folder, videos, capsys):
     assert predict(model_folder, videos[0]) == 0
     captured = capsys.readouterr()
