@@ -49,7 +49,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from benchmark_utils import emit, log, machine_info, markdown_table, median, ratio, target, targets_table
+from benchmark_utils import (
+    default_video_dir, emit, log, machine_info, markdown_table, median, ratio, target, targets_table
+)  # fmt: skip
 
 
 # Training methods on the original videos; `torchcodec_prepared_g<interval>` are added per `--keyframe-intervals`.
@@ -66,16 +68,6 @@ EVALUATION_VIEWS = (1, 3)
 # BT.601 luma of RGB: the frames' brightness, apart from their colour planes (which yuv420p keeps at half resolution
 # and which are resized before, not after, they are upsampled to RGB in a prepared copy).
 LUMA_WEIGHTS = torch.tensor([0.299, 0.587, 0.114])[:, None, None]
-
-
-def default_video_dir() -> Path:
-    """`$EVL_HF_CACHE/benchmark_videos`, by default `~/.cache/evl_hf/benchmark_videos`, next to the synthetic data."""
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
-    from synthetic_data import default_cache_dir
-
-    return default_cache_dir().parent / "benchmark_videos"
 
 
 def render_video(seed: int, num_frames: int, height: int, width: int) -> torch.Tensor:

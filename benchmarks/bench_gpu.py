@@ -30,7 +30,10 @@ from pathlib import Path
 import torch
 from transformers import CLIPVisionConfig
 
-from benchmark_utils import VIT_SHAPES, emit, log, machine_info, markdown_table, median, peak_rss_mb
+from benchmark_utils import (
+    VIT_SHAPES, default_video_dir, emit, log, machine_info, markdown_table, median, peak_rss_mb,
+    randomize_zero_parameters,
+)  # fmt: skip
 
 
 SHAPES = VIT_SHAPES
@@ -53,12 +56,7 @@ def build_model(shape: str, num_frames: int, attn_implementation: str, device: t
     )
     model = EVLForVideoClassification(config)
     model.evl.vision_model.set_attn_implementation(attn_implementation)
-    # The temporal tables, position embeddings and query token start at zero, which would hide their share of
-    # the rounding error from the accuracy check.
-    with torch.no_grad():
-        for parameter in model.evl.decoder.parameters():
-            if not parameter.any():
-                parameter.normal_(std=0.02)
+    randomize_zero_parameters(model.evl.decoder)  # their share of the rounding error shows in the accuracy check
     return model.to(device)
 
 
@@ -174,7 +172,7 @@ def decode_rates(args) -> dict:
     """Clips/s of torchcodec's CPU decoder and, where it works here, its CUDA decoder: `{device: result}`."""
     from torchcodec.decoders import VideoDecoder
 
-    from bench_data_path import default_video_dir, generate_videos
+    from bench_data_path import generate_videos
     from evl_hf.video_processing_evl import read_video_frames, sample_frame_indices
 
     height, width, seconds = (96, 128, 4.0) if args.tiny else (360, 640, 10.0)

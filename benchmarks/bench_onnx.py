@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from bench_timeline import build_model
-from benchmark_utils import VIT_SHAPES, emit, log, machine_info, markdown_table, median, ratio
+from bench_timeline import SHAPES, build_model
+from benchmark_utils import emit, log, machine_info, markdown_table, median, ratio
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--shape", default="vit-b16", choices=sorted(VIT_SHAPES))
+    parser.add_argument("--shape", default="vit-b16", choices=sorted(SHAPES))
     parser.add_argument("--num-frames", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)

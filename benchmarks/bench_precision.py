@@ -26,7 +26,9 @@ from pathlib import Path
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from benchmark_utils import VIT_SHAPES, emit, fmt, log, machine_info, markdown_table
+from benchmark_utils import (
+    VIT_SHAPES, emit, fmt, log, machine_info, markdown_table, randomize_zero_parameters, synthetic_data
+)  # fmt: skip
 
 
 def validation_videos(validation_dir: Path, label2id: dict) -> list[tuple[Path, int]]:
@@ -119,10 +121,7 @@ def measure_random_clip(args) -> dict:
             id2label=id2label,
             label2id={name: i for i, name in id2label.items()},
         )
-        with torch.no_grad():
-            for parameter in model.evl.decoder.parameters():
-                if not parameter.any():  # temporal tables, position embeddings and query token start at zero
-                    parameter.normal_(std=0.02)
+        randomize_zero_parameters(model.evl.decoder)
         model.save_pretrained(evl_dir)
         models = load_both(evl_dir)
     size = shape["image_size"]
@@ -188,9 +187,7 @@ def parse_args(argv=None):
     if args.model and not Path(args.model, "config.json").is_file():
         parser.error(f"--model {args.model} has no config.json: pass the output folder of a training run.")
     if args.validation_dir is None:
-        from evl_hf.synthetic_data import generate_synthetic_motion_dataset
-
-        args.validation_dir = str(generate_synthetic_motion_dataset() / "validation")
+        args.validation_dir = str(synthetic_data().generate_synthetic_motion_dataset() / "validation")
     return args
 
 

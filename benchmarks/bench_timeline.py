@@ -32,19 +32,14 @@ from pathlib import Path
 
 import torch
 
-from benchmark_utils import VIT_SHAPES, emit, log, machine_info, markdown_table, median, ratio, target, targets_table
+from benchmark_utils import (
+    VIT_SHAPES, default_video_dir, emit, log, machine_info, markdown_table, median, ratio, target, targets_table
+)  # fmt: skip
 
 
 # ViT-S/16 (DeiT-S widths with CLIP's patch size): a quarter of ViT-B/16's backbone work, for a busy CPU.
 SHAPES = {**VIT_SHAPES, "vit-s16": {**VIT_SHAPES["vit-b16"], "hidden_size": 384, "intermediate_size": 1536,
                                     "num_attention_heads": 6}}  # fmt: skip
-
-
-def default_video_dir() -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))  # the generator sits there
-    from synthetic_data import default_cache_dir
-
-    return default_cache_dir().parent / "benchmark_videos"
 
 
 def generate_video(folder: Path, seconds: float, fps: int, height: int, width: int) -> Path:

@@ -44,6 +44,30 @@ VIT_SHAPES = {
 }
 
 
+def synthetic_data():
+    """`examples/synthetic_data.py`, the synthetic-motion generator, which sits next to the training script."""
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "examples"))
+    import synthetic_data
+
+    return synthetic_data
+
+
+def default_video_dir() -> Path:
+    """`$EVL_HF_CACHE/benchmark_videos`, by default `~/.cache/evl_hf/benchmark_videos`, next to the synthetic data."""
+    return synthetic_data().default_cache_dir().parent / "benchmark_videos"
+
+
+def randomize_zero_parameters(module) -> None:
+    """Gives N(0, 0.02) values to the parameters of `module` that are all zero: EVL's decoder starts its temporal
+    tables, position embeddings and query token at zero, which would hide their share of the work or of the error."""
+    import torch
+
+    with torch.no_grad():
+        for parameter in module.parameters():
+            if not parameter.any():
+                parameter.normal_(std=0.02)
+
+
 def log(message: str) -> None:
     """Progress for the reader of a long run; stderr, so stdout stays parseable."""
     print(message, file=sys.stderr, flush=True)
