@@ -327,23 +327,21 @@ def prepared_agreement(originals: list[Path], prepared: list[Path], processor, a
     How far the sampled frames of the prepared videos are from the same frames decoded from the originals and
     resized to the prepared size (bilinear, antialiased, as the video processor resizes), in [0, 1] units, over the
     training clip of every video, in RGB and in luma only; and the same at the model's input, before normalisation
-    (resized to 224, centre crop). For scale, the difference between a clip's successive frames (`frame_stride` apart) is reported too.
+    (resized to 224, centre crop). For scale, the difference between a clip's successive frames (`frame_stride`
+    apart) is reported too.
     """
     frame_diffs, luma_diffs, input_diffs, between = [], [], [], []
-    for video_index, (original_path, prepared_path) in enumerate(zip(originals, prepared)):
-        clip = training_clip(video_index, 0, args.num_frames, args.frame_stride)
-        original = torchcodec_sampled(original_path, clip).float() / 255
-        clip = training_clip(video_index, 0, args.num_frames, args.frame_stride)
-        ours = torchcodec_sampled(prepared_path, clip).float() / 255
+    for video_index, paths in enumerate(zip(originals, prepared)):
+        clips = [torchcodec_sampled(path, training_clip(video_index, 0, args.num_frames, args.frame_stride))
+                 for path in paths]  # uint8 (T, 3, H, W), the same frames of both copies  # fmt: skip
+        original, ours = (clip.float() / 255 for clip in clips)
         resized = F.interpolate(original, size=ours.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
-        frame_diffs.append((ours - resized).abs().mean().item())
-        luma_diffs.append(((ours - resized) * LUMA_WEIGHTS).sum(1).abs().mean().item())
+        difference = ours - resized
+        frame_diffs.append(difference.abs().mean().item())
+        luma_diffs.append((difference * LUMA_WEIGHTS).sum(1).abs().mean().item())
         between.append((resized[1:] - resized[:-1]).abs().mean().item())
-        inputs = [
-            processor(videos=[(frames * 255).round().to(torch.uint8)], do_normalize=False, return_tensors="pt")
-            for frames in (original, ours)
-        ]
-        input_diffs.append((inputs[0]["pixel_values"] - inputs[1]["pixel_values"]).abs().mean().item())
+        inputs = [processor(videos=[clip], do_normalize=False, return_tensors="pt")["pixel_values"] for clip in clips]
+        input_diffs.append((inputs[0] - inputs[1]).abs().mean().item())
     return {
         "mean_abs_diff_frames": statistics.mean(frame_diffs),
         "mean_abs_diff_frames_luma": statistics.mean(luma_diffs),
