@@ -24,7 +24,6 @@ Each output is written under a temporary name, decoded in full and checked to ha
 only then renamed into place: a finished output is one that exists under its final name, which a later run keeps.
 """
 
-import argparse
 import csv
 import json
 import os
