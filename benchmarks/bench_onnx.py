@@ -41,7 +41,7 @@ def main(argv=None):
 
     import onnxruntime
 
-    from evl_hf.commands.export import export_onnx
+    from evl_hf.onnx_export import export_onnx
 
     model, _ = build_model(args.shape, args.num_frames, frame_stride=16)
     size = model.config.vision_config.image_size

@@ -1,11 +1,11 @@
-"""Speed of `evl-hf timeline` (`compute_timeline`) against calling the model once per window.
+"""Speed of `evl-hf timeline` (`classify_windows`) against calling the model once per window.
 
 The video is 3 minutes at 30 fps (5,400 frames, 320x240, H.264 from FFmpeg's `testsrc2` pattern), generated once
 into a cache folder. The model has the shapes of `--shape` (ViT-B/16 by default) with random weights and an 8-frame
 clip at `frame_stride` 16, the paper's 8x16 model; windows start every 16 frames (the command's default), which
 gives 331 windows.
 
-- `timeline`: `compute_timeline` on the whole video: the backbone runs once per sampled frame (338 frames) and the
+- `timeline`: `classify_windows` on the whole video: the backbone runs once per sampled frame (338 frames) and the
   temporal cross attention once per pair of neighbouring frames; each window then runs only the rest of the decoder.
 - `per_window`: for a window, `read_video_frames` decodes its 8 frames, `EVLVideoProcessor` preprocesses them and
   the model classifies the clip: what a loop over windows calling the model does. On a CPU running the baseline on
@@ -87,16 +87,17 @@ def build_model(shape: str, num_frames: int, frame_stride: int):
 
 
 def time_timeline(model, processor, video) -> tuple[float, float, dict]:
-    """Wall-clock and CPU seconds of `compute_timeline` on the whole video, and its result."""
-    from evl_hf.commands.timeline import compute_timeline
+    """Wall-clock and CPU seconds of `classify_windows` on the whole video, and its result."""
+    from evl_hf.inference import classify_windows
 
     start, start_cpu = time.perf_counter(), time.process_time()
-    result = compute_timeline(model, processor, video, progress=False)
+    result = classify_windows(model, processor, video, progress=False)
     return time.perf_counter() - start, time.process_time() - start_cpu, result
 
 
 def time_per_window(model, processor, video, windows: list[list[int]]) -> tuple[float, float, list[torch.Tensor]]:
     """Wall-clock and CPU seconds per window of the model called once per window, and the windows' probabilities."""
+    from evl_hf.inference import postprocess_logits
     from evl_hf.video_processing_evl import read_video_frames
 
     probabilities = []
@@ -104,7 +105,7 @@ def time_per_window(model, processor, video, windows: list[list[int]]) -> tuple[
     with torch.inference_mode():
         for indices in windows:
             pixel_values = processor(read_video_frames(video, indices), return_tensors="pt")["pixel_values"]
-            probabilities.append(model(pixel_values=pixel_values).logits[0].softmax(-1))
+            probabilities.append(postprocess_logits(model(pixel_values=pixel_values).logits[0], model.config))
     wall, cpu = time.perf_counter() - start, time.process_time() - start_cpu
     return wall / len(windows), cpu / len(windows), probabilities
 
@@ -129,7 +130,7 @@ def main(argv=None):
         args.shape, args.seconds, args.repeats, args.baseline_windows = "tiny", 10.0, 1, 4
     torch.set_num_threads(args.threads)
 
-    from evl_hf.commands.timeline import window_frame_indices
+    from evl_hf.video_processing_evl import window_frame_indices
 
     video = generate_video(args.video_dir or default_video_dir(), args.seconds, args.fps, args.height, args.width)
     model, processor = build_model(args.shape, args.num_frames, args.frame_stride)
@@ -185,7 +186,7 @@ def report(args, windows, sampled, seconds, cpu_seconds, max_difference, rounds)
         "machine": machine_info(),
     }
     rows = [
-        ["timeline (compute_timeline)", median(seconds["timeline"]), median(cpu_seconds["timeline"])],
+        ["timeline (classify_windows)", median(seconds["timeline"]), median(cpu_seconds["timeline"])],
         ["model once per window", median(seconds["per_window"]), median(cpu_seconds["per_window"])],
     ]
     markdown = (

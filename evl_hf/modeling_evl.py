@@ -160,14 +160,19 @@ class EVLTemporalCrossAttention(nn.Module):
         heads, head_dim)`. Returns `(batch_size, num_frames, 1 + num_patches, hidden_size)`,
         zero at the class token."""
         queries, keys = queries[:, :, 1:], keys[:, :, 1:]
-        batch_size, _, num_patches = queries.shape[:3]
         # a single frame has no neighbour: both directions are empty and it gets zeros
         offset_index = self.offset_index(queries.device)
-        forward = self._attend(queries[:, 1:], keys[:, :-1], self.w_fwd, offset_index)  # frames 1..T-1 look back
-        backward = self._attend(queries[:, :-1], keys[:, 1:], self.w_bwd, offset_index)  # frames 0..T-2 look ahead
-        no_frame = forward.new_zeros(batch_size, 1, num_patches, forward.shape[-1])
-        output = torch.cat([no_frame, forward], dim=1) + torch.cat([backward, no_frame], dim=1)
-        return F.pad(output, (0, 0, 1, 0))  # the class token gets nothing
+        looking_back = self._attend(queries[:, 1:], keys[:, :-1], self.w_fwd, offset_index)  # frames 1..T-1
+        looking_ahead = self._attend(queries[:, :-1], keys[:, 1:], self.w_bwd, offset_index)  # frames 0..T-2
+        return F.pad(self.combine(looking_ahead, looking_back), (0, 0, 1, 0))  # the class token gets nothing
+
+    @staticmethod
+    def combine(looking_ahead: torch.Tensor, looking_back: torch.Tensor) -> torch.Tensor:
+        """What every frame of a clip gets: `looking_ahead` (frames 0..T-2, from their next frame) and `looking_back`
+        (frames 1..T-1, from their previous frame), each `(batch_size, num_frames - 1, tokens, hidden_size)`, summed
+        frame by frame into `(batch_size, num_frames, tokens, hidden_size)`."""
+        no_frame = looking_back.new_zeros(looking_back.shape[0], 1, *looking_back.shape[2:])
+        return torch.cat([no_frame, looking_back], dim=1) + torch.cat([looking_ahead, no_frame], dim=1)
 
 
 class EVLDecoderAttention(nn.Module):
@@ -536,19 +541,55 @@ class EVLModel(EVLPreTrainedModel):
             decoder_attentions.append(attention_weights)
         return query, tuple(decoder_hidden_states), tuple(decoder_attentions)
 
+    def get_neighbour_cross_attention(self, queries: tuple, keys: tuple) -> tuple[torch.Tensor, ...]:
+        r"""
+        The temporal cross attention between pairs of neighbouring frames, which depends on those two frames only: a
+        long video's overlapping clips can share it (see [`decode_frame_features`]).
+
+        Args:
+            queries, keys (`tuple(torch.FloatTensor)`):
+                Per layer read, the [`get_frame_features`] queries and keys of `num_pairs` pairs of frames, a frame and
+                the next one, `(num_pairs, 2, 1 + num_patches, num_heads, head_dim)`.
+
+        Returns:
+            `tuple(torch.FloatTensor)`: per decoder layer `(num_pairs, 2, 1 + num_patches, hidden_size)`, at index 0
+            what the first frame of a pair collects looking ahead, at index 1 what the second collects looking back.
+        """
+        if not self.config.use_temporal_cross_attention:
+            raise ValueError("This model has no temporal cross attention (config.use_temporal_cross_attention=False).")
+        return tuple(
+            layer.temporal_cross_attention(layer_queries, layer_keys)
+            for layer, layer_queries, layer_keys in zip(self.decoder.layers, queries, keys)
+        )
+
     def decode_frame_features(
-        self, features: EVLFrameFeatures, num_frames: int, temporal_cross_attention_outputs: tuple | None = None
+        self, features: EVLFrameFeatures, num_frames: int, neighbour_cross_attention: tuple | None = None
     ) -> tuple[torch.Tensor, tuple]:
         r"""
         Run the decoder on the [`get_frame_features`] of `batch_size` clips of `num_frames` frames, clip after clip.
-        `temporal_cross_attention_outputs`, per decoder layer `(batch_size * num_frames, 1 + num_patches,
-        hidden_size)`, stand for the temporal cross attention when known; `features` then needs no queries and keys.
+
+        Args:
+            features ([`EVLFrameFeatures`]):
+                Features of `batch_size * num_frames` images; queries and keys may be left out when
+                `neighbour_cross_attention` is given.
+            num_frames (`int`):
+                Frames per clip.
+            neighbour_cross_attention (`tuple(torch.FloatTensor)`, *optional*):
+                Per decoder layer, the [`get_neighbour_cross_attention`] of each clip's pairs of neighbouring frames, in
+                order, `(batch_size, num_frames - 1, 2, 1 + num_patches, hidden_size)`: it stands for the temporal
+                cross attention, whose output at a frame is what it collects from both neighbours.
 
         Returns:
             The query after the last decoder layer, `(batch_size, hidden_size)`, and the query before and after each.
         """
-        tensors = (features.hidden_states, features.queries, features.keys, temporal_cross_attention_outputs)
-        query, decoder_hidden_states, _ = self._decode(*(_unfold_clips(t, num_frames) for t in tensors))
+        cross_attention_outputs = None
+        if neighbour_cross_attention is not None:
+            combine = EVLTemporalCrossAttention.combine
+            cross_attention_outputs = [combine(pairs[:, :, 0], pairs[:, :, 1]) for pairs in neighbour_cross_attention]
+        tensors = (features.hidden_states, features.queries, features.keys)
+        query, decoder_hidden_states, _ = self._decode(
+            *(_unfold_clips(t, num_frames) for t in tensors), cross_attention_outputs
+        )
         return query, decoder_hidden_states
 
     @can_return_tuple
@@ -606,6 +647,11 @@ class EVLForVideoClassification(EVLPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels, dtype=torch.float32)
         self.post_init()
 
+    def compute_logits(self, pooler_output: torch.Tensor) -> torch.Tensor:
+        """The head: [`EVLModel`]'s `pooler_output` `(batch_size, hidden_size)` to logits `(batch_size, num_labels)`.
+        Scores for people come from [`~evl_hf.inference.postprocess_logits`]."""
+        return self.classifier(self.dropout(self.fc_norm(pooler_output)))
+
     @can_return_tuple
     def forward(
         self,
@@ -644,7 +690,7 @@ class EVLForVideoClassification(EVLPreTrainedModel):
         outputs = self.evl(
             pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states
         )
-        logits = self.classifier(self.dropout(self.fc_norm(outputs.pooler_output)))
+        logits = self.compute_logits(outputs.pooler_output)
         loss = None if labels is None else self.loss_function(labels, logits, self.config, **kwargs)
         return EVLVideoClassifierOutput(
             loss=loss,

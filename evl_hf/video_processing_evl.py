@@ -18,7 +18,7 @@ import os
 import stat
 import sys
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, BinaryIO, Literal
 
 import torch
 from torchvision import tv_tensors
@@ -39,6 +39,37 @@ FRAME_SAMPLING_STRATEGIES = ("dense", "uniform", "segment")
 
 class VideoDecodingError(ValueError):
     """A video file could not be read; the message names the file and says what is wrong with it."""
+
+
+def clip_span(num_frames: int, frame_stride: int) -> int:
+    """Frames of video that `num_frames` frames `frame_stride` apart cover, from the first to the last."""
+    return (num_frames - 1) * frame_stride + 1
+
+
+def _short_video_indices(num_video_frames: int, num_frames: int, frame_stride: int) -> list[int]:
+    # A video shorter than a clip plays from its first frame and repeats its last one, as the reference does.
+    return [min(i * frame_stride, num_video_frames - 1) for i in range(num_frames)]
+
+
+def window_frame_indices(num_video_frames: int, num_frames: int, frame_stride: int, window_stride: int):
+    """
+    The frames of every window of a long video: `num_frames` frames `frame_stride` apart, one window starting every
+    `window_stride` frames for as long as a window fits in the video. A video shorter than one window gets a single
+    window, made as [`sample_frame_indices`] makes a clip of a short video.
+
+    Returns:
+        `list[list[int]]`: one list of `num_frames` frame indices per window, in time order.
+    """
+    if min(num_video_frames, num_frames, frame_stride, window_stride) < 1:
+        raise ValueError(
+            f"Need at least one video frame, frame and stride, got num_video_frames={num_video_frames}, "
+            f"num_frames={num_frames}, frame_stride={frame_stride}, window_stride={window_stride}"
+        )
+    span = clip_span(num_frames, frame_stride)
+    if num_video_frames < span:
+        return [_short_video_indices(num_video_frames, num_frames, frame_stride)]
+    starts = range(0, num_video_frames - span + 1, window_stride)
+    return [[start + i * frame_stride for i in range(num_frames)] for start in starts]
 
 
 def sample_frame_indices(
@@ -79,8 +110,8 @@ def sample_frame_indices(
         raise ValueError("`num_clips > 1` selects fixed test-time views; it cannot be combined with `random`")
 
     step = frame_stride if strategy == "dense" else 1
-    if num_video_frames < (num_frames - 1) * step + 1:
-        return [min(i * step, num_video_frames - 1) for i in range(num_frames)]
+    if num_video_frames < clip_span(num_frames, step):
+        return _short_video_indices(num_video_frames, num_frames, step)
 
     if strategy == "dense":
         slack = num_video_frames - (num_frames - 1) * frame_stride - 1
@@ -116,47 +147,69 @@ def _is_video_decoder(obj) -> bool:
     return decoders is not None and isinstance(obj, decoders.VideoDecoder)
 
 
-def _diagnose_unopenable_video(path: str) -> str:
-    """Says, as precisely as cheap checks allow, why FFmpeg could not open `path` as a video."""
+def _diagnose_unopenable_video(source, head: bytes) -> str:
+    """Says, as precisely as cheap checks allow, why FFmpeg could not open `source` (whose first bytes are `head`)
+    as a video."""
     from torchcodec.decoders import AudioDecoder
 
-    with open(path, "rb") as file:
-        head = file.read(4096)
     try:
         if head.decode("utf-8") and b"\x00" not in head:
             return "it is a text file, not a video"
     except UnicodeDecodeError:
         pass
     try:
-        AudioDecoder(path)
+        if hasattr(source, "seek"):
+            source.seek(0)
+        AudioDecoder(source)
         return "it has an audio stream but no video stream"
     except (RuntimeError, ValueError):
         pass
     return "its data is not a video container FFmpeg recognises (the file is corrupted or truncated)"
 
 
-def open_video(video: "str | os.PathLike", num_ffmpeg_threads: int = 1) -> "VideoDecoder":
-    """A torchcodec `VideoDecoder` of a video file, counting frames exactly, with `num_ffmpeg_threads` threads (0:
-    FFmpeg chooses) and the errors of [`load_video_frames`]: for reading one video many times (a timeline, say)."""
+def open_video(
+    video: "str | os.PathLike | bytes | BinaryIO", num_ffmpeg_threads: int = 1, *, name: str | None = None
+) -> "VideoDecoder":
+    """
+    A torchcodec `VideoDecoder` of a video file, of its bytes (a `datasets` row with stored bytes) or of a binary
+    file object, counting frames exactly, with `num_ffmpeg_threads` threads (0: FFmpeg chooses). Every failure is a
+    `FileNotFoundError`, `IsADirectoryError` or [`VideoDecodingError`] that names the video (`name`, by default its
+    path) and says what is wrong with it: the one way a video is opened, for reading it once or many times.
+    """
     from torchcodec.decoders import VideoDecoder
 
-    path = os.fspath(video)
-    if not os.path.exists(path):
-        raise FileNotFoundError(errno.ENOENT, "Video file not found", path)
-    if os.path.isdir(path):
-        raise IsADirectoryError(errno.EISDIR, "Expected a video file but got a directory", path)
-    file_stat = os.stat(path)
-    # FFmpeg would block forever on a pipe with no writer, or read a device without end.
-    if not stat.S_ISREG(file_stat.st_mode):
-        raise VideoDecodingError(f"Cannot read video {path!r}: it is not a regular file (a pipe or a device)")
-    if file_stat.st_size == 0:
-        raise VideoDecodingError(f"Cannot read video {path!r}: the file is empty (0 bytes)")
+    if isinstance(video, (bytes, bytearray, memoryview)):
+        source, head = bytes(video), bytes(video[:4096])
+        label = repr(name) if name else f"({len(source)} bytes)"
+        if not source:
+            raise VideoDecodingError(f"Cannot read video {label}: its data is empty (0 bytes)")
+    elif hasattr(video, "read"):
+        source, label = video, repr(name or getattr(video, "name", None) or "the given file object")
+        head = source.read(4096)
+        source.seek(0)
+        if not head:
+            raise VideoDecodingError(f"Cannot read video {label}: its data is empty (0 bytes)")
+    else:
+        source = os.fspath(video)
+        label = repr(name or source)
+        if not os.path.exists(source):
+            raise FileNotFoundError(errno.ENOENT, "Video file not found", source)
+        if os.path.isdir(source):
+            raise IsADirectoryError(errno.EISDIR, "Expected a video file but got a directory", source)
+        file_stat = os.stat(source)
+        # FFmpeg would block forever on a pipe with no writer, or read a device without end.
+        if not stat.S_ISREG(file_stat.st_mode):
+            raise VideoDecodingError(f"Cannot read video {label}: it is not a regular file (a pipe or a device)")
+        if file_stat.st_size == 0:
+            raise VideoDecodingError(f"Cannot read video {label}: the file is empty (0 bytes)")
+        with open(source, "rb") as file:
+            head = file.read(4096)
     try:
-        decoder = VideoDecoder(path, seek_mode="exact", num_ffmpeg_threads=num_ffmpeg_threads)
+        decoder = VideoDecoder(source, seek_mode="exact", num_ffmpeg_threads=num_ffmpeg_threads)
     except (RuntimeError, ValueError) as error:
-        raise VideoDecodingError(f"Cannot read video {path!r}: {_diagnose_unopenable_video(path)}") from error
+        raise VideoDecodingError(f"Cannot read video {label}: {_diagnose_unopenable_video(source, head)}") from error
     if len(decoder) == 0:
-        raise VideoDecodingError(f"Cannot read video {path!r}: its video stream has no frames (truncated?)")
+        raise VideoDecodingError(f"Cannot read video {label}: its video stream has no frames (truncated?)")
     return decoder
 
 
@@ -456,5 +509,7 @@ __all__ = [
     "open_video",
     "read_video_frames",
     "sample_frame_indices",
+    "window_frame_indices",
+    "clip_span",
     "FRAME_SAMPLING_STRATEGIES",
 ]

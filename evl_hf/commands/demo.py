@@ -15,8 +15,8 @@
 `evl-hf demo`: a local web page (Gradio) to try a model on uploaded videos.
 
 The page shows the top-5 labels, the frames the model saw (after the processor's sampling, resizing and cropping) and,
-for a video longer than one clip, the class probabilities over time from [`compute_timeline`]. It works offline: no
-analytics, no fonts or scripts from other hosts.
+for a video longer than one clip, the class probabilities over time ([`~evl_hf.inference.classify_windows`]). It
+works offline: no analytics, no fonts or scripts from other hosts.
 """
 
 import argparse
@@ -27,14 +27,13 @@ import socket
 import sys
 from pathlib import Path
 
+from ..video_utils import is_video_file
 from . import UsageError
 from .utils import add_model_arguments, load_model_and_processor
 
 
 logger = logging.getLogger(__name__)
 
-# Files in MODEL/examples with these suffixes are offered as example clips.
-VIDEO_SUFFIXES = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 IDLE_STATUS = "Upload a video (or pick an example clip) to classify it."
 # Small frames (the synthetic-motion model's are 64x64) are drawn with visible pixels rather than blurred, and the
 # frame strip is only as tall as its thumbnails.
@@ -52,7 +51,7 @@ def find_examples(model: str) -> list[str]:
     folder = Path(model) / "examples"
     if not folder.is_dir():
         return []
-    return sorted(str(path) for path in folder.iterdir() if path.is_file() and path.suffix.lower() in VIDEO_SUFFIXES)
+    return sorted(str(path) for path in folder.iterdir() if path.is_file() and is_video_file(path))
 
 
 def unnormalize_frames(pixel_values, video_processor):
@@ -80,7 +79,7 @@ def unnormalize_frames(pixel_values, video_processor):
 
 def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
     """
-    Everything the page shows about one video.
+    Everything the page shows about one video, which is opened once.
 
     Args:
         model ([`EVLForVideoClassification`]): the classifier, in eval mode.
@@ -89,11 +88,11 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
         top_k (`int`, *optional*, defaults to 5): labels kept.
 
     Returns:
-        `dict` with `"scores"` (the `top_k` labels and their probabilities, best first, as the video-classification
-        pipeline computes them), `"frames"` (uint8 `(num_frames, height, width, 3)`: the clip the model saw),
-        `"frame_indices"` (where those frames are in the video), `"num_video_frames"`, `"fps"` (`None` when the file
-        does not say) and `"timeline"` ([`compute_timeline`]'s result when the video holds more than one window,
-        else `None`).
+        `dict` with `"scores"` (the `top_k` labels and their scores, best first, as the video-classification
+        pipeline computes them: [`~evl_hf.inference.postprocess_logits`]), `"function_to_apply"`, `"frames"` (uint8
+        `(num_frames, height, width, 3)`: the clip the model saw), `"frame_indices"` (where those frames are in the
+        video), `"num_video_frames"`, `"fps"` (`None` when the file does not say) and `"timeline"`
+        ([`~evl_hf.inference.classify_windows`]'s result when the video holds more than one window, else `None`).
 
     Raises:
         `FileNotFoundError`, `IsADirectoryError`, `VideoDecodingError`: from the processor, naming the file.
@@ -101,33 +100,29 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
     import torch
     from transformers.video_utils import VideoMetadata
 
-    from ..video_processing_evl import open_video
-    from .timeline import compute_timeline
+    from ..inference import classify_windows, default_function_to_apply, postprocess_logits, top_k_labels
+    from ..video_processing_evl import open_video, window_frame_indices
 
-    inputs = video_processor(video, return_tensors="pt")  # pixel_values: (1, num_frames, 3, height, width)
+    # One decoder for the clip, its frame positions and the timeline: the upload is opened and probed once.
+    decoder = open_video(video, num_ffmpeg_threads=torch.get_num_threads())
+    num_video_frames, fps = len(decoder), decoder.metadata.average_fps or None
+    inputs = video_processor(decoder, return_tensors="pt")  # pixel_values: (1, num_frames, 3, height, width)
     with torch.inference_mode():
         logits = model(pixel_values=inputs["pixel_values"].to(model.device)).logits
-    probabilities = logits.float().softmax(-1)[0].cpu()
-    scores, indices = probabilities.topk(min(top_k, probabilities.numel()))
-
-    # The processor decoded only its sampled frames and does not return their positions: ask its sampler again, with
-    # the frame count it saw.
-    decoder = open_video(video)
-    num_video_frames = len(decoder)
-    frame_indices = video_processor.sample_frames(VideoMetadata(total_num_frames=num_video_frames))
-    span = (model.config.num_frames - 1) * video_processor.frame_stride + 1
-    timeline = None
-    if num_video_frames > span:
-        timeline = compute_timeline(model, video_processor, video, progress=False)
-        if len(timeline["windows"]) < 2:
-            timeline = None
+    best = top_k_labels(postprocess_logits(logits, model.config).cpu(), model.config, top_k)[0]
+    # The processor decoded only its sampled frames and does not return their positions: ask its sampler again.
+    frame_indices = video_processor.sample_frames(VideoMetadata(total_num_frames=num_video_frames, fps=fps))
+    stride = video_processor.frame_stride
+    windows = window_frame_indices(num_video_frames, model.config.num_frames, stride, stride)
+    timeline = classify_windows(model, video_processor, decoder) if len(windows) > 1 else None
     return {
-        "scores": {model.config.id2label[i]: score for i, score in zip(indices.tolist(), scores.tolist())},
+        "scores": dict(zip(best["labels"], best["scores"])),
+        "function_to_apply": default_function_to_apply(model.config),
         "frames": unnormalize_frames(inputs["pixel_values"][0], video_processor),
         "frame_indices": frame_indices,
         "num_video_frames": num_video_frames,
-        "fps": decoder.metadata.average_fps or None,
-        "timeline": timeline,
+        "fps": fps,
+        "timeline": None if timeline is None else {**timeline, "video": video},
     }
 
 
@@ -196,7 +191,8 @@ def build_demo(model, video_processor, *, title: str, examples: list[str] = ()):
         captions = [f"frame {i}" + (f" · {i / fps:.2f} s" if fps else "") for i in result["frame_indices"]]
         best_label, best_score = next(iter(result["scores"].items()))
         length = f"{result['num_video_frames']} frames" + (f", {result['num_video_frames'] / fps:.1f} s" if fps else "")
-        status = _status(f"{name} ({length}): {best_label} ({best_score:.1%})", "ok")
+        shown_score = f"{best_score:.3g}" if result["function_to_apply"] == "none" else f"{best_score:.1%}"
+        status = _status(f"{name} ({length}): {best_label} ({shown_score})", "ok")
         timeline = result["timeline"]
         timeline_update = (
             gr.update(value=render_timeline(timeline, name), visible=True)

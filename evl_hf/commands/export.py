@@ -12,127 +12,16 @@
 # See the License for the specific language governing permissions and
 # limitations under the License.
 """
-`evl-hf export`: the classifier as an ONNX file, from `pixel_values` to `logits`.
-
-The graph comes from `torch.onnx.export` (the `torch.export` based exporter, which needs `onnxscript`). The input is
-`pixel_values`, float32 `(batch_size, num_frames, 3, height, width)` as [`EVLVideoProcessor`] returns it, and the
-output `logits`, `(batch_size, num_labels)`; the batch and frame dimensions are dynamic (clips of another length
-than the model's `num_frames`, at least 2 frames, use the interpolated temporal position embedding, as in PyTorch).
-The label names, the clip length and the image size are stored in the file's metadata. After writing, the command
-runs the file with onnxruntime on batches of other sizes and clip lengths and checks them against PyTorch.
+`evl-hf export`: the classifier as an ONNX file ([`evl_hf.onnx_export.export_onnx`]), then checked with onnxruntime
+against PyTorch on batches of other sizes and clip lengths ([`evl_hf.onnx_export.check_onnx`]).
 """
 
 import argparse
-import json
 import sys
 
+from ..onnx_export import DEFAULT_OPSET
 from . import UsageError
 from .utils import add_model_arguments, load_model_and_processor
-
-
-DEFAULT_OPSET = 18
-
-
-def _require_export_extra():
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as error:
-        raise UsageError(
-            f"exporting to ONNX needs onnx, onnxscript and onnxruntime ({error}): pip install 'evl-hf[export]'"
-        ) from None
-
-
-def export_onnx(model, path, *, opset: int = DEFAULT_OPSET, batch_size: int = 2):
-    """
-    Writes `model` as an ONNX graph from `pixel_values` to `logits` with dynamic batch and frame dimensions.
-
-    Args:
-        model ([`EVLForVideoClassification`]):
-            The classifier, in float32 on the CPU.
-        path (`str` or `os.PathLike`):
-            The `.onnx` file to write.
-        opset (`int`, *optional*, defaults to 18):
-            The ONNX opset version.
-        batch_size (`int`, *optional*, defaults to 2):
-            Batch size of the example input the graph is traced with; any batch size runs afterwards. Its clip length
-            is the model's `num_frames`; any length from 2 frames runs afterwards.
-    """
-    import onnx
-    import torch
-
-    config = model.config
-    size = config.vision_config.image_size
-    example = torch.randn(batch_size, config.num_frames, config.vision_config.num_channels, size, size)
-
-    class Logits(torch.nn.Module):
-        """The classifier with a plain tensor out, the shape ONNX graphs take."""
-
-        def __init__(self, classifier):
-            super().__init__()
-            self.classifier = classifier
-
-        def forward(self, pixel_values):
-            return self.classifier(pixel_values=pixel_values).logits
-
-    wrapper = Logits(model).eval()
-    with torch.no_grad():
-        torch.onnx.export(
-            wrapper,
-            (example,),
-            str(path),
-            dynamo=True,
-            opset_version=opset,
-            input_names=["pixel_values"],
-            output_names=["logits"],
-            dynamic_shapes={
-                "pixel_values": {0: torch.export.Dim("batch_size"), 1: torch.export.Dim("num_frames", min=2)}
-            },
-            verbose=False,
-        )
-    # The weights may sit in a `.data` file next to the graph (the exporter's choice for large models): only the graph
-    # is read and rewritten, and it keeps pointing at that file.
-    graph = onnx.load(str(path), load_external_data=False)
-    metadata = {
-        "id2label": json.dumps({str(i): label for i, label in config.id2label.items()}),
-        "num_frames": str(config.num_frames),
-        "image_size": str(size),
-    }
-    for key, value in metadata.items():
-        entry = graph.metadata_props.add()
-        entry.key, entry.value = key, value
-    onnx.save(graph, str(path))
-
-
-def check_onnx(
-    model, path, *, shapes: tuple[tuple[int, int], ...] | None = None, seed: int = 0
-) -> tuple[float, float]:
-    """
-    Runs the ONNX file with onnxruntime on random batches. `shapes`: the `(batch_size, num_frames)` of each batch; by
-    default 3 clips of the model's length and 1 clip of twice that length.
-
-    Returns:
-        `tuple[float, float]`: the largest difference between onnxruntime's and PyTorch's logits, and the largest
-        PyTorch logit in absolute value (the scale that difference is rounding of).
-    """
-    import onnxruntime
-    import torch
-
-    config = model.config
-    size = config.vision_config.image_size
-    generator = torch.Generator().manual_seed(seed)
-    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    difference = scale = 0.0
-    for batch_size, num_frames in shapes or ((3, config.num_frames), (1, 2 * config.num_frames)):
-        pixel_values = torch.randn(batch_size, num_frames, config.vision_config.num_channels, size, size,
-                                   generator=generator)  # fmt: skip
-        (logits,) = session.run(["logits"], {"pixel_values": pixel_values.numpy()})
-        with torch.no_grad():
-            expected = model(pixel_values=pixel_values).logits
-        difference = max(difference, (torch.from_numpy(logits) - expected).abs().max().item())
-        scale = max(scale, expected.abs().max().item())
-    return difference, scale
 
 
 def register(subparsers):
@@ -152,13 +41,16 @@ def register(subparsers):
 
 
 def run(args: argparse.Namespace) -> int:
-    _require_export_extra()
+    from ..onnx_export import check_onnx, export_onnx, onnx_tolerance, require_export_extra
+
+    try:
+        require_export_extra()
+    except ImportError as error:
+        raise UsageError(str(error)) from None
     model, _ = load_model_and_processor(args.model)
     export_onnx(model, args.output, opset=args.opset)
     difference, scale = check_onnx(model, args.output)
-    # The same fp32 graph in two runtimes differs by rounding only, which grows with the size of the logits: 1e-4 for
-    # logits up to 1, relative beyond. More means the export is wrong.
-    tolerance = 1e-4 * max(1.0, scale)
+    tolerance = onnx_tolerance(scale)  # more than rounding means the export is wrong
     status = "ok" if difference <= tolerance else "FAILED"
     print(
         f"evl-hf export: wrote {args.output}; onnxruntime vs PyTorch on 3 clips of {model.config.num_frames} frames "

@@ -27,53 +27,37 @@ import json
 import os
 import sys
 
+from ..video_utils import VIDEO_EXTENSIONS, VIDEO_LIST_EXTENSIONS, read_video_list, resolve_video_path, walk_videos
 from . import UsageError
-from .utils import VIDEO_EXTENSIONS, add_model_arguments, load_model_and_processor, walk_videos
-
-
-# Inputs read as lists of videos rather than as videos.
-LIST_EXTENSIONS = (".txt", ".csv")
-
-
-def _read_list(path: str) -> list[str]:
-    """Video paths from a `.txt` file (one per line, or `path label_index` as in the Kinetics lists that training and
-    prepare-videos read; blank lines and `#` comments skipped) or a `.csv` file (the `video` or `path` column, else
-    the first column). Relative paths are relative to the list's folder."""
-    folder = os.path.dirname(os.path.abspath(path))
-    with open(path, newline="") as file:
-        if path.lower().endswith(".csv"):
-            rows = [row for row in csv.reader(file) if row and any(cell.strip() for cell in row)]
-            header = [cell.strip().lower() for cell in rows[0]] if rows else []
-            column = next((header.index(name) for name in ("video", "path") if name in header), None)
-            entries = [row[column or 0].strip() for row in (rows[1:] if column is not None else rows)]
-        else:
-            entries = [line.strip() for line in file]
-            entries = [entry for entry in entries if entry and not entry.startswith("#")]
-            # a trailing label index is dropped; the path itself may contain spaces
-            parts = [entry.rsplit(maxsplit=1) for entry in entries]
-            entries = [p[0] if len(p) == 2 and p[1].lstrip("-").isdigit() else e for e, p in zip(entries, parts)]
-    return [entry if os.path.isabs(entry) else os.path.normpath(os.path.join(folder, entry)) for entry in entries]
+from .utils import add_model_arguments, load_model_and_processor
 
 
 def find_videos(inputs: list[str]) -> list[str]:
     """
     The videos named by `inputs`, in order and without repeats: video files as given, folders searched recursively
-    for files with a video extension, and `.txt`/`.csv` lists read with `_read_list`. Entries of a list are kept
-    even when they do not exist: the run records them as errors.
+    for files with a video extension, and lists (`.txt`, `.csv`, `.json`, `.jsonl`, read by
+    [`~evl_hf.video_utils.read_video_list`], relative paths from the list's folder). Entries of a list are kept even
+    when they do not exist: the run records them as errors.
 
     Raises:
-        `UsageError`: an input does not exist.
+        `UsageError`: an input does not exist, or a list cannot be read.
     """
     videos = []
     for item in inputs:
         if os.path.isdir(item):
             videos += walk_videos(item)
-        elif os.path.isfile(item) and item.lower().endswith(LIST_EXTENSIONS):
-            videos += _read_list(item)
+        elif os.path.isfile(item) and item.lower().endswith(VIDEO_LIST_EXTENSIONS):
+            try:
+                rows = read_video_list(item).rows
+            except (ValueError, UnicodeDecodeError) as error:
+                raise UsageError(f"INPUT {item!r}: {error}") from None
+            root = os.path.dirname(os.path.abspath(item))
+            videos += [resolve_video_path(str(row["video"]), root) for row in rows]
         elif os.path.exists(item):
             videos.append(item)
         else:
-            raise UsageError(f"INPUT {item!r} does not exist; pass video files, folders or .txt/.csv lists of videos.")
+            raise UsageError(f"INPUT {item!r} does not exist; pass video files, folders or lists of videos "
+                             f"({', '.join(VIDEO_LIST_EXTENSIONS)}).")  # fmt: skip
     return list(dict.fromkeys(videos))
 
 
@@ -200,16 +184,17 @@ def register(subparsers):
         "predict",
         help="Classify many videos (files, folders, lists), resumable.",
         description=(
-            "Classify video files, folders (searched recursively) and .txt/.csv lists of videos. Writes one record "
-            "per video, as JSON lines or CSV (by the extension of --output) or to standard output: "
-            '{"video", "labels", "scores"}, or {"video", "error"} for a video that cannot be read. Run the same '
+            "Classify video files, folders (searched recursively) and lists of videos (.txt, .csv, .json, .jsonl). "
+            "Writes one record per video, as JSON lines or CSV (by the extension of --output) or to standard output: "
+            '{"video", "labels", "scores"} (scores as the video-classification pipeline gives them: softmax, or '
+            'sigmoid for a multi-label model), or {"video", "error"} for a video that cannot be read. Run the same '
             "command again to resume: videos already in --output are skipped (with --retry_failed, those that "
             "failed are tried again). Exit status: 0 when every video was "
             "predicted, 1 when some failed, 2 for usage errors."
         ),
     )
     add_model_arguments(parser)
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="Video files, folders, or .txt/.csv lists.")
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="Video files, folders, or lists of videos.")
     parser.add_argument("--output", help="JSON lines file (.csv for CSV) to write and resume (default: stdout).")
     parser.add_argument(
         "--retry_failed",
@@ -246,6 +231,8 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
+    from ..inference import postprocess_logits, top_k_labels
+
     if args.retry_failed and not args.output:
         raise UsageError("--retry_failed resumes an --output file; give one.")
     results = ResultsFile(args.output, args.top_k, args.retry_failed) if args.output else _StdoutResults(args.top_k)
@@ -254,8 +241,6 @@ def run(args: argparse.Namespace) -> int:
     if skipped:
         print(f"evl-hf predict: {skipped} of {len(videos)} videos already in {args.output}; skipping them",
               file=sys.stderr)  # fmt: skip
-    labels = model.config.id2label
-    top_k = min(args.top_k, model.config.num_labels)
     device = next(model.parameters()).device
     loader = DataLoader(
         VideoClips(todo, processor, model.config.num_frames),
@@ -271,11 +256,9 @@ def run(args: argparse.Namespace) -> int:
                 clips = [item for item in items if "error" not in item]
                 if clips:
                     pixel_values = torch.stack([item["pixel_values"] for item in clips]).to(device)
-                    probabilities = model(pixel_values=pixel_values).logits.float().softmax(-1)
-                    scores, indices = probabilities.topk(top_k, dim=-1)
-                    for item, item_scores, item_indices in zip(clips, scores.tolist(), indices.tolist()):
-                        item["labels"] = [labels[i] for i in item_indices]
-                        item["scores"] = item_scores
+                    scores = postprocess_logits(model(pixel_values=pixel_values).logits, model.config)
+                    for item, best in zip(clips, top_k_labels(scores, model.config, args.top_k)):
+                        item.update(best)
                 for item in items:
                     if "error" in item:
                         failed.append(item)

@@ -32,8 +32,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..video_utils import VIDEO_EXTENSIONS, read_video_list, walk_videos
 from . import UsageError
-from .utils import VIDEO_EXTENSIONS, walk_videos
 
 
 REPORT_NAME = "prepare_report.jsonl"
@@ -139,38 +139,22 @@ def relative_output(video: str, root: Path) -> Path:
 
 def read_list(list_path: Path, root: Path, video_column: str):
     """
-    Reads a `.txt` (one `path label` per line) or `.csv` video list.
+    Reads a `.txt` (one `path label_index` per line) or `.csv` video list with
+    [`~evl_hf.video_utils.read_video_list`].
 
     Returns:
         `tuple[list[dict], list[str] | None, list[tuple[Path, Path]]]`: the rows (a `.txt` row has the video column
         and `label`), the CSV header (None for `.txt`), and `(input path, output path relative to OUTPUT_DIR)` per
         row.
     """
-    rows, header = [], None
-    with open(list_path, encoding="utf-8", newline="") as file:
-        if list_path.suffix.lower() == ".csv":
-            reader = csv.DictReader(file)
-            header = reader.fieldnames or []
-            if video_column not in header:
-                raise UsageError(
-                    f"{list_path}: no column {video_column!r} (--video_column_name); its columns are {header}."
-                )
-            rows = [row for row in reader if row.get(video_column)]
-        else:
-            for line_number, line in enumerate(file, start=1):
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                parts = line.rsplit(maxsplit=1)  # the path may contain spaces, the label does not
-                if len(parts) != 2:
-                    raise UsageError(
-                        f"{list_path}, line {line_number}: expected `<video path> <label>`, got {line!r}."
-                    )
-                rows.append({video_column: parts[0], "label": parts[1]})
-    if not rows:
-        raise UsageError(f"{list_path} lists no videos.")
+    is_csv = list_path.suffix.lower() == ".csv"
+    try:
+        # a .txt list is written back as `path label`: every line needs its label
+        rows, columns = read_video_list(list_path, video_column=video_column, require_labels=not is_csv)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UsageError(str(error)) from None
     jobs = [(root / row[video_column], relative_output(row[video_column], root)) for row in rows]
-    return rows, header, jobs
+    return rows, columns if is_csv else None, jobs
 
 
 def write_list(list_path: Path, rows: list[dict], header, video_column: str) -> None:

@@ -11,30 +11,14 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""What several subcommands share: finding videos in folders, the model options and loading a model with its video
-processor."""
+"""What several subcommands share: the model options and loading a model with its video processor."""
 
 import argparse
-import os
-from pathlib import Path
 
 from . import UsageError
 
 
 DTYPES = ("float32", "bfloat16", "float16")
-# What folders are searched for (predict, prepare-videos): the containers FFmpeg reads that video datasets use.
-VIDEO_EXTENSIONS = (
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp", ".ogv"
-)  # fmt: skip
-
-
-def walk_videos(folder: str | os.PathLike, skip: Path | None = None) -> list[str]:
-    """Every file with a video extension under `folder`, in sorted order, leaving out the folder `skip` (resolved)."""
-    videos = []
-    for root, folders, files in os.walk(folder):
-        folders[:] = sorted(name for name in folders if skip is None or (Path(root) / name).resolve() != skip)
-        videos += [os.path.join(root, name) for name in sorted(files) if name.lower().endswith(VIDEO_EXTENSIONS)]
-    return videos
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, device: bool = True, dtype: bool = True):

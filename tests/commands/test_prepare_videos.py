@@ -231,7 +231,7 @@ def test_bad_inputs_are_usage_errors(tree, tmp_path, capsys):
         tmp_path / "missing": "no such file or folder",
         tmp_path / "list.json": "expected a videofolder tree",
         tmp_path / "empty": "holds no videos",
-        tmp_path / "bad.txt": "line 1: expected `<video path> <label>`",
+        tmp_path / "bad.txt": "line 1: expected `<video path> <label index>`",
     }
     for source, message in cases.items():
         with pytest.raises(SystemExit) as exit_info:

@@ -1,4 +1,4 @@
-"""`evl-hf timeline` and `compute_timeline`: every window of a video, one backbone pass per sampled frame."""
+"""`evl-hf timeline` and `classify_windows`: every window of a video, one backbone pass per sampled frame."""
 
 import json
 
@@ -7,7 +7,8 @@ import torch
 
 from evl_hf import EVLForVideoClassification, EVLVideoProcessor
 from evl_hf.commands import main
-from evl_hf.commands.timeline import compute_timeline, window_frame_indices
+from evl_hf.inference import classify_windows
+from evl_hf.video_processing_evl import window_frame_indices
 from evl_hf.video_processing_evl import read_video_frames
 
 from .conftest import LABELS, encode_video, save_tiny_model
@@ -45,7 +46,7 @@ def test_every_window_equals_the_model_on_that_windows_frames(model_and_processo
     model, processor = model_and_processor
     video = encode_video(tmp_path / "clip.mp4", 61)
     # a stride that is not a multiple of frame_stride: windows share some frames and not others
-    result = compute_timeline(model, processor, video, stride_frames=3, batch_size=5, progress=False)
+    result = classify_windows(model, processor, video, stride_frames=3, batch_size=5, progress=False)
 
     assert [w["start_frame"] for w in result["windows"]] == list(range(0, 61 - 12, 3))
     assert result["labels"] == LABELS and result["num_video_frames"] == 61 and result["fps"] == pytest.approx(15)
@@ -60,7 +61,7 @@ def test_a_model_without_temporal_cross_attention_decodes_through_the_model(tmp_
     model = EVLForVideoClassification.from_pretrained(folder).eval()
     processor = EVLVideoProcessor.from_pretrained(folder)
     video = encode_video(tmp_path / "clip.mp4", 30)
-    result = compute_timeline(model, processor, video, stride_frames=2, batch_size=3, progress=False)
+    result = classify_windows(model, processor, video, stride_frames=2, batch_size=3, progress=False)
     assert len(result["windows"]) == (30 - 13) // 2 + 1
     for window, probabilities in zip(result["windows"], result["probabilities"]):
         assert_window_matches_model(model, processor, video, window, probabilities)
@@ -69,7 +70,7 @@ def test_a_model_without_temporal_cross_attention_decodes_through_the_model(tmp_
 def test_the_centred_window_equals_the_processor_reading_the_file(model_and_processor, tmp_path):
     model, processor = model_and_processor
     video = encode_video(tmp_path / "clip.mp4", 61)  # the processor's centred clip starts at (61 - 13) // 2 = 24
-    result = compute_timeline(model, processor, video, progress=False)
+    result = classify_windows(model, processor, video, progress=False)
     centred = [w["start_frame"] for w in result["windows"]].index(24)
     with torch.no_grad():
         expected = model(**processor(str(video), return_tensors="pt")).logits[0].softmax(-1)
@@ -82,7 +83,7 @@ def test_the_centred_window_equals_the_processor_reading_the_file(model_and_proc
 def test_a_video_shorter_than_one_window_repeats_its_last_frame(model_and_processor, tmp_path):
     model, processor = model_and_processor
     video = encode_video(tmp_path / "short.mp4", 7)  # a window spans 13 frames
-    result = compute_timeline(model, processor, video, progress=False)
+    result = classify_windows(model, processor, video, progress=False)
 
     assert len(result["windows"]) == 1
     assert (result["windows"][0]["start_frame"], result["windows"][0]["end_frame"]) == (0, 6)
@@ -109,7 +110,7 @@ def test_a_long_video_runs_the_backbone_once_per_frame_and_frees_features(model_
 
     model.evl.get_frame_features = counting_get_frame_features
     try:
-        result = compute_timeline(model, processor, video, batch_size=8, progress=False)
+        result = classify_windows(model, processor, video, batch_size=8, progress=False)
     finally:
         del model.evl.get_frame_features
 

@@ -1,0 +1,250 @@
+# Copyright 2026 The evl_hf authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""
+Running an EVL classifier: the scores of its logits by head type, as `pipeline("video-classification")` computes them,
+and the classification of every window of a long video with the backbone run once per frame.
+
+Every way evl_hf runs a model (the `evl-hf` commands, the demo, a user's own loop) calls these, so a multi-label or a
+regression model gets the same answer everywhere.
+"""
+
+import os
+import sys
+
+import torch
+
+from .modeling_evl import EVLFrameFeatures
+from .video_processing_evl import _is_video_decoder, load_video_frames, open_video, window_frame_indices
+
+
+FUNCTIONS_TO_APPLY = ("softmax", "sigmoid", "none")
+
+
+def default_function_to_apply(config) -> str:
+    """The function that turns a model's logits into scores, by `config.problem_type`, as the video-classification
+    pipeline chooses it: `"sigmoid"` for multi-label classification, `"none"` for regression, else `"softmax"`."""
+    if config.problem_type == "regression":
+        return "none"
+    if config.problem_type == "multi_label_classification":
+        return "sigmoid"
+    return "softmax"
+
+
+def postprocess_logits(logits: torch.Tensor, config, function_to_apply: str | None = None) -> torch.Tensor:
+    r"""
+    Scores from logits, as `pipeline("video-classification")` computes them.
+
+    Args:
+        logits (`torch.FloatTensor` of shape `(..., num_labels)`):
+            The classifier's logits.
+        config ([`EVLConfig`]):
+            The model's configuration; its `problem_type` picks the function.
+        function_to_apply (`str`, *optional*):
+            `"softmax"`, `"sigmoid"` or `"none"`; by default [`default_function_to_apply`] of `config`.
+
+    Returns:
+        `torch.FloatTensor` of the shape of `logits`, in float32: probabilities over the labels (softmax),
+        independent probabilities (sigmoid) or the logits themselves (none).
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from evl_hf import EVLConfig
+    >>> from evl_hf.inference import postprocess_logits
+
+    >>> config = EVLConfig(num_labels=3, problem_type="multi_label_classification")
+    >>> postprocess_logits(torch.tensor([[0.0, 2.0, -2.0]]), config).round(decimals=3)
+    tensor([[0.5000, 0.8810, 0.1190]])
+    ```
+    """
+    function_to_apply = function_to_apply or default_function_to_apply(config)
+    if function_to_apply not in FUNCTIONS_TO_APPLY:
+        raise ValueError(f"function_to_apply={function_to_apply!r}: expected one of {FUNCTIONS_TO_APPLY}.")
+    logits = logits.float()
+    if function_to_apply == "softmax":
+        return logits.softmax(-1)
+    if function_to_apply == "sigmoid":
+        return logits.sigmoid()
+    return logits
+
+
+def top_k_labels(scores: torch.Tensor, config, top_k: int = 5) -> list[dict]:
+    """
+    The `top_k` best labels of each row of `scores` `(batch_size, num_labels)` (at most `num_labels`), best first.
+
+    Returns:
+        `list[dict]`: per row, `{"labels": [...], "scores": [...]}`.
+    """
+    scores, indices = scores.topk(min(top_k, scores.shape[-1]), dim=-1)
+    return [
+        {"labels": [config.id2label[i] for i in row_indices], "scores": row_scores}
+        for row_scores, row_indices in zip(scores.tolist(), indices.tolist())
+    ]
+
+
+def classify_windows(
+    model,
+    video_processor,
+    video,
+    *,
+    stride_frames: int | None = None,
+    top_k: int = 5,
+    batch_size: int = 8,
+    function_to_apply: str | None = None,
+    progress: bool = False,
+) -> dict:
+    r"""
+    Classifies every window of a long video with the model's clip shape.
+
+    A window is `model.config.num_frames` frames, `video_processor.frame_stride` frames apart; windows start every
+    `stride_frames` frames ([`window_frame_indices`]). Each window's scores equal those of the model on that window's
+    frames preprocessed by `video_processor`, but the CLIP backbone runs once per distinct frame
+    ([`EVLModel.get_frame_features`]) and the temporal cross attention, which depends on two neighbouring frames only,
+    once per distinct pair of neighbours ([`EVLModel.get_neighbour_cross_attention`]); each window then only runs the
+    decoder ([`EVLModel.decode_frame_features`]) and the head. Frames are decoded a few windows at a time and their
+    features freed once no later window uses them, so memory does not grow with the length of the video.
+
+    Args:
+        model ([`EVLForVideoClassification`]):
+            The classifier, in eval mode.
+        video_processor ([`EVLVideoProcessor`]):
+            Its processor: resizing, cropping, normalisation and `frame_stride` come from it.
+        video (`str`, `os.PathLike` or `torchcodec.decoders.VideoDecoder`):
+            The video file, or a decoder of it.
+        stride_frames (`int`, *optional*):
+            Frames between the starts of two windows; defaults to `video_processor.frame_stride`.
+        top_k (`int`, *optional*, defaults to 5):
+            Labels kept per window in `"labels"`/`"scores"`.
+        batch_size (`int`, *optional*, defaults to 8):
+            Windows decoded together; their new frames go through the backbone together.
+        function_to_apply (`str`, *optional*):
+            As in [`postprocess_logits`]: by default the model's head type decides.
+        progress (`bool`, *optional*, defaults to `False`):
+            Show a progress bar on standard error.
+
+    Returns:
+        `dict` with `"video"`, `"num_video_frames"`, `"fps"`, `"num_frames"`, `"frame_stride"`, `"stride_frames"`,
+        `"function_to_apply"`, `"labels"` (every label name, in class index order), `"windows"` (per window:
+        `"start_frame"`, `"end_frame"` (its last frame), `"start_time"`, `"end_time"` (in seconds, `frame / fps`;
+        `None` when the video has no frame rate), the top-k `"labels"` and `"scores"`), `"probabilities"` (per window,
+        the scores of every label: a softmax for single-label models, independent sigmoids for multi-label ones,
+        the logits for regression) and `"max_cached_frames"` (the most frames whose features were held at once).
+    """
+    from tqdm.auto import tqdm
+
+    config = model.config
+    num_frames, frame_stride = config.num_frames, video_processor.frame_stride
+    stride_frames = frame_stride if stride_frames is None else stride_frames
+    if stride_frames < 1:
+        raise ValueError(f"stride_frames must be at least 1, got {stride_frames}")
+    function_to_apply = function_to_apply or default_function_to_apply(config)
+    decoder = video if _is_video_decoder(video) else open_video(video)
+    name = "the given VideoDecoder" if decoder is video else str(video)
+    num_video_frames = len(decoder)
+    fps = decoder.metadata.average_fps or None  # None when the container does not say
+    windows = window_frame_indices(num_video_frames, num_frames, frame_stride, stride_frames)
+    # The last window that reads each frame (and each pair of neighbouring frames): freed after that window.
+    last_use = {}
+    for window_index, window in enumerate(windows):
+        for key in (*window, *zip(window[:-1], window[1:])):
+            last_use[key] = window_index
+    share_pairs = config.use_temporal_cross_attention and num_frames > 1
+
+    device = model.device
+    # frame index -> [hidden states, queries, keys], each a list over the read layers of `(1 + num_patches, ...)`
+    features = {}
+    # (frame, next frame) -> per decoder layer, `(2, 1 + num_patches, hidden_size)`: what the frame collects looking
+    # ahead and what the next frame collects looking back
+    pairs = {}
+    results, probabilities, max_cached_frames = [], [], 0
+
+    def stack(items, group: int, layer: int) -> torch.Tensor:
+        """`(len(items), len(item), ...)`: the cached tensors of every frame of each item (a window or a pair)."""
+        return torch.stack([torch.stack([features[frame][group][layer] for frame in item]) for item in items])
+
+    with torch.inference_mode(), tqdm(
+        total=len(windows), unit="window", disable=not progress, file=sys.stderr, desc=os.path.basename(name)
+    ) as bar:
+        for first in range(0, len(windows), batch_size):
+            batch = windows[first : first + batch_size]
+            new_frames = sorted({frame for window in batch for frame in window} - features.keys())
+            if new_frames:
+                frames, _ = load_video_frames(decoder, lambda metadata: new_frames)  # uint8 (n, 3, H, W)
+                pixel_values = video_processor(frames, do_sample_frames=False, return_tensors="pt")["pixel_values"]
+                frame_features = model.evl.get_frame_features(pixel_values[0].to(device))
+                groups = (frame_features.hidden_states, frame_features.queries, frame_features.keys)
+                for row, frame in enumerate(new_frames):
+                    features[frame] = [None if group is None else [t[row] for t in group] for group in groups]
+            max_cached_frames = max(max_cached_frames, len(features))
+
+            num_layers = config.decoder_num_layers
+            # (windows * num_frames, 1 + num_patches, ...) per layer read
+            read = lambda group: tuple(stack(batch, group, layer).flatten(0, 1) for layer in range(num_layers))
+            if share_pairs:
+                new_pairs = sorted({pair for window in batch for pair in zip(window[:-1], window[1:])} - pairs.keys())
+                if new_pairs:
+                    layer_queries, layer_keys = ([stack(new_pairs, group, layer) for layer in range(num_layers)]
+                                                 for group in (1, 2))  # fmt: skip
+                    outputs = model.evl.get_neighbour_cross_attention(layer_queries, layer_keys)
+                    for row, pair in enumerate(new_pairs):
+                        pairs[pair] = [output[row] for output in outputs]
+                # per layer, (windows, num_frames - 1, 2, 1 + num_patches, hidden_size): each window's pairs in order
+                neighbours = tuple(
+                    torch.stack([torch.stack([pairs[pair][layer] for pair in zip(w[:-1], w[1:])]) for w in batch])
+                    for layer in range(num_layers)
+                )
+                pooled, _ = model.evl.decode_frame_features(EVLFrameFeatures(hidden_states=read(0)), num_frames,
+                                                            neighbours)  # fmt: skip
+            else:
+                has_projections = features[batch[0][0]][1] is not None
+                window_features = EVLFrameFeatures(
+                    hidden_states=read(0), queries=read(1) if has_projections else None,
+                    keys=read(2) if has_projections else None)  # fmt: skip
+                pooled, _ = model.evl.decode_frame_features(window_features, num_frames)
+            window_scores = postprocess_logits(model.compute_logits(pooled), config, function_to_apply).cpu()
+            for window, best, row in zip(batch, top_k_labels(window_scores, config, top_k), window_scores.tolist()):
+                start, end = window[0], window[-1]
+                results.append({"start_frame": start, "end_frame": end, "start_time": start / fps if fps else None,
+                                "end_time": end / fps if fps else None, **best})  # fmt: skip
+                probabilities.append(row)
+
+            last_window = first + len(batch) - 1
+            for cache in (features, pairs):
+                for key in [key for key in cache if last_use[key] <= last_window]:
+                    del cache[key]
+            bar.update(len(batch))
+
+    return {
+        "video": name,
+        "num_video_frames": num_video_frames,
+        "fps": fps,
+        "num_frames": num_frames,
+        "frame_stride": frame_stride,
+        "stride_frames": stride_frames,
+        "function_to_apply": function_to_apply,
+        "labels": [config.id2label[i] for i in range(config.num_labels)],
+        "windows": results,
+        "probabilities": probabilities,
+        "max_cached_frames": max_cached_frames,
+    }
+
+
+__all__ = [
+    "FUNCTIONS_TO_APPLY",
+    "classify_windows",
+    "default_function_to_apply",
+    "postprocess_logits",
+    "top_k_labels",
+]
