@@ -26,8 +26,10 @@ from pathlib import Path
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from evl_hf.testing_utils import randomize_zero_initialised
+
 from benchmark_utils import (
-    VIT_SHAPES, emit, fmt, log, machine_info, markdown_table, randomize_zero_parameters, synthetic_data
+    VIT_SHAPES, emit, fmt, log, machine_info, markdown_table, synthetic_data
 )  # fmt: skip
 
 
@@ -88,7 +90,8 @@ def load_both(folder: str) -> dict:
     for model in models.values():
         model.eval()
     assert models["bf16"].evl.vision_model.embeddings.patch_embedding.weight.dtype == torch.bfloat16
-    assert models["bf16"].classifier.weight.dtype == torch.float32
+    decoder_and_head = [p for name, p in models["bf16"].named_parameters() if not name.startswith("evl.vision_model.")]
+    assert all(parameter.dtype == torch.float32 for parameter in decoder_and_head)
     return models
 
 
@@ -121,7 +124,7 @@ def measure_random_clip(args) -> dict:
             id2label=id2label,
             label2id={name: i for i, name in id2label.items()},
         )
-        randomize_zero_parameters(model.evl.decoder)
+        randomize_zero_initialised(model, std=0.02)
         model.save_pretrained(evl_dir)
         models = load_both(evl_dir)
     size = shape["image_size"]

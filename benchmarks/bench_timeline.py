@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from evl_hf.testing_utils import randomize_zero_initialised
+
 from benchmark_utils import (
     VIT_SHAPES, default_video_dir, emit, log, machine_info, markdown_table, median, ratio, target, targets_table
 )  # fmt: skip
@@ -71,11 +73,8 @@ def build_model(shape: str, num_frames: int, frame_stride: int):
         decoder_num_layers=min(4, vision["num_hidden_layers"]),
         num_labels=400,
     )
-    model = EVLForVideoClassification(config).eval()
-    with torch.no_grad():  # the zero-initialised temporal parts get values, so that they do real work
-        for name, parameter in model.named_parameters():
-            if any(part in name for part in ("temporal_cross_attention", "temporal_pos_embed", "query_token")):
-                parameter.normal_(std=0.02)
+    # the zero-initialised temporal parts get values, so that they do real work
+    model = randomize_zero_initialised(EVLForVideoClassification(config).eval(), std=0.02)
     size = vision["image_size"]
     processor = EVLVideoProcessor(
         num_frames=num_frames,

@@ -57,17 +57,6 @@ def default_video_dir() -> Path:
     return synthetic_data().default_cache_dir().parent / "benchmark_videos"
 
 
-def randomize_zero_parameters(module) -> None:
-    """Gives N(0, 0.02) values to the parameters of `module` that are all zero: EVL's decoder starts its temporal
-    tables, position embeddings and query token at zero, which would hide their share of the work or of the error."""
-    import torch
-
-    with torch.no_grad():
-        for parameter in module.parameters():
-            if not parameter.any():
-                parameter.normal_(std=0.02)
-
-
 def log(message: str) -> None:
     """Progress for the reader of a long run; stderr, so stdout stays parseable."""
     print(message, file=sys.stderr, flush=True)

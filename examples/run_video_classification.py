@@ -34,7 +34,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from datasets import ClassLabel, Dataset, DatasetDict, Video, load_dataset
-from datasets.packaged_modules.videofolder.videofolder import VIDEO_EXTENSIONS  # what videofolder loads
+from datasets.packaged_modules.videofolder.videofolder import VIDEO_EXTENSIONS as VIDEOFOLDER_EXTENSIONS
 
 import transformers
 from accelerate.utils import gather_object
@@ -43,7 +43,9 @@ from transformers.modelcard import TrainingSummary
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from evl_hf import EVLConfig, EVLForVideoClassification, EVLImageProcessor, EVLVideoProcessor
-from evl_hf.video_processing_evl import FRAME_SAMPLING_STRATEGIES, VideoDecodingError
+from evl_hf.video_processing_evl import FRAME_SAMPLING_STRATEGIES, VideoDecodingError, open_video
+from evl_hf.video_utils import VIDEO_EXTENSIONS, resolve_video_path
+from evl_hf.video_utils import read_video_list as read_list
 from preemption import AtomicCheckpointsMixin, PreemptionCallback, process_group_destroyed_at_exit, resume_checkpoint
 
 
@@ -55,6 +57,8 @@ DATA_SOURCES = ("dataset_name", "train_dir", "validation_dir", "train_file", "va
 ARCHITECTURE_OPTIONS = ("decoder_num_layers", "decoder_num_heads", "use_temporal_conv", "use_temporal_pos_embed",
                         "use_temporal_cross_attention")  # fmt: skip
 EVL_OPTIONS = (*ARCHITECTURE_OPTIONS, "num_frames", "decoder_mlp_dropout", "classifier_dropout")
+# The video extensions of evl_hf that datasets' videofolder builder also loads (it has no .webm, .m4v, ...).
+FOLDER_VIDEO_EXTENSIONS = tuple(extension for extension in VIDEO_EXTENSIONS if extension in VIDEOFOLDER_EXTENSIONS)
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # The embedded default (no data and no model argument): a random 2-layer, 128-wide ViT on 64x64 frames in 8x8 patches,
@@ -162,10 +166,10 @@ def check_video_folder(path: str, argument: str):
     """`path`, or a clear error naming the argument when this videofolder-layout folder holds no labelled videos."""
     if not (folder := Path(path)).is_dir():
         raise FileNotFoundError(f"{argument} {path!r}: no such folder.")
-    videos = [p for p in folder.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()]
+    videos = [p for p in folder.rglob("*") if p.suffix.lower() in FOLDER_VIDEO_EXTENSIONS and p.is_file()]
     if not videos:
-        raise ValueError(f"{argument} {path!r} holds no video files ({', '.join(VIDEO_EXTENSIONS)}). The videofolder "
-                         f"layout is {path}/<label>/<video>.mp4.")
+        raise ValueError(f"{argument} {path!r} holds no video files ({', '.join(FOLDER_VIDEO_EXTENSIONS)}). The "
+                         f"videofolder layout is {path}/<label>/<video>.mp4.")
     if any(video.parent == folder for video in videos):
         raise ValueError(f"{argument} {path!r} has videos directly inside it; the videofolder layout puts each video "
                          f"in a folder named after its label: {path}/<label>/<video>.mp4.")
@@ -175,17 +179,9 @@ def check_video_folder(path: str, argument: str):
 def read_video_list(path: str, video_root: str | None, video_column: str, label_column: str) -> Dataset:
     """A Kinetics-style list, `relative/path.mp4 label_index` per line (`#` comments), as paths and integer labels."""
     root = video_root or os.path.dirname(os.path.abspath(path))
-    rows = {video_column: [], label_column: []}
-    for line_number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        parts = line.strip().rsplit(maxsplit=1)  # the path may contain spaces, the label index does not
-        if parts and not parts[0].startswith("#"):
-            if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
-                raise ValueError(f"{path}, line {line_number}: expected `<video path> <label index>`, got {line!r}.")
-            rows[video_column].append(os.path.join(root, parts[0]))
-            rows[label_column].append(int(parts[1]))
-    if not rows[video_column]:
-        raise ValueError(f"{path} lists no videos.")
-    return Dataset.from_dict(rows)
+    rows = read_list(path, video_column=video_column, label_column=label_column, require_labels=True).rows
+    return Dataset.from_dict({video_column: [resolve_video_path(row[video_column], root) for row in rows],
+                              label_column: [row[label_column] for row in rows]})  # fmt: skip
 
 
 def load_video_file(path: str, argument: str, data_args: DataTrainingArguments, cache_dir: str | None) -> Dataset:
@@ -296,12 +292,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
     def _clip(self, row: dict, index: int, **kwargs) -> torch.Tensor:
         video = row[self.video_column]
         if isinstance(video, dict):  # a `Video(decode=False)` row: the bytes stored in the dataset, or a path
-            from torchcodec.decoders import VideoDecoder
-
-            try:
-                video = VideoDecoder(video["bytes"], seek_mode="exact") if video.get("bytes") else video["path"]
-            except (RuntimeError, ValueError) as error:
-                raise VideoDecodingError(f"Cannot read video {self._name(row, index)}: {error}") from error
+            # stored bytes get the checks and diagnosis of a file
+            video = open_video(video["bytes"], name=self._name(row, index)) if video.get("bytes") else video["path"]
         return self.video_processor(video, return_tensors="pt", **self.processor_kwargs, **kwargs)["pixel_values"][0]
 
     def __getitem__(self, index: int) -> dict:

@@ -11,7 +11,6 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""EVL model configuration."""
 """torch.export of EVLForVideoClassification: the whole model is captured and gives the eager outputs."""
 
 import warnings
@@ -20,7 +19,8 @@ import pytest
 import torch
 
 from evl_hf import EVLForVideoClassification
-from test_modeling_evl import clip, randomize_zero_initialised, tiny_config
+from evl_hf.testing_utils import random_clip as clip
+from evl_hf.testing_utils import randomize_zero_initialised, tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -9,48 +9,16 @@ import pytest
 import torch
 from transformers import AutoModelForVideoClassification, CLIPConfig, CLIPModel, CLIPVisionConfig
 
-from evl_hf import EVLConfig, EVLForVideoClassification, EVLModel
+from evl_hf import EVLForVideoClassification, EVLModel
 from evl_hf.modeling_evl import EVLDecoderAttention, EVLTemporalCrossAttention
-
-
-def tiny_vision_config(**overrides):
-    values = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    values.update(overrides)
-    return CLIPVisionConfig(**values)
-
-
-def tiny_config(**overrides):
-    values = dict(
-        vision_config=tiny_vision_config(),
-        num_frames=4,
-        decoder_num_layers=2,
-        id2label={0: "left", 1: "right", 2: "up"},
-        label2id={"left": 0, "right": 1, "up": 2},
-    )
-    values.update(overrides)
-    return EVLConfig(**values)
-
-
-def randomize_zero_initialised(model):
-    """The temporal tables, position embeddings and query start at zero: give them values so tests see them."""
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if any(part in name for part in ("temporal_cross_attention", "temporal_pos_embed", "query_token")):
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.5)
-    return model
+from evl_hf.testing_utils import random_clip as clip
+from evl_hf.testing_utils import randomize_zero_initialised, tiny_config, tiny_vision_config
 
 
 @pytest.fixture
 def model():
     torch.manual_seed(0)
     return randomize_zero_initialised(EVLForVideoClassification(tiny_config())).eval()
-
-
-def clip(batch_size=2, num_frames=4, size=32, seed=0):
-    return torch.randn(batch_size, num_frames, 3, size, size, generator=torch.Generator().manual_seed(seed))
 
 
 def test_logits_have_one_row_per_clip_and_one_column_per_label(model):
@@ -283,11 +251,15 @@ def test_return_dict_false_gives_a_tuple(model):
     assert isinstance(outputs, tuple) and outputs[1].shape == (2, 3)
 
 
-@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-def test_attention_implementations_agree(tmp_path, model, attn_implementation):
+def test_models_loaded_with_eager_and_sdpa_attention_agree(tmp_path, model):
     model.save_pretrained(tmp_path)
-    other = EVLForVideoClassification.from_pretrained(tmp_path, attn_implementation=attn_implementation).eval()
-    assert torch.allclose(model(clip()).logits, other(clip()).logits, atol=1e-5)
+    loaded = {
+        implementation: EVLForVideoClassification.from_pretrained(tmp_path, attn_implementation=implementation).eval()
+        for implementation in ("eager", "sdpa")
+    }
+    for implementation, other in loaded.items():
+        assert other.evl.vision_model.config._attn_implementation == implementation
+    assert torch.allclose(loaded["eager"](clip()).logits, loaded["sdpa"](clip()).logits, atol=1e-5)
 
 
 @pytest.mark.parametrize("patch_size,image_size", [(8, 32), (4, 28), (16, 48)])
@@ -466,8 +438,10 @@ def test_backbone_gets_clip_initialisation_when_loaded_without_backbone_weights(
     assert_clip_initialisation(EVLForVideoClassification.from_pretrained(None, config=model.config, state_dict={}))
 
 
-@pytest.mark.parametrize("attn_implementation", ["eager", "sdpa"])
-def test_set_attn_implementation_reaches_the_backbone_and_keeps_the_logits(model, attn_implementation):
+@pytest.mark.parametrize("attn_implementation,start", [("eager", "sdpa"), ("sdpa", "eager")])
+def test_set_attn_implementation_reaches_the_backbone_and_keeps_the_logits(model, attn_implementation, start):
+    model.set_attn_implementation(start)
+    assert model.evl.vision_model.config._attn_implementation == start
     expected = model(clip()).logits
     model.set_attn_implementation(attn_implementation)
     assert model.config._attn_implementation == attn_implementation

@@ -7,7 +7,8 @@ from transformers.activations import QuickGELUActivation
 
 from evl_hf import EVLForVideoClassification
 from evl_hf.modeling_evl import EVLQuickGELUActivation
-from test_modeling_evl import clip, tiny_config
+from evl_hf.testing_utils import random_clip as clip
+from evl_hf.testing_utils import tiny_config
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

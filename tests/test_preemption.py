@@ -18,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 # Importing it puts examples/ on sys.path; its tiny CLIP and video fixtures are used here too.
-from test_run_video_classification import SCRIPT, run_video_classification, tiny_clip, videos  # noqa: F401
+from training_utils import SCRIPT, run_video_classification
 
 from preemption import STAGING_DIR, checkpoint_problem, last_complete_checkpoint  # noqa: E402  (examples/)
 
@@ -54,7 +54,7 @@ ARGS_4_STEPS = "--max_steps 4 --save_strategy steps --save_steps 2 --dataloader_
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory, tiny_clip, videos) -> Path:  # noqa: F811
+def uninterrupted(tmp_path_factory, tiny_clip, videos) -> Path:
     """The output folder of a 4-step run saving checkpoints at steps 2 and 4."""
     output_dir = tmp_path_factory.mktemp("uninterrupted") / "output"
     run_video_classification.main(script_args(tiny_clip, videos, output_dir, ARGS_4_STEPS))
@@ -71,7 +71,7 @@ def test_a_finished_run_leaves_complete_checkpoints_and_no_staging_folder(uninte
     assert not (uninterrupted / STAGING_DIR).exists()
 
 
-def test_the_best_checkpoint_is_recorded_where_it_ends_up(tmp_path, tiny_clip, videos):  # noqa: F811
+def test_the_best_checkpoint_is_recorded_where_it_ends_up(tmp_path, tiny_clip, videos):
     output_dir = tmp_path / "output"
     args = (
         f"{ARGS_4_STEPS} --do_eval --validation_dir {videos / 'validation'} --per_device_eval_batch_size 4 "
@@ -128,7 +128,7 @@ def test_no_checkpoint_folder_means_none(tmp_path, caplog):
 
 
 def test_resume_last_skips_incomplete_checkpoints_and_ends_like_an_uninterrupted_run(
-    uninterrupted, tmp_path, tiny_clip, videos, caplog  # noqa: F811
+    uninterrupted, tmp_path, tiny_clip, videos, caplog
 ):
     # What killed runs without complete-or-absent checkpoints leave: checkpoint-4 without its trainer state,
     # checkpoint-3 with an optimizer state written in part; checkpoint-2 is complete.
@@ -154,7 +154,7 @@ def test_resume_last_skips_incomplete_checkpoints_and_ends_like_an_uninterrupted
 
 
 def test_without_a_complete_checkpoint_training_starts_from_scratch(
-    uninterrupted, tmp_path, tiny_clip, videos, caplog  # noqa: F811
+    uninterrupted, tmp_path, tiny_clip, videos, caplog
 ):
     output_dir = tmp_path / "output"
     shutil.copytree(uninterrupted / "checkpoint-2", output_dir / "checkpoint-2")
@@ -239,7 +239,7 @@ def stopped_lines(text: str) -> list[int]:
 
 
 @pytest.mark.slow
-def test_sigterm_finishes_the_step_saves_a_checkpoint_and_exits_143(tmp_path, tiny_clip, videos):  # noqa: F811
+def test_sigterm_finishes_the_step_saves_a_checkpoint_and_exits_143(tmp_path, tiny_clip, videos):
     output_dir, log = tmp_path / "output", tmp_path / "log.txt"
     # No periodic checkpoints: the only one is the one SIGTERM makes. One DataLoader worker gets the signal too.
     args = script_args(tiny_clip, videos, output_dir, "--max_steps 2000 --save_strategy no --dataloader_num_workers 1")
@@ -263,7 +263,7 @@ def test_sigterm_finishes_the_step_saves_a_checkpoint_and_exits_143(tmp_path, ti
 
 
 @pytest.mark.slow
-def test_a_run_killed_again_and_again_ends_like_an_uninterrupted_one(tmp_path, tiny_clip, videos):  # noqa: F811
+def test_a_run_killed_again_and_again_ends_like_an_uninterrupted_one(tmp_path, tiny_clip, videos):
     args = "--max_steps 60 --save_strategy steps --save_steps 4 --dataloader_num_workers 1"
     reference, log = tmp_path / "reference", tmp_path / "reference.txt"
     process = start([sys.executable, str(SCRIPT), *script_args(tiny_clip, videos, reference, args)], log)
@@ -315,7 +315,7 @@ def test_a_run_killed_again_and_again_ends_like_an_uninterrupted_one(tmp_path, t
 
 
 @pytest.mark.slow
-def test_two_processes_stop_at_the_same_step_on_sigterm(tmp_path, tiny_clip, videos):  # noqa: F811
+def test_two_processes_stop_at_the_same_step_on_sigterm(tmp_path, tiny_clip, videos):
     output_dir, log = tmp_path / "output", tmp_path / "log.txt"
     args = script_args(tiny_clip, videos, output_dir, "--max_steps 30 --save_strategy no --dataloader_num_workers 1")
     command = f"""

@@ -4,6 +4,7 @@ The corpus is generated here with the ffmpeg command line tool: tiny frames (exc
 frames each, so the whole module runs in seconds.
 """
 
+import io
 import os
 import shutil
 import struct
@@ -15,6 +16,7 @@ import torch
 from evl_hf.video_processing_evl import (
     EVLVideoProcessor,
     VideoDecodingError,
+    open_video,
     read_video_frames,
     sample_frame_indices,
 )
@@ -203,3 +205,24 @@ def test_named_pipe_raises_instead_of_blocking(tmp_path):
     os.mkfifo(pipe)
     with pytest.raises(VideoDecodingError, match="not a regular file"):
         read_video_frames(pipe, [0])
+
+
+# Stored bytes (a `datasets` row) and file objects get the diagnosis of a file, naming the video as the caller does.
+OPENED_FROM_BYTES = ["empty.mp4", "text.mp4", "audio_only.mp4", "truncated_index.mp4"]
+
+
+@pytest.mark.parametrize("kind", ["bytes", "file object"])
+@pytest.mark.parametrize("name", OPENED_FROM_BYTES)
+def test_broken_bytes_raise_the_diagnosis_of_the_file_naming_the_video(corpus, name, kind):
+    data = (corpus / name).read_bytes()
+    source = data if kind == "bytes" else io.BytesIO(data)
+    expected = "empty" if name == "empty.mp4" else BROKEN_FILES[name]
+    with pytest.raises(VideoDecodingError, match=expected) as error:
+        open_video(source, name=f"row 7 of {name}")
+    assert f"row 7 of {name}" in str(error.value) and ".cpp" not in str(error.value)
+
+
+def test_good_bytes_decode_the_frames_of_the_file(corpus):
+    path = corpus / "h264.mkv"
+    from_bytes = read_video_frames(open_video(path.read_bytes(), name="h264.mkv"), [0, 5, 9])
+    assert torch.equal(from_bytes, read_video_frames(path, [0, 5, 9]))

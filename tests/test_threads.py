@@ -11,7 +11,6 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""EVL model configuration."""
 """Concurrent inference: many threads calling one model get exactly what sequential calls get."""
 
 import threading
@@ -19,7 +18,8 @@ import threading
 import torch
 
 from evl_hf import EVLForVideoClassification
-from test_modeling_evl import clip, randomize_zero_initialised, tiny_config
+from evl_hf.testing_utils import random_clip as clip
+from evl_hf.testing_utils import randomize_zero_initialised, tiny_config
 
 
 def test_concurrent_calls_on_one_model_equal_sequential_calls():

@@ -1,0 +1,33 @@
+"""Fixtures shared by the whole suite: tiny saved models and generated videos (helpers in `evl_hf.testing_utils`)."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import CLIPVisionModel
+
+from evl_hf.testing_utils import save_tiny_model, tiny_vision_config
+
+
+@pytest.fixture(scope="session")
+def model_folder(tmp_path_factory):
+    """A saved tiny EVL classifier with its video processor: 4 frames 4 apart, 32x32, the labels of `LABELS`."""
+    return save_tiny_model(tmp_path_factory.mktemp("tiny_evl"))
+
+
+@pytest.fixture(scope="module")
+def tiny_clip(tmp_path_factory) -> str:
+    """A random CLIP vision checkpoint saved in a local folder: 32 px images, 8 px patches, width 32, 2 layers."""
+    folder = tmp_path_factory.mktemp("tiny-clip")
+    torch.manual_seed(0)
+    CLIPVisionModel(tiny_vision_config()).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory) -> Path:
+    """The synthetic-motion dataset of `training_utils.TINY_VIDEOS`, in videofolder layout (`train/`, `validation/`)."""
+    from synthetic_data import generate_synthetic_motion_dataset
+    from training_utils import TINY_VIDEOS
+
+    return generate_synthetic_motion_dataset(tmp_path_factory.mktemp("videos"), TINY_VIDEOS)

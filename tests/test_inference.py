@@ -1,0 +1,89 @@
+"""The inference core (evl_hf/inference.py): scores by head type, and every route that runs a model agreeing on them."""
+
+import json
+
+import pytest
+import torch
+from transformers import pipeline
+
+import evl_hf  # noqa: F401  (registers EVL with the pipeline)
+from evl_hf import EVLConfig, EVLForVideoClassification, EVLVideoProcessor
+from evl_hf.commands import main
+from evl_hf.commands.demo import classify_video
+from evl_hf.inference import classify_windows, default_function_to_apply, postprocess_logits, top_k_labels
+from evl_hf.testing_utils import encode_video, save_tiny_model
+
+
+HEADS = {
+    "single_label": {},
+    "multi_label": {"problem_type": "multi_label_classification"},
+    "regression": {"problem_type": "regression", "labels": ["value"]},
+}
+
+
+@pytest.mark.parametrize(
+    "problem_type,function", [(None, "softmax"), ("single_label_classification", "softmax"),
+                              ("multi_label_classification", "sigmoid"), ("regression", "none")]
+)  # fmt: skip
+def test_the_function_follows_the_problem_type_as_in_the_pipeline(problem_type, function):
+    config = EVLConfig(num_labels=3, problem_type=problem_type)
+    logits = torch.tensor([[0.5, -1.0, 2.0]])
+    expected = {"softmax": logits.softmax(-1), "sigmoid": logits.sigmoid(), "none": logits}[function]
+    assert default_function_to_apply(config) == function
+    torch.testing.assert_close(postprocess_logits(logits, config), expected)
+
+
+def test_function_to_apply_overrides_the_head_type_and_is_checked():
+    config = EVLConfig(num_labels=2, problem_type="multi_label_classification")
+    logits = torch.tensor([[1.0, 3.0]], dtype=torch.bfloat16)
+    scores = postprocess_logits(logits, config, function_to_apply="softmax")
+    assert scores.dtype == torch.float32 and scores.sum().item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="function_to_apply='tanh'"):
+        postprocess_logits(logits, config, function_to_apply="tanh")
+
+
+def test_top_k_labels_are_best_first_and_at_most_num_labels():
+    config = EVLConfig(num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2})
+    best = top_k_labels(torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]]), config, top_k=5)
+    assert best == [{"labels": ["b", "c", "a"], "scores": pytest.approx([0.5, 0.3, 0.2])},
+                    {"labels": ["a", "c", "b"], "scores": pytest.approx([0.6, 0.3, 0.1])}]  # fmt: skip
+
+
+@pytest.fixture(scope="module", params=list(HEADS))
+def head(request, tmp_path_factory):
+    """A saved tiny model of each head type and a video exactly one window long (4 frames 4 apart: 13 frames)."""
+    folder = tmp_path_factory.mktemp(request.param)
+    save_tiny_model(folder / "model", **HEADS[request.param])
+    return request.param, folder / "model", encode_video(folder / "clip.mp4", 13)
+
+
+def test_pipeline_predict_timeline_demo_and_the_library_agree(head, tmp_path):
+    name, folder, video = head
+    expected = pipeline("video-classification", model=str(folder))(str(video), top_k=5)
+    expected = {"labels": [row["label"] for row in expected], "scores": [row["score"] for row in expected]}
+
+    model = EVLForVideoClassification.from_pretrained(folder).eval()
+    processor = EVLVideoProcessor.from_pretrained(folder)
+    with torch.no_grad():
+        logits = model(**processor(str(video), return_tensors="pt")).logits
+    routes = {"library": top_k_labels(postprocess_logits(logits, model.config), model.config, 5)[0]}
+
+    assert main(["predict", "--model", str(folder), str(video), "--output", str(tmp_path / "out.jsonl"),
+                 "--num_workers", "0"]) == 0  # fmt: skip
+    routes["predict"] = json.loads((tmp_path / "out.jsonl").read_text())
+    assert main(["timeline", "--model", str(folder), str(video), "--output", str(tmp_path / "timeline.json")]) == 0
+    (window,) = json.loads((tmp_path / "timeline.json").read_text())["windows"]
+    routes["timeline"] = window
+    (window,) = classify_windows(model, processor, video)["windows"]
+    routes["classify_windows"] = window
+    demo = classify_video(model, processor, str(video))["scores"]
+    routes["demo"] = {"labels": list(demo), "scores": list(demo.values())}
+
+    num_labels = len(HEADS[name].get("labels", "12345"))
+    assert len(expected["labels"]) == num_labels
+    if name == "multi_label":  # independent probabilities, not a distribution
+        assert sum(expected["scores"]) > 1.5
+    for route, result in routes.items():
+        assert result["labels"] == expected["labels"], route
+        torch.testing.assert_close(torch.tensor(result["scores"]), torch.tensor(expected["scores"]), atol=1e-5,
+                                   rtol=0, msg=route)  # fmt: skip
