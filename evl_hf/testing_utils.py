@@ -22,6 +22,7 @@ import torch
 from transformers import CLIPVisionConfig
 
 from .configuration_evl import EVLConfig
+from .image_processing_evl import EVLImageProcessor
 from .modeling_evl import EVLForVideoClassification
 from .video_processing_evl import EVLVideoProcessor
 
@@ -70,11 +71,17 @@ def tiny_model(*, num_frames: int = 4, labels=LABELS, seed: int = 0, **config_ov
     return randomize_zero_initialised(EVLForVideoClassification(config), seed=seed).eval()
 
 
-def save_tiny_model(folder, *, num_frames: int = 4, frame_stride: int = 4, seed: int = 0, **config_overrides):
-    """Saves a [`tiny_model`] and its video processor (32x32 crops, `frame_stride` apart) to `folder`; returns it."""
+def save_tiny_model(
+    folder, *, num_frames: int = 4, frame_stride: int = 4, seed: int = 0, image_processor: bool = False,
+    **config_overrides,
+):  # fmt: skip
+    """Saves a [`tiny_model`] and its video processor (32x32 crops, `frame_stride` apart) to `folder`, and with
+    `image_processor` an [`EVLImageProcessor`] too, as the training script does; returns `folder`."""
     tiny_model(num_frames=num_frames, seed=seed, **config_overrides).save_pretrained(folder)
-    EVLVideoProcessor(num_frames=num_frames, frame_stride=frame_stride, size={"shortest_edge": 32},
-                      crop_size={"height": 32, "width": 32}).save_pretrained(folder)  # fmt: skip
+    sizes = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    EVLVideoProcessor(num_frames=num_frames, frame_stride=frame_stride, **sizes).save_pretrained(folder)
+    if image_processor:
+        EVLImageProcessor(**sizes).save_pretrained(folder)
     return folder
 
 

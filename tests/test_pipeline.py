@@ -8,9 +8,10 @@ import textwrap
 import pytest
 import torch
 from torchcodec.encoders import VideoEncoder
-from transformers import AutoImageProcessor, AutoVideoProcessor, CLIPVisionConfig, pipeline
+from transformers import AutoImageProcessor, AutoVideoProcessor, pipeline
 
-from evl_hf import EVLConfig, EVLForVideoClassification, EVLImageProcessor, EVLVideoProcessor
+from evl_hf import EVLForVideoClassification, EVLImageProcessor, EVLVideoProcessor
+from evl_hf.testing_utils import save_tiny_model
 
 LABELS = ["left", "right", "up", "down"]
 
@@ -28,23 +29,7 @@ def video_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def model_folder(tmp_path_factory):
-    torch.manual_seed(0)
-    vision_config = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    config = EVLConfig(
-        vision_config=vision_config,
-        num_frames=4,
-        decoder_num_layers=2,
-        id2label=dict(enumerate(LABELS)),
-        label2id={label: i for i, label in enumerate(LABELS)},
-    )
-    folder = tmp_path_factory.mktemp("model")
-    EVLForVideoClassification(config).save_pretrained(folder)
-    processor_kwargs = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    EVLVideoProcessor(num_frames=4, frame_stride=4, **processor_kwargs).save_pretrained(folder)
-    EVLImageProcessor(**processor_kwargs).save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("model"), labels=LABELS, image_processor=True)
 
 
 def test_pipeline_from_a_folder_returns_top_k_labels_with_scores(model_folder, video_path):

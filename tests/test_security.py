@@ -9,11 +9,9 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors import safe_open
-from transformers import CLIPVisionConfig
 
-from evl_hf import EVLConfig, EVLForVideoClassification, EVLImageProcessor, EVLVideoProcessor
+from evl_hf.testing_utils import save_tiny_model
 
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -113,23 +111,7 @@ def test_every_torch_load_in_the_package_and_examples_passes_weights_only_true()
 @pytest.fixture(scope="module")
 def saved_folder(tmp_path_factory):
     """A tiny EVL model with both processors, saved as users save it."""
-    torch.manual_seed(0)
-    vision_config = CLIPVisionConfig(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    config = EVLConfig(
-        vision_config=vision_config,
-        num_frames=4,
-        decoder_num_layers=2,
-        id2label={0: "left", 1: "right"},
-        label2id={"left": 0, "right": 1},
-    )
-    folder = tmp_path_factory.mktemp("evl")
-    EVLForVideoClassification(config).save_pretrained(folder)
-    processor_kwargs = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    EVLVideoProcessor(num_frames=4, **processor_kwargs).save_pretrained(folder)
-    EVLImageProcessor(**processor_kwargs).save_pretrained(folder)
-    return folder
+    return save_tiny_model(tmp_path_factory.mktemp("evl"), labels=["left", "right"], image_processor=True)
 
 
 def test_save_pretrained_writes_the_weights_as_safetensors(saved_folder):
