@@ -25,6 +25,7 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 
 from ..video_utils import VIDEO_EXTENSIONS, VIDEO_LIST_EXTENSIONS, read_video_list, resolve_video_path, walk_videos
@@ -61,6 +62,90 @@ def find_videos(inputs: list[str]) -> list[str]:
     return list(dict.fromkeys(videos))
 
 
+def read_records(path: str, *, truncate: bool = False) -> tuple[list[str] | None, list[tuple[str, bool, object]]]:
+    """
+    The records of an output or part file: its CSV header (`None` for JSON lines or an empty file) and, per record,
+    `(video, whether it is an error, the JSON line or CSV row as written)`. A last line cut short by a stopped run is
+    left out, and with `truncate` cut off the file.
+    """
+    is_csv = path.lower().endswith(".csv")
+    with open(path, "rb") as file:
+        data = file.read()
+    complete = data[: data.rfind(b"\n") + 1]
+    if truncate and len(complete) < len(data):  # a record torn by a kill: its video is predicted again
+        with open(path, "r+b") as file:
+            file.truncate(len(complete))
+    text = complete.decode("utf-8")
+    if is_csv:
+        rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
+        header, rows = (rows[0], rows[1:]) if rows else (None, [])
+        if header is not None and "video" not in header:
+            raise UsageError(f"--output {path!r} is a CSV file without a `video` column; choose another.")
+        video = header.index("video") if header else 0
+        error = header.index("error") if header and "error" in header else len(header or [])
+        return header, [(row[video], len(row) > error and bool(row[error]), row) for row in rows]
+    records = []
+    for number, line in enumerate(text.splitlines(keepends=True), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+            records.append((record["video"], "error" in record, line))
+        except (ValueError, KeyError, TypeError):
+            raise UsageError(f"--output {path!r}: line {number} is not a record of evl-hf predict; choose another "
+                             "file.") from None  # fmt: skip
+    return None, records
+
+
+def write_records(path: str, header: list[str] | None, records: list) -> None:
+    """Writes records as [`read_records`] returns them (the line or row as written), atomically."""
+    partial = f"{path}.partial"
+    with open(partial, "w", encoding="utf-8", newline="") as file:
+        if path.lower().endswith(".csv"):
+            csv.writer(file).writerows([header, *records] if header else records)
+        else:
+            file.writelines(records)
+    os.replace(partial, path)
+
+
+def part_file(output: str, rank: int) -> str:
+    """Where process `rank` of a distributed run writes its records, next to `output`."""
+    return f"{output}.part-{rank:05d}"
+
+
+def part_files(output: str) -> list[str]:
+    """The part files next to `output`, of any earlier distributed run, in rank order."""
+    folder, name = os.path.split(os.path.abspath(output))
+    pattern = re.compile(re.escape(name) + r"\.part-(\d+)$")
+    found = [(int(match.group(1)), entry) for entry in os.listdir(folder) if (match := pattern.match(entry))]
+    return [os.path.join(folder, entry) for _, entry in sorted(found)]
+
+
+def merge_part_files(output: str, order: list[str] | None = None) -> None:
+    """
+    Folds the part files of a distributed run into `output`: one record per video (the first found: `output`'s own,
+    then the parts' in rank order), sorted by `order` (the run's videos; others keep their place at the end) when it
+    is given. `output` is replaced atomically, then the parts are removed, so a run stopped here loses nothing.
+    """
+    parts = part_files(output)
+    if not parts:
+        return
+    header, records = read_records(output) if os.path.exists(output) else (None, [])
+    for part in parts:
+        part_header, part_records = read_records(part)
+        header, records = header or part_header, records + part_records
+    unique = {}
+    for video, _, record in records:
+        unique.setdefault(video, record)
+    videos = list(unique)
+    if order is not None:
+        position = {video: index for index, video in enumerate(order)}
+        videos.sort(key=lambda video: position.get(video, len(order)))
+    write_records(output, header, [unique[video] for video in videos])
+    for part in parts:
+        os.remove(part)
+
+
 class ResultsFile:
     """
     The output file: JSON lines, or CSV when its name ends in `.csv` (columns `video`, `label_1`, `score_1`, ...,
@@ -84,32 +169,7 @@ class ResultsFile:
         return ["video"] + [f"{name}_{i}" for i in range(1, top_k + 1) for name in ("label", "score")] + ["error"]
 
     def _read(self, retry_failed: bool):
-        with open(self.path, "rb") as file:
-            data = file.read()
-        complete = data[: data.rfind(b"\n") + 1]
-        if len(complete) < len(data):  # a record torn by a kill: drop it, its video is predicted again
-            with open(self.path, "r+b") as file:
-                file.truncate(len(complete))
-        text = complete.decode("utf-8")
-        if self.is_csv:
-            rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
-            header, rows = (rows[0], rows[1:]) if rows else (None, [])
-            if header is not None and "video" not in header:
-                raise UsageError(f"--output {self.path!r} is a CSV file without a `video` column; choose another.")
-            video = header.index("video") if header else 0
-            error = header.index("error") if header and "error" in header else len(header or [])
-            records = [(row[video], len(row) > error and bool(row[error]), row) for row in rows]
-        else:
-            records = []
-            for number, line in enumerate(text.splitlines(keepends=True), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                    records.append((record["video"], "error" in record, line))
-                except (ValueError, KeyError, TypeError):
-                    raise UsageError(f"--output {self.path!r}: line {number} is not a record of evl-hf predict; "
-                                     "choose another file.") from None  # fmt: skip
+        header, records = read_records(self.path, truncate=True)
         kept = []
         for video, failed, record in records:
             if failed and retry_failed:
@@ -117,14 +177,8 @@ class ResultsFile:
             else:
                 self.done[video] = failed
                 kept.append(record)
-        if len(kept) < len(records):  # error records dropped: rewrite the file without them, atomically
-            partial = f"{self.path}.partial"
-            with open(partial, "w", encoding="utf-8", newline="") as file:
-                if self.is_csv:
-                    csv.writer(file).writerows([header, *kept])
-                else:
-                    file.writelines(kept)
-            os.replace(partial, self.path)
+        if len(kept) < len(records):  # error records dropped: rewrite the file without them
+            write_records(self.path, header, kept)
 
     def write(self, record: dict):
         if self.is_csv:
@@ -212,6 +266,35 @@ def register(subparsers):
     parser.set_defaults(run=run, parser=parser)
 
 
+def _process_state(device: str):
+    """Accelerate's view of the processes of this run (one unless launched by `torchrun` or `accelerate launch`)."""
+    import torch
+
+    try:
+        from accelerate import PartialState
+    except ImportError:
+        if torch.distributed.is_torchelastic_launched():
+            raise UsageError("a distributed run needs Accelerate: pip install 'evl-hf[train]'.") from None
+        return None
+    return PartialState(cpu=device == "cpu")
+
+
+def _check_same_inputs(args: argparse.Namespace, videos: list[str]):
+    """Every process of a distributed run must be given the same model, inputs and output."""
+    import hashlib
+
+    import torch.distributed as dist
+
+    asked = json.dumps([args.model, os.path.abspath(args.output), args.top_k, videos])
+    digests = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, hashlib.sha256(asked.encode()).hexdigest())
+    if len(set(digests)) > 1:
+        raise UsageError(
+            "the processes of this distributed run were given different --model, INPUT, --output or --top_k (or "
+            "see different files in the input folders); launch every process with the same command."
+        )
+
+
 def run(args: argparse.Namespace) -> int:
     for option in ("top_k", "batch_size"):
         if getattr(args, option) < 1:
@@ -220,27 +303,53 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--num_workers must be 0 or more, got {args.num_workers}.")
     if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
         raise UsageError(f"--output {args.output!r}: its folder does not exist; create it first.")
+    if args.retry_failed and not args.output:
+        raise UsageError("--retry_failed resumes an --output file; give one.")
     videos = find_videos(args.inputs)
     if not videos:
         raise UsageError(
             f"no videos found in {args.inputs}: folders are searched for {', '.join(VIDEO_EXTENSIONS)} files."
         )
-    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    # Under torchrun or accelerate launch, each process classifies its share of the videos on its own device and
+    # writes its own part file; the first process merges the parts into --output at the end.
+    state = _process_state(args.device)
+    rank, world_size = (state.process_index, state.num_processes) if state is not None else (0, 1)
+    device = args.device
+    if world_size > 1:
+        if not args.output:
+            raise UsageError("a distributed run needs --output: each process writes its own part of it.")
+        _check_same_inputs(args, videos)
+        if device.startswith("cuda"):
+            device = str(state.device)  # cuda:LOCAL_RANK
+    model, processor = load_model_and_processor(args.model, device, args.dtype)
 
     import torch
+    import torch.distributed as dist
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
     from ..inference import postprocess_logits, top_k_labels
 
-    if args.retry_failed and not args.output:
-        raise UsageError("--retry_failed resumes an --output file; give one.")
-    results = ResultsFile(args.output, args.top_k, args.retry_failed) if args.output else _StdoutResults(args.top_k)
-    todo = [video for video in videos if video not in results.done]  # a resumed run skips what is recorded
+    if args.output and rank == 0:
+        merge_part_files(args.output)  # what a stopped distributed run left, so that it counts as done
+        ResultsFile(args.output, args.top_k, args.retry_failed).close()  # drops a torn line, and retried errors
+    if world_size > 1:
+        dist.barrier()
+    # what --output already holds (every process reads it once the first one has tidied it)
+    exists = args.output and os.path.exists(args.output)
+    done = {video: failed for video, failed, _ in read_records(args.output)[1]} if exists else {}
+    if not args.output:
+        results = _StdoutResults(args.top_k)
+    else:
+        results = ResultsFile(args.output if world_size == 1 else part_file(args.output, rank), args.top_k)
+    todo = [video for video in videos if video not in done]  # a resumed run skips what is recorded
     skipped = len(videos) - len(todo)
-    if skipped:
+    if skipped and rank == 0:
         print(f"evl-hf predict: {skipped} of {len(videos)} videos already in {args.output}; skipping them",
               file=sys.stderr)  # fmt: skip
+    if state is not None and world_size > 1:
+        with state.split_between_processes(todo) as share:
+            todo = list(share)
     device = next(model.parameters()).device
     loader = DataLoader(
         VideoClips(todo, processor, model.config.num_frames),
@@ -250,8 +359,10 @@ def run(args: argparse.Namespace) -> int:
         pin_memory=device.type == "cuda",
     )
     failed = []
+    bar_name = f"process {rank} of {world_size}" if world_size > 1 else None
     try:
-        with torch.inference_mode(), tqdm(total=len(todo), unit="video", file=sys.stderr, dynamic_ncols=True) as bar:
+        with torch.inference_mode(), tqdm(total=len(todo), unit="video", file=sys.stderr, dynamic_ncols=True,
+                                          desc=bar_name, position=rank) as bar:  # fmt: skip
             for items in loader:
                 clips = [item for item in items if "error" not in item]
                 if clips:
@@ -269,16 +380,24 @@ def run(args: argparse.Namespace) -> int:
     finally:
         results.close()
 
-    todo_set = set(todo)
-    earlier_failures = [video for video in videos if video not in todo_set and results.done.get(video)]
-    predicted = len(todo) - len(failed)
-    print(
-        f"evl-hf predict: {len(videos)} videos: {predicted} predicted now, {skipped} already done, "
-        f"{len(failed)} failed now" + (f", {len(earlier_failures)} failed earlier" if earlier_failures else ""),
-        file=sys.stderr,
-    )
-    for item in failed[:20]:
-        print(f"  {item['video']}: {item['error']}", file=sys.stderr)
-    if len(failed) > 20:
-        print(f"  ... and {len(failed) - 20} more (see the error records)", file=sys.stderr)
+    num_todo = len(todo)
+    if world_size > 1:
+        shares = [None] * world_size
+        dist.all_gather_object(shares, (num_todo, failed))
+        num_todo, failed = sum(share[0] for share in shares), [item for share in shares for item in share[1]]
+        if rank == 0:
+            merge_part_files(args.output, order=videos)
+        dist.barrier()
+    earlier_failures = [video for video in videos if done.get(video)]
+    if rank == 0:
+        predicted = num_todo - len(failed)
+        print(
+            f"evl-hf predict: {len(videos)} videos: {predicted} predicted now, {skipped} already done, "
+            f"{len(failed)} failed now" + (f", {len(earlier_failures)} failed earlier" if earlier_failures else ""),
+            file=sys.stderr,
+        )
+        for item in failed[:20]:
+            print(f"  {item['video']}: {item['error']}", file=sys.stderr)
+        if len(failed) > 20:
+            print(f"  ... and {len(failed) - 20} more (see the error records)", file=sys.stderr)
     return 1 if failed or earlier_failures else 0
