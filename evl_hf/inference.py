@@ -94,6 +94,42 @@ def top_k_labels(scores: torch.Tensor, config, top_k: int = 5) -> list[dict]:
     ]
 
 
+def attention_heatmaps(
+    decoder_attentions: tuple[torch.Tensor, ...],
+    num_frames: int,
+    spatial_size: tuple[int, int],
+    layer: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""
+    Where the video query looked: the decoder's attention over the tokens of every frame as per-frame maps on the
+    patch grid.
+
+    Args:
+        decoder_attentions (`tuple(torch.FloatTensor)`):
+            The model's `decoder_attentions` (`output_attentions=True`): per decoder layer `(batch_size, num_heads, 1,
+            num_frames * (1 + num_patches))`, the query's attention weights over the tokens, frame after frame.
+        num_frames (`int`):
+            Frames per clip.
+        spatial_size (`tuple[int, int]`):
+            The patch grid, `(height, width)` (`config.spatial_size`).
+        layer (`int`, *optional*):
+            One decoder layer's attention; by default the mean over the layers.
+
+    Returns:
+        `tuple[torch.FloatTensor, torch.FloatTensor]`: the maps `(batch_size, num_frames, height, width)`, each patch's
+        share of the query's attention (averaged over heads), and each frame's share `(batch_size, num_frames)`, its
+        patches' and its class token's; the shares of all frames sum to 1.
+    """
+    weights = decoder_attentions if layer is None else decoder_attentions[layer : layer + 1 or None]
+    # (layers, batch, heads, 1, tokens) -> (batch, frames, 1 + num_patches)
+    attention = torch.stack([w.float() for w in weights]).mean(dim=(0, 2))[:, 0].unflatten(-1, (num_frames, -1))
+    height, width = spatial_size
+    if attention.shape[-1] != 1 + height * width:
+        raise ValueError(f"decoder_attentions hold {attention.shape[-1]} tokens per frame for {num_frames} frames, "
+                         f"not 1 + {height} * {width}: check num_frames and spatial_size.")  # fmt: skip
+    return attention[..., 1:].unflatten(-1, (height, width)), attention.sum(-1)
+
+
 def classify_windows(
     model,
     video_processor,
@@ -243,6 +279,7 @@ def classify_windows(
 
 __all__ = [
     "FUNCTIONS_TO_APPLY",
+    "attention_heatmaps",
     "classify_windows",
     "default_function_to_apply",
     "postprocess_logits",

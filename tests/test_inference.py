@@ -87,3 +87,23 @@ def test_pipeline_predict_timeline_demo_and_the_library_agree(head, tmp_path):
         assert result["labels"] == expected["labels"], route
         torch.testing.assert_close(torch.tensor(result["scores"]), torch.tensor(expected["scores"]), atol=1e-5,
                                    rtol=0, msg=route)  # fmt: skip
+
+
+def test_attention_heatmaps_lay_the_query_attention_on_each_frame_patch_grid():
+    from evl_hf.inference import attention_heatmaps
+    from evl_hf.testing_utils import random_clip, tiny_model
+
+    model = tiny_model(num_frames=4)  # 32x32 frames in 8x8 patches: a 4x4 grid
+    with torch.no_grad():
+        outputs = model(random_clip(batch_size=2), output_attentions=True)
+    heatmaps, shares = attention_heatmaps(outputs.decoder_attentions, 4, model.config.spatial_size)
+    assert heatmaps.shape == (2, 4, 4, 4) and shares.shape == (2, 4)
+    torch.testing.assert_close(shares.sum(-1), torch.ones(2))
+    # a frame's share is its patches' attention and its class token's
+    first_layer = outputs.decoder_attentions[0].mean(1)[:, 0].view(2, 4, 17)
+    one_layer, one_layer_shares = attention_heatmaps(outputs.decoder_attentions, 4, (4, 4), layer=0)
+    torch.testing.assert_close(one_layer.flatten(-2), first_layer[..., 1:])
+    torch.testing.assert_close(one_layer_shares, first_layer.sum(-1))
+    assert not torch.allclose(one_layer, heatmaps)  # the mean over layers is another map
+    with pytest.raises(ValueError, match="tokens per frame"):
+        attention_heatmaps(outputs.decoder_attentions, 4, (5, 5))

@@ -1,4 +1,4 @@
-"""The training script, imported as a module for the tests that run it in process, and the tiny dataset they train on."""
+"""The training script, imported as a module for the tests that run it in process, and the tiny data they train on."""
 
 import importlib.util
 import sys

@@ -152,8 +152,8 @@ class ResultsFile:
     `error`). Opening it reads the videos it already holds; a last line cut short by a stopped run is removed.
     """
 
-    def __init__(self, path: str, top_k: int, retry_failed: bool = False):
-        self.path, self.top_k = path, top_k
+    def __init__(self, path: str, top_k: int, retry_failed: bool = False, multi_label: bool = False):
+        self.path, self.top_k, self.multi_label = path, top_k, multi_label
         self.is_csv = path.lower().endswith(".csv")
         self.done = {}  # video -> whether its record is an error
         if os.path.exists(path):
@@ -161,12 +161,13 @@ class ResultsFile:
         self.file = open(path, "a", newline="")
         self.writer = csv.writer(self.file) if self.is_csv else None
         if self.is_csv and self.file.tell() == 0:
-            self.writer.writerow(self._csv_header(top_k))
+            self.writer.writerow(self._csv_header(top_k, multi_label))
             self.file.flush()
 
     @staticmethod
-    def _csv_header(top_k: int) -> list[str]:
-        return ["video"] + [f"{name}_{i}" for i in range(1, top_k + 1) for name in ("label", "score")] + ["error"]
+    def _csv_header(top_k: int, multi_label: bool) -> list[str]:
+        ranked = [f"{name}_{i}" for i in range(1, top_k + 1) for name in ("label", "score")]
+        return ["video", *ranked, *(["above_threshold"] if multi_label else []), "error"]
 
     def _read(self, retry_failed: bool):
         header, records = read_records(self.path, truncate=True)
@@ -185,6 +186,8 @@ class ResultsFile:
             pairs = list(zip(record.get("labels", []), record.get("scores", [])))
             cells = [value for label, score in pairs for value in (label, score)]
             cells += [""] * (2 * self.top_k - len(cells))
+            if self.multi_label:
+                cells.append(";".join(record.get("above_threshold", [])))
             self.writer.writerow([record["video"], *cells, record.get("error", "")])
         else:
             self.file.write(json.dumps(record) + "\n")
@@ -199,11 +202,65 @@ class _StdoutResults(ResultsFile):
     """Records on standard output, as JSON lines; nothing to resume."""
 
     def __init__(self, top_k: int):
-        self.top_k, self.is_csv, self.done = top_k, False, {}
+        self.top_k, self.is_csv, self.multi_label, self.done = top_k, False, False, {}
         self.file, self.writer = sys.stdout, None
 
     def close(self):
         self.file.flush()
+
+
+class EmbeddingShards:
+    """
+    Each video's pooled vector (`pooler_output`: the query token after the last decoder layer) in Parquet shards in a
+    folder, with a `video` and an `embedding` column; `datasets.load_dataset("parquet", data_files="FOLDER/*.parquet")`
+    loads them. A shard is written under a temporary name and renamed when complete, every `flush_every` videos and
+    at the end, so a stopped run loses at most the videos since the last shard, which a resumed run computes again.
+    Process `rank` of a distributed run writes shards of its own.
+    """
+
+    def __init__(self, folder: str, rank: int = 0, flush_every: int = 1024):
+        try:
+            import pyarrow  # noqa: F401
+        except ImportError:
+            raise UsageError("--embeddings writes Parquet with pyarrow: pip install 'evl-hf[train]'.") from None
+        if os.path.exists(folder) and not os.path.isdir(folder):
+            raise UsageError(f"--embeddings {folder!r} is a file; give a folder (it is created if missing).")
+        os.makedirs(folder, exist_ok=True)
+        self.folder, self.rank, self.flush_every = folder, rank, flush_every
+        self.done = embedded_videos(folder)
+        mine = [name for name in os.listdir(folder) if re.fullmatch(rf"embeddings-r{rank:05d}-\d+\.parquet", name)]
+        self.next_shard = 1 + max((int(name[-13:-8]) for name in mine), default=-1)
+        self.pending = []
+
+    def add(self, video: str, embedding: list[float]):
+        self.pending.append((video, embedding))
+        self.done.add(video)
+        if len(self.pending) >= self.flush_every:
+            self.flush()
+
+    def flush(self):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        if not self.pending:
+            return
+        videos, embeddings = zip(*self.pending)
+        table = pa.table({"video": list(videos), "embedding": pa.array(embeddings, type=pa.list_(pa.float32()))})
+        path = os.path.join(self.folder, f"embeddings-r{self.rank:05d}-{self.next_shard:05d}.parquet")
+        pq.write_table(table, f"{path}.partial")
+        os.replace(f"{path}.partial", path)
+        self.next_shard, self.pending = self.next_shard + 1, []
+
+    close = flush
+
+
+def embedded_videos(folder: str) -> set[str]:
+    """The videos whose embeddings the Parquet shards in `folder` hold."""
+    import pyarrow.parquet as pq
+
+    shards = [name for name in sorted(os.listdir(folder)) if name.endswith(".parquet")] if os.path.isdir(folder) else []
+    tables = [pq.read_table(os.path.join(folder, name), columns=["video"]) for name in shards]
+    return {video for table in tables for video in table["video"].to_pylist()}
 
 
 class VideoClips:
@@ -256,6 +313,17 @@ def register(subparsers):
         help="Resuming: remove the error records from --output and try those videos again (default: keep them).",
     )
     parser.add_argument("--top_k", type=int, default=5, help="Labels per video (default: 5).")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=0.5,
+        help="Multi-label models: every label scoring above it is listed in `above_threshold` (default: 0.5).",
+    )
+    parser.add_argument(
+        "--embeddings",
+        metavar="FOLDER",
+        help="Also write each video's pooled vector (pooler_output) as Parquet shards into this folder; resumable.",
+    )
     parser.add_argument("--batch_size", type=int, default=8, help="Clips per forward pass (default: 8).")
     parser.add_argument(
         "--num_workers",
@@ -305,6 +373,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"--output {args.output!r}: its folder does not exist; create it first.")
     if args.retry_failed and not args.output:
         raise UsageError("--retry_failed resumes an --output file; give one.")
+    if not 0 < args.threshold < 1:
+        raise UsageError(f"--threshold must be between 0 and 1 (exclusive), got {args.threshold}.")
     videos = find_videos(args.inputs)
     if not videos:
         raise UsageError(
@@ -328,11 +398,14 @@ def run(args: argparse.Namespace) -> int:
     from torch.utils.data import DataLoader
     from tqdm.auto import tqdm
 
-    from ..inference import postprocess_logits, top_k_labels
+    from ..inference import default_function_to_apply, postprocess_logits, top_k_labels
+
+    multi_label = default_function_to_apply(model.config) == "sigmoid"
 
     if args.output and rank == 0:
         merge_part_files(args.output)  # what a stopped distributed run left, so that it counts as done
-        ResultsFile(args.output, args.top_k, args.retry_failed).close()  # drops a torn line, and retried errors
+        # drops a torn line, and the error records of videos to retry
+        ResultsFile(args.output, args.top_k, args.retry_failed, multi_label=multi_label).close()
     if world_size > 1:
         dist.barrier()
     # what --output already holds (every process reads it once the first one has tidied it)
@@ -341,7 +414,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.output:
         results = _StdoutResults(args.top_k)
     else:
-        results = ResultsFile(args.output if world_size == 1 else part_file(args.output, rank), args.top_k)
+        path = args.output if world_size == 1 else part_file(args.output, rank)
+        results = ResultsFile(path, args.top_k, multi_label=multi_label)
+    embeddings = EmbeddingShards(args.embeddings, rank) if args.embeddings else None
+    # a video is done once it has its record, and its embedding when asked for (an error record needs none)
+    done = {video: failed for video, failed in done.items() if failed or embeddings is None or video in embeddings.done}
     todo = [video for video in videos if video not in done]  # a resumed run skips what is recorded
     skipped = len(videos) - len(todo)
     if skipped and rank == 0:
@@ -367,18 +444,31 @@ def run(args: argparse.Namespace) -> int:
                 clips = [item for item in items if "error" not in item]
                 if clips:
                     pixel_values = torch.stack([item["pixel_values"] for item in clips]).to(device)
-                    scores = postprocess_logits(model(pixel_values=pixel_values).logits, model.config)
-                    for item, best in zip(clips, top_k_labels(scores, model.config, args.top_k)):
+                    if embeddings is None:
+                        logits = model(pixel_values=pixel_values).logits
+                    else:  # the same logits, by way of the pooled vector
+                        pooled = model.evl(pixel_values=pixel_values).pooler_output
+                        logits = model.compute_logits(pooled)
+                        for item, vector in zip(clips, pooled.float().cpu().tolist()):
+                            embeddings.add(item["video"], vector)
+                    scores = postprocess_logits(logits, model.config)
+                    for item, best, row in zip(clips, top_k_labels(scores, model.config, args.top_k), scores.tolist()):
                         item.update(best)
+                        if multi_label:
+                            item["above_threshold"] = [model.config.id2label[i] for i, score in enumerate(row)
+                                                       if score > args.threshold]  # fmt: skip
                 for item in items:
                     if "error" in item:
                         failed.append(item)
                         results.write({"video": item["video"], "error": item["error"]})
-                    else:
-                        results.write({"video": item["video"], "labels": item["labels"], "scores": item["scores"]})
+                    elif item["video"] not in results.done:  # recomputed only for its missing embedding
+                        results.write({key: item[key] for key in ("video", "labels", "scores", "above_threshold")
+                                       if key in item})  # fmt: skip
                 bar.update(len(items))
     finally:
         results.close()
+        if embeddings is not None:
+            embeddings.close()
 
     num_todo = len(todo)
     if world_size > 1:

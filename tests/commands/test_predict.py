@@ -218,3 +218,68 @@ def test_retry_failed_needs_an_output_file(model_folder, videos, capsys):
         predict(model_folder, videos[0], "--retry_failed")
     assert exit_info.value.code == 2
     assert "--retry_failed" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def multi_label_folder(tmp_path_factory):
+    from evl_hf.testing_utils import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("multi"), problem_type="multi_label_classification", seed=3)
+
+
+@pytest.mark.parametrize("threshold", [0.3, 0.5, 0.7])
+def test_a_multi_label_model_lists_every_label_above_the_threshold(multi_label_folder, videos, tmp_path, threshold):
+    output = tmp_path / "out.jsonl"
+    assert predict(multi_label_folder, *videos, "--output", output, "--threshold", threshold, "--top_k", 2) == 0
+    classifier = pipeline("video-classification", model=str(multi_label_folder))
+    for record in read_records(output):
+        scores = {row["label"]: row["score"] for row in classifier(record["video"], top_k=len(LABELS))}
+        assert record["above_threshold"] == [label for label in LABELS if scores[label] > threshold]
+        assert len(record["labels"]) == 2
+
+
+def test_a_multi_label_csv_has_an_above_threshold_column(multi_label_folder, videos, tmp_path):
+    output = tmp_path / "out.csv"
+    assert predict(multi_label_folder, videos[0], "--output", output, "--threshold", 0.01) == 0
+    with open(output, newline="") as file:
+        (row,) = list(csv.DictReader(file))
+    assert row["above_threshold"].split(";") == LABELS  # every sigmoid score is above 0.01
+
+
+@pytest.mark.parametrize("threshold", ["0", "1", "1.5"])
+def test_a_threshold_outside_0_1_is_a_usage_error(model_folder, videos, capsys, threshold):
+    with pytest.raises(SystemExit) as exit_info:
+        predict(model_folder, videos[0], "--threshold", threshold)
+    assert exit_info.value.code == 2 and "--threshold must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_embeddings_are_the_pooled_output_and_load_with_datasets(model_folder, videos, tmp_path):
+    import torch
+    from datasets import load_dataset
+
+    from evl_hf import EVLModel, EVLVideoProcessor
+
+    assert predict(model_folder, *videos, "--output", tmp_path / "out.jsonl", "--embeddings", tmp_path / "emb") == 0
+    rows = load_dataset("parquet", data_files=str(tmp_path / "emb" / "*.parquet"), split="train")
+    assert sorted(rows["video"]) == sorted(map(str, videos))
+    model, processor = EVLModel.from_pretrained(model_folder).eval(), EVLVideoProcessor.from_pretrained(model_folder)
+    for video, embedding in zip(rows["video"], rows["embedding"]):
+        with torch.no_grad():
+            expected = model(**processor(video, return_tensors="pt")).pooler_output[0]
+        torch.testing.assert_close(torch.tensor(embedding), expected, atol=1e-5, rtol=0)
+
+
+def test_embeddings_resume_with_every_video_once(model_folder, videos, tmp_path):
+    from evl_hf.commands.predict import embedded_videos
+
+    output, folder = tmp_path / "out.jsonl", tmp_path / "emb"
+    assert predict(model_folder, videos[0], "--output", output) == 0  # records, but no embeddings yet
+    assert predict(model_folder, videos[0], videos[1], "--output", output, "--embeddings", folder) == 0
+    assert predict(model_folder, *videos, "--output", output, "--embeddings", folder) == 0
+    assert [record["video"] for record in read_records(output)] == list(map(str, videos))  # each record once
+    import pyarrow.parquet as pq
+
+    shards = sorted(folder.glob("*.parquet"))
+    listed = [video for shard in shards for video in pq.read_table(shard)["video"].to_pylist()]
+    assert sorted(listed) == sorted(map(str, videos)) and embedded_videos(str(folder)) == set(map(str, videos))
+    assert len(shards) == 2  # the third run computed only the video it had not seen
