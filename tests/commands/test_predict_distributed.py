@@ -11,6 +11,7 @@ import time
 import psutil
 import pytest
 import torch
+from datasets import load_dataset
 
 from evl_hf.commands import main
 from evl_hf.commands.predict import part_files
@@ -70,12 +71,17 @@ def assert_equal_records(records, expected):
 
 
 def test_two_processes_write_what_one_process_writes(model_folder, many_videos, single_process, tmp_path):
-    output = tmp_path / "out.jsonl"
-    process = torchrun("--model", str(model_folder), str(many_videos), "--output", str(output), "--num_workers", "1")
+    output, embeddings = tmp_path / "out.jsonl", tmp_path / "embeddings"
+    process = torchrun("--model", str(model_folder), str(many_videos), "--output", str(output), "--num_workers", "1",
+                       "--embeddings", str(embeddings))  # fmt: skip
     log, _ = process.communicate(timeout=300)
     assert process.returncode == 0, log
     assert_equal_records(read(output), single_process)
     assert part_files(str(output)) == []
+    # each process wrote its own shards, and every video has one embedding
+    rows = load_dataset("parquet", data_files=str(embeddings / "*.parquet"), split="train")
+    assert sorted(rows["video"]) == sorted(record["video"] for record in single_process)
+    assert {name.name.split("-")[1] for name in embeddings.glob("*.parquet")} == {"r00000", "r00001"}
 
 
 def test_a_group_killed_mid_run_resumes_with_every_video_once(model_folder, many_videos, single_process, tmp_path):
