@@ -23,6 +23,7 @@ import os
 import sys
 
 import torch
+import torch.nn.functional as F
 
 from .modeling_evl import EVLFrameFeatures
 from .video_processing_evl import _is_video_decoder, load_video_frames, open_video, window_frame_indices
@@ -128,6 +129,48 @@ def attention_heatmaps(
         raise ValueError(f"decoder_attentions hold {attention.shape[-1]} tokens per frame for {num_frames} frames, "
                          f"not 1 + {height} * {width}: check num_frames and spatial_size.")  # fmt: skip
     return attention[..., 1:].unflatten(-1, (height, width)), attention.sum(-1)
+
+
+def unnormalize_frames(pixel_values: torch.Tensor, video_processor) -> torch.Tensor:
+    """
+    Undoes the processor's rescaling and normalisation, to show a clip as the model received it.
+
+    Args:
+        pixel_values (`torch.Tensor` of shape `(num_frames, 3, height, width)`): one processed clip.
+        video_processor ([`EVLVideoProcessor`]): the processor that made it.
+
+    Returns:
+        `torch.Tensor`: uint8 frames of shape `(num_frames, 3, height, width)`.
+    """
+    frames = pixel_values.float().cpu()
+    if video_processor.do_normalize:
+        mean = torch.tensor(video_processor.image_mean).view(1, 3, 1, 1)
+        std = torch.tensor(video_processor.image_std).view(1, 3, 1, 1)
+        frames = frames * std + mean
+    if video_processor.do_rescale:
+        frames = frames / video_processor.rescale_factor
+    return frames.round().clamp(0, 255).to(torch.uint8)
+
+
+def overlay_attention(frames: torch.Tensor, heatmaps: torch.Tensor, opacity: float = 0.6) -> torch.Tensor:
+    """
+    Paints [`attention_heatmaps`] over the frames they belong to, in red, as bright as the patch's share of the
+    attention against the largest share in the clip (so the frames of a clip compare).
+
+    Args:
+        frames (`torch.Tensor` of shape `(num_frames, 3, height, width)`): uint8 frames (see [`unnormalize_frames`]).
+        heatmaps (`torch.Tensor` of shape `(num_frames, grid_height, grid_width)`): one clip's maps.
+        opacity (`float`, *optional*, defaults to 0.6): how much red the patch with the most attention gets.
+
+    Returns:
+        `torch.Tensor`: uint8 `(num_frames, 3, height, width)`.
+    """
+    height, width = frames.shape[-2:]
+    weight = heatmaps.float() / heatmaps.float().max().clamp_min(1e-12)
+    # each patch covers its square of the frame
+    weight = F.interpolate(weight[:, None], size=(height, width), mode="nearest") * opacity  # (T, 1, H, W)
+    red = torch.tensor([255.0, 0.0, 0.0]).view(1, 3, 1, 1)
+    return (frames.float() * (1 - weight) + red * weight).round().clamp(0, 255).to(torch.uint8)
 
 
 def classify_windows(
@@ -282,6 +325,8 @@ __all__ = [
     "attention_heatmaps",
     "classify_windows",
     "default_function_to_apply",
+    "overlay_attention",
     "postprocess_logits",
     "top_k_labels",
+    "unnormalize_frames",
 ]

@@ -107,3 +107,30 @@ def test_attention_heatmaps_lay_the_query_attention_on_each_frame_patch_grid():
     assert not torch.allclose(one_layer, heatmaps)  # the mean over layers is another map
     with pytest.raises(ValueError, match="tokens per frame"):
         attention_heatmaps(outputs.decoder_attentions, 4, (5, 5))
+
+
+def test_unnormalize_frames_gives_back_the_frames_the_processor_received():
+    from evl_hf.inference import unnormalize_frames
+
+    processor = EVLVideoProcessor(num_frames=3, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    frames = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    pixel_values = processor(frames, return_tensors="pt")["pixel_values"][0]  # already 32x32: no resize, no crop
+    restored = unnormalize_frames(pixel_values, processor)
+    assert restored.shape == (3, 3, 32, 32) and restored.dtype == torch.uint8
+    assert (restored.int() - frames.int()).abs().max() <= 1
+
+
+def test_overlay_attention_reddens_each_patch_by_its_share():
+    from evl_hf.inference import overlay_attention
+
+    frames = torch.full((2, 3, 8, 8), 100, dtype=torch.uint8)
+    heatmaps = torch.zeros(2, 2, 2)  # a 2x2 patch grid: each patch covers 4x4 pixels
+    heatmaps[1, 0, 1] = 0.5  # the most attention in the clip: frame 1, top-right patch
+    heatmaps[0, 1, 0] = 0.2  # 0.4 of that: frame 0, bottom-left patch
+    painted = overlay_attention(frames, heatmaps, opacity=0.6)
+    assert painted.shape == frames.shape and painted.dtype == torch.uint8
+    # opacity 0.6 at the largest share: 0.4 * 100 + 0.6 * 255 in red, 0.4 * 100 in green and blue
+    assert painted[1, :, :4, 4:].flatten(1).unique(dim=1).tolist() == [[193], [40], [40]]
+    # 0.24 at 0.4 of it: 0.76 * 100 + 0.24 * 255 = 137.2 in red, 76 in green and blue
+    assert painted[0, :, 4:, :4].flatten(1).unique(dim=1).tolist() == [[137], [76], [76]]
+    assert torch.equal(painted[0, :, :4], frames[0, :, :4])  # no attention: the frame as it was

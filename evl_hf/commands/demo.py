@@ -54,29 +54,6 @@ def find_examples(model: str) -> list[str]:
     return sorted(str(path) for path in folder.iterdir() if path.is_file() and is_video_file(path))
 
 
-def unnormalize_frames(pixel_values, video_processor):
-    """
-    Undoes the processor's rescaling and normalisation, to show a clip as the model received it.
-
-    Args:
-        pixel_values (`torch.Tensor` of shape `(num_frames, 3, height, width)`): one processed clip.
-        video_processor ([`EVLVideoProcessor`]): the processor that made it.
-
-    Returns:
-        `numpy.ndarray`: uint8 frames of shape `(num_frames, height, width, 3)`.
-    """
-    import torch
-
-    frames = pixel_values.float().cpu()
-    if video_processor.do_normalize:
-        mean = torch.tensor(video_processor.image_mean).view(1, 3, 1, 1)
-        std = torch.tensor(video_processor.image_std).view(1, 3, 1, 1)
-        frames = frames * std + mean
-    if video_processor.do_rescale:
-        frames = frames / video_processor.rescale_factor
-    return frames.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
     """
     Everything the page shows about one video, which is opened once.
@@ -100,7 +77,13 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
     import torch
     from transformers.video_utils import VideoMetadata
 
-    from ..inference import classify_windows, default_function_to_apply, postprocess_logits, top_k_labels
+    from ..inference import (
+        classify_windows,
+        default_function_to_apply,
+        postprocess_logits,
+        top_k_labels,
+        unnormalize_frames,
+    )
     from ..video_processing_evl import open_video, window_frame_indices
 
     # One decoder for the clip, its frame positions and the timeline: the upload is opened and probed once.
@@ -118,7 +101,7 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
     return {
         "scores": dict(zip(best["labels"], best["scores"])),
         "function_to_apply": default_function_to_apply(model.config),
-        "frames": unnormalize_frames(inputs["pixel_values"][0], video_processor),
+        "frames": unnormalize_frames(inputs["pixel_values"][0], video_processor).permute(0, 2, 3, 1).numpy(),
         "frame_indices": frame_indices,
         "num_video_frames": num_video_frames,
         "fps": fps,

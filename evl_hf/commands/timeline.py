@@ -70,6 +70,43 @@ def plot_timeline(result: dict, path, top_classes: int = 5):
     plt.close(figure)
 
 
+def write_saliency(model, processor, video, result: dict, folder, num_windows: int = 3) -> list[dict]:
+    """
+    For the `num_windows` windows of `result` whose best label scores highest, the frames the model saw with the
+    decoder's attention painted over them ([`~evl_hf.inference.attention_heatmaps`],
+    [`~evl_hf.inference.overlay_attention`]), one PNG strip per window in `folder`, and `saliency.json` listing them
+    with each frame's share of the attention.
+    """
+    import torch
+    from PIL import Image
+
+    from ..inference import attention_heatmaps, overlay_attention, unnormalize_frames
+    from ..video_processing_evl import read_video_frames, window_frame_indices
+
+    os.makedirs(folder, exist_ok=True)
+    all_frames = window_frame_indices(result["num_video_frames"], result["num_frames"], result["frame_stride"],
+                                      result["stride_frames"])  # fmt: skip
+    ranked = sorted(range(len(result["windows"])), key=lambda i: result["windows"][i]["scores"][0], reverse=True)
+    entries = []
+    for index in sorted(ranked[:num_windows]):
+        window = result["windows"][index]
+        frame_indices = all_frames[index]
+        pixel_values = processor(read_video_frames(video, frame_indices), return_tensors="pt")["pixel_values"]
+        with torch.inference_mode():
+            outputs = model(pixel_values=pixel_values.to(model.device), output_attentions=True)
+        num_frames, grid = result["num_frames"], model.config.spatial_size
+        heatmaps, shares = attention_heatmaps(outputs.decoder_attentions, num_frames, grid)
+        painted = overlay_attention(unnormalize_frames(pixel_values[0], processor), heatmaps[0].cpu())
+        strip = torch.cat(list(painted), dim=-1).permute(1, 2, 0).numpy()  # frames side by side, (H, T * W, 3)
+        name = f"window_{index:05d}_frames_{window['start_frame']}-{window['end_frame']}.png"
+        Image.fromarray(strip).save(os.path.join(folder, name))
+        entries.append({"window": index, "image": name, "frames": frame_indices, "labels": window["labels"][:1],
+                        "frame_attention_shares": shares[0].tolist()})  # fmt: skip
+    with open(os.path.join(folder, "saliency.json"), "w") as file:
+        json.dump(entries, file, indent=1)
+    return entries
+
+
 def register(subparsers):
     parser = subparsers.add_parser(
         "timeline",
@@ -92,11 +129,19 @@ def register(subparsers):
     parser.add_argument("--output", help="Write the result as JSON to this file (default: standard output).")
     parser.add_argument("--plot", help="Draw class probability over time into this picture (PNG, SVG, PDF).")
     parser.add_argument("--plot_classes", type=int, default=5, help="Classes drawn by --plot (default: 5).")
+    parser.add_argument(
+        "--saliency",
+        metavar="FOLDER",
+        help="Write the best-scoring windows' frames with the decoder's attention painted over them into FOLDER.",
+    )
+    parser.add_argument(
+        "--saliency_windows", type=int, default=3, help="Windows drawn by --saliency, best-scoring first (default: 3)."
+    )
     parser.set_defaults(run=run, parser=parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    for option in ("stride_frames", "top_k", "batch_size", "plot_classes"):
+    for option in ("stride_frames", "top_k", "batch_size", "plot_classes", "saliency_windows"):
         value = getattr(args, option)
         if value is not None and value < 1:
             raise UsageError(f"--{option} must be at least 1, got {value}.")
@@ -125,4 +170,6 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
     if args.plot:
         plot_timeline(result, args.plot, top_classes=args.plot_classes)
+    if args.saliency:
+        write_saliency(model, processor, args.video, result, args.saliency, args.saliency_windows)
     return 0

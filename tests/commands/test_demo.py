@@ -26,7 +26,7 @@ import torch
 from torchcodec.encoders import VideoEncoder
 
 from evl_hf import EVLVideoProcessor
-from evl_hf.commands.demo import find_examples, unnormalize_frames
+from evl_hf.commands.demo import find_examples
 
 from .conftest import save_tiny_model
 
@@ -42,15 +42,6 @@ def write_motion_video(path, directions, seed=0):
     frames = torch.cat([render_clip(np.random.default_rng([seed, i]), d, config) for i, d in enumerate(directions)])
     VideoEncoder(frames, frame_rate=config.frame_rate).to_file(str(path), codec="libx264", pixel_format="yuv420p")
     return path
-
-
-def test_unnormalize_frames_gives_back_the_frames_the_processor_received():
-    processor = EVLVideoProcessor(num_frames=3, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    frames = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
-    pixel_values = processor(frames, return_tensors="pt")["pixel_values"][0]  # already 32x32: no resize, no crop
-    restored = unnormalize_frames(pixel_values, processor)
-    assert restored.shape == (3, 32, 32, 3) and restored.dtype == np.uint8
-    assert np.abs(restored.astype(int) - frames.permute(0, 2, 3, 1).numpy().astype(int)).max() <= 1
 
 
 def test_examples_are_the_video_files_in_the_model_examples_folder(tmp_path):

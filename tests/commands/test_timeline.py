@@ -169,3 +169,22 @@ def test_the_benchmark_runs_and_matches_the_per_window_model(tmp_path):
     assert result["num_windows"] == (300 - 113) // 16 + 1
     assert result["max_probability_difference"] < 1e-5
     assert all(value[0] > 0 for value in result["whole_video_cpu_seconds"].values())
+
+
+def test_saliency_writes_the_best_windows_with_their_attention(model_folder, tmp_path):
+    from PIL import Image
+
+    video = encode_video(tmp_path / "clip.mp4", 40)
+    output, folder = tmp_path / "timeline.json", tmp_path / "saliency"
+    arguments = ["timeline", "--model", str(model_folder), str(video), "--output", str(output)]
+    assert main([*arguments, "--saliency", str(folder), "--saliency_windows", "2"]) == 0
+    windows = json.loads(output.read_text())["windows"]
+    entries = json.loads((folder / "saliency.json").read_text())
+    best = sorted(range(len(windows)), key=lambda i: windows[i]["scores"][0], reverse=True)[:2]
+    assert [entry["window"] for entry in entries] == sorted(best)
+    for entry in entries:
+        window = windows[entry["window"]]
+        assert entry["frames"] == list(range(window["start_frame"], window["end_frame"] + 1, 4))
+        assert sum(entry["frame_attention_shares"]) == pytest.approx(1.0, abs=1e-5)
+        image = Image.open(folder / entry["image"])
+        assert image.size == (4 * 32, 32)  # the 4 frames the model saw, side by side
