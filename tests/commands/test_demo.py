@@ -25,7 +25,6 @@ import pytest
 import torch
 from torchcodec.encoders import VideoEncoder
 
-from evl_hf import EVLVideoProcessor
 from evl_hf.commands.demo import find_examples
 
 from .conftest import save_tiny_model
