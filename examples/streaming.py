@@ -244,6 +244,10 @@ class StreamingClipDataset(torch.utils.data.IterableDataset):
         return f"{row['__url__']}:{row['__key__']}" if "__key__" in row else self.clips._name(row, self._taken)
 
     def __iter__(self):
+        if not self.clips.train and self.rank != 0:
+            # Accelerate dispatches evaluation batches from process 0; the others create their loader but never read
+            # it, and its workers, left decoding into a full queue, would keep the process from exiting.
+            return
         worker = torch.utils.data.get_worker_info()
         worker_id = worker.id if worker is not None else 0
         self.rows.set_epoch(self.epoch)
@@ -300,7 +304,13 @@ class StreamingTrainerMixin:
 
     def train(self, resume_from_checkpoint=None, **kwargs):
         self._resume_from = resume_from_checkpoint if isinstance(resume_from_checkpoint, str) else None
-        return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        try:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        finally:
+            # The loader keeps its iterator (for its state), and so its workers, which ignore SIGTERM (preemption.py):
+            # left to the interpreter's exit, which ends them with SIGTERM and waits, they would never end.
+            if self._train_loader is not None and self._train_loader._iterator is not None:
+                self._train_loader._iterator._shutdown_workers()
 
     def get_train_dataloader(self):
         if not isinstance(self.train_dataset, StreamingClipDataset):

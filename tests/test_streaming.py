@@ -215,3 +215,69 @@ def test_a_resumed_streaming_run_takes_the_same_samples_and_ends_with_the_same_l
     assert sorted(losses[1]) == [1, 2, 3, 4, 5]  # steps 1 and 2 from the checkpoint's state
     for step in (3, 4, 5):
         assert losses[1][step] == pytest.approx(losses[0][step], abs=1e-6), step
+
+
+# ---- Real processes ---------------------------------------------------------------------------------------------
+
+
+def launch_two_processes(args: list[str]) -> list[str]:
+    # accelerate's torchrun launcher with the Trainer's --use_cpu: two CPU processes talking through gloo.
+    return f"""
+        {sys.executable} -m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1
+        --mixed_precision no --dynamo_backend no {SCRIPT} --use_cpu True --ddp_timeout 120
+    """.split() + args
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_their_own_shards_and_evaluate_every_clip_once(tmp_path, tiny_clip, shards):  # noqa: F811
+    output_dir, log = tmp_path / "output", tmp_path / "log.txt"
+    args = stream_args(tiny_clip, output_dir, shard_data(shards),
+                       "--max_steps 4 --do_train --do_eval --eval_strategy steps --eval_steps 2 --save_strategy no "
+                       "--dataloader_num_workers 1")  # fmt: skip
+    process = start(launch_two_processes(args), log)
+    assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "world size: 2" in text
+    assert final_step_and_loss(output_dir)[0] == 4
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    assert [entry["step"] for entry in history if "eval_loss" in entry] == [2, 4, 4]  # at steps 2, 4, and the end
+    confusion = json.loads((output_dir / "confusion_matrix.json").read_text())
+    assert sum(map(sum, confusion["matrix"])) == 8  # every validation clip exactly once over the two processes
+
+
+@pytest.mark.slow
+def test_a_streaming_run_stopped_by_sigterm_and_sigkill_resumes_to_the_straight_runs_loss(
+    tmp_path, tiny_clip, shards  # noqa: F811
+):
+    args = ("--max_steps 24 --save_strategy steps --save_steps 3 --do_train --dataloader_num_workers 1 "
+            "--shuffle_buffer_size 3")
+    data = f"--train_file {shards}/train-*.tar"
+    straight, log = tmp_path / "straight", tmp_path / "straight.txt"
+    process = start([sys.executable, str(SCRIPT), *stream_args(tiny_clip, straight, data, args)], log)
+    assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+
+    output_dir = tmp_path / "output"
+    resume = [sys.executable, str(SCRIPT), *stream_args(tiny_clip, output_dir, data, args),
+              "--resume_from_checkpoint", "last"]  # fmt: skip
+    # SIGTERM (the main process: it saves at the step it is in and exits 143), then SIGKILL of the whole group once a
+    # checkpoint after the first exists (a resumed run, killed, loses only the steps since its last checkpoint).
+    log = tmp_path / "sigterm.txt"
+    process = start(resume, log)
+    assert wait_for(lambda: logged_steps(log) >= 4, process), log.read_text()[-3000:]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143, log.read_text()[-3000:]
+    stopped = sorted(int(path.name.split("-")[1]) for path in output_dir.glob("checkpoint-*"))[-1]
+    assert 4 <= stopped < 24 and checkpoint_problem(output_dir / f"checkpoint-{stopped}") is None
+
+    log = tmp_path / "sigkill.txt"
+    process = start(resume, log)
+    newer = lambda: any(int(path.name.split("-")[1]) > stopped for path in output_dir.glob("checkpoint-*"))  # noqa: E731
+    if wait_for(newer, process) and process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=120)
+    log = tmp_path / "finished.txt"
+    process = start(resume, log)
+    assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert "Skipping" not in log.read_text()  # no broken video, no incomplete checkpoint
+    step, loss = final_step_and_loss(output_dir)
+    assert (step, loss) == (24, pytest.approx(final_step_and_loss(straight)[1], abs=1e-3))
