@@ -309,8 +309,9 @@ class StreamingTrainerMixin:
         finally:
             # The loader keeps its iterator (for its state), and so its workers, which ignore SIGTERM (preemption.py):
             # left to the interpreter's exit, which ends them with SIGTERM and waits, they would never end.
-            if self._train_loader is not None and self._train_loader._iterator is not None:
-                self._train_loader._iterator._shutdown_workers()
+            iterator = getattr(self._train_loader, "_iterator", None)
+            if hasattr(iterator, "_shutdown_workers"):  # the iterator of a loader with workers
+                iterator._shutdown_workers()
 
     def get_train_dataloader(self):
         if not isinstance(self.train_dataset, StreamingClipDataset):

@@ -295,7 +295,7 @@ def test_webdataset_shards_hold_each_prepared_video_with_its_label(tree, tmp_pat
     out = tmp_path / "shards"
     assert prepare(tree, out, "--format", "webdataset", "--shard_size", 1, "--short_side", 32) == 0
     assert sorted(path.name for path in out.iterdir()) == [
-        "prepare_settings.json", f"videos.{REPORT_NAME}", "videos-000000.tar", "videos-000001.tar"
+        "prepare_settings.json", "videos-000000.tar", "videos-000001.tar", f"videos.{REPORT_NAME}"
     ]  # fmt: skip
     first, second = shard_members(out / "videos-000000.tar"), shard_members(out / "videos-000001.tar")
     assert list(first) == ["left/a.mp4", "left/a.json"] and list(second) == ["right/b.mp4", "right/b.json"]
@@ -317,8 +317,9 @@ def test_webdataset_shards_that_exist_are_kept_and_the_missing_ones_made(tree, t
     assert (out / "videos-000000.tar").stat().st_mtime_ns == kept
     assert list(shard_members(out / "videos-000001.tar")) == ["right/b.mp4", "right/b.json"]
     assert not (out / ".videos-000001.tar.partial").exists() and not (out / ".webdataset-work").exists()
-    # another shard size into the same folder would mix two layouts
-    assert prepare(tree, out, "--format", "webdataset", "--shard_size", 2) == 2
+    with pytest.raises(SystemExit) as exit_info:  # another shard size into the same folder would mix two layouts
+        prepare(tree, out, "--format", "webdataset", "--shard_size", 2)
+    assert exit_info.value.code == 2 and "prepared with" in capsys.readouterr().err
 
 
 def test_webdataset_leaves_broken_videos_out_and_reports_them(tree, tmp_path, capsys):
@@ -341,7 +342,9 @@ def test_webdataset_of_a_txt_list_labels_with_its_indices(tree, tmp_path):
 
 def test_webdataset_needs_label_folders(tmp_path, capsys):
     write_video(tmp_path / "flat" / "a.mp4", num_frames=8)
-    assert prepare(tmp_path / "flat", tmp_path / "shards", "--format", "webdataset") == 2
+    with pytest.raises(SystemExit) as exit_info:
+        prepare(tmp_path / "flat", tmp_path / "shards", "--format", "webdataset")
+    assert exit_info.value.code == 2
     assert "has no label: the videofolder layout is INPUT/<label>/<video>" in capsys.readouterr().err
 
 
