@@ -16,7 +16,8 @@
 Fine-tune EVL (a frozen CLIP image encoder with a small temporal decoder) for video classification with the Trainer.
 With no data or model argument, `accelerate launch examples/run_video_classification.py` trains a small random EVL on
 a generated synthetic-motion dataset in minutes on a CPU. Own videos (folders, CSV / JSON lines or Kinetics-style
-lists, a Hub dataset), and arguments from a JSON file (`run_video_classification.py args.json`): docs/training.md.
+lists, a Hub dataset, WebDataset shards streamed with `--streaming`), and arguments from a JSON file
+(`run_video_classification.py args.json`): docs/training.md.
 """
 
 import contextlib
@@ -423,9 +424,10 @@ def save_confusion_matrix(predictions: np.ndarray, references: np.ndarray, label
 # ---- Trainer --------------------------------------------------------------------------------------------------------
 
 class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, Trainer):
-    """The Trainer, plus: complete-or-absent checkpoints; streamed training data (examples/streaming.py); views of an evaluation clip (`pixel_values` `(B, views, T,
-    3, H, W)`) scored by their mean softmax; undecodable training videos counted over all processes at each logging
-    step (each step on one process), stopping the run past `max_skipped_fraction`; the model card's extras."""
+    """The Trainer, plus: complete-or-absent checkpoints; streamed training data (examples/streaming.py); views of an
+    evaluation clip (`pixel_values` `(B, views, T, 3, H, W)`) scored by their mean softmax; undecodable training videos
+    counted over all processes at each logging step (each step on one process), stopping the run past
+    `max_skipped_fraction`; the model card's extras."""
 
     def __init__(self, *args, max_skipped_fraction: float = 0.05, model_card_text: str = "", **kwargs):
         super().__init__(*args, **kwargs)
@@ -532,7 +534,7 @@ def main(args: list[str] | None = None):
     elif checkpoint_config is not None and checkpoint_config.model_type == "evl":
         known_names = [checkpoint_config.id2label[index] for index in range(checkpoint_config.num_labels)]
     with training_args.main_process_first(desc="loading the videos"):
-        if data_args.streaming:  # streams of WebDataset shards or of a Hub dataset, with `labels`: examples/streaming.py
+        if data_args.streaming:  # WebDataset shards or a Hub dataset as streams with `labels`: examples/streaming.py
             dataset, label_names = load_streaming_datasets(data_args, known_names, model_args.cache_dir,
                                                            model_args.token, encode_labels)  # fmt: skip
         else:

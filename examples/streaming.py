@@ -50,10 +50,6 @@ LABEL_FIELDS = ("json", "cls")  # the label members of a WebDataset sample: {"la
 STATE_NAME = "streaming_state_{}.pt"  # in each checkpoint, per process
 
 
-def is_shards(path: str | None) -> bool:
-    return path is not None and path.lower().endswith(".tar")
-
-
 def resolve_shards(pattern: str, argument: str) -> list[str]:
     """The tar files that a path or glob names, sorted; URLs (`hf://`, `s3://`, `https://`) are passed on as given."""
     if "://" in pattern:
@@ -212,8 +208,9 @@ class StreamingClipDataset(torch.utils.data.IterableDataset):
     a part of those (datasets splits them), through a shuffle buffer of `shuffle_buffer_size` rows that, with the
     order of the shards, changes every epoch (`set_epoch`). The random choices of a clip depend on the seed, the
     epoch, the process, the worker and the clip's position in the worker's stream. A video that cannot be decoded is
-    skipped (named in `skipped_videos`) and the next one taken (the last one, at the end of the stream). At evaluation every process sees the whole stream
-    (the Trainer lets process 0 read it and hands each process its part) and a broken video is an error.
+    skipped (named in `skipped_videos`) and the next one takes its place (the last one, at the end of the stream). At
+    evaluation process 0 reads the whole stream (the Trainer hands each process its part of every batch) and a broken
+    video is an error.
     """
 
     def __init__(self, clips, *, rank: int = 0, world_size: int = 1, shuffle_buffer_size: int = 0):

@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import tarfile
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 from test_run_video_classification import SCRIPT, run_video_classification, tiny_clip, videos  # noqa: F401
 from test_preemption import ENVIRONMENT, descendants, end_started_processes, logged_steps, start, wait_for  # noqa: F401
 
-from preemption import checkpoint_problem  # noqa: E402  (examples/)
+from preemption import checkpoint_problem  # examples/
 
 
 ROOT = SCRIPT.parents[1]
@@ -33,12 +32,12 @@ def add_member(archive: tarfile.TarFile, name: str, data: bytes):
 def write_shards(folder: Path, split_dir: Path, name: str, num_shards: int, label_field: str = "json") -> list[Path]:
     """The videos of a videofolder split as `num_shards` tar shards, one sample (`<key>.mp4` and `<key>.json`, or
     `<key>.cls` holding the index of the sorted label names) per video, dealt out in turn."""
-    videos = sorted(split_dir.glob("*/*.mp4"))
-    labels = sorted({video.parent.name for video in videos})
+    files = sorted(split_dir.glob("*/*.mp4"))
+    labels = sorted({video.parent.name for video in files})
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"{name}-{shard:05d}.tar" for shard in range(num_shards)]
     archives = [tarfile.open(path, "w") for path in paths]
-    for number, video in enumerate(videos):
+    for number, video in enumerate(files):
         archive, key = archives[number % num_shards], f"{video.parent.name}_{video.stem}"
         add_member(archive, f"{key}.mp4", video.read_bytes())
         label = video.parent.name
@@ -266,12 +265,12 @@ def test_a_streaming_run_stopped_by_sigterm_and_sigkill_resumes_to_the_straight_
     assert wait_for(lambda: logged_steps(log) >= 4, process), log.read_text()[-3000:]
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 143, log.read_text()[-3000:]
-    stopped = sorted(int(path.name.split("-")[1]) for path in output_dir.glob("checkpoint-*"))[-1]
+    stopped = max(int(path.name.split("-")[1]) for path in output_dir.glob("checkpoint-*"))
     assert 4 <= stopped < 24 and checkpoint_problem(output_dir / f"checkpoint-{stopped}") is None
 
     log = tmp_path / "sigkill.txt"
     process = start(resume, log)
-    newer = lambda: any(int(path.name.split("-")[1]) > stopped for path in output_dir.glob("checkpoint-*"))  # noqa: E731
+    newer = lambda: any(int(path.name.split("-")[1]) > stopped for path in output_dir.glob("checkpoint-*"))
     if wait_for(newer, process) and process.poll() is None:
         os.killpg(process.pid, signal.SIGKILL)
         process.wait(timeout=120)

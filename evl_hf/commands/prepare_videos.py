@@ -457,7 +457,7 @@ def write_shards(ffmpeg: str, source: Path, output_dir: Path, by_output: dict, l
     keys = [sample_key(relative) for relative, _ in items]
     if len(set(keys)) < len(keys):
         duplicate = next(key for key in keys if keys.count(key) > 1)
-        raise UsageError(f"two videos would get the WebDataset key {duplicate!r} (dots become underscores); rename one.")
+        raise UsageError(f"two videos would get the WebDataset key {duplicate!r} (dots become underscores): rename one.")
     size, work_dir = settings["shard_size"], output_dir / WORK_DIR
     shards = [(output_dir / f"{source.stem}-{number:06d}.tar", items[start : start + size])
               for number, start in enumerate(range(0, len(items), size))]  # fmt: skip
