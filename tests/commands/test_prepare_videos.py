@@ -348,7 +348,6 @@ def test_webdataset_needs_label_folders(tmp_path, capsys):
     assert "has no label: the videofolder layout is INPUT/<label>/<video>" in capsys.readouterr().err
 
 
-@pytest.mark.slow
 def test_webdataset_output_trains_directly(tmp_path):
     from test_run_video_classification import TINY_VIDEOS, generate_synthetic_motion_dataset, run_video_classification
     from transformers import CLIPVisionConfig, CLIPVisionModel
