@@ -58,7 +58,8 @@ def register(subparsers):
             ".mp4) or a .txt/.csv video list (a new list with the new paths is written into OUTPUT_DIR under the "
             "same name). Finished outputs are kept when the command is run again; videos that cannot be read are "
             f"listed in OUTPUT_DIR/{REPORT_NAME} (for a list: OUTPUT_DIR/<list name>.{REPORT_NAME}) and skipped. "
-            "Exit status 1 when some were."
+            "With --format webdataset the prepared videos go into tar shards of --shard_size videos with their labels "
+            "instead, for training with --streaming; shards that exist are kept. Exit status 1 when videos were skipped."
         ),
     )
     parser.add_argument("input", metavar="INPUT", help="A videofolder tree, or a .txt (Kinetics) or .csv video list.")
