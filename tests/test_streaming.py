@@ -123,7 +123,8 @@ def test_a_broken_video_inside_a_shard_is_skipped_named_and_counted(tmp_path, ti
         add_member(archive, "broken.mp4", b"this is not a video")
         add_member(archive, "broken.json", json.dumps({"label": "left"}).encode())
     output_dir = tmp_path / "output"
-    extra = "--max_steps 3 --per_device_train_batch_size 3 --do_train --max_skipped_fraction 0.5 --shuffle_buffer_size 0"
+    extra = ("--max_steps 3 --per_device_train_batch_size 3 --do_train --max_skipped_fraction 0.5 "
+             "--shuffle_buffer_size 0")
     run_video_classification.main(stream_args(tiny_clip, output_dir, f"--train_file {path}", extra))
     assert json.loads((output_dir / "train_results.json").read_text())["train_skipped_videos"] == 1
     assert f"Skipping training video {path}:broken" in caplog.text
@@ -228,7 +229,9 @@ def launch_two_processes(args: list[str]) -> list[str]:
 
 
 @pytest.mark.slow
-def test_two_processes_train_on_their_own_shards_and_evaluate_every_clip_once(tmp_path, tiny_clip, shards):  # noqa: F811
+def test_two_processes_train_on_their_own_shards_and_evaluate_every_clip_once(
+    tmp_path, tiny_clip, shards  # noqa: F811
+):
     output_dir, log = tmp_path / "output", tmp_path / "log.txt"
     args = stream_args(tiny_clip, output_dir, shard_data(shards),
                        "--max_steps 4 --do_train --do_eval --eval_strategy steps --eval_steps 2 --save_strategy no "

@@ -58,8 +58,9 @@ def register(subparsers):
             ".mp4) or a .txt/.csv video list (a new list with the new paths is written into OUTPUT_DIR under the "
             "same name). Finished outputs are kept when the command is run again; videos that cannot be read are "
             f"listed in OUTPUT_DIR/{REPORT_NAME} (for a list: OUTPUT_DIR/<list name>.{REPORT_NAME}) and skipped. "
-            "With --format webdataset the prepared videos go into tar shards of --shard_size videos with their labels "
-            "instead, for training with --streaming; shards that exist are kept. Exit status 1 when videos were skipped."
+            "With --format webdataset the prepared videos go into tar shards of --shard_size videos with their "
+            "labels instead, for training with --streaming; shards that exist are kept. Exit status 1 when videos "
+            "were skipped."
         ),
     )
     parser.add_argument("input", metavar="INPUT", help="A videofolder tree, or a .txt (Kinetics) or .csv video list.")
@@ -458,7 +459,9 @@ def write_shards(ffmpeg: str, source: Path, output_dir: Path, by_output: dict, l
     keys = [sample_key(relative) for relative, _ in items]
     if len(set(keys)) < len(keys):
         duplicate = next(key for key in keys if keys.count(key) > 1)
-        raise UsageError(f"two videos would get the WebDataset key {duplicate!r} (dots become underscores): rename one.")
+        raise UsageError(
+            f"two videos would get the WebDataset key {duplicate!r} (dots become underscores): rename one."
+        )
     size, work_dir = settings["shard_size"], output_dir / WORK_DIR
     shards = [(output_dir / f"{source.stem}-{number:06d}.tar", items[start : start + size])
               for number, start in enumerate(range(0, len(items), size))]  # fmt: skip
