@@ -141,6 +141,20 @@ def test_too_many_broken_videos_stop_a_streaming_run(tmp_path, tiny_clip, videos
                                                   "--max_steps 3 --per_device_train_batch_size 3 --do_train"))
 
 
+def test_each_process_reads_its_own_shards(shards):
+    from types import SimpleNamespace
+
+    from streaming import StreamingClipDataset, load_streaming_datasets
+
+    data_args = SimpleNamespace(dataset_name=None, train_file=f"{shards}/train-*.tar", validation_file=None,
+                                label_column_name="label", video_column_name="video")  # fmt: skip
+    streams, _ = load_streaming_datasets(data_args, None, None, None, run_video_classification.encode_labels)
+    processor = run_video_classification.EVLVideoProcessor(num_frames=4)
+    clips = run_video_classification.VideoClipDataset(streams["train"], "video", processor, train=True)
+    urls = [{row["__url__"] for row in StreamingClipDataset(clips, rank=rank, world_size=2).rows} for rank in (0, 1)]
+    assert urls == [{f"{shards}/train-00000.tar"}, {f"{shards}/train-00001.tar"}]
+
+
 # ---- Bad input --------------------------------------------------------------------------------------------------
 
 
