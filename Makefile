@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.evl-hf-installed
 
-.PHONY: install browser train test test-slow test-all test-conformance benchmark clean
+.PHONY: install browser train test test-slow test-all test-gpu test-conformance benchmark clean
 
 install: $(STAMP)
 
@@ -38,6 +38,14 @@ test-slow: $(STAMP) browser
 
 test-all: $(STAMP) browser
 	$(BIN)/python -m pytest $(ARGS)
+
+# The checks that need a CUDA device (tests marked `gpu`, tests/test_gpu.py); on a machine without one, a clear skip.
+test-gpu: $(STAMP)
+	@if $(BIN)/python -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then \
+		$(BIN)/python -m pytest -m gpu tests/test_gpu.py -v -rs $(ARGS); \
+	else \
+		echo "no GPU found, skipped: make test-gpu needs a CUDA device (torch.cuda.is_available() is False here)"; \
+	fi
 
 # transformers' own common suites (model, config, video and image processors) run against EVL. They come from the
 # source distribution of the installed transformers, fetched with pip into ~/.cache/evl_hf/conformance (or

@@ -19,6 +19,7 @@ flash-attn package and a GPU) or `eager`); the decoder's single-query attention 
     python benchmarks/bench_gpu.py --output docs/benchmark_results    # bf16, sdpa, ViT-B/16 and ViT-L/14 on cuda
     python benchmarks/bench_gpu.py --dtype fp16 --attn-implementation flash_attention_2 --compile
     python benchmarks/bench_gpu.py --tiny --device cpu                # seconds; what the tests run
+    python benchmarks/bench_gpu.py --quick                            # ViT-B/16 only, few steps: `make test-gpu`
     python benchmarks/bench_gpu.py --device cpu --shapes vit-b16 --accuracy-only --accuracy-batch-size 1
 """
 
@@ -255,6 +256,8 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=None, help="timed steps, default 10 (2 with --tiny)")
     parser.add_argument("--warmup-steps", type=int, default=None, help="default 3, 10 with --compile (1 with --tiny)")
     parser.add_argument("--tiny", action="store_true", help="tiny shapes only, for a run in seconds")
+    parser.add_argument("--quick", action="store_true", help="ViT-B/16 at batch 4, 3 steps, 1 decode video: the real "
+                        "code paths in under a minute on a GPU, not numbers to quote")  # fmt: skip
     parser.add_argument("--decode-videos", type=int, default=4, help="videos in the decode-rate measurement (0: skip it)")
     parser.add_argument("--decode-rounds", type=int, default=3)
     parser.add_argument("--video-dir", default=None, help="where the decode videos are generated (default: the cache)")
@@ -264,6 +267,10 @@ def parse_args(argv=None):
     if args.tiny:
         args.shapes = "tiny"
         args.decode_videos, args.decode_rounds = min(args.decode_videos, 2), 1
+    if args.quick:
+        args.shapes, args.batch_size = "vit-b16", args.batch_size or 4
+        args.steps, args.warmup_steps = args.steps or 3, 2 if args.warmup_steps is None else args.warmup_steps
+        args.decode_videos, args.decode_rounds = min(args.decode_videos, 1), 1
     args.shapes = [s.strip() for s in args.shapes.split(",") if s.strip()]
     for shape in args.shapes:
         if shape not in SHAPES:
@@ -291,6 +298,7 @@ def main(argv=None):
         "benchmark": "gpu",
         "settings": {
             "tiny": args.tiny,
+            "quick": args.quick,
             "device": str(device),
             "dtype": args.dtype,
             "attn_implementation": args.attn_implementation,

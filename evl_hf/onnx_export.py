@@ -45,7 +45,7 @@ def export_onnx(model, path, *, opset: int = DEFAULT_OPSET, batch_size: int = 2)
 
     Args:
         model ([`EVLForVideoClassification`]):
-            The classifier, in float32 on the CPU.
+            The classifier, in float32 (on the CPU or a GPU).
         path (`str` or `os.PathLike`):
             The `.onnx` file to write.
         opset (`int`, *optional*, defaults to 18):
@@ -60,7 +60,8 @@ def export_onnx(model, path, *, opset: int = DEFAULT_OPSET, batch_size: int = 2)
 
     config = model.config
     size = config.vision_config.image_size
-    example = torch.randn(batch_size, config.num_frames, config.vision_config.num_channels, size, size)
+    example = torch.randn(batch_size, config.num_frames, config.vision_config.num_channels, size, size,
+                          device=model.device)  # fmt: skip
 
     class Logits(torch.nn.Module):
         """The classifier with a plain tensor out, the shape ONNX graphs take."""
@@ -126,7 +127,7 @@ def check_onnx(
                                    generator=generator)  # fmt: skip
         (logits,) = session.run(["logits"], {"pixel_values": pixel_values.numpy()})
         with torch.no_grad():
-            expected = model(pixel_values=pixel_values).logits
+            expected = model(pixel_values=pixel_values.to(model.device)).logits.cpu()  # PyTorch where the model is
         difference = max(difference, (torch.from_numpy(logits) - expected).abs().max().item())
         scale = max(scale, expected.abs().max().item())
     return difference, scale

@@ -16,7 +16,8 @@
 Fine-tune EVL (a frozen CLIP image encoder with a small temporal decoder) for video classification with the Trainer.
 With no data or model argument, `accelerate launch examples/run_video_classification.py` trains a small random EVL on
 a generated synthetic-motion dataset in minutes on a CPU. Own videos (folders, CSV / JSON lines or Kinetics-style
-lists, a Hub dataset), and arguments from a JSON file (`run_video_classification.py args.json`): docs/training.md.
+lists, a Hub dataset, WebDataset shards streamed with `--streaming`), and arguments from a JSON file
+(`run_video_classification.py args.json`): docs/training.md.
 """
 
 import contextlib
@@ -47,6 +48,7 @@ from evl_hf.video_processing_evl import FRAME_SAMPLING_STRATEGIES, VideoDecoding
 from evl_hf.video_utils import VIDEO_EXTENSIONS, resolve_video_path
 from evl_hf.video_utils import read_video_list as read_list
 from preemption import AtomicCheckpointsMixin, PreemptionCallback, process_group_destroyed_at_exit, resume_checkpoint
+from streaming import StreamingClipDataset, StreamingEpochCallback, StreamingTrainerMixin, load_streaming_datasets
 
 
 logger = logging.getLogger(__name__)
@@ -118,6 +120,10 @@ class DataTrainingArguments:
     horizontal_flip: bool = arg(False, "Training: flip half of the clips (if labels ignore left and right).")
     rand_augment: bool = arg(False, "Training: RandAugment, 4 ops at magnitude 7 of 10 (the paper's recipe).")
     max_skipped_fraction: float = arg(0.05, "Training skips undecodable videos, and stops past this fraction.")
+    streaming: bool = arg(False, "Stream the videos from WebDataset shards (--train_file/--validation_file as .tar "
+                                 "paths or globs) or --dataset_name instead of loading them; needs --max_steps.")
+    shuffle_buffer_size: int = arg(256, "--streaming: rows each DataLoader worker shuffles in memory (0: only the "
+                                        "order of the shards, which changes every epoch, is shuffled).")
     synthetic_data_dir: str | None = arg(None, "Cache folder of the synthetic-motion dataset.")
     synthetic_train_videos_per_label: int = arg(300, "Synthetic-motion dataset: training videos per label.")
     synthetic_validation_videos_per_label: int = arg(50, "Synthetic-motion dataset: validation videos per label.")
@@ -128,6 +134,15 @@ class DataTrainingArguments:
                 raise ValueError(f"Give the {split} videos as --{split}_dir or as --{split}_file, not both.")
         if self.num_temporal_views < 1 or self.num_spatial_views < 1:
             raise ValueError("--num_temporal_views and --num_spatial_views must be at least 1.")
+        if self.streaming:
+            if self.train_dir or self.validation_dir or any(path and not path.lower().endswith(".tar")
+                                                            for path in (self.train_file, self.validation_file)):
+                raise ValueError("--streaming reads WebDataset shards: give --train_file/--validation_file as .tar "
+                                 "paths or globs ('shards/train-*.tar'), or --dataset_name. Make shards of a folder "
+                                 "or list with `evl-hf prepare-videos INPUT OUTPUT_DIR --format webdataset`.")
+            if self.max_train_samples is not None or self.max_eval_samples is not None or self.shuffle_buffer_size < 0:
+                raise ValueError("--max_train_samples/--max_eval_samples select from loaded datasets; with --streaming "
+                                 "--max_steps bounds training, and --shuffle_buffer_size must not be negative.")
         if not (0.0 < self.min_crop_scale <= 1.0 and 0.0 <= self.max_skipped_fraction <= 1.0):
             raise ValueError(f"Need 0 < --min_crop_scale <= 1 and 0 <= --max_skipped_fraction <= 1, got "
                              f"{self.min_crop_scale} and {self.max_skipped_fraction}.")
@@ -400,30 +415,42 @@ def save_confusion_matrix(predictions: np.ndarray, references: np.ndarray, label
 
 # ---- Trainer --------------------------------------------------------------------------------------------------------
 
-class VideoClassificationTrainer(AtomicCheckpointsMixin, Trainer):
-    """The Trainer, plus: complete-or-absent checkpoints; views of an evaluation clip (`pixel_values` `(B, views, T,
-    3, H, W)`) scored by their mean softmax; undecodable training videos counted over all processes at each logging
-    step (each step on one process), stopping the run past `max_skipped_fraction`; the model card's extras."""
+class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, Trainer):
+    """The Trainer, plus: complete-or-absent checkpoints; streamed training data (examples/streaming.py); views of an
+    evaluation clip (`pixel_values` `(B, views, T, 3, H, W)`) scored by their mean softmax; undecodable training videos
+    counted over all processes at each logging step (each step on one process), stopping the run past
+    `max_skipped_fraction`; the model card's extras."""
 
     def __init__(self, *args, max_skipped_fraction: float = 0.05, model_card_text: str = "", **kwargs):
         super().__init__(*args, **kwargs)
         self.max_skipped_fraction, self.model_card_text = max_skipped_fraction, model_card_text
         self.skipped_videos, self._new_skipped = set(), []  # over all processes; on this one, not yet shared
+        self.videos_read, self._new_read = 0, 0  # clips and skipped videos: a stream's size so far
 
     def training_step(self, model, inputs, num_items_in_batch=None):
-        self._new_skipped.extend(inputs.pop("skipped_videos", []))
+        skipped = inputs.pop("skipped_videos", [])
+        self._new_skipped.extend(skipped)
+        self._new_read += len(inputs["labels"]) + len(skipped)
         # All processes share at the same steps (a collective call), so they reach the same decision together.
         if self.args.world_size == 1 or (self.state.global_step + 1) % self.args.logging_steps == 0:
             self.share_skipped_videos()
         return super().training_step(model, inputs, num_items_in_batch)
 
-    def share_skipped_videos(self):
-        """Counts the videos skipped on every process so far; stops the run past `max_skipped_fraction`."""
-        self.skipped_videos.update(gather_object(self._new_skipped) if self.args.world_size > 1 else self._new_skipped)
-        self._new_skipped = []
-        fraction = len(self.skipped_videos) / len(self.train_dataset)
+    def share_skipped_videos(self, final: bool = False):
+        """Counts the videos skipped on every process so far; stops the run past `max_skipped_fraction` (of the
+        dataset, or of the videos read from a stream, judged from 100 on and at the end)."""
+        shared = [(self._new_skipped, self._new_read)]
+        for skipped, read in gather_object(shared) if self.args.world_size > 1 else shared:
+            self.skipped_videos.update(skipped)
+            self.videos_read += read
+        self._new_skipped, self._new_read = [], 0
+        streamed = isinstance(self.train_dataset, StreamingClipDataset)
+        total = self.videos_read if streamed else len(self.train_dataset)
+        if streamed and total < 100 and not final:
+            return
+        fraction = len(self.skipped_videos) / max(total, 1)
         if fraction > self.max_skipped_fraction:
-            raise RuntimeError(f"{len(self.skipped_videos)} of {len(self.train_dataset)} training videos "
+            raise RuntimeError(f"{len(self.skipped_videos)} of {total} training videos "
                                f"({fraction:.1%}) could not be decoded, more than --max_skipped_fraction. First ones: "
                                f"{sorted(self.skipped_videos)[:5]}. Check the files, or raise --max_skipped_fraction.")
 
@@ -478,6 +505,14 @@ def main(args: list[str] | None = None):
     # video column holds paths, not model inputs, and must reach the dataset.
     training_args.dataloader_pin_memory = training_args.dataloader_pin_memory and torch.cuda.is_available()
     training_args.dataloader_persistent_workers = training_args.remove_unused_columns = False
+    if data_args.streaming:
+        if training_args.max_steps <= 0 and (training_args.do_train or not training_args.do_eval):
+            raise ValueError("--streaming needs --max_steps: a stream has no length, so --num_train_epochs cannot say "
+                             "how many steps to train.")
+        if "epoch" in (training_args.eval_strategy, training_args.save_strategy, training_args.logging_strategy):
+            raise ValueError("With --streaming, evaluate, save and log by steps: an epoch is a pass over one process's "
+                             "shards, and processes end theirs at different steps.")
+        training_args.ignore_data_skip = True  # the stateful dataloader resumes where it was: nothing to skip
 
     # ---- Data ----
     embedded = is_embedded_default(model_args, data_args)  # asked before the synthetic data fills in the folders
@@ -491,8 +526,12 @@ def main(args: list[str] | None = None):
     elif checkpoint_config is not None and checkpoint_config.model_type == "evl":
         known_names = [checkpoint_config.id2label[index] for index in range(checkpoint_config.num_labels)]
     with training_args.main_process_first(desc="loading the videos"):
-        dataset = load_video_datasets(data_args, model_args.cache_dir, model_args.token)
-        dataset, label_names = encode_labels(dataset, data_args.label_column_name, known_names)
+        if data_args.streaming:  # WebDataset shards or a Hub dataset as streams with `labels`: examples/streaming.py
+            dataset, label_names = load_streaming_datasets(data_args, known_names, model_args.cache_dir,
+                                                           model_args.token, encode_labels)  # fmt: skip
+        else:
+            dataset = load_video_datasets(data_args, model_args.cache_dir, model_args.token)
+            dataset, label_names = encode_labels(dataset, data_args.label_column_name, known_names)
     if not training_args.do_train and not training_args.do_eval:  # neither asked for: what the splits allow
         training_args.do_train, training_args.do_eval = "train" in dataset, "validation" in dataset
     for flag, split, limit in [("do_train", "train", data_args.max_train_samples),
@@ -534,6 +573,11 @@ def main(args: list[str] | None = None):
         eval_dataset = VideoClipDataset(
             dataset["validation"], data_args.video_column_name, video_processor, train=False,
             num_clips=data_args.num_temporal_views, num_crops=data_args.num_spatial_views)
+    if data_args.streaming:
+        train_dataset, eval_dataset = [
+            StreamingClipDataset(clips, rank=training_args.process_index, world_size=training_args.world_size,
+                                 shuffle_buffer_size=data_args.shuffle_buffer_size) if clips is not None else None
+            for clips in (train_dataset, eval_dataset)]  # fmt: skip
 
     # ---- Metric: top-1 and top-5 accuracy from examples/video_accuracy.py, loaded by path so it works offline ----
     with training_args.main_process_first(desc="loading the metric"):
@@ -549,11 +593,11 @@ def main(args: list[str] | None = None):
         model_card_text="\n".join(f"- {line}" for line in description))  # fmt: skip
     if training_args.do_train:
         checkpoint = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
-        trainer.add_callback(EpochCallback(train_dataset))
+        trainer.add_callback((StreamingEpochCallback if data_args.streaming else EpochCallback)(train_dataset))
         trainer.add_callback(preemption := PreemptionCallback())
         metrics = trainer.train(resume_from_checkpoint=checkpoint).metrics
         preemption.exit_if_stopped(training_args.output_dir)  # no final save or evaluation: the run is not finished
-        trainer.share_skipped_videos()
+        trainer.share_skipped_videos(final=True)
         metrics["train_skipped_videos"] = len(trainer.skipped_videos)
         if trainer.skipped_videos:
             logger.warning(f"Undecodable videos skipped: {sorted(trainer.skipped_videos)}")

@@ -231,3 +231,11 @@ def test_plot_writes_a_png(cpu_models, data_path, results_dir):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert output.read_bytes().startswith(b"\x89PNG")
+
+
+def test_streaming_benchmark_times_streamed_and_map_style_clips_with_1_and_2_workers(tmp_path):
+    result = run_benchmark("bench_streaming.py", "--tiny", "--video-dir", str(tmp_path))
+    for workers in ("1_workers", "2_workers"):
+        for kind in ("map-style", "streamed"):
+            assert_positive(result["results"][workers][kind], ["clips_per_s"])
+        assert_positive(result["results"][workers], ["streamed_over_map_style"])

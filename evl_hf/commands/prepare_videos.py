@@ -22,14 +22,20 @@ and the clips a sampler picks, mean the same in both copies.
 
 Each output is written under a temporary name, decoded in full and checked to have as many frames as its input, and
 only then renamed into place: a finished output is one that exists under its final name, which a later run keeps.
+
+With `--format webdataset` the prepared videos go into tar shards of `--shard_size` samples, `<key>.mp4` with
+`<key>.json` (`{"label": ...}`), which `run_video_classification.py --streaming` reads. A shard is written under a
+temporary name and renamed once complete; a later run keeps the shards that exist and makes the others.
 """
 
 import csv
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 from ..video_utils import VIDEO_EXTENSIONS, read_video_list, walk_videos
@@ -38,6 +44,7 @@ from . import UsageError
 
 REPORT_NAME = "prepare_report.jsonl"
 SETTINGS_NAME = "prepare_settings.json"
+WORK_DIR = ".webdataset-work"  # inside OUTPUT_DIR: videos prepared for shards not written yet
 
 
 def register(subparsers):
@@ -51,7 +58,9 @@ def register(subparsers):
             ".mp4) or a .txt/.csv video list (a new list with the new paths is written into OUTPUT_DIR under the "
             "same name). Finished outputs are kept when the command is run again; videos that cannot be read are "
             f"listed in OUTPUT_DIR/{REPORT_NAME} (for a list: OUTPUT_DIR/<list name>.{REPORT_NAME}) and skipped. "
-            "Exit status 1 when some were."
+            "With --format webdataset the prepared videos go into tar shards of --shard_size videos with their "
+            "labels instead, for training with --streaming; shards that exist are kept. Exit status 1 when videos "
+            "were skipped."
         ),
     )
     parser.add_argument("input", metavar="INPUT", help="A videofolder tree, or a .txt (Kinetics) or .csv video list.")
@@ -88,6 +97,23 @@ def register(subparsers):
         default="video",
         help="For a .csv list: the column with the video paths (default: video).",
     )
+    parser.add_argument(
+        "--format",
+        choices=("files", "webdataset"),
+        default="files",
+        help="files: one .mp4 per video (and a new list); webdataset: tar shards of <key>.mp4 and <key>.json "
+        "({label_column_name: label}) named <INPUT name>-000000.tar, ..., for training with --streaming "
+        "(default: files).",
+    )
+    parser.add_argument(
+        "--shard_size", type=int, default=1000, help="--format webdataset: videos per shard (default: 1000)."
+    )
+    parser.add_argument(
+        "--label_column_name",
+        default="label",
+        help="--format webdataset: the label column of a .csv list, and the field of the .json members (default: "
+        "label). A tree's labels are its folder names, a .txt list's its label indices.",
+    )
     parser.set_defaults(run=run, parser=parser)
 
 
@@ -100,6 +126,8 @@ def check_arguments(args) -> None:
         raise UsageError(f"--crf {args.crf}: libx264 takes 0 to 51 (18 is the default; lower keeps more detail).")
     if args.num_workers < 1:
         raise UsageError(f"--num_workers {args.num_workers}: must be at least 1.")
+    if args.shard_size < 1:
+        raise UsageError(f"--shard_size {args.shard_size}: must be at least 1 (1000 is the default).")
 
 
 def find_ffmpeg() -> str:
@@ -312,6 +340,11 @@ def run(args) -> int:
             )
     ffmpeg = find_ffmpeg()
     settings = {"short_side": args.short_side, "keyframe_interval": args.keyframe_interval, "crf": args.crf}
+    if args.format == "webdataset":
+        settings.update(format="webdataset", shard_size=args.shard_size)
+        labels = job_labels(source, rows, jobs, args)
+        check_settings(output_dir, settings)
+        return write_shards(ffmpeg, source, output_dir, by_output, labels, settings, args)
     check_settings(output_dir, settings)
 
     work = [(ffmpeg, path, output_dir / relative, settings) for relative, path in by_output.items()]
@@ -375,3 +408,82 @@ def run_jobs(work: list[tuple], num_workers: int) -> list[dict]:
     finally:
         progress.close()
     return results
+
+
+def job_labels(source: Path, rows, jobs, args) -> dict[Path, object]:
+    """The label of each output: a tree's folder name (the videofolder layout), a .txt list's index, a .csv column."""
+    labels = {}
+    for number, (path, relative) in enumerate(jobs):
+        if rows is None:
+            if relative.parent == Path("."):
+                raise UsageError(
+                    f"{path} sits directly in INPUT, so it has no label: the videofolder layout is "
+                    "INPUT/<label>/<video>."
+                )
+            labels[relative] = relative.parent.name
+        elif args.label_column_name in rows[number]:
+            label = rows[number][args.label_column_name]
+            labels[relative] = int(label) if source.suffix.lower() == ".txt" and label.lstrip("-").isdigit() else label
+        else:
+            raise UsageError(f"{source}: no column {args.label_column_name!r} (--label_column_name) for the labels.")
+    return labels
+
+
+def sample_key(relative: Path) -> str:
+    """A WebDataset key: the path without its extension, dots replaced (a key ends at the first dot of a name)."""
+    return relative.with_suffix("").as_posix().replace(".", "_")
+
+
+def write_shards(ffmpeg: str, source: Path, output_dir: Path, by_output: dict, labels: dict, settings: dict, args):
+    """
+    Prepares the videos of every shard not written yet (in `OUTPUT_DIR/.webdataset-work/`, where a killed run's
+    finished videos are kept), then packs each shard under a temporary name and renames it.
+    """
+    items = list(by_output.items())  # (output relative to OUTPUT_DIR, input), in the input's order
+    keys = [sample_key(relative) for relative, _ in items]
+    if len(set(keys)) < len(keys):
+        duplicate = next(key for key in keys if keys.count(key) > 1)
+        raise UsageError(
+            f"two videos would get the WebDataset key {duplicate!r} (dots become underscores): rename one."
+        )
+    size, work_dir = settings["shard_size"], output_dir / WORK_DIR
+    shards = [(output_dir / f"{source.stem}-{number:06d}.tar", items[start : start + size])
+              for number, start in enumerate(range(0, len(items), size))]  # fmt: skip
+    pending = [(path, members) for path, members in shards if not path.exists()]
+    work = [(ffmpeg, path, work_dir / relative, settings) for _, members in pending for relative, path in members]
+    results = {result["output"]: result for result in run_jobs(work, args.num_workers)}
+
+    failed = [r for r in results.values() if r["status"] == "failed"]
+    for path, members in pending:
+        done = [(relative, work_dir / relative) for relative, _ in members
+                if results[str(work_dir / relative)]["status"] != "failed"]  # fmt: skip
+        if not done:
+            continue  # every video of it failed: no empty shard
+        partial = path.with_name(f".{path.name}.partial")
+        with tarfile.open(partial, "w") as archive:
+            for relative, video in done:
+                key = sample_key(relative)
+                archive.add(video, arcname=f"{key}.mp4")
+                label = json.dumps({args.label_column_name: labels[relative]}).encode()
+                info = tarfile.TarInfo(f"{key}.json")
+                info.size = len(label)
+                archive.addfile(info, io.BytesIO(label))
+        os.replace(partial, path)
+        for _, video in done:
+            video.unlink()
+    shutil.rmtree(work_dir, ignore_errors=True)
+
+    report = output_dir / f"{source.name}.{REPORT_NAME}"
+    with open(report, "w", encoding="utf-8") as file:
+        file.writelines(json.dumps({"input": r["input"], "reason": r["reason"]}) + "\n" for r in failed)
+    written = [path for path, _ in pending if path.exists()]
+    print(
+        f"{len(written)} shard(s) written, {len(shards) - len(pending)} kept from an earlier run, {len(failed)} "
+        f"video(s) failed; {len(shards)} shard(s) of up to {size} videos: {output_dir / source.stem}-*.tar"
+    )
+    if failed:
+        print(f"{len(failed)} video(s) could not be prepared and were left out; see {report}:", file=sys.stderr)
+        for r in failed[:10]:
+            print(f"  {r['input']}: {r['reason']}", file=sys.stderr)
+        return 1
+    return 0

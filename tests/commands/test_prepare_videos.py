@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 
 import av
@@ -279,3 +280,95 @@ def test_a_process_pool_prepares_a_tree_and_a_killed_run_resumes(tree, tmp_path)
     assert done.returncode == 1
     assert {p.relative_to(out): video_facts(p)["frames"] for p in out.rglob("*.mp4")} == expected
     assert not [p for p in out.rglob("*") if "partial" in p.name]
+
+
+# ---- --format webdataset -------------------------------------------------------------------------------------------
+
+
+def shard_members(path) -> dict:
+    """`{member name: bytes}` of a tar shard, in the archive's order."""
+    with tarfile.open(path) as archive:
+        return {member.name: archive.extractfile(member).read() for member in archive}
+
+
+def test_webdataset_shards_hold_each_prepared_video_with_its_label(tree, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert prepare(tree, out, "--format", "webdataset", "--shard_size", 1, "--short_side", 32) == 0
+    assert sorted(path.name for path in out.iterdir()) == [
+        "prepare_settings.json", "videos-000000.tar", "videos-000001.tar", f"videos.{REPORT_NAME}"
+    ]  # fmt: skip
+    first, second = shard_members(out / "videos-000000.tar"), shard_members(out / "videos-000001.tar")
+    assert list(first) == ["left/a.mp4", "left/a.json"] and list(second) == ["right/b.mp4", "right/b.json"]
+    assert json.loads(first["left/a.json"]) == {"label": "left"} and json.loads(second["right/b.json"]) == {"label": "right"}
+    decoder = VideoDecoder(second["right/b.mp4"])
+    assert (len(decoder), decoder.metadata.width, decoder.metadata.height) == (37, 42, 32)  # every frame, prepared
+    assert "2 shard(s) written" in capsys.readouterr().out
+
+
+def test_webdataset_shards_that_exist_are_kept_and_the_missing_ones_made(tree, tmp_path, capsys):
+    out = tmp_path / "shards"
+    assert prepare(tree, out, "--format", "webdataset", "--shard_size", 1) == 0
+    kept = (out / "videos-000000.tar").stat().st_mtime_ns
+    (out / "videos-000001.tar").unlink()  # as a run killed before its last shard was renamed leaves it
+    (out / ".videos-000001.tar.partial").write_bytes(b"half a shard")
+    capsys.readouterr()
+    assert prepare(tree, out, "--format", "webdataset", "--shard_size", 1) == 0
+    assert "1 shard(s) written, 1 kept from an earlier run" in capsys.readouterr().out
+    assert (out / "videos-000000.tar").stat().st_mtime_ns == kept
+    assert list(shard_members(out / "videos-000001.tar")) == ["right/b.mp4", "right/b.json"]
+    assert not (out / ".videos-000001.tar.partial").exists() and not (out / ".webdataset-work").exists()
+    with pytest.raises(SystemExit) as exit_info:  # another shard size into the same folder would mix two layouts
+        prepare(tree, out, "--format", "webdataset", "--shard_size", 2)
+    assert exit_info.value.code == 2 and "prepared with" in capsys.readouterr().err
+
+
+def test_webdataset_leaves_broken_videos_out_and_reports_them(tree, tmp_path, capsys):
+    add_broken_files(tree)
+    out = tmp_path / "shards"
+    assert prepare(tree, out, "--format", "webdataset", "--shard_size", 10) == 1
+    assert [name for name in shard_members(out / "videos-000000.tar") if name.endswith(".mp4")] == ["left/a.mp4",
+                                                                                                    "right/b.mp4"]
+    reported = [json.loads(line)["input"] for line in (out / f"videos.{REPORT_NAME}").read_text().splitlines()]
+    assert len(reported) == 3 and all("empty" in p or "text" in p or "truncated" in p for p in reported)
+
+
+def test_webdataset_of_a_txt_list_labels_with_its_indices(tree, tmp_path):
+    (tree / "train.txt").write_text("left/a.mp4 0\nright/b.mkv 1\n")
+    out = tmp_path / "shards"
+    assert prepare(tree / "train.txt", out, "--format", "webdataset") == 0
+    members = shard_members(out / "train-000000.tar")
+    assert json.loads(members["left/a.json"]) == {"label": 0} and json.loads(members["right/b.json"]) == {"label": 1}
+
+
+def test_webdataset_needs_label_folders(tmp_path, capsys):
+    write_video(tmp_path / "flat" / "a.mp4", num_frames=8)
+    with pytest.raises(SystemExit) as exit_info:
+        prepare(tmp_path / "flat", tmp_path / "shards", "--format", "webdataset")
+    assert exit_info.value.code == 2
+    assert "has no label: the videofolder layout is INPUT/<label>/<video>" in capsys.readouterr().err
+
+
+def test_webdataset_output_trains_directly(tmp_path):
+    from test_run_video_classification import TINY_VIDEOS, generate_synthetic_motion_dataset, run_video_classification
+    from transformers import CLIPVisionConfig, CLIPVisionModel
+
+    videos = generate_synthetic_motion_dataset(tmp_path / "videos", TINY_VIDEOS)
+    shards = tmp_path / "shards"
+    for split in ("train", "validation"):
+        assert prepare(videos / split, shards, "--format", "webdataset", "--shard_size", 4, "--short_side", 32) == 0
+    torch.manual_seed(0)
+    clip = tmp_path / "clip"
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                                     image_size=32, patch_size=8)).save_pretrained(clip)  # fmt: skip
+    output_dir = tmp_path / "output"
+    run_video_classification.main(f"""
+        --model_name_or_path {clip} --streaming --train_file {shards}/train-*.tar
+        --validation_file {shards}/validation-*.tar --output_dir {output_dir} --cache_dir {tmp_path / "cache"}
+        --num_frames 4 --frame_stride 2 --decoder_num_layers 2 --max_steps 3 --per_device_train_batch_size 2
+        --per_device_eval_batch_size 2 --save_strategy no --dataloader_num_workers 0 --disable_tqdm True
+        --report_to none
+    """.split())  # fmt: skip
+    assert json.loads((output_dir / "train_results.json").read_text())["train_skipped_videos"] == 0
+    confusion = json.loads((output_dir / "confusion_matrix.json").read_text())
+    assert sorted(confusion["labels"]) == ["down", "left", "right", "up"]
+    assert sum(map(sum, confusion["matrix"])) == 8  # every prepared validation video, once

@@ -1,0 +1,169 @@
+"""On a CUDA device: the pipeline, `evl-hf predict`, training through `accelerate launch`, torchcodec's GPU decoder, the
+ONNX export check and bench_gpu.py's quick mode. `make test-gpu` runs them (marked `gpu`); without a GPU they skip."""
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torchcodec.encoders import VideoEncoder
+from transformers import CLIPVisionConfig, CLIPVisionModel, pipeline
+
+import evl_hf  # noqa: F401  (registers EVL with the Auto classes, for the pipeline)
+from evl_hf import EVLConfig, EVLForVideoClassification, EVLVideoProcessor
+
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
+
+ROOT = Path(__file__).resolve().parents[1]
+LABELS = ["left", "right", "up", "down"]
+ENVIRONMENT = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
+
+
+@pytest.fixture(autouse=True)
+def true_float32():
+    """fp32 that means fp32 (no TF32 in cuDNN's convolutions), so that GPU and CPU results compare closely."""
+    allowed = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = allowed
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    """3 s of a square moving right over noise, 96x128, 15 fps, H.264."""
+    frames = torch.randint(0, 64, (45, 3, 96, 128), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    for t in range(45):
+        frames[t, :, 32:64, 2 * t : 2 * t + 32] = 255
+    path = tmp_path_factory.mktemp("video") / "square.mp4"
+    VideoEncoder(frames, frame_rate=15).to_file(str(path), codec="libx264", pixel_format="yuv420p")
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_folder(tmp_path_factory) -> Path:
+    """A saved EVL with a 4-layer, 128-wide random CLIP on 64 px frames, its zero-initialised parts given values."""
+    torch.manual_seed(0)
+    vision_config = CLIPVisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+                                     num_attention_heads=4, image_size=64, patch_size=8)  # fmt: skip
+    config = EVLConfig(vision_config=vision_config, num_frames=8, decoder_num_layers=2,
+                       id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)})
+    model = EVLForVideoClassification(config)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if any(part in name for part in ("temporal_cross_attention", "temporal_pos_embed", "query_token")):
+                parameter.copy_(torch.randn(parameter.shape) * 0.5)
+    folder = tmp_path_factory.mktemp("model")
+    model.save_pretrained(folder)
+    EVLVideoProcessor(num_frames=8, frame_stride=4, size={"shortest_edge": 64},
+                      crop_size={"height": 64, "width": 64}).save_pretrained(folder)  # fmt: skip
+    return folder
+
+
+def scores(results: list[dict]) -> dict:
+    return {result["label"]: result["score"] for result in results}
+
+
+def test_the_pipeline_on_device_0_gives_the_cpu_scores(model_folder, video):
+    on_gpu = pipeline("video-classification", model=str(model_folder), device=0)
+    assert on_gpu.model.device == torch.device("cuda", 0)
+    expected = scores(pipeline("video-classification", model=str(model_folder), device="cpu")(str(video), top_k=4))
+    got = scores(on_gpu(str(video), top_k=4))
+    assert got.keys() == expected.keys()
+    for label in expected:
+        assert got[label] == pytest.approx(expected[label], abs=1e-4), label
+
+
+def predict(model_folder, video, output, *options) -> dict:
+    from evl_hf.commands import main
+
+    assert main(["predict", str(video), "--model", str(model_folder), "--output", str(output), *options]) == 0
+    (line,) = Path(output).read_text().splitlines()
+    result = json.loads(line)
+    return dict(zip(result["labels"], result["scores"]))
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_predict_on_cuda_agrees_with_float32_on_the_cpu(model_folder, video, tmp_path, dtype):
+    from evl_hf.commands.utils import DTYPES
+
+    if dtype == "int8":
+        pytest.importorskip("torchao", reason="int8 needs torchao")
+        if "int8" not in DTYPES:
+            pytest.skip("this evl-hf predict has no --dtype int8")
+    expected = predict(model_folder, video, tmp_path / "cpu.jsonl", "--top_k", "4")
+    got = predict(model_folder, video, tmp_path / "gpu.jsonl", "--top_k", "4", "--device", "cuda", "--dtype", dtype)
+    assert got.keys() == expected.keys()
+    for label in expected:  # rounding of a half-precision or int8 backbone, not another result
+        assert got[label] == pytest.approx(expected[label], abs=0.05), label
+
+
+def test_twenty_bf16_training_steps_through_accelerate_launch(tmp_path):
+    sys.path.insert(0, str(ROOT / "examples"))
+    from synthetic_data import SyntheticMotionConfig, generate_synthetic_motion_dataset
+
+    videos = generate_synthetic_motion_dataset(tmp_path / "videos", SyntheticMotionConfig(
+        train_videos_per_label=4, validation_videos_per_label=2, num_frames=12, frame_size=32))  # fmt: skip
+    torch.manual_seed(0)
+    clip = tmp_path / "clip"
+    CLIPVisionModel(CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                                     image_size=32, patch_size=8)).save_pretrained(clip)  # fmt: skip
+    output_dir = tmp_path / "output"
+    command = f"""
+        {sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision bf16
+        --dynamo_backend no {ROOT / "examples" / "run_video_classification.py"} --model_name_or_path {clip}
+        --train_dir {videos / "train"} --validation_dir {videos / "validation"} --output_dir {output_dir}
+        --cache_dir {tmp_path / "cache"} --num_frames 4 --frame_stride 2 --decoder_num_layers 2 --max_steps 20
+        --per_device_train_batch_size 4 --learning_rate 1e-3 --bf16 --backbone_dtype bfloat16 --logging_steps 5
+        --save_strategy no --dataloader_num_workers 2 --disable_tqdm True --report_to none
+    """.split()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENVIRONMENT, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "device: cuda" in result.stdout + result.stderr
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
+    assert state["global_step"] == 20 and len(losses) == 4 and all(map(math.isfinite, losses))
+    assert "eval_accuracy" in json.loads((output_dir / "eval_results.json").read_text())
+
+
+def test_torchcodec_cuda_decoder_through_the_processor_matches_the_cpu_decoder(model_folder, video):
+    from torchcodec.decoders import VideoDecoder
+
+    try:
+        decoder = VideoDecoder(str(video), device="cuda")
+        decoder.get_frame_at(0)
+    except Exception as error:  # an FFmpeg or torchcodec built without NVDEC: nothing to check here
+        pytest.skip(f"torchcodec cannot decode on CUDA here: {type(error).__name__}: {error}")
+    processor = EVLVideoProcessor.from_pretrained(model_folder)
+    on_gpu = processor(decoder, return_tensors="pt")["pixel_values"]
+    on_cpu = processor(VideoDecoder(str(video)), return_tensors="pt")["pixel_values"]
+    assert on_gpu.shape == on_cpu.shape == (1, 8, 3, 64, 64)
+    # NVDEC's colour conversion differs from FFmpeg's by a few grey levels (0.1 is 7 of 255 after CLIP's std).
+    assert (on_gpu.cpu().float() - on_cpu).abs().mean() < 0.1
+
+
+def test_the_export_check_on_cuda(model_folder, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    from evl_hf.commands.export import check_onnx, export_onnx
+
+    model = EVLForVideoClassification.from_pretrained(model_folder).cuda().eval()
+    export_onnx(model, tmp_path / "evl.onnx")
+    difference, scale = check_onnx(model, tmp_path / "evl.onnx")  # onnxruntime on the CPU against PyTorch on CUDA
+    assert difference <= 1e-4 * max(1.0, scale)  # the command's own tolerance
+
+
+def test_bench_gpu_quick_mode(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--quick", "--output", str(tmp_path),
+               "--video-dir", str(tmp_path / "videos")]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENVIRONMENT, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    measured = json.loads((tmp_path / "gpu_bf16.json").read_text())
+    shape = measured["results"]["vit-b16"]
+    assert shape["inference"]["clips_per_s"] > 0 and shape["train"]["clips_per_s"] > 0
+    assert shape["accuracy"]["max_abs_diff"] < 1.0  # bf16 rounding of logits of about unit size
+    assert set(measured["decode"]["devices"]) == {"cpu", "cuda"}

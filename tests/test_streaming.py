@@ -1,0 +1,300 @@
+"""`--streaming`: examples/run_video_classification.py trained from WebDataset shards of generated videos (examples/
+streaming.py), in this process and with real processes: evaluation, broken videos, bad shards, exact resumption."""
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+# Importing it puts examples/ on sys.path; its tiny CLIP and video fixtures are used here too.
+from test_run_video_classification import SCRIPT, run_video_classification, tiny_clip, videos  # noqa: F401
+from test_preemption import ENVIRONMENT, descendants, end_started_processes, logged_steps, start, wait_for  # noqa: F401
+
+from preemption import checkpoint_problem  # examples/
+
+
+ROOT = SCRIPT.parents[1]
+
+
+def add_member(archive: tarfile.TarFile, name: str, data: bytes):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    archive.addfile(info, io.BytesIO(data))
+
+
+def write_shards(folder: Path, split_dir: Path, name: str, num_shards: int, label_field: str = "json") -> list[Path]:
+    """The videos of a videofolder split as `num_shards` tar shards, one sample (`<key>.mp4` and `<key>.json`, or
+    `<key>.cls` holding the index of the sorted label names) per video, dealt out in turn."""
+    files = sorted(split_dir.glob("*/*.mp4"))
+    labels = sorted({video.parent.name for video in files})
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = [folder / f"{name}-{shard:05d}.tar" for shard in range(num_shards)]
+    archives = [tarfile.open(path, "w") for path in paths]
+    for number, video in enumerate(files):
+        archive, key = archives[number % num_shards], f"{video.parent.name}_{video.stem}"
+        add_member(archive, f"{key}.mp4", video.read_bytes())
+        label = video.parent.name
+        if label_field == "json":
+            add_member(archive, f"{key}.json", json.dumps({"label": label}).encode())
+        else:
+            add_member(archive, f"{key}.cls", str(labels.index(label)).encode())
+    for archive in archives:
+        archive.close()
+    return paths
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, videos) -> Path:  # noqa: F811
+    """8 training clips in 2 shards and 8 validation clips in 2 shards."""
+    folder = tmp_path_factory.mktemp("shards")
+    write_shards(folder, videos / "train", "train", 2)
+    write_shards(folder, videos / "validation", "validation", 2)
+    return folder
+
+
+def stream_args(tiny_clip, output_dir: Path, data: str, extra: str = "") -> list[str]:  # noqa: F811
+    return f"""
+        --model_name_or_path {tiny_clip} {data} --streaming --output_dir {output_dir}
+        --cache_dir {output_dir.parent / "cache"} --num_frames 4 --frame_stride 2 --decoder_num_layers 2
+        --learning_rate 1e-3 --per_device_train_batch_size 2 --per_device_eval_batch_size 2 --logging_steps 1
+        --disable_tqdm True --report_to none --seed 7 {extra}
+    """.split()
+
+
+def shard_data(shards: Path) -> str:
+    return f"--train_file {shards}/train-*.tar --validation_file {shards}/validation-*.tar"
+
+
+def final_step_and_loss(output_dir: Path):
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    return state["global_step"], [entry for entry in state["log_history"] if "loss" in entry][-1]["loss"]
+
+
+# ---- In this process ------------------------------------------------------------------------------------------------
+
+
+def test_trains_from_shards_and_evaluates_every_validation_clip(tmp_path, tiny_clip, shards):  # noqa: F811
+    output_dir = tmp_path / "output"
+    run_video_classification.main(stream_args(tiny_clip, output_dir, shard_data(shards),
+                                              "--max_steps 6 --save_strategy no --dataloader_num_workers 0"))
+    assert final_step_and_loss(output_dir)[0] == 6  # 6 steps of 2 from 8 clips: the stream's second epoch too
+    confusion = json.loads((output_dir / "confusion_matrix.json").read_text())
+    assert sorted(confusion["labels"]) == ["down", "left", "right", "up"]
+    assert sum(map(sum, confusion["matrix"])) == 8  # every validation clip exactly once
+    assert json.loads((output_dir / "train_results.json").read_text())["train_skipped_videos"] == 0
+    config = json.loads((output_dir / "config.json").read_text())
+    assert sorted(config["id2label"].values()) == ["down", "left", "right", "up"]
+
+
+def test_cls_labels_take_their_names_from_the_label_names_file(tmp_path, tiny_clip, videos):  # noqa: F811
+    shards = tmp_path / "shards"
+    write_shards(shards, videos / "train", "train", 2, label_field="cls")
+    names = tmp_path / "names.txt"
+    names.write_text("down\nleft\nright\nup\n")
+    output_dir = tmp_path / "output"
+    data = f"--train_file {shards}/train-*.tar --label_names_file {names}"
+    run_video_classification.main(stream_args(tiny_clip, output_dir, data, "--max_steps 2 --do_train"))
+    config = json.loads((output_dir / "config.json").read_text())
+    assert config["id2label"] == {"0": "down", "1": "left", "2": "right", "3": "up"}
+
+
+def test_a_folder_of_shards_streams_as_a_dataset_name(tmp_path, tiny_clip, shards):  # noqa: F811
+    # What a Hub repository of WebDataset shards looks like to datasets: splits from the file names.
+    names = tmp_path / "names.txt"
+    names.write_text("down\nleft\nright\nup\n")
+    output_dir = tmp_path / "output"
+    data = f"--dataset_name {shards} --label_names_file {names}"
+    run_video_classification.main(stream_args(tiny_clip, output_dir, data, "--max_steps 2"))
+    confusion = json.loads((output_dir / "confusion_matrix.json").read_text())
+    assert sum(map(sum, confusion["matrix"])) == 8
+
+
+def test_a_broken_video_inside_a_shard_is_skipped_named_and_counted(tmp_path, tiny_clip, videos, caplog):  # noqa: F811
+    shards = tmp_path / "shards"
+    (path,) = write_shards(shards, videos / "train", "train", 1)
+    with tarfile.open(path, "a") as archive:
+        add_member(archive, "broken.mp4", b"this is not a video")
+        add_member(archive, "broken.json", json.dumps({"label": "left"}).encode())
+    output_dir = tmp_path / "output"
+    extra = ("--max_steps 3 --per_device_train_batch_size 3 --do_train --max_skipped_fraction 0.5 "
+             "--shuffle_buffer_size 0")
+    run_video_classification.main(stream_args(tiny_clip, output_dir, f"--train_file {path}", extra))
+    assert json.loads((output_dir / "train_results.json").read_text())["train_skipped_videos"] == 1
+    assert f"Skipping training video {path}:broken" in caplog.text
+
+
+def test_too_many_broken_videos_stop_a_streaming_run(tmp_path, tiny_clip, videos):  # noqa: F811
+    shards = tmp_path / "shards"
+    (path,) = write_shards(shards, videos / "train", "train", 1)
+    with tarfile.open(path, "a") as archive:
+        add_member(archive, "broken.mp4", b"this is not a video")
+        add_member(archive, "broken.json", json.dumps({"label": "left"}).encode())
+    with pytest.raises(RuntimeError, match="broken"):  # 1 of 9 read: more than the default 5%
+        run_video_classification.main(stream_args(tiny_clip, tmp_path / "output", f"--train_file {path}",
+                                                  "--max_steps 3 --per_device_train_batch_size 3 --do_train"))
+
+
+def test_each_process_reads_its_own_shards(shards):
+    from types import SimpleNamespace
+
+    from streaming import StreamingClipDataset, load_streaming_datasets
+
+    data_args = SimpleNamespace(dataset_name=None, train_file=f"{shards}/train-*.tar", validation_file=None,
+                                label_column_name="label", video_column_name="video")  # fmt: skip
+    streams, _ = load_streaming_datasets(data_args, None, None, None, run_video_classification.encode_labels)
+    processor = run_video_classification.EVLVideoProcessor(num_frames=4)
+    clips = run_video_classification.VideoClipDataset(streams["train"], "video", processor, train=True)
+    urls = [{row["__url__"] for row in StreamingClipDataset(clips, rank=rank, world_size=2).rows} for rank in (0, 1)]
+    assert urls == [{f"{shards}/train-00000.tar"}, {f"{shards}/train-00001.tar"}]
+
+
+# ---- Bad input --------------------------------------------------------------------------------------------------
+
+
+def test_streaming_without_max_steps_is_refused(tmp_path, tiny_clip, shards):  # noqa: F811
+    with pytest.raises(ValueError, match="--streaming needs --max_steps"):
+        run_video_classification.main(stream_args(tiny_clip, tmp_path / "output", shard_data(shards)))
+
+
+def test_a_glob_that_matches_nothing_is_named(tmp_path, tiny_clip):  # noqa: F811
+    pattern = f"{tmp_path}/nothing-*.tar"
+    with pytest.raises(FileNotFoundError, match=re.escape(f"--train_file '{pattern}' matches no file")):
+        run_video_classification.main(stream_args(tiny_clip, tmp_path / "output", f"--train_file {pattern}",
+                                                  "--max_steps 2"))
+
+
+def test_a_list_file_with_streaming_says_to_make_shards(tmp_path, tiny_clip):  # noqa: F811
+    with pytest.raises(ValueError, match="prepare-videos INPUT OUTPUT_DIR --format webdataset"):
+        run_video_classification.main(stream_args(tiny_clip, tmp_path / "output", "--train_file train.csv",
+                                                  "--max_steps 2"))
+
+
+@pytest.mark.parametrize(
+    "members, problem",
+    [
+        ({"a.json": b'{"label": "left"}'}, "sample 'a' of .* has no video member"),
+        ({"a.mp4": None}, "sample 'a' of .* has no label: expected a.json holding a 'label' field"),
+        ({"a.mp4": None, "a.json": b'{"class": "left"}'}, "has no label"),
+    ],
+)
+def test_a_shard_sample_without_video_or_label_is_named(tmp_path, tiny_clip, videos, members, problem):  # noqa: F811
+    video = next((videos / "train").glob("*/*.mp4")).read_bytes()
+    path = tmp_path / "train-00000.tar"
+    with tarfile.open(path, "w") as archive:
+        for name, data in members.items():
+            add_member(archive, name, video if data is None else data)
+    with pytest.raises(ValueError, match=problem):
+        run_video_classification.main(stream_args(tiny_clip, tmp_path / "output", f"--train_file {path}",
+                                                  "--max_steps 2"))
+
+
+def test_shards_with_mixed_label_fields_are_refused(tmp_path, tiny_clip, videos):  # noqa: F811
+    write_shards(tmp_path / "a", videos / "train", "train", 1)
+    write_shards(tmp_path / "b", videos / "train", "train", 1, label_field="cls")
+    (tmp_path / "b" / "train-00000.tar").rename(tmp_path / "a" / "train-00001.tar")
+    with pytest.raises(ValueError, match=r"mixed label fields: \S*train-00000.tar labels its samples with .json, "
+                                         r"\S*train-00001.tar with .cls"):
+        run_video_classification.main(stream_args(tiny_clip, tmp_path / "output",
+                                                  f"--train_file {tmp_path}/a/train-*.tar", "--max_steps 2"))
+
+
+# ---- Resuming ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_resumed_streaming_run_takes_the_same_samples_and_ends_with_the_same_loss(
+    tmp_path, tiny_clip, shards, workers  # noqa: F811
+):
+    # 8 clips in 2 shards, batches of 3 through a shuffle buffer of 4: the checkpoint at step 2 is inside the first
+    # epoch with rows in the buffer, and the resumed run crosses into the second epoch.
+    args = (f"--max_steps 5 --per_device_train_batch_size 3 --save_strategy steps --save_steps 2 --do_train "
+            f"--shuffle_buffer_size 4 --dataloader_num_workers {workers}")
+    straight = tmp_path / "straight"
+    run_video_classification.main(stream_args(tiny_clip, straight, f"--train_file {shards}/train-*.tar", args))
+    resumed = tmp_path / "resumed"
+    shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
+    saved = (resumed / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns
+    run_video_classification.main(stream_args(tiny_clip, resumed, f"--train_file {shards}/train-*.tar",
+                                              f"{args} --resume_from_checkpoint last"))
+    history = [json.loads((folder / "trainer_state.json").read_text())["log_history"] for folder in (straight, resumed)]
+    losses = [{entry["step"]: entry["loss"] for entry in log if "loss" in entry} for log in history]
+    assert (resumed / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns == saved  # resumed, not restarted
+    assert sorted(losses[1]) == [1, 2, 3, 4, 5]  # steps 1 and 2 from the checkpoint's state
+    for step in (3, 4, 5):
+        assert losses[1][step] == pytest.approx(losses[0][step], abs=1e-6), step
+
+
+# ---- Real processes ---------------------------------------------------------------------------------------------
+
+
+def launch_two_processes(args: list[str]) -> list[str]:
+    # accelerate's torchrun launcher with the Trainer's --use_cpu: two CPU processes talking through gloo.
+    return f"""
+        {sys.executable} -m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1
+        --mixed_precision no --dynamo_backend no {SCRIPT} --use_cpu True --ddp_timeout 120
+    """.split() + args
+
+
+@pytest.mark.slow
+def test_two_processes_train_on_their_own_shards_and_evaluate_every_clip_once(
+    tmp_path, tiny_clip, shards  # noqa: F811
+):
+    output_dir, log = tmp_path / "output", tmp_path / "log.txt"
+    args = stream_args(tiny_clip, output_dir, shard_data(shards),
+                       "--max_steps 4 --do_train --do_eval --eval_strategy steps --eval_steps 2 --save_strategy no "
+                       "--dataloader_num_workers 1")  # fmt: skip
+    process = start(launch_two_processes(args), log)
+    assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+    text = log.read_text()
+    assert "world size: 2" in text
+    assert final_step_and_loss(output_dir)[0] == 4
+    history = json.loads((output_dir / "trainer_state.json").read_text())["log_history"]
+    assert [entry["step"] for entry in history if "eval_loss" in entry] == [2, 4]  # during training
+    assert "eval_accuracy" in json.loads((output_dir / "eval_results.json").read_text())  # and at the end
+    confusion = json.loads((output_dir / "confusion_matrix.json").read_text())
+    assert sum(map(sum, confusion["matrix"])) == 8  # every validation clip exactly once over the two processes
+
+
+@pytest.mark.slow
+def test_a_streaming_run_stopped_by_sigterm_and_sigkill_resumes_to_the_straight_runs_loss(
+    tmp_path, tiny_clip, shards  # noqa: F811
+):
+    args = ("--max_steps 24 --save_strategy steps --save_steps 3 --do_train --dataloader_num_workers 1 "
+            "--shuffle_buffer_size 3")
+    data = f"--train_file {shards}/train-*.tar"
+    straight, log = tmp_path / "straight", tmp_path / "straight.txt"
+    process = start([sys.executable, str(SCRIPT), *stream_args(tiny_clip, straight, data, args)], log)
+    assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+
+    output_dir = tmp_path / "output"
+    resume = [sys.executable, str(SCRIPT), *stream_args(tiny_clip, output_dir, data, args),
+              "--resume_from_checkpoint", "last"]  # fmt: skip
+    # SIGTERM (the main process: it saves at the step it is in and exits 143), then SIGKILL of the whole group once a
+    # checkpoint after the first exists (a resumed run, killed, loses only the steps since its last checkpoint).
+    log = tmp_path / "sigterm.txt"
+    process = start(resume, log)
+    assert wait_for(lambda: logged_steps(log) >= 4, process), log.read_text()[-3000:]
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143, log.read_text()[-3000:]
+    stopped = max(int(path.name.split("-")[1]) for path in output_dir.glob("checkpoint-*"))
+    assert 4 <= stopped < 24 and checkpoint_problem(output_dir / f"checkpoint-{stopped}") is None
+
+    log = tmp_path / "sigkill.txt"
+    process = start(resume, log)
+    newer = lambda: any(int(path.name.split("-")[1]) > stopped for path in output_dir.glob("checkpoint-*"))
+    if wait_for(newer, process) and process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=120)
+    log = tmp_path / "finished.txt"
+    process = start(resume, log)
+    assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert "Skipping" not in log.read_text()  # no broken video, no incomplete checkpoint
+    step, loss = final_step_and_loss(output_dir)
+    assert (step, loss) == (24, pytest.approx(final_step_and_loss(straight)[1], abs=1e-3))
