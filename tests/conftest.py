@@ -1,5 +1,8 @@
 """Fixtures shared by the whole suite: tiny saved models and generated videos (helpers in `evl_hf.testing_utils`)."""
 
+import contextlib
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -31,3 +34,19 @@ def videos(tmp_path_factory) -> Path:
     from training_utils import TINY_VIDEOS
 
     return generate_synthetic_motion_dataset(tmp_path_factory.mktemp("videos"), TINY_VIDEOS)
+
+
+@pytest.fixture(autouse=True)
+def end_started_processes():
+    """After each test, SIGKILL what is left of the processes it started with `training_utils.start` (torchrun's
+    workers have their own groups)."""
+    from training_utils import STARTED, descendants
+
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            for pid in [process.pid, *descendants(process.pid)]:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            process.wait()

@@ -149,7 +149,7 @@ def test_torchcodec_cuda_decoder_through_the_processor_matches_the_cpu_decoder(m
 def test_the_export_check_on_cuda(model_folder, tmp_path):
     pytest.importorskip("onnxruntime")
     pytest.importorskip("onnxscript")
-    from evl_hf.commands.export import check_onnx, export_onnx
+    from evl_hf.onnx_export import check_onnx, export_onnx
 
     model = EVLForVideoClassification.from_pretrained(model_folder).cuda().eval()
     export_onnx(model, tmp_path / "evl.onnx")

@@ -1,14 +1,12 @@
 """Preemption: complete-or-absent checkpoints, `--resume_from_checkpoint last` past incomplete ones, SIGTERM handling
 (examples/preemption.py, used by examples/run_video_classification.py), with real runs, processes and signals."""
 
-import contextlib
 import json
 import os
 import random
 import re
 import shutil
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 # Importing it puts examples/ on sys.path; its tiny CLIP and video fixtures are used here too.
-from training_utils import SCRIPT, run_video_classification
+from training_utils import SCRIPT, descendants, logged_steps, run_video_classification, start, wait_for
 
 from preemption import STAGING_DIR, checkpoint_problem, last_complete_checkpoint  # noqa: E402  (examples/)
 
@@ -170,60 +168,6 @@ def test_without_a_complete_checkpoint_training_starts_from_scratch(
 
 
 # ---- Real processes and signals --------------------------------------------------------------------------------
-
-
-ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-
-
-STARTED = []  # the processes `start` started, ended by `end_started_processes` whatever the test's outcome
-
-
-def start(command: list[str], log: Path) -> subprocess.Popen:
-    """Starts `command` in its own process group (as a batch scheduler does), its output going to `log`."""
-    with open(log, "w") as file:
-        STARTED.append(subprocess.Popen(command, stdout=file, stderr=subprocess.STDOUT, env=ENVIRONMENT, cwd=ROOT,
-                                        start_new_session=True))  # fmt: skip
-    return STARTED[-1]
-
-
-def descendants(pid: int) -> list[int]:
-    try:  # the children of each of its threads
-        children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-                    for child in (task / "children").read_text().split()]  # fmt: skip
-    except OSError:  # it has ended
-        return []
-    return children + [grandchild for child in children for grandchild in descendants(child)]
-
-
-@pytest.fixture(autouse=True)
-def end_started_processes():
-    """After each test, SIGKILL what is left of the processes it started (torchrun's workers have their own groups)."""
-    yield
-    while STARTED:
-        process = STARTED.pop()
-        if process.poll() is None:
-            for pid in [process.pid, *descendants(process.pid)]:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            process.wait()
-
-
-def wait_for(condition, process: subprocess.Popen, timeout: float = 300, interval: float = 0.05) -> bool:
-    """Polls `condition()` until it holds (True) or the process ends first (False)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        if process.poll() is not None:
-            return bool(condition())
-        time.sleep(interval)
-    process.kill()
-    raise TimeoutError("the training process made no progress in time")
-
-
-def logged_steps(log: Path) -> int:
-    """How many training losses the Trainer has printed (with --disable_tqdm True, one per logged step)."""
-    return log.read_text(errors="replace").count("'loss'")
 
 
 def rank_process(launcher: int, rank: int) -> int:

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-# Importing it puts examples/ on sys.path; its tiny CLIP and video fixtures are used here too.
-from test_run_video_classification import SCRIPT, run_video_classification, tiny_clip, videos  # noqa: F401
-from test_preemption import ENVIRONMENT, descendants, end_started_processes, logged_steps, start, wait_for  # noqa: F401
+# training_utils puts examples/ on sys.path; the tiny CLIP and video fixtures come from conftest.py
+from training_utils import SCRIPT, logged_steps, run_video_classification, start, wait_for
 
 from preemption import checkpoint_problem  # examples/
 

@@ -1,7 +1,11 @@
-"""The training script, imported as a module for the tests that run it in process, and the tiny data they train on."""
+"""The training script, imported as a module for the tests that run it in process, the tiny data they train on, and
+the real processes the tests that send signals start."""
 
 import importlib.util
+import os
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 
@@ -20,3 +24,47 @@ TINY_VIDEOS = SyntheticMotionConfig(
     train_videos_per_label=2, validation_videos_per_label=2, num_frames=10, frame_size=32, min_object_size=6,
     max_object_size=10,
 )  # fmt: skip
+
+
+# ---- Real processes and signals ---------------------------------------------------------------------------------
+
+
+ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+
+
+STARTED = []  # the processes `start` started, ended by `end_started_processes` whatever the test's outcome
+
+
+def start(command: list[str], log: Path) -> subprocess.Popen:
+    """Starts `command` in its own process group (as a batch scheduler does), its output going to `log`."""
+    with open(log, "w") as file:
+        STARTED.append(subprocess.Popen(command, stdout=file, stderr=subprocess.STDOUT, env=ENVIRONMENT, cwd=ROOT,
+                                        start_new_session=True))  # fmt: skip
+    return STARTED[-1]
+
+
+def descendants(pid: int) -> list[int]:
+    try:  # the children of each of its threads
+        children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
+                    for child in (task / "children").read_text().split()]  # fmt: skip
+    except OSError:  # it has ended
+        return []
+    return children + [grandchild for child in children for grandchild in descendants(child)]
+
+
+def wait_for(condition, process: subprocess.Popen, timeout: float = 300, interval: float = 0.05) -> bool:
+    """Polls `condition()` until it holds (True) or the process ends first (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if process.poll() is not None:
+            return bool(condition())
+        time.sleep(interval)
+    process.kill()
+    raise TimeoutError("the training process made no progress in time")
+
+
+def logged_steps(log: Path) -> int:
+    """How many training losses the Trainer has printed (with --disable_tqdm True, one per logged step)."""
+    return log.read_text(errors="replace").count("'loss'")
