@@ -10,14 +10,9 @@ the page with a result is copied (docs/images/demo.png was taken so).
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +23,7 @@ from torchcodec.encoders import VideoEncoder
 from evl_hf import EVLVideoProcessor
 from evl_hf.commands.demo import find_examples, unnormalize_frames
 
-from .conftest import save_tiny_model
+from .conftest import DEMO_START_TIMEOUT, save_tiny_model, serve_demo
 
 
 # the synthetic-motion generator sits next to the training script
@@ -79,13 +74,7 @@ def test_a_port_in_use_is_a_usage_error_before_the_model_loads(capsys):
 # The page in a real browser.
 
 UPLOAD = "#video input[type=file]"
-PAGE_TIMEOUT = 180  # seconds: a busy 2-core machine takes a while to import torch, transformers and Gradio
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+PAGE_TIMEOUT = DEMO_START_TIMEOUT
 
 
 @pytest.fixture(scope="module")
@@ -116,40 +105,8 @@ def demo_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def demo_server(demo_files):
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        pytest.fail("Gradio is needed: pip install -e '.[dev]' (or '.[demo]').")
-    port = free_port()
-    log_path = demo_files["root"] / "server.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "evl_hf", "demo", "--model", str(demo_files["model"]), "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + PAGE_TIMEOUT
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"evl-hf demo exited with status {process.returncode}:\n{log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    break
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"evl-hf demo did not serve {url} within {PAGE_TIMEOUT} s:\n{log_path.read_text()}")
-        time.sleep(0.5)
-    yield {"url": url, "process": process, "log": log_path}
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    with serve_demo(demo_files["model"], demo_files["root"] / "server.log") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
