@@ -214,8 +214,8 @@ def release_memory():
       freezes what startup loaded (`gc.freeze`), so that a full collection walks only what requests left and takes
       milliseconds instead of 0.4 s.
     - glibc keeps freed memory in its heaps for reuse: under 20 concurrent visitors the server's resident memory grew
-      by 40-80 MiB per 100 videos while what was in use stayed flat. `malloc_trim` returns the free pages to the
-      system.
+      by 40-80 MiB per 100 videos, most of it memory freed but kept in glibc's heaps. `malloc_trim` returns the free
+      pages to the system.
     """
     gc.collect()
     if _malloc_trim is not None:
