@@ -16,15 +16,22 @@
 
 The page shows the top-5 labels, the frames the model saw (after the processor's sampling, resizing and cropping) and,
 for a video longer than one clip, the class probabilities over time ([`~evl_hf.inference.classify_windows`]). It
-works offline: no analytics, no fonts or scripts from other hosts.
+works offline: no analytics, no fonts or scripts from other hosts. It can face the public: uploads are limited in size,
+the queue in length, and uploads and results are deleted from Gradio's cache after a while.
 """
 
 import argparse
+import ctypes
+import gc
+import hashlib
 import html
+import io
 import logging
 import os
+import re
 import socket
 import sys
+import tempfile
 from pathlib import Path
 
 from ..video_utils import is_video_file
@@ -35,6 +42,14 @@ from .utils import add_model_arguments, load_model_and_processor
 logger = logging.getLogger(__name__)
 
 IDLE_STATUS = "Upload a video (or pick an example clip) to classify it."
+# Safe for a public page on a small machine: a visitor waits behind at most MAX_QUEUE_SIZE others, and what the page
+# stores (uploads, the frames and plots it shows) stays about an hour. `evl-hf demo --help` changes each.
+MAX_FILE_SIZE = "200MB"
+MAX_QUEUE_SIZE = 32
+DELETE_CACHE = (600, 3600)  # (frequency, age) in seconds: every 10 minutes, delete what is older than an hour
+# Gradio keeps, per browser session, a copy of the page's configuration with the last results in it, for the 10,000
+# latest sessions by default. Every answer of the page sets all its outputs, so a forgotten session loses nothing.
+STATE_SESSION_CAPACITY = 200
 # Small frames (the synthetic-motion model's are 64x64) are drawn with visible pixels rather than blurred, and the
 # frame strip is only as tall as its thumbnails.
 CSS = """
@@ -109,18 +124,80 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
     }
 
 
-def render_timeline(timeline: dict, name: str):
-    """The timeline drawn by [`plot_timeline`], titled with the upload's own name, as a PIL image."""
-    import tempfile
+# Gradio 6.31 saves an image returned as an array or a PIL image to a path named by the hash of its bytes
+# (`processing_utils.save_pil_to_cache`: CACHE/<sha256>/image.png) and writes it with `Path.write_bytes` on every
+# request, which truncates the file first. When two requests show the same frame (two visitors trying the same example
+# clip), the second truncates the file while the first visitor is downloading it: that download is empty or cut short.
+# So the page writes its PNG files itself, under a temporary name that `os.replace` then renames into place: a reader
+# keeps the file it opened, the next reader gets the whole new one. Gradio serves a path inside its cache folder as it
+# is (`Block.move_resource_to_block_cache`), and deletes it on the `delete_cache` schedule like its own files. This can
+# go once Gradio writes its cache atomically (its `save_file_to_cache` already does).
+def save_png(data: bytes, folder: str) -> str:
+    """
+    Writes PNG bytes to `folder/<sha256 of the bytes>.png` atomically and returns the path.
 
+    The same picture gets the same path, so repeated results take no new space; it is written again all the same,
+    which restarts its age for `delete_cache`.
+    """
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, hashlib.sha256(data).hexdigest() + ".png")
+    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".png.partial")
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            file.write(data)
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return path
+
+
+def encode_png(frame) -> bytes:
+    """A uint8 `(height, width, 3)` frame as PNG bytes."""
     from PIL import Image
 
+    buffer = io.BytesIO()
+    Image.fromarray(frame).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def render_timeline(timeline: dict, name: str) -> bytes:
+    """The timeline drawn by [`plot_timeline`], titled with the upload's own name, as PNG bytes."""
     from .timeline import plot_timeline
 
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "timeline.png")
         plot_timeline({**timeline, "video": name}, path)
-        return Image.open(path).convert("RGB")
+        with open(path, "rb") as file:
+            return file.read()
+
+
+def _find_malloc_trim():
+    """glibc's `malloc_trim`, or `None` under another C library (musl, macOS), which has none."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
+
+
+def release_memory():
+    """
+    Gives back what the last video left: a full garbage collection, then the C allocator's free pages.
+
+    - A closed Matplotlib figure is a reference cycle that holds its pixel buffer (about 2 MB for the timeline), and
+      the collector reaches it only in a full collection, which is rare with the model loaded: dozens piled up. `run`
+      freezes what startup loaded (`gc.freeze`), so that a full collection walks only what requests left and takes
+      milliseconds instead of 0.4 s.
+    - glibc keeps freed memory in its heaps for reuse: under 20 concurrent visitors the server's resident memory grew
+      by 40-80 MiB per 100 videos, most of it memory freed but kept in glibc's heaps. `malloc_trim` returns the free
+      pages to the system.
+    """
+    gc.collect()
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def _status(text: str, kind: str) -> str:
@@ -128,7 +205,15 @@ def _status(text: str, kind: str) -> str:
     return f'<p class="status-{kind}" data-status="{kind}">{html.escape(text)}</p>'
 
 
-def build_demo(model, video_processor, *, title: str, examples: list[str] = ()):
+def build_demo(
+    model,
+    video_processor,
+    *,
+    title: str,
+    examples: list[str] = (),
+    max_file_size: int | None = None,
+    delete_cache: tuple[int, int] | None = DELETE_CACHE,
+):
     """
     The Gradio page for `model`.
 
@@ -137,13 +222,21 @@ def build_demo(model, video_processor, *, title: str, examples: list[str] = ()):
         video_processor ([`EVLVideoProcessor`]): its processor.
         title (`str`): the model's name, shown as the page title.
         examples (`list[str]`): paths of example clips offered under the upload box.
+        max_file_size (`int`, *optional*): the upload limit in bytes, stated on the page (pass the same to `launch`,
+            which enforces it).
+        delete_cache (`tuple[int, int]`, *optional*, defaults to `DELETE_CACHE`): Gradio's `(frequency, age)` in
+            seconds: every `frequency` seconds the uploads and results older than `age` are deleted; `None` never
+            deletes them.
 
     Returns:
         `gradio.Blocks`: the app, not launched.
     """
     import gradio as gr
+    from gradio.utils import get_upload_folder
 
     config = model.config
+    # Inside Gradio's cache folder (GRADIO_TEMP_DIR, by default TMPDIR/gradio), so that it serves and deletes them.
+    results_folder = os.path.join(get_upload_folder(), "evl_hf_demo")
     sampling = (
         f"{config.num_frames} frames {video_processor.frame_stride} frames apart"
         if video_processor.frame_sampling == "dense"
@@ -158,6 +251,7 @@ def build_demo(model, video_processor, *, title: str, examples: list[str] = ()):
         if not video:
             return (_status(IDLE_STATUS, "idle"), *empty)
         name = os.path.basename(video)
+        release_memory()
         try:
             result = classify_video(model, video_processor, video)
         except (OSError, ValueError) as error:
@@ -176,19 +270,21 @@ def build_demo(model, video_processor, *, title: str, examples: list[str] = ()):
         length = f"{result['num_video_frames']} frames" + (f", {result['num_video_frames'] / fps:.1f} s" if fps else "")
         shown_score = f"{best_score:.3g}" if result["function_to_apply"] == "none" else f"{best_score:.1%}"
         status = _status(f"{name} ({length}): {best_label} ({shown_score})", "ok")
+        frames = [save_png(encode_png(frame), results_folder) for frame in result["frames"]]
         timeline = result["timeline"]
         timeline_update = (
-            gr.update(value=render_timeline(timeline, name), visible=True)
+            gr.update(value=save_png(render_timeline(timeline, name), results_folder), visible=True)
             if timeline is not None
             else gr.update(value=None, visible=False)
         )
-        return status, result["scores"], list(zip(result["frames"], captions)), timeline_update
+        return status, result["scores"], list(zip(frames, captions)), timeline_update
 
-    with gr.Blocks(title=f"EVL demo: {title}", analytics_enabled=False) as demo:
+    limit = f" Videos up to {format_file_size(max_file_size)}." if max_file_size is not None else ""
+    with gr.Blocks(title=f"EVL demo: {title}", analytics_enabled=False, delete_cache=delete_cache) as demo:
         gr.Markdown(
             f"# {html.escape(title)}\n"
             f"EVL video classifier: {config.num_labels} labels ({html.escape(shown_labels)}). "
-            f"Each clip is {sampling}, resized and cropped to {crop['height']}x{crop['width']}."
+            f"Each clip is {sampling}, resized and cropped to {crop['height']}x{crop['width']}.{limit}"
         )
         with gr.Row():
             with gr.Column(scale=1):
@@ -210,13 +306,31 @@ def build_demo(model, video_processor, *, title: str, examples: list[str] = ()):
             columns=min(max(config.num_frames, 8), 16),
             height="auto",
             object_fit="contain",
-            format="png",
             allow_preview=False,
             elem_id="frames",
         )
         timeline = gr.Image(label="Class probabilities over time", visible=False, elem_id="timeline")
         video.change(predict, inputs=video, outputs=[status, scores, frames, timeline])
     return demo
+
+
+_FILE_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]?B)?", re.IGNORECASE)
+_FILE_SIZE_UNITS = {"B": 1, "KB": 1024, "MB": 1024**2, "GB": 1024**3, "TB": 1024**4}  # as Gradio counts them
+
+
+def parse_file_size(text: str) -> int:
+    """`"200MB"`, `"1.5 GB"`, `"4096"` (bytes) as a number of bytes; units are powers of 1024, as in Gradio."""
+    match = _FILE_SIZE.fullmatch(text.strip())
+    if match is None or float(match[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file size; write it like 200MB, 1.5GB or 500KB.")
+    return int(float(match[1]) * _FILE_SIZE_UNITS[(match[2] or "B").upper()])
+
+
+def format_file_size(size: int) -> str:
+    for unit in ("TB", "GB", "MB", "KB"):
+        if size >= _FILE_SIZE_UNITS[unit]:
+            return f"{size / _FILE_SIZE_UNITS[unit]:g} {unit}"
+    return f"{size} bytes"
 
 
 def register(subparsers):
@@ -232,12 +346,44 @@ def register(subparsers):
     add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="Address to serve on (default: 127.0.0.1, this machine).")
     parser.add_argument("--port", type=int, default=7860, help="Port to serve on (default: 7860).")
+    parser.add_argument(
+        "--max_file_size",
+        type=parse_file_size,
+        default=MAX_FILE_SIZE,
+        metavar="SIZE",
+        help=f"Largest upload accepted, like 200MB or 1GB; a larger one is refused with a message (default: "
+        f"{MAX_FILE_SIZE}).",
+    )
+    parser.add_argument(
+        "--max_queue_size",
+        type=int,
+        default=MAX_QUEUE_SIZE,
+        metavar="N",
+        help="Videos waiting to be classified at most (one is classified at a time); a visitor arriving when the "
+        f"queue is full is told the page is busy and to try again (default: {MAX_QUEUE_SIZE}).",
+    )
+    parser.add_argument(
+        "--delete_cache",
+        type=int,
+        nargs=2,
+        default=DELETE_CACHE,
+        metavar=("FREQUENCY", "AGE"),
+        help="Every FREQUENCY seconds, delete the uploads and results stored longer than AGE seconds, and all of them "
+        f"when the server stops; 0 0 never deletes them (default: {DELETE_CACHE[0]} {DELETE_CACHE[1]}).",
+    )
     parser.set_defaults(run=run, parser=parser)
 
 
 def run(args: argparse.Namespace) -> int:
     if not 0 < args.port < 65536:
         raise UsageError(f"--port must be between 1 and 65535, got {args.port}.")
+    if args.max_queue_size < 1:
+        raise UsageError(f"--max_queue_size must be at least 1, got {args.max_queue_size}.")
+    frequency, age = args.delete_cache
+    if frequency < 0 or age < 0 or (frequency == 0) != (age == 0):
+        raise UsageError(
+            f"--delete_cache takes two positive numbers of seconds (or 0 0 to keep everything), got {frequency} {age}."
+        )
     # Checked before the model loads, which takes a while; Gradio's own message speaks of its Python API. The server
     # (uvicorn) binds with SO_REUSEADDR, so the probe does too: a port left in TIME_WAIT is free for both.
     try:
@@ -256,9 +402,18 @@ def run(args: argparse.Namespace) -> int:
 
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     examples = find_examples(args.model)
-    demo = build_demo(model, processor, title=Path(args.model.rstrip("/")).name, examples=examples)
-    # One video at a time: the model is shared and a CPU has no room for two.
-    demo.queue(default_concurrency_limit=1)
+    demo = build_demo(
+        model,
+        processor,
+        title=Path(args.model.rstrip("/")).name,
+        examples=examples,
+        max_file_size=args.max_file_size,
+        delete_cache=(frequency, age) if frequency else None,
+    )
+    gc.freeze()  # see `release_memory`
+    # One video at a time: the model is shared and a CPU has no room for two. Gradio turns a visitor away with "This
+    # application is currently busy. Please try again." when `max_size` videos already wait.
+    demo.queue(default_concurrency_limit=1, max_size=args.max_queue_size)
     try:
         demo.launch(
             server_name=args.host,
@@ -273,6 +428,8 @@ def run(args: argparse.Namespace) -> int:
             mcp_server=False,
             run_history=False,
             quiet=True,  # Gradio's own lines speak of its Python API (share=True)
+            max_file_size=args.max_file_size,
+            state_session_capacity=STATE_SESSION_CAPACITY,
             prevent_thread_lock=True,
         )
     except OSError as error:

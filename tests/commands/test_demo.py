@@ -10,14 +10,9 @@ the page with a result is copied (docs/images/demo.png was taken so).
 import json
 import os
 import shutil
-import signal
 import socket
-import subprocess
 import sys
-import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -25,9 +20,9 @@ import pytest
 import torch
 from torchcodec.encoders import VideoEncoder
 
-from evl_hf.commands.demo import find_examples
+from evl_hf.commands.demo import find_examples, parse_file_size, save_png
 
-from .conftest import save_tiny_model
+from .conftest import DEMO_START_TIMEOUT, save_tiny_model, serve_demo
 
 
 # the synthetic-motion generator sits next to the training script
@@ -52,6 +47,41 @@ def test_examples_are_the_video_files_in_the_model_examples_folder(tmp_path):
     assert [os.path.basename(path) for path in find_examples(str(tmp_path))] == ["a.WEBM", "b.mp4"]
 
 
+def test_pictures_are_saved_whole_under_the_hash_of_their_bytes(tmp_path):
+    first = save_png(b"first picture", str(tmp_path / "results"))
+    again = save_png(b"first picture", str(tmp_path / "results"))
+    other = save_png(b"second picture", str(tmp_path / "results"))
+    assert first == again != other
+    assert Path(first).read_bytes() == b"first picture" and Path(other).read_bytes() == b"second picture"
+    assert sorted(os.listdir(tmp_path / "results")) == sorted([os.path.basename(first), os.path.basename(other)])
+
+
+def test_file_sizes_are_read_in_gradio_units():
+    assert parse_file_size("200MB") == 200 * 1024**2
+    assert parse_file_size("1.5 gb") == int(1.5 * 1024**3)
+    assert parse_file_size("4096") == 4096
+    for text in ("0MB", "200 megabytes", "-1KB", ""):
+        with pytest.raises(Exception, match="write it like 200MB"):
+            parse_file_size(text)
+
+
+@pytest.mark.parametrize(
+    "arguments, message",
+    [
+        (["--max_file_size", "lots"], "argument --max_file_size: 'lots' is not a file size"),
+        (["--max_queue_size", "0"], "--max_queue_size must be at least 1, got 0"),
+        (["--delete_cache", "60", "0"], "--delete_cache takes two positive numbers of seconds"),
+    ],
+)
+def test_bad_limits_are_usage_errors_before_the_model_loads(arguments, message, capsys):
+    from evl_hf.commands import main
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["demo", "--model", "no-such-model-folder", *arguments])
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
 def test_a_port_in_use_is_a_usage_error_before_the_model_loads(capsys):
     from evl_hf.commands import main
 
@@ -69,13 +99,7 @@ def test_a_port_in_use_is_a_usage_error_before_the_model_loads(capsys):
 # The page in a real browser.
 
 UPLOAD = "#video input[type=file]"
-PAGE_TIMEOUT = 180  # seconds: a busy 2-core machine takes a while to import torch, transformers and Gradio
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+PAGE_TIMEOUT = DEMO_START_TIMEOUT
 
 
 @pytest.fixture(scope="module")
@@ -106,40 +130,8 @@ def demo_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def demo_server(demo_files):
-    try:
-        import gradio  # noqa: F401
-    except ImportError:
-        pytest.fail("Gradio is needed: pip install -e '.[dev]' (or '.[demo]').")
-    port = free_port()
-    log_path = demo_files["root"] / "server.log"
-    with open(log_path, "w") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "evl_hf", "demo", "--model", str(demo_files["model"]), "--port", str(port)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + PAGE_TIMEOUT
-    while True:
-        if process.poll() is not None:
-            pytest.fail(f"evl-hf demo exited with status {process.returncode}:\n{log_path.read_text()}")
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                if response.status == 200:
-                    break
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            pass
-        if time.monotonic() > deadline:
-            process.kill()
-            pytest.fail(f"evl-hf demo did not serve {url} within {PAGE_TIMEOUT} s:\n{log_path.read_text()}")
-        time.sleep(0.5)
-    yield {"url": url, "process": process, "log": log_path}
-    process.send_signal(signal.SIGINT)
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
+    with serve_demo(demo_files["model"], demo_files["root"] / "server.log") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
@@ -294,3 +286,24 @@ def test_the_page_requests_nothing_from_other_hosts(browser, clip_result):
     assert schemes <= {"http", "data", "blob"}, f"unexpected request schemes: {schemes}"
     hosts = {part.hostname for part in parts if part.scheme == "http"}
     assert hosts == {"127.0.0.1"}, f"requests to other hosts: {sorted(hosts - {'127.0.0.1'})}"
+
+
+@pytest.mark.slow
+def test_an_upload_over_the_size_limit_gets_a_message_and_the_page_keeps_serving(browser, demo_files, clip_result):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    big = demo_files["root"] / "too-big.mp4"
+    with open(big, "wb") as file:
+        file.truncate(200 * 1024**2 + 1)  # one byte over the default --max_file_size, sparse: it takes no disk space
+    upload(browser, big)
+    def shown_message(driver):
+        # Selenium's `text` is what is shown: empty while the toast fades in.
+        elements = driver.find_elements(By.XPATH, "//*[contains(text(), 'exceed the maximum allowed size')]")
+        return next((element.text for element in elements if element.text), False)
+
+    message = WebDriverWait(browser, PAGE_TIMEOUT).until(shown_message, "no message about the upload's size shown")
+    assert "200" in message and "too-big.mp4" in message, message
+
+    upload(browser, demo_files["clip"])
+    assert wait_for_status(browser, demo_files["clip"].name, "ok") == clip_result["status"]
