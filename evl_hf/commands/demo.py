@@ -275,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise UsageError("the demo needs Gradio: pip install -e '.[demo]' in evl_hf's folder.") from None
 
-    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype, args.compile)
     examples = find_examples(args.model)
     demo = build_demo(model, processor, title=Path(args.model.rstrip("/")).name, examples=examples)
     # One video at a time: the model is shared and a CPU has no room for two.

@@ -240,7 +240,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"no videos found in {args.inputs}: folders are searched for {', '.join(VIDEO_EXTENSIONS)} files."
         )
-    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype, args.compile, args.batch_size)
 
     import torch
     from torch.utils.data import DataLoader
