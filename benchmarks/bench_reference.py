@@ -272,8 +272,14 @@ def parse_args(argv=None):
     parser.add_argument("--no-int8", action="store_true", help="skip the int8-backbone row")
     parser.add_argument("--profile", action="store_true", help="print per-op self CPU time of one inference each")
     parser.add_argument("--profile-rows", type=int, default=15)
-    parser.add_argument("--output", help="folder to write reference.json and reference.md into")
-    return parser.parse_args(argv)
+    parser.add_argument("--modes", default="inference,train", help="what each round times: inference, train or both")
+    parser.add_argument("--name", default="reference", help="the results are written to <output>/<name>.json and .md")
+    parser.add_argument("--output", help="folder to write <name>.json and <name>.md into")
+    args = parser.parse_args(argv)
+    args.modes = [mode.strip() for mode in args.modes.split(",")]
+    if not args.modes or set(args.modes) - {"inference", "train"}:
+        parser.error(f"--modes {','.join(args.modes)}: expected inference, train or inference,train")
+    return args
 
 
 def to_markdown(result: dict) -> str:
@@ -380,9 +386,10 @@ def main(argv=None):
     for name, step in steps.items():
         for index in range(args.warmup_steps):
             step["inference"]()
-            wall, _ = timed(step["train"])
-            if index == 0 and name in compile_s:
-                compile_s[name]["train_s"] = wall  # the training step's own compilation, and one step
+            if "train" in args.modes:
+                wall, _ = timed(step["train"])
+                if index == 0 and name in compile_s:
+                    compile_s[name]["train_s"] = wall  # the training step's own compilation, and one step
     runs = {name: {f"{mode}_{unit}": [] for mode in ("inference", "train") for unit in ("s", "cpu_s")} for name in steps}
     matmul, loads = [], []
     names = list(steps)
@@ -391,13 +398,13 @@ def main(argv=None):
         loads.append(round(os.getloadavg()[0], 2))
         order = names[round_index % len(names) :] + names[: round_index % len(names)]
         for name in order:
-            for mode in ("inference", "train"):
+            for mode in args.modes:
                 wall, cpu = timed(steps[name][mode])
                 runs[name][f"{mode}_s"].append(wall)
                 runs[name][f"{mode}_cpu_s"].append(cpu)
         log(
             f"round {round_index + 1}/{args.rounds} (matmul {matmul[-1]:.0f} GFLOP/s, load {loads[-1]}): "
-            + ", ".join(f"{n} {runs[n]['inference_s'][-1]:.2f}/{runs[n]['train_s'][-1]:.2f} s" for n in names)
+            + ", ".join(f"{n} " + "/".join(f"{runs[n][f'{mode}_s'][-1]:.2f}" for mode in args.modes) + " s" for n in names)
         )
 
     times = {name: {key: median(values) for key, values in run.items()} for name, run in runs.items()}
@@ -412,8 +419,13 @@ def main(argv=None):
             paired_ratios[key] = median(
                 [ratio(b, t) for b, t in zip(runs["reference_fp32"][f"{mode}_s"], runs[name][f"{mode}_s"])]
             )
-    goals = {"evl_hf_fp32_inference_speedup": 1.15, "evl_hf_bf16_inference_speedup": 1.8, "evl_hf_bf16_train_speedup": 2.2,
-             "evl_hf_bf16_compiled_inference_speedup": 2.3, "evl_hf_int8_compiled_inference_speedup": 3.0}
+    goals = {
+        "evl_hf_fp32_inference_speedup": 1.15,
+        "evl_hf_bf16_inference_speedup": 1.8,
+        "evl_hf_bf16_train_speedup": 2.2,
+        "evl_hf_bf16_compiled_inference_speedup": 2.3,
+        "evl_hf_int8_compiled_inference_speedup": 3.0,
+    }
     targets = {key: target(ratios.get(key), at_least=goal) for key, goal in goals.items() if key in ratios}
     targets["evl_hf_fp32_max_abs_logit_diff"] = target(differences["evl_hf_fp32"], at_most=1e-4)
 
@@ -434,6 +446,7 @@ def main(argv=None):
             "rounds": args.rounds,
             "warmup_steps": args.warmup_steps,
             "threads": args.threads,
+            "modes": args.modes,
             "reference": REFERENCE_URL,
         },
         "machine": machine,
@@ -450,7 +463,7 @@ def main(argv=None):
         "cpu_time_ratios": cpu_time_ratios,
         "targets": targets,
     }
-    emit("reference", result, to_markdown(result), args.output)
+    emit(args.name, result, to_markdown(result), args.output)
 
 
 if __name__ == "__main__":

@@ -50,9 +50,9 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, device: bool = True,
             "--dtype",
             default="float32",
             choices=DTYPES,
-            help="Precision of the frozen CLIP backbone; the decoder and head stay in float32. int8 (torchao's dynamic "
-            "int8 quantization of its Linear layers, fastest on CPUs with VNNI or AMX with --compile), int8-weight-only "
-            "and float8 (CUDA) need torchao: pip install 'evl-hf[quantize]' (default: float32).",
+            help="Precision of the frozen CLIP backbone; the decoder and head stay in float32. int8 (torchao's "
+            "dynamic int8 quantization of its Linear layers, fastest on CPUs with VNNI or AMX with --compile), "
+            "int8-weight-only and float8 (CUDA) need torchao: pip install 'evl-hf[quantize]' (default: float32).",
         )
         parser.add_argument(
             "--compile",

@@ -39,13 +39,27 @@ def test_predict_with_an_int8_backbone_agrees_with_float32(model_folder, videos,
         assert scores_by_label(record) == pytest.approx(scores_by_label(reference), abs=1e-3)
 
 
+def test_timeline_with_an_int8_backbone_agrees_with_float32(model_folder, videos, tmp_path):
+    results = {}
+    for dtype in ("float32", "int8"):
+        output = tmp_path / f"{dtype}.json"
+        assert main(["timeline", "--model", str(model_folder), str(videos[0]), "--dtype", dtype, "--output",
+                     str(output)]) == 0  # fmt: skip
+        results[dtype] = json.loads(output.read_text())
+    windows = [result["windows"] for result in results.values()]
+    assert len(windows[0]) == len(windows[1]) > 1
+    for window, reference in zip(*windows[::-1]):
+        assert window["labels"][0] == reference["labels"][0]
+        assert window["scores"][0] == pytest.approx(reference["scores"][0], abs=1e-3)
+
+
 def test_int8_without_torchao_names_the_extra_to_install(model_folder, videos, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "torchao.quantization", None)  # what `import` finds when torchao is absent
     with pytest.raises(SystemExit, match="2"):
         main(["predict", "--model", str(model_folder), str(videos[0]), "--dtype", "int8"])
-    assert "--dtype int8 quantizes the backbone with torchao, which is not installed: pip install 'evl-hf[quantize]'" in (
-        capsys.readouterr().err
-    )
+    error = capsys.readouterr().err
+    assert "--dtype int8 quantizes the backbone with torchao, which is not installed" in error
+    assert "pip install 'evl-hf[quantize]'" in error
 
 
 def test_float8_on_a_cpu_says_it_needs_a_gpu(model_folder, videos, capsys):
