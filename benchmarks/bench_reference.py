@@ -305,7 +305,7 @@ def to_markdown(result: dict) -> str:
                 t["inference_cpu_s"],
                 t["train_s"],
                 ratio(base["train_s"], t["train_s"]),
-                paired.get(f"{name}_train_speedup", 1.0),
+                paired.get(f"{name}_train_speedup", 1.0 if t["train_s"] is not None else None),
                 t["train_cpu_s"],
                 f"{result['max_abs_logit_diff'][name]:.1e}",
             ]

@@ -84,9 +84,10 @@ def quantize_backbone(model, dtype: str):
     """
     Quantize, in place, the Linear layers of the CLIP backbone of a model already in memory (one just built, or in
     training) to `dtype`, such as `"int8"`; the weights are those that
-    `from_pretrained(..., **from_pretrained_kwargs(dtype))` gives. The model has no quantizer attached, so the Trainer takes it (the frozen int8 backbone runs without
-    autograd), but `save_pretrained` cannot write its torchao tensors: save the float32 weights it was quantized from,
-    or load with `from_pretrained_kwargs` for a quantized model that saves. Returns the model.
+    `from_pretrained(..., **from_pretrained_kwargs(dtype))` gives. The model has no quantizer attached, so the
+    Trainer takes it (the frozen int8 backbone runs without autograd), but `save_pretrained` cannot write its torchao
+    tensors: save the float32 weights it was quantized from, or load with `from_pretrained_kwargs` for a quantized
+    model that saves. Returns the model.
     """
     from torchao.quantization import quantize_
 
