@@ -13,11 +13,19 @@ Then the decode rate: 8 frames at stride 16 from generated 640x360, 10 s, 30 fps
 default keyframe interval), with torchcodec's CPU decoder (one thread) and, when this torchcodec and FFmpeg can
 use it, its CUDA (NVDEC) decoder; clips/s, uint8 frames on the decoder's device, no resize.
 
+`--dtype int8` and `--dtype fp8` quantize the backbone's Linear layers with torchao instead
+(`evl_hf.quantization.quantize_backbone`: int8 dynamic activations and weights; fp8 dynamic activations and
+weights, which needs a CUDA GPU of compute capability 8.9 or more); on a GPU from bf16 weights under bf16
+autocast, as torchao's CUDA kernels expect, on a CPU (int8 only) from fp32. Add `--compile`: quantized
+matmuls are fast only compiled. fp8 without such a GPU, or int8/fp8 without torchao, skips with a message.
+
 The backbone's attention runs through `--attn-implementation` (`sdpa`, `flash_attention_2` (needs the
 flash-attn package and a GPU) or `eager`); the decoder's single-query attention always uses SDPA.
 
     python benchmarks/bench_gpu.py --output docs/benchmark_results    # bf16, sdpa, ViT-B/16 and ViT-L/14 on cuda
     python benchmarks/bench_gpu.py --dtype fp16 --attn-implementation flash_attention_2 --compile
+    python benchmarks/bench_gpu.py --dtype int8 --compile --output docs/benchmark_results     # torchao
+    python benchmarks/bench_gpu.py --dtype fp8 --compile --output docs/benchmark_results      # torchao, sm_89+
     python benchmarks/bench_gpu.py --tiny --device cpu                # seconds; what the tests run
     python benchmarks/bench_gpu.py --quick                            # ViT-B/16 only, few steps: `make test-gpu`
     python benchmarks/bench_gpu.py --device cpu --shapes vit-b16 --accuracy-only --accuracy-batch-size 1
@@ -39,7 +47,9 @@ from benchmark_utils import (
 
 
 SHAPES = VIT_SHAPES
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+# this script's names -> those of evl_hf.quantization.DTYPES
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "int8": "int8", "fp8": "float8"}
+QUANTIZED = ("int8", "fp8")
 NUM_LABELS = 400
 
 
@@ -62,10 +72,35 @@ def build_model(shape: str, num_frames: int, attn_implementation: str, device: t
     return model.to(device)
 
 
-def to_half_backbone(model, dtype: torch.dtype):
-    """The paper's mixed precision: backbone weights in `dtype`, decoder and head in fp32."""
-    model.evl.vision_model.to(dtype)
+def to_low_precision_backbone(model, dtype: str):
+    """The paper's mixed precision: backbone weights in `dtype`, decoder and head in fp32; int8 and fp8 through
+    torchao, from bf16 weights on a GPU."""
+    from evl_hf import quantization
+
+    if dtype in QUANTIZED:
+        if next(model.parameters()).device.type == "cuda":
+            model.evl.vision_model.to(torch.bfloat16)
+        return quantization.quantize_backbone(model, DTYPES[dtype])
+    model.evl.vision_model.to(quantization.DTYPES[DTYPES[dtype]][0])
     return model
+
+
+def autocast_dtype(dtype: str, device: torch.device) -> torch.dtype | None:
+    """What the forward runs under `torch.autocast` in: the half dtype; bf16 for a quantized backbone on a GPU."""
+    if dtype in QUANTIZED:
+        return torch.bfloat16 if device.type == "cuda" else None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype)
+
+
+def skip_reason(dtype: str, device: torch.device) -> str | None:
+    """Why `dtype` cannot run on `device` here, or None."""
+    import importlib.util
+
+    if dtype in QUANTIZED and importlib.util.find_spec("torchao") is None:
+        return f"--dtype {dtype} needs torchao: pip install 'evl-hf[quantize]'"
+    if dtype == "fp8" and (device.type != "cuda" or torch.cuda.get_device_capability(device) < (8, 9)):
+        return "--dtype fp8 needs a CUDA GPU of compute capability 8.9 or more (Ada, Hopper, Blackwell)"
+    return None
 
 
 def synchronize(device: torch.device) -> None:
@@ -83,15 +118,16 @@ def peak_memory_mb(device: torch.device) -> float:
     return torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else peak_rss_mb()
 
 
-def logits_difference(model, dtype: torch.dtype, pixel_values: torch.Tensor) -> dict:
-    """Max abs difference between the logits of the fp32 model and of its half-precision-backbone copy."""
+def logits_difference(model, dtype: str, pixel_values: torch.Tensor) -> dict:
+    """Max abs difference between the logits of the fp32 model and of its low-precision-backbone copy."""
     device = pixel_values.device
     model.eval()
     with torch.inference_mode():
         reference = model(pixel_values=pixel_values).logits.float()
-        half = to_half_backbone(copy.deepcopy(model), dtype)
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
-            logits = half(pixel_values=pixel_values).logits.float()
+    half = to_low_precision_backbone(copy.deepcopy(model), dtype).eval()
+    autocast = autocast_dtype(dtype, device)
+    with torch.inference_mode(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+        logits = half(pixel_values=pixel_values).logits.float()
     del half
     difference = (logits - reference).abs()
     return {
@@ -114,7 +150,7 @@ def time_steps(step, steps: int, warmup_steps: int, device: torch.device) -> lis
 
 
 def benchmark_shape(shape: str, args, device: torch.device) -> dict:
-    dtype = DTYPES[args.dtype]
+    dtype = args.dtype
     torch.manual_seed(0)
     model = build_model(shape, args.num_frames, args.attn_implementation, device)
     size = SHAPES[shape]["image_size"]
@@ -126,9 +162,10 @@ def benchmark_shape(shape: str, args, device: torch.device) -> dict:
     if args.accuracy_only:
         return result
 
-    model = to_half_backbone(model, dtype)
+    model = to_low_precision_backbone(model, dtype)
     forward = torch.compile(model) if args.compile else model
-    autocast = lambda: torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32)  # noqa: E731
+    autocast_to = autocast_dtype(dtype, device)
+    autocast = lambda: torch.autocast(device.type, dtype=autocast_to, enabled=autocast_to is not None)  # noqa: E731
 
     model.eval()
     reset_peak_memory(device)
@@ -146,7 +183,7 @@ def benchmark_shape(shape: str, args, device: torch.device) -> dict:
 
     model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == "fp16")
     reset_peak_memory(device)
 
     def training_step():
@@ -228,6 +265,10 @@ def to_markdown(result: dict) -> str:
     ]
     timed = "" if s["accuracy_only"] else f"batch {s['batch_size']}, "
     precision = "fp32 throughout" if s["dtype"] == "fp32" else f"{s['dtype']} backbone + fp32 decoder under autocast"
+    if s["dtype"] in QUANTIZED:
+        precision = f"torchao {s['dtype']} backbone (dynamic activations) + fp32 decoder" + (
+            " under bf16 autocast" if s["device"].startswith("cuda") else ""
+        )
     title = (
         f"{machine.get('gpu', machine['cpu'])}, {precision}, "
         f"{s['attn_implementation']} attention, compile {'on' if s['compile'] else 'off'}, {s['num_frames']} frames, "
@@ -245,7 +286,8 @@ def to_markdown(result: dict) -> str:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default=None, help="default cuda when available, else cpu")
-    parser.add_argument("--dtype", choices=DTYPES, default="bf16", help="backbone weights and autocast dtype")
+    parser.add_argument("--dtype", choices=DTYPES, default="bf16", help="backbone weights and autocast dtype; int8 "
+                        "and fp8: torchao quantization of the backbone")  # fmt: skip
     parser.add_argument("--attn-implementation", default="sdpa", choices=("sdpa", "flash_attention_2", "eager"))
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
     parser.add_argument("--shapes", default="vit-b16,vit-l14", help=f"comma-separated subset of {','.join(SHAPES)}")
@@ -289,6 +331,9 @@ def main(argv=None):
         # A true fp32 reference for the accuracy check, and fp32 timings that mean fp32.
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
+    if reason := skip_reason(args.dtype, device):
+        log(f"skipped: {reason}")
+        return
     results = {shape: benchmark_shape(shape, args, device) for shape in args.shapes}
     decode = decode_rates(args) if args.decode_videos and not args.accuracy_only else None
     machine = machine_info()

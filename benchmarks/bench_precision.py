@@ -1,7 +1,10 @@
-"""What a bf16 CLIP backbone (decoder and head in fp32) changes in EVL's predictions, against the fp32 model.
+"""What a bf16 or int8 CLIP backbone (decoder and head in fp32) changes in EVL's predictions, against the fp32 model.
 
-Two models, each loaded twice, once in fp32 and once with `from_pretrained(dtype=torch.bfloat16)` (which
-halves the backbone only), and run on the same clips:
+Two models, each loaded twice, once in fp32 and once with the backbone in `--dtype`: `from_pretrained` with
+`evl_hf.quantization.from_pretrained_kwargs(dtype)`, that is `dtype=torch.bfloat16` (which halves the backbone
+only) or, for int8, `quantization_config=TorchAoConfig(Int8DynamicActivationInt8WeightConfig())` (torchao; the
+backbone's Linear layers only), optionally compiled (`--compile`, `evl_hf.quantization.compile_model`); and run
+on the same clips:
 
 - `trained`: a model trained with `examples/run_video_classification.py` (`--model DIR`, by default the
   embedded synthetic-motion run), on the validation videos of the synthetic-motion dataset, decoded and
@@ -15,6 +18,7 @@ absolute logit difference.
 
     python benchmarks/bench_precision.py --model outputs/evl-synthetic-motion --output docs/benchmark_results
     python benchmarks/bench_precision.py --model outputs/evl-synthetic-motion --random-clips 0   # trained model only
+    python benchmarks/bench_precision.py --model outputs/evl-synthetic-motion --dtype int8 --compile --output docs/benchmark_results
 """
 
 import argparse
@@ -26,6 +30,7 @@ from pathlib import Path
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from evl_hf.quantization import DTYPES
 from evl_hf.testing_utils import randomize_zero_initialised
 
 from benchmark_utils import (
@@ -62,12 +67,12 @@ def predict(models: dict, processor, videos: list, batch_size: int) -> dict:
 
 
 def agreement(logits: dict, labels: torch.Tensor | None) -> dict:
-    fp32, bf16 = logits["fp32"], logits["bf16"]
-    difference = (bf16 - fp32).abs()
+    fp32, low = logits["fp32"], logits["low"]
+    difference = (low - fp32).abs()
     top2 = fp32.topk(2, dim=-1).values
     result = {
         "clips": fp32.shape[0],
-        "top1_agreement": (fp32.argmax(-1) == bf16.argmax(-1)).float().mean().item(),
+        "top1_agreement": (fp32.argmax(-1) == low.argmax(-1)).float().mean().item(),
         "max_abs_logit_diff": difference.max().item(),
         "mean_abs_logit_diff": difference.mean().item(),
         "max_abs_logit": fp32.abs().max().item(),
@@ -76,29 +81,39 @@ def agreement(logits: dict, labels: torch.Tensor | None) -> dict:
     }
     if labels is not None:
         result["accuracy_fp32"] = (fp32.argmax(-1) == labels).float().mean().item()
-        result["accuracy_bf16"] = (bf16.argmax(-1) == labels).float().mean().item()
+        result["accuracy_low"] = (low.argmax(-1) == labels).float().mean().item()
     return result
 
 
-def load_both(folder: str) -> dict:
+def load_both(folder: str, dtype: str, compile: bool, batch_size: int) -> dict:
+    """`{"fp32": model, "low": the same weights with the backbone in dtype}`, in eval mode; with `compile`, the
+    low-precision one compiled and warmed on `batch_size` clips."""
     from evl_hf import EVLForVideoClassification
+    from evl_hf.quantization import compile_model, from_pretrained_kwargs, is_quantized
 
     models = {
         "fp32": EVLForVideoClassification.from_pretrained(folder),
-        "bf16": EVLForVideoClassification.from_pretrained(folder, dtype=torch.bfloat16),
+        "low": EVLForVideoClassification.from_pretrained(folder, **from_pretrained_kwargs(dtype)),
     }
     for model in models.values():
         model.eval()
-    assert models["bf16"].evl.vision_model.embeddings.patch_embedding.weight.dtype == torch.bfloat16
-    decoder_and_head = [p for name, p in models["bf16"].named_parameters() if not name.startswith("evl.vision_model.")]
+    if dtype in ("bfloat16", "float16"):
+        assert models["low"].evl.vision_model.embeddings.patch_embedding.weight.dtype == getattr(torch, dtype)
+    else:
+        assert is_quantized(models["low"])
+    decoder_and_head = [p for name, p in models["low"].named_parameters() if not name.startswith("evl.vision_model.")]
     assert all(parameter.dtype == torch.float32 for parameter in decoder_and_head)
+    if compile:
+        start = time.perf_counter()
+        compile_model(models["low"], batch_size)
+        log(f"  compiled and warmed in {time.perf_counter() - start:.0f} s")
     return models
 
 
 def measure_trained(args) -> dict:
     from evl_hf import EVLVideoProcessor
 
-    models = load_both(args.model)
+    models = load_both(args.model, args.dtype, args.compile, args.batch_size)
     processor = EVLVideoProcessor.from_pretrained(args.model)
     videos = validation_videos(Path(args.validation_dir), models["fp32"].config.label2id)
     log(f"trained model {args.model}: {len(videos)} validation videos")
@@ -126,7 +141,7 @@ def measure_random_clip(args) -> dict:
         )
         randomize_zero_initialised(model, std=0.02)
         model.save_pretrained(evl_dir)
-        models = load_both(evl_dir)
+        models = load_both(evl_dir, args.dtype, args.compile, args.batch_size)
     size = shape["image_size"]
     processor = EVLVideoProcessor(
         num_frames=8, frame_stride=3, size={"shortest_edge": size}, crop_size={"height": size, "width": size}
@@ -149,7 +164,7 @@ def to_markdown(result: dict) -> str:
         "clips",
         "top-1 agreement",
         "accuracy fp32",
-        "accuracy bf16",
+        f"accuracy {result['settings']['dtype']}",
         "max abs logit diff",
         "mean abs logit diff",
         "largest logit",
@@ -163,14 +178,16 @@ def to_markdown(result: dict) -> str:
                 r["clips"],
                 percent(r["top1_agreement"]),
                 percent(r.get("accuracy_fp32")),
-                percent(r.get("accuracy_bf16")),
+                percent(r.get("accuracy_low")),
                 f"{r['max_abs_logit_diff']:.1e}",
                 f"{r['mean_abs_logit_diff']:.1e}",
                 fmt(r["max_abs_logit"]),
                 f"{r['min_top1_margin']:.1e}",
             ]
         )
-    title = f"{result['machine']['cpu']}: fp32 model against the same weights loaded with a bf16 backbone (decoder and head fp32)"
+    settings = result["settings"]
+    low = settings["dtype"] + (" compiled" if settings["compile"] else "")
+    title = f"{result['machine']['cpu']}: fp32 model against the same weights loaded with a {low} backbone (decoder and head fp32)"
     return "\n".join([title, "", markdown_table(headers, rows)])
 
 
@@ -184,8 +201,11 @@ def parse_args(argv=None):
     parser.add_argument("--random-clips", type=int, default=32, help="clips for the random ViT-B/16 model (0: skip)")
     parser.add_argument("--random-shape", default="vit-b16", choices=list(VIT_SHAPES))
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--dtype", default="bfloat16", choices=[name for name in DTYPES if name != "float32"],
+                        help="the backbone precision compared with fp32 (int8: torchao's dynamic int8)")  # fmt: skip
+    parser.add_argument("--compile", action="store_true", help="torch.compile the --dtype model")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--output", help="folder to write precision.json and precision.md into")
+    parser.add_argument("--output", help="folder to write precision[_<dtype>].json and .md into")
     args = parser.parse_args(argv)
     if args.model and not Path(args.model, "config.json").is_file():
         parser.error(f"--model {args.model} has no config.json: pass the output folder of a training run.")
@@ -212,12 +232,15 @@ def main(argv=None):
             "random_clips": args.random_clips,
             "batch_size": args.batch_size,
             "threads": args.threads,
+            "dtype": args.dtype,
+            "compile": args.compile,
         },
         "machine": machine_info(),
         "seconds": time.perf_counter() - start,
         "models": models,
     }
-    emit("precision", result, to_markdown(result), args.output)
+    name = "precision" if args.dtype == "bfloat16" else f"precision_{args.dtype}"
+    emit(name, result, to_markdown(result), args.output)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,15 @@ The reference implementation is OpenGVLab/efficient-video-recognition; pass a ch
    of the decoder contributes to the logits;
 2. maps the same weights into `EVLForVideoClassification` (the backbone key by key, the decoder and head
    through `evl_hf.convert_evl_original_to_hf`), and prints the largest logit difference in fp32;
-3. saves that model and loads it again with `from_pretrained(dtype=torch.bfloat16)`: the CLIP backbone in
-   bf16, the decoder and head in fp32. Only on a CPU with bf16 instructions (`avx512_bf16` or AMX in the
-   `lscpu` flags); elsewhere bf16 runs at a fraction of fp32 speed and the row is skipped;
+3. saves that model and loads it again with `from_pretrained(**evl_hf.quantization.from_pretrained_kwargs(dtype))`:
+   - `evl_hf_bf16`: `dtype=torch.bfloat16`, the CLIP backbone in bf16, the decoder and head in fp32. Only on a
+     CPU with bf16 instructions (`avx512_bf16` or AMX in the `lscpu` flags); elsewhere bf16 runs at a fraction of
+     fp32 speed and the row is skipped;
+   - `evl_hf_bf16_compiled`: the same, its backbone compiled with `evl_hf.quantization.compile_model`;
+   - `evl_hf_int8_compiled`: `quantization_config=TorchAoConfig(Int8DynamicActivationInt8WeightConfig())`
+     (torchao's dynamic int8 on the backbone's Linear layers; decoder and head fp32), compiled. Only on a CPU
+     with int8 dot-product instructions (`avx512_vnni`, `avx_vnni` or `amx_int8`), and with torchao installed;
+   the compile time (the first call of each shape, inference and training step apart) is reported on its own;
 4. times, in rounds that alternate the systems (their order rotating from round to round), one inference
    (`eval()`, `torch.inference_mode()`) and one training step (forward, cross-entropy, backward, AdamW on
    the trainable parameters) per system, and reports medians over the rounds and their ratios.
@@ -41,17 +47,49 @@ from benchmark_utils import VIT_SHAPES, emit, fmt, log, machine_info, markdown_t
 
 
 NUM_LABELS = 400
-SYSTEMS = ("reference_fp32", "evl_hf_fp32", "evl_hf_bf16")
+SYSTEMS = ("reference_fp32", "evl_hf_fp32", "evl_hf_bf16", "evl_hf_bf16_compiled", "evl_hf_int8_compiled")
+# system -> backbone dtype (a name of evl_hf.quantization.DTYPES) and whether it is compiled
+LOADED_SYSTEMS = {
+    "evl_hf_bf16": ("bfloat16", False),
+    "evl_hf_bf16_compiled": ("bfloat16", True),
+    "evl_hf_int8_compiled": ("int8", True),
+}
 REFERENCE_URL = "https://github.com/OpenGVLab/efficient-video-recognition"
 
 
-def cpu_has_fast_bf16() -> bool:
-    """Whether the CPU has bf16 matrix instructions (`avx512_bf16`, or AMX on recent Xeons)."""
+def cpu_flags() -> set[str]:
     try:
         flags = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
     except (OSError, subprocess.CalledProcessError):
         flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    return set(flags.split())
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether the CPU has bf16 matrix instructions (`avx512_bf16`, or AMX on recent Xeons)."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def cpu_has_fast_int8() -> bool:
+    """Whether the CPU has int8 dot-product instructions (VNNI, or AMX), which torchao's int8 matmuls use."""
+    return bool(cpu_flags() & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def skip_reason(dtype: str, args) -> str | None:
+    """Why the rows of backbone `dtype` cannot be measured here, or None."""
+    if dtype == "bfloat16":
+        if args.no_bf16:
+            return "--no-bf16"
+        if not cpu_has_fast_bf16():
+            return "no avx512_bf16 or AMX in the lscpu flags: bf16 matmuls would be slower than fp32"
+        return None
+    if args.no_int8:
+        return "--no-int8"
+    if not cpu_has_fast_int8():
+        return "no avx512_vnni, avx_vnni or AMX in the lscpu flags: int8 matmuls would not be faster than fp32"
+    if importlib.util.find_spec("torchao") is None:
+        return "torchao is not installed: pip install 'evl-hf[quantize]'"
+    return None
 
 
 def import_reference(reference_dir: str):
@@ -154,17 +192,22 @@ def build_evl_hf(reference_model, shape_name: str, num_frames: int):
     return model
 
 
-def load_bf16_backbone(model):
-    """The user's path to a half-precision backbone: save, then `from_pretrained(dtype=torch.bfloat16)`."""
+def load_backbone_in(model, dtype: str):
+    """The user's path to a bf16 or int8 backbone: save, then `from_pretrained(**from_pretrained_kwargs(dtype))`."""
     from evl_hf import EVLForVideoClassification
+    from evl_hf.quantization import from_pretrained_kwargs, is_quantized
 
     with tempfile.TemporaryDirectory() as folder:
         model.save_pretrained(folder)
-        half = EVLForVideoClassification.from_pretrained(folder, dtype=torch.bfloat16)
-    backbone_dtypes = {p.dtype for p in half.evl.vision_model.parameters()}
-    decoder_dtypes = {p.dtype for n, p in half.named_parameters() if not n.startswith("evl.vision_model.")}
-    assert backbone_dtypes == {torch.bfloat16} and decoder_dtypes == {torch.float32}, (backbone_dtypes, decoder_dtypes)
-    return half
+        loaded = EVLForVideoClassification.from_pretrained(folder, **from_pretrained_kwargs(dtype))
+    backbone_dtypes = {p.dtype for p in loaded.evl.vision_model.parameters()}
+    decoder = [p for n, p in loaded.named_parameters() if not n.startswith("evl.vision_model.")]
+    assert {p.dtype for p in decoder} == {torch.float32} and not is_quantized(loaded.evl.decoder)
+    if dtype == "bfloat16":
+        assert backbone_dtypes == {torch.bfloat16}, backbone_dtypes
+    else:
+        assert is_quantized(loaded.evl.vision_model)
+    return loaded
 
 
 def logits_of(name: str, model, pixel_values: torch.Tensor) -> torch.Tensor:
@@ -225,11 +268,18 @@ def parse_args(argv=None):
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians over them")
     parser.add_argument("--warmup-steps", type=int, default=1, help="untimed steps per system and mode first")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16-backbone row")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bf16-backbone rows")
+    parser.add_argument("--no-int8", action="store_true", help="skip the int8-backbone row")
     parser.add_argument("--profile", action="store_true", help="print per-op self CPU time of one inference each")
     parser.add_argument("--profile-rows", type=int, default=15)
-    parser.add_argument("--output", help="folder to write reference.json and reference.md into")
-    return parser.parse_args(argv)
+    parser.add_argument("--modes", default="inference,train", help="what each round times: inference, train or both")
+    parser.add_argument("--name", default="reference", help="the results are written to <output>/<name>.json and .md")
+    parser.add_argument("--output", help="folder to write <name>.json and <name>.md into")
+    args = parser.parse_args(argv)
+    args.modes = [mode.strip() for mode in args.modes.split(",")]
+    if not args.modes or set(args.modes) - {"inference", "train"}:
+        parser.error(f"--modes {','.join(args.modes)}: expected inference, train or inference,train")
+    return args
 
 
 def to_markdown(result: dict) -> str:
@@ -243,7 +293,7 @@ def to_markdown(result: dict) -> str:
     base = times["reference_fp32"]
     for name in SYSTEMS:
         if name not in times:
-            rows.append([name, "skipped", "", "", "", "", "", "", "", result["bf16_skipped_because"]])
+            rows.append([name, "skipped", "", "", "", "", "", "", "", result["skipped_because"][name]])
             continue
         t, paired = times[name], result["median_of_round_ratios"]
         rows.append(
@@ -255,7 +305,7 @@ def to_markdown(result: dict) -> str:
                 t["inference_cpu_s"],
                 t["train_s"],
                 ratio(base["train_s"], t["train_s"]),
-                paired.get(f"{name}_train_speedup", 1.0),
+                paired.get(f"{name}_train_speedup", 1.0 if t["train_s"] is not None else None),
                 t["train_cpu_s"],
                 f"{result['max_abs_logit_diff'][name]:.1e}",
             ]
@@ -277,7 +327,12 @@ def to_markdown(result: dict) -> str:
         f"{', '.join(f'{g:.0f}' for g in result['matmul_gflops_per_s_runs'])} GFLOP/s; load average per round: "
         f"{', '.join(fmt(load) for load in result['loadavg_runs'])}"
     )
-    lines = [title, "", markdown_table(headers, rows), "", quiet, "", targets_table(result["targets"])]
+    compile_rows = [[name, t["inference_s"], t.get("train_s")] for name, t in result["compile_s"].items()]
+    compile_table = markdown_table(["system", "first inference: compile + run (s)", "first train step (s)"],
+                                   compile_rows)  # fmt: skip
+    lines = [title, "", markdown_table(headers, rows), "", quiet, "", "Compilation, before the timed rounds "
+             "(first call of each shape; a training step compiles the backbone once more, under autograd's no-grad "
+             "mode):", "", compile_table, "", targets_table(result["targets"])]  # fmt: skip
     return "\n".join(lines)
 
 
@@ -292,15 +347,22 @@ def main(argv=None):
     log("building the reference model")
     models = {"reference_fp32": build_reference(reference, shape, args.num_frames)}
     models["evl_hf_fp32"] = build_evl_hf(models["reference_fp32"], args.shape, args.num_frames)
-    bf16_skipped_because = None
-    if args.no_bf16:
-        bf16_skipped_because = "--no-bf16"
-    elif not cpu_has_fast_bf16():
-        bf16_skipped_because = "no avx512_bf16 or AMX in the lscpu flags: bf16 matmuls would be slower than fp32"
-    else:
-        models["evl_hf_bf16"] = load_bf16_backbone(models["evl_hf_fp32"])
-    if bf16_skipped_because:
-        log(f"bf16 row skipped: {bf16_skipped_because}")
+    skipped_because = {}
+    compile_s = {}
+    for name, (dtype, compiled) in LOADED_SYSTEMS.items():
+        if skip_reason(dtype, args):
+            skipped_because[name] = skip_reason(dtype, args)
+            log(f"{name} row skipped: {skipped_because[name]}")
+            continue
+        log(f"loading {name}")
+        models[name] = load_backbone_in(models["evl_hf_fp32"], dtype)
+        if compiled:
+            from evl_hf.quantization import compile_model
+
+            start = time.perf_counter()
+            compile_model(models[name].eval(), batch_size=args.batch_size, num_frames=args.num_frames)
+            compile_s[name] = {"inference_s": time.perf_counter() - start}
+            log(f"{name}: compiled and warmed in {compile_s[name]['inference_s']:.0f} s")
 
     size = shape["image_size"]
     pixel_values = torch.randn(args.batch_size, args.num_frames, 3, size, size)
@@ -322,8 +384,12 @@ def main(argv=None):
             print(profile_inference(name, step["inference"], args.profile_rows), flush=True)
 
     for name, step in steps.items():
-        for _ in range(args.warmup_steps):
-            step["inference"](), step["train"]()
+        for index in range(args.warmup_steps):
+            step["inference"]()
+            if "train" in args.modes:
+                wall, _ = timed(step["train"])
+                if index == 0 and name in compile_s:
+                    compile_s[name]["train_s"] = wall  # the training step's own compilation, and one step
     runs = {name: {f"{mode}_{unit}": [] for mode in ("inference", "train") for unit in ("s", "cpu_s")} for name in steps}
     matmul, loads = [], []
     names = list(steps)
@@ -332,13 +398,13 @@ def main(argv=None):
         loads.append(round(os.getloadavg()[0], 2))
         order = names[round_index % len(names) :] + names[: round_index % len(names)]
         for name in order:
-            for mode in ("inference", "train"):
+            for mode in args.modes:
                 wall, cpu = timed(steps[name][mode])
                 runs[name][f"{mode}_s"].append(wall)
                 runs[name][f"{mode}_cpu_s"].append(cpu)
         log(
             f"round {round_index + 1}/{args.rounds} (matmul {matmul[-1]:.0f} GFLOP/s, load {loads[-1]}): "
-            + ", ".join(f"{n} {runs[n]['inference_s'][-1]:.2f}/{runs[n]['train_s'][-1]:.2f} s" for n in names)
+            + ", ".join(f"{n} " + "/".join(f"{runs[n][f'{mode}_s'][-1]:.2f}" for mode in args.modes) + " s" for n in names)
         )
 
     times = {name: {key: median(values) for key, values in run.items()} for name, run in runs.items()}
@@ -353,13 +419,24 @@ def main(argv=None):
             paired_ratios[key] = median(
                 [ratio(b, t) for b, t in zip(runs["reference_fp32"][f"{mode}_s"], runs[name][f"{mode}_s"])]
             )
-    goals = {"evl_hf_fp32_inference_speedup": 1.15, "evl_hf_bf16_inference_speedup": 1.8, "evl_hf_bf16_train_speedup": 2.2}
+    goals = {
+        "evl_hf_fp32_inference_speedup": 1.15,
+        "evl_hf_bf16_inference_speedup": 1.8,
+        "evl_hf_bf16_train_speedup": 2.2,
+        "evl_hf_bf16_compiled_inference_speedup": 2.3,
+        "evl_hf_int8_compiled_inference_speedup": 3.0,
+    }
     targets = {key: target(ratios.get(key), at_least=goal) for key, goal in goals.items() if key in ratios}
     targets["evl_hf_fp32_max_abs_logit_diff"] = target(differences["evl_hf_fp32"], at_most=1e-4)
 
     machine = machine_info()
     machine["loadavg_at_start"] = load_at_start
     machine["fast_bf16"] = cpu_has_fast_bf16()
+    machine["fast_int8"] = cpu_has_fast_int8()
+    machine["threads"] = torch.get_num_threads()
+    from importlib import metadata
+
+    machine["versions"]["torchao"] = metadata.version("torchao") if importlib.util.find_spec("torchao") else None
     result = {
         "benchmark": "reference",
         "settings": {
@@ -369,12 +446,14 @@ def main(argv=None):
             "rounds": args.rounds,
             "warmup_steps": args.warmup_steps,
             "threads": args.threads,
+            "modes": args.modes,
             "reference": REFERENCE_URL,
         },
         "machine": machine,
         "max_abs_logit_diff": differences,
         "same_top1_as_reference": same_top1,
-        "bf16_skipped_because": bf16_skipped_because,
+        "skipped_because": skipped_because,
+        "compile_s": compile_s,
         "times": times,
         "runs": runs,
         "matmul_gflops_per_s_runs": matmul,
@@ -384,7 +463,7 @@ def main(argv=None):
         "cpu_time_ratios": cpu_time_ratios,
         "targets": targets,
     }
-    emit("reference", result, to_markdown(result), args.output)
+    emit(args.name, result, to_markdown(result), args.output)
 
 
 if __name__ == "__main__":

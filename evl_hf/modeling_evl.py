@@ -438,6 +438,8 @@ class EVLModel(EVLPreTrainedModel):
     """The CLIP encoder and the EVL decoder, without a classification head: one vector per clip."""
 
     _keep_in_fp32_modules_strict = ["decoder"]
+    # Quantizers (`TorchAoConfig`, ...) leave these alone: only the frozen backbone's Linear layers are quantized.
+    _keep_in_fp32_modules = ["decoder"]
 
     def __init__(self, config: EVLConfig):
         super().__init__(config)
@@ -638,6 +640,8 @@ class EVLForVideoClassification(EVLPreTrainedModel):
 
     # Loading in fp16 or bf16 halves the frozen backbone only: the decoder and head stay in fp32, as in the paper.
     _keep_in_fp32_modules_strict = ["decoder", "fc_norm", "classifier"]
+    # Quantizers match these from the start of a parameter name, so the decoder is named with the base model prefix.
+    _keep_in_fp32_modules = ["evl.decoder", "fc_norm", "classifier"]
 
     def __init__(self, config: EVLConfig):
         super().__init__(config)

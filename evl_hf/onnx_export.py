@@ -58,6 +58,15 @@ def export_onnx(model, path, *, opset: int = DEFAULT_OPSET, batch_size: int = 2)
     import onnx
     import torch
 
+    from .quantization import is_quantized
+
+    if is_quantized(model):
+        # torchao's quantized tensors have no ONNX lowering; an ONNX graph is quantized by onnxruntime instead.
+        raise ValueError(
+            "export writes the float32 model to ONNX; this model's backbone is quantized (torchao), which ONNX cannot "
+            "express. Export the float32 checkpoint it was quantized from, then quantize the ONNX file with "
+            "onnxruntime.quantization.quantize_dynamic, or run the PyTorch model with `--dtype int8 --compile`."
+        )
     config = model.config
     size = config.vision_config.image_size
     example = torch.randn(batch_size, config.num_frames, config.vision_config.num_channels, size, size,

@@ -44,6 +44,7 @@ from transformers.modelcard import TrainingSummary
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from evl_hf import EVLConfig, EVLForVideoClassification, EVLImageProcessor, EVLVideoProcessor
+from evl_hf.quantization import DTYPES, QUANTIZED_DTYPES, quantize_backbone
 from evl_hf.video_processing_evl import FRAME_SAMPLING_STRATEGIES, VideoDecodingError, open_video
 from evl_hf.video_utils import VIDEO_EXTENSIONS, resolve_video_path
 from evl_hf.video_utils import read_video_list as read_list
@@ -61,7 +62,6 @@ ARCHITECTURE_OPTIONS = ("decoder_num_layers", "decoder_num_heads", "use_temporal
 EVL_OPTIONS = (*ARCHITECTURE_OPTIONS, "num_frames", "decoder_mlp_dropout", "classifier_dropout")
 # The video extensions of evl_hf that datasets' videofolder builder also loads (it has no .webm, .m4v, ...).
 FOLDER_VIDEO_EXTENSIONS = tuple(extension for extension in VIDEO_EXTENSIONS if extension in VIDEOFOLDER_EXTENSIONS)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 # The embedded default (no data and no model argument): a random 2-layer, 128-wide ViT on 64x64 frames in 8x8 patches,
 # trained on the synthetic-motion dataset with the settings of synthetic_motion_args.json (arguments given still win).
@@ -88,7 +88,8 @@ class ModelArguments:
     use_temporal_pos_embed: bool | None = arg(None, "Temporal position embedding (default True).")
     use_temporal_cross_attention: bool | None = arg(None, "Temporal cross attention (default True).")
     freeze_backbone: bool = arg(True, "Keep the CLIP encoder frozen (the paper); False fine-tunes it too.")
-    backbone_dtype: str = arg("float32", "CLIP encoder dtype in training (saved float32).", choices=list(DTYPES))
+    backbone_dtype: str = arg("float32", "CLIP encoder dtype in training (saved float32); int8 needs torchao and a "
+                              "frozen backbone.", choices=list(DTYPES))
     ignore_mismatched_sizes: bool = arg(False, "Replace an EVL checkpoint's classifier whose labels differ.")
     cache_dir: str | None = arg(None, "Where models and datasets from the Hub are stored.")
     model_revision: str = arg("main", "Branch, tag or commit of the model on the Hub.")
@@ -354,7 +355,7 @@ def build_model(model_args: ModelArguments, checkpoint_config, label_names: list
     labels = {"id2label": dict(enumerate(label_names)), "label2id": {name: i for i, name in enumerate(label_names)}}
     options = {name: getattr(model_args, name) for name in EVL_OPTIONS if getattr(model_args, name) is not None}
     hub = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token}
-    dtype, base = DTYPES[model_args.backbone_dtype], model_args.model_name_or_path
+    (dtype, _), base = DTYPES[model_args.backbone_dtype], model_args.model_name_or_path  # float32 to be quantized
     if checkpoint_config is None:
         model = EVLForVideoClassification(EVLConfig(vision_config=CLIPVisionConfig(**SYNTHETIC_BACKBONE), **labels,
                                                     **options))  # fmt: skip
@@ -375,6 +376,17 @@ def build_model(model_args: ModelArguments, checkpoint_config, label_names: list
                          "checkpoint (CLIPModel or CLIPVisionModel) or an EVL checkpoint.")
     # Loading makes every parameter trainable again; the Trainer's optimizer only takes those with requires_grad.
     model.freeze_backbone() if model_args.freeze_backbone else model.unfreeze_backbone()
+    if model_args.backbone_dtype in QUANTIZED_DTYPES:
+        if not model_args.freeze_backbone:
+            raise ValueError(f"--backbone_dtype {model_args.backbone_dtype} quantizes a frozen backbone: torchao's "
+                             "quantized weights get no gradient. Fine-tune the backbone in float32 or bfloat16, or "
+                             "keep --freeze_backbone True.")
+        # The frozen backbone never changes: checkpoints are written with the float32 weights it is quantized from
+        # (save_pretrained cannot write torchao tensors of a model quantized in memory), so they load anywhere.
+        prefix = f"{model.base_model_prefix}.vision_model."
+        model.float32_backbone = {prefix + name: tensor.clone()
+                                  for name, tensor in model.base_model.vision_model.state_dict().items()}  # fmt: skip
+        quantize_backbone(model, model_args.backbone_dtype)
     return model
 
 
@@ -464,6 +476,12 @@ class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, 
         log_probs = logits.view(batch_size, num_views, -1).softmax(dim=-1).mean(dim=1).log()
         loss = F.nll_loss(log_probs, inputs["labels"]) if "labels" in inputs else None
         return (loss, ImageClassifierOutput(loss=loss, logits=log_probs)) if return_outputs else loss
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None):
+        float32_backbone = getattr(self.model, "float32_backbone", None)  # set for a quantized backbone
+        if float32_backbone is not None:
+            state_dict = {**(self.model.state_dict() if state_dict is None else state_dict), **float32_backbone}
+        super()._save(output_dir, state_dict)
 
     def create_model_card(self, **kwargs):
         if not self.is_world_process_zero():
@@ -601,9 +619,12 @@ def main(args: list[str] | None = None):
         metrics["train_skipped_videos"] = len(trainer.skipped_videos)
         if trainer.skipped_videos:
             logger.warning(f"Undecodable videos skipped: {sorted(trainer.skipped_videos)}")
-        model.base_model.vision_model.float()  # saved in float32 whatever --backbone_dtype was: it loads anywhere
+        half = model_args.backbone_dtype in ("bfloat16", "float16")  # a quantized one saves its float32 weights
+        if half:
+            model.base_model.vision_model.float()  # saved in float32 whatever --backbone_dtype was: it loads anywhere
         trainer.save_model()
-        model.base_model.vision_model.to(DTYPES[model_args.backbone_dtype])
+        if half:
+            model.base_model.vision_model.to(DTYPES[model_args.backbone_dtype][0])
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)
         trainer.save_state()

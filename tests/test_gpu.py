@@ -89,7 +89,7 @@ def predict(model_folder, video, output, *options) -> dict:
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
 def test_predict_on_cuda_agrees_with_float32_on_the_cpu(model_folder, video, tmp_path, dtype):
-    from evl_hf.commands.utils import DTYPES
+    from evl_hf.quantization import DTYPES
 
     if dtype == "int8":
         pytest.importorskip("torchao", reason="int8 needs torchao")

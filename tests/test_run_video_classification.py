@@ -237,6 +237,26 @@ def test_a_half_precision_backbone_trains_and_is_saved_in_float32(run):
     assert "Backbone trained in bfloat16 and saved in float32" in (output_dir / "README.md").read_text()
 
 
+def test_an_int8_frozen_backbone_trains_and_checkpoints_hold_the_float32_backbone(run, tiny_clip):
+    pytest.importorskip("torchao")
+    from safetensors.torch import load_file
+
+    output_dir = run("--do_train --backbone_dtype int8 --save_strategy steps --save_steps 1")
+    clip = load_file(str(next(Path(tiny_clip).glob("*.safetensors"))))
+    for folder in (output_dir, output_dir / "checkpoint-1"):
+        weights = load_file(str(folder / "model.safetensors"))
+        backbone = {name.removeprefix("evl."): tensor for name, tensor in weights.items() if ".vision_model." in name}
+        assert backbone and all(torch.equal(tensor, clip[name]) for name, tensor in backbone.items() if name in clip)
+        assert {tensor.dtype for tensor in weights.values() if tensor.is_floating_point()} == {torch.float32}
+    assert "Backbone trained in int8 and saved in float32" in (output_dir / "README.md").read_text()
+
+
+def test_an_int8_backbone_cannot_be_fine_tuned(run):
+    pytest.importorskip("torchao")
+    with pytest.raises(ValueError, match="--backbone_dtype int8 quantizes a frozen backbone"):
+        run("--do_train --backbone_dtype int8 --freeze_backbone False")
+
+
 def test_trains_from_a_csv_file_with_named_columns(run, tmp_path, videos):
     paths = sorted((videos / "train").glob("*/*.mp4"))
     rows = [f"{path.parent.name}/{path.name},{path.parent.name}" for path in paths]

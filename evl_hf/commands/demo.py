@@ -400,7 +400,7 @@ def run(args: argparse.Namespace) -> int:
     except ImportError:
         raise UsageError("the demo needs Gradio: pip install -e '.[demo]' in evl_hf's folder.") from None
 
-    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype, args.compile)
     examples = find_examples(args.model)
     demo = build_demo(
         model,

@@ -48,7 +48,10 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise UsageError(str(error)) from None
     model, _ = load_model_and_processor(args.model)
-    export_onnx(model, args.output, opset=args.opset)
+    try:
+        export_onnx(model, args.output, opset=args.opset)
+    except ValueError as error:  # a model export cannot write, with what to do instead
+        raise UsageError(str(error)) from None
     difference, scale = check_onnx(model, args.output)
     tolerance = onnx_tolerance(scale)  # more than rounding means the export is wrong
     status = "ok" if difference <= tolerance else "FAILED"

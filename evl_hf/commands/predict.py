@@ -391,7 +391,7 @@ def run(args: argparse.Namespace) -> int:
         _check_same_inputs(args, videos)
         if device.startswith("cuda"):
             device = str(state.device)  # cuda:LOCAL_RANK
-    model, processor = load_model_and_processor(args.model, device, args.dtype)
+    model, processor = load_model_and_processor(args.model, device, args.dtype, args.compile, args.batch_size)
 
     import torch
     import torch.distributed as dist

@@ -154,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(f"VIDEO {args.video!r} is not a file; pass the path of a video file.")
     from ..inference import classify_windows
 
-    model, processor = load_model_and_processor(args.model, args.device, args.dtype)
+    model, processor = load_model_and_processor(args.model, args.device, args.dtype, args.compile, args.batch_size)
     try:
         result = classify_windows(model, processor, args.video, stride_frames=args.stride_frames, top_k=args.top_k,
                                   batch_size=args.batch_size, progress=True)  # fmt: skip
