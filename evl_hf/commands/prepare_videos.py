@@ -422,8 +422,7 @@ def job_labels(source: Path, rows, jobs, args) -> dict[Path, object]:
                 )
             labels[relative] = relative.parent.name
         elif args.label_column_name in rows[number]:
-            label = rows[number][args.label_column_name]
-            labels[relative] = int(label) if source.suffix.lower() == ".txt" and label.lstrip("-").isdigit() else label
+            labels[relative] = rows[number][args.label_column_name]  # a .txt list's index is an int already
         else:
             raise UsageError(f"{source}: no column {args.label_column_name!r} (--label_column_name) for the labels.")
     return labels

@@ -349,7 +349,8 @@ def test_webdataset_needs_label_folders(tmp_path, capsys):
 
 
 def test_webdataset_output_trains_directly(tmp_path):
-    from test_run_video_classification import TINY_VIDEOS, generate_synthetic_motion_dataset, run_video_classification
+    from synthetic_data import generate_synthetic_motion_dataset
+    from training_utils import TINY_VIDEOS, run_video_classification
     from transformers import CLIPVisionConfig, CLIPVisionModel
 
     videos = generate_synthetic_motion_dataset(tmp_path / "videos", TINY_VIDEOS)
