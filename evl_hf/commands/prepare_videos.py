@@ -307,6 +307,16 @@ def check_settings(output_dir: Path, settings: dict) -> None:
     path.write_text(json.dumps(settings) + "\n")
 
 
+def report_failures(failed: list[dict], report: Path, outcome: str) -> int:
+    """Names the first failed videos on standard error; the exit status: 1 when some failed."""
+    if not failed:
+        return 0
+    print(f"{len(failed)} video(s) could not be prepared and were {outcome}; see {report}:", file=sys.stderr)
+    for r in failed[:10]:
+        print(f"  {r['input']}: {r['reason']}", file=sys.stderr)
+    return 1
+
+
 def run(args) -> int:
     check_arguments(args)
     source = Path(args.input)
@@ -371,12 +381,7 @@ def run(args) -> int:
         f"{before / 1e6:.1f} MB of inputs -> {after / 1e6:.1f} MB in {output_dir}"
         + (f" (list: {output_dir / source.name})" if rows is not None else "")
     )
-    if failed:
-        print(f"{len(failed)} video(s) could not be prepared and were skipped; see {report}:", file=sys.stderr)
-        for r in failed[:10]:
-            print(f"  {r['input']}: {r['reason']}", file=sys.stderr)
-        return 1
-    return 0
+    return report_failures(failed, report, "skipped")
 
 
 def run_jobs(work: list[tuple], num_workers: int) -> list[dict]:
@@ -480,9 +485,4 @@ def write_shards(ffmpeg: str, source: Path, output_dir: Path, by_output: dict, l
         f"{len(written)} shard(s) written, {len(shards) - len(pending)} kept from an earlier run, {len(failed)} "
         f"video(s) failed; {len(shards)} shard(s) of up to {size} videos: {output_dir / source.stem}-*.tar"
     )
-    if failed:
-        print(f"{len(failed)} video(s) could not be prepared and were left out; see {report}:", file=sys.stderr)
-        for r in failed[:10]:
-            print(f"  {r['input']}: {r['reason']}", file=sys.stderr)
-        return 1
-    return 0
+    return report_failures(failed, report, "left out")
