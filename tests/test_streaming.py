@@ -161,9 +161,8 @@ def test_the_streams_epoch_is_set_once_in_the_main_process_and_only_read_by_the_
     # two workers setting epoch 1 at once could leave it at 2, a wrong order for the epoch (a resumed run then differs).
     from types import SimpleNamespace
 
-    from torch.utils.data import DataLoader
-
     from streaming import StreamingClipDataset, load_streaming_datasets
+    from torch.utils.data import DataLoader
 
     data_args = SimpleNamespace(dataset_name=None, train_file=f"{shards}/train-*.tar", validation_file=None,
                                 label_column_name="label", video_column_name="video")  # fmt: skip
