@@ -228,13 +228,19 @@ class StreamingClipDataset(torch.utils.data.IterableDataset):
         self._start = self._taken = 0
 
     def set_epoch(self, epoch: int):
+        """In the main process, before the DataLoader starts its workers (the Trainer's `on_epoch_begin`)."""
         self.epoch, self._start = epoch, 0
+        # datasets keeps a stream's epoch in shared memory, read by every worker, and sets it by a read-modify-write
+        # (`+= epoch - current`): workers setting it at once could each add the step and leave it 2 epochs on, so it
+        # is set here, once, and the workers only read it.
+        self.rows.set_epoch(epoch)
 
     # What torchdata's StatefulDataLoader records in each worker after each batch, and gives a resumed worker back.
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "rows": self._taken}
 
     def load_state_dict(self, state: dict):
+        # In the worker; the main process has set the same epoch (`set_epoch`) before starting it.
         self.epoch, self._start = state["epoch"], state["rows"]
 
     def _name(self, row: dict) -> str:
@@ -247,7 +253,10 @@ class StreamingClipDataset(torch.utils.data.IterableDataset):
             return
         worker = torch.utils.data.get_worker_info()
         worker_id = worker.id if worker is not None else 0
-        self.rows.set_epoch(self.epoch)
+        if self.rows.epoch != self.epoch:
+            raise RuntimeError(f"The stream is at epoch {self.rows.epoch}, this {'worker' if worker else 'dataset'} "
+                               f"at {self.epoch}: call `set_epoch` in the main process, before the DataLoader "
+                               "starts its workers (its workers must not set the epoch they share).")
         start, self._start, self._taken = self._start, 0, 0
         skipped, last = [], None
         for row in self.rows:

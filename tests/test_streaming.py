@@ -154,6 +154,31 @@ def test_each_process_reads_its_own_shards(shards):
     assert urls == [{f"{shards}/train-00000.tar"}, {f"{shards}/train-00001.tar"}]
 
 
+
+def test_the_streams_epoch_is_set_once_in_the_main_process_and_only_read_by_the_workers(shards):
+    # datasets shares a stream's epoch between the main process and the workers and sets it by a read-modify-write:
+    # two workers setting epoch 1 at once could leave it at 2, a wrong order for the epoch (a resumed run then differs).
+    from types import SimpleNamespace
+
+    from streaming import StreamingClipDataset, load_streaming_datasets
+    from torch.utils.data import DataLoader
+
+    data_args = SimpleNamespace(dataset_name=None, train_file=f"{shards}/train-*.tar", validation_file=None,
+                                label_column_name="label", video_column_name="video")  # fmt: skip
+    streams, _ = load_streaming_datasets(data_args, None, None, None, run_video_classification.encode_labels)
+    processor = run_video_classification.EVLVideoProcessor(num_frames=4, size={"shortest_edge": 32},
+                                                           crop_size={"height": 32, "width": 32})  # fmt: skip
+    clips = run_video_classification.VideoClipDataset(streams["train"], "video", processor, train=True)
+    dataset = StreamingClipDataset(clips, shuffle_buffer_size=4)
+    dataset.set_epoch(1)
+    assert dataset.rows.epoch == 1  # before any worker starts
+    loader = DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=run_video_classification.collate_fn)
+    assert sum(len(batch["labels"]) for batch in loader) == 8
+    assert dataset.rows.epoch == 1
+    dataset.rows.set_epoch(2)  # set behind the dataset's back: its workers refuse to read a stream of another epoch
+    with pytest.raises(RuntimeError, match="call `set_epoch` in the main process"):
+        next(iter(DataLoader(dataset, batch_size=2, num_workers=0)))
+
 # ---- Bad input --------------------------------------------------------------------------------------------------
 
 
