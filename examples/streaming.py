@@ -339,7 +339,7 @@ class StreamingTrainerMixin:
                 raise FileNotFoundError(f"{self._resume_from} has no {os.path.basename(path)}: it was not saved by a "
                                         f"--streaming run with {self.args.world_size} process(es), which resuming "
                                         "from it needs.")
-            state = torch.load(path, weights_only=False)
+            state = torch.load(path, weights_only=True)  # plain containers, numbers and tensors: no code runs on load
             self.train_dataset.set_epoch(state["epoch"])
             self._train_loader.load_state_dict(state["dataloader"])
         return self._train_loader
