@@ -14,6 +14,7 @@
 """PyTorch EVL: a frozen CLIP image encoder and a small video decoder ("Frozen CLIP Models are Efficient Video
 Learners", Lin et al., ECCV 2022)."""
 
+import copy
 import math
 from dataclasses import dataclass
 from functools import partial
@@ -320,6 +321,8 @@ class EVLPreTrainedModel(PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _supports_attention_backend = True
+    # what `from_pretrained` keeps out of quantization by default (parameter-name prefixes): all but the backbone
+    _modules_not_to_quantize: tuple[str, ...] = ()
 
     @classmethod
     def _can_set_attn_implementation(cls) -> bool:
@@ -394,9 +397,16 @@ class EVLPreTrainedModel(PreTrainedModel):
 
     @classmethod
     def from_pretrained(cls, *args, **kwargs):
-        r"""As [`~PreTrainedModel.from_pretrained`]; the backbone comes back frozen as saved, and `num_frames=N`
-        interpolates the trained temporal position embeddings to `N` frames."""
+        r"""As [`~PreTrainedModel.from_pretrained`]; the backbone comes back frozen as saved, `num_frames=N`
+        interpolates the trained temporal position embeddings to `N` frames, and a `quantization_config` without
+        `modules_to_not_convert` quantizes the frozen backbone only (the decoder and head stay float32)."""
         num_frames = kwargs.pop("num_frames", None)
+        quantization_config = kwargs.get("quantization_config")
+        if quantization_config is not None and getattr(quantization_config, "modules_to_not_convert", 0) is None:
+            # transformers' quantizers skip `modules_to_not_convert` (and `_keep_in_fp32_modules`, which only acts on
+            # float16 loading and may not repeat `_keep_in_fp32_modules_strict`): the default is to skip the decoder
+            kwargs["quantization_config"] = quantization_config = copy.copy(quantization_config)  # not the caller's
+            quantization_config.modules_to_not_convert = list(cls._modules_not_to_quantize)
         loaded = super().from_pretrained(*args, **kwargs)
         model = loaded[0] if isinstance(loaded, tuple) else loaded
         # Loading re-creates every parameter with requires_grad=True.
@@ -439,7 +449,7 @@ class EVLModel(EVLPreTrainedModel):
 
     _keep_in_fp32_modules_strict = ["decoder"]
     # Quantizers (`TorchAoConfig`, ...) leave these alone: only the frozen backbone's Linear layers are quantized.
-    _keep_in_fp32_modules = ["decoder"]
+    _modules_not_to_quantize = ("decoder",)
 
     def __init__(self, config: EVLConfig):
         super().__init__(config)
@@ -641,7 +651,7 @@ class EVLForVideoClassification(EVLPreTrainedModel):
     # Loading in fp16 or bf16 halves the frozen backbone only: the decoder and head stay in fp32, as in the paper.
     _keep_in_fp32_modules_strict = ["decoder", "fc_norm", "classifier"]
     # Quantizers match these from the start of a parameter name, so the decoder is named with the base model prefix.
-    _keep_in_fp32_modules = ["evl.decoder", "fc_norm", "classifier"]
+    _modules_not_to_quantize = ("evl.decoder", "fc_norm", "classifier")
 
     def __init__(self, config: EVLConfig):
         super().__init__(config)

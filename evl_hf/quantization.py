@@ -14,8 +14,8 @@
 """The precisions an EVL model runs in, and compiled inference.
 
 Every precision applies to the frozen CLIP backbone only; the decoder, its query token, the temporal modules,
-`fc_norm` and the classifier stay in float32 (`_keep_in_fp32_modules` of the models). A name turns into the
-`from_pretrained` arguments that give it:
+`fc_norm` and the classifier stay in float32 (what the models' `from_pretrained` puts in `modules_to_not_convert`
+when the quantization config does not say). A name turns into the `from_pretrained` arguments that give it:
 
 ```python
 >>> from evl_hf.quantization import from_pretrained_kwargs
