@@ -663,7 +663,7 @@ class EVLForVideoClassification(EVLPreTrainedModel):
 
     def compute_logits(self, pooler_output: torch.Tensor) -> torch.Tensor:
         """The head: [`EVLModel`]'s `pooler_output` `(batch_size, hidden_size)` to logits `(batch_size, num_labels)`.
-        Scores for people come from [`~evl_hf.inference.postprocess_logits`]."""
+        Scores by head type come from [`~evl_hf.inference.postprocess_logits`]."""
         return self.classifier(self.dropout(self.fc_norm(pooler_output)))
 
     @can_return_tuple
