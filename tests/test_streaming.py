@@ -50,7 +50,7 @@ def write_shards(folder: Path, split_dir: Path, name: str, num_shards: int, labe
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, videos) -> Path:  # noqa: F811
+def shards(tmp_path_factory, videos) -> Path:
     """8 training clips in 2 shards and 8 validation clips in 2 shards."""
     folder = tmp_path_factory.mktemp("shards")
     write_shards(folder, videos / "train", "train", 2)
@@ -58,7 +58,7 @@ def shards(tmp_path_factory, videos) -> Path:  # noqa: F811
     return folder
 
 
-def stream_args(tiny_clip, output_dir: Path, data: str, extra: str = "") -> list[str]:  # noqa: F811
+def stream_args(tiny_clip, output_dir: Path, data: str, extra: str = "") -> list[str]:
     return f"""
         --model_name_or_path {tiny_clip} {data} --streaming --output_dir {output_dir}
         --cache_dir {output_dir.parent / "cache"} --num_frames 4 --frame_stride 2 --decoder_num_layers 2
@@ -79,7 +79,7 @@ def final_step_and_loss(output_dir: Path):
 # ---- In this process ------------------------------------------------------------------------------------------------
 
 
-def test_trains_from_shards_and_evaluates_every_validation_clip(tmp_path, tiny_clip, shards):  # noqa: F811
+def test_trains_from_shards_and_evaluates_every_validation_clip(tmp_path, tiny_clip, shards):
     output_dir = tmp_path / "output"
     run_video_classification.main(stream_args(tiny_clip, output_dir, shard_data(shards),
                                               "--max_steps 6 --save_strategy no --dataloader_num_workers 0"))
@@ -92,7 +92,7 @@ def test_trains_from_shards_and_evaluates_every_validation_clip(tmp_path, tiny_c
     assert sorted(config["id2label"].values()) == ["down", "left", "right", "up"]
 
 
-def test_cls_labels_take_their_names_from_the_label_names_file(tmp_path, tiny_clip, videos):  # noqa: F811
+def test_cls_labels_take_their_names_from_the_label_names_file(tmp_path, tiny_clip, videos):
     shards = tmp_path / "shards"
     write_shards(shards, videos / "train", "train", 2, label_field="cls")
     names = tmp_path / "names.txt"
@@ -104,7 +104,7 @@ def test_cls_labels_take_their_names_from_the_label_names_file(tmp_path, tiny_cl
     assert config["id2label"] == {"0": "down", "1": "left", "2": "right", "3": "up"}
 
 
-def test_a_folder_of_shards_streams_as_a_dataset_name(tmp_path, tiny_clip, shards):  # noqa: F811
+def test_a_folder_of_shards_streams_as_a_dataset_name(tmp_path, tiny_clip, shards):
     # What a Hub repository of WebDataset shards looks like to datasets: splits from the file names.
     names = tmp_path / "names.txt"
     names.write_text("down\nleft\nright\nup\n")
@@ -115,7 +115,7 @@ def test_a_folder_of_shards_streams_as_a_dataset_name(tmp_path, tiny_clip, shard
     assert sum(map(sum, confusion["matrix"])) == 8
 
 
-def test_a_broken_video_inside_a_shard_is_skipped_named_and_counted(tmp_path, tiny_clip, videos, caplog):  # noqa: F811
+def test_a_broken_video_inside_a_shard_is_skipped_named_and_counted(tmp_path, tiny_clip, videos, caplog):
     shards = tmp_path / "shards"
     (path,) = write_shards(shards, videos / "train", "train", 1)
     with tarfile.open(path, "a") as archive:
@@ -129,7 +129,7 @@ def test_a_broken_video_inside_a_shard_is_skipped_named_and_counted(tmp_path, ti
     assert f"Skipping training video {path}:broken" in caplog.text
 
 
-def test_too_many_broken_videos_stop_a_streaming_run(tmp_path, tiny_clip, videos):  # noqa: F811
+def test_too_many_broken_videos_stop_a_streaming_run(tmp_path, tiny_clip, videos):
     shards = tmp_path / "shards"
     (path,) = write_shards(shards, videos / "train", "train", 1)
     with tarfile.open(path, "a") as archive:
@@ -182,19 +182,19 @@ def test_the_streams_epoch_is_set_once_in_the_main_process_and_only_read_by_the_
 # ---- Bad input --------------------------------------------------------------------------------------------------
 
 
-def test_streaming_without_max_steps_is_refused(tmp_path, tiny_clip, shards):  # noqa: F811
+def test_streaming_without_max_steps_is_refused(tmp_path, tiny_clip, shards):
     with pytest.raises(ValueError, match="--streaming needs --max_steps"):
         run_video_classification.main(stream_args(tiny_clip, tmp_path / "output", shard_data(shards)))
 
 
-def test_a_glob_that_matches_nothing_is_named(tmp_path, tiny_clip):  # noqa: F811
+def test_a_glob_that_matches_nothing_is_named(tmp_path, tiny_clip):
     pattern = f"{tmp_path}/nothing-*.tar"
     with pytest.raises(FileNotFoundError, match=re.escape(f"--train_file '{pattern}' matches no file")):
         run_video_classification.main(stream_args(tiny_clip, tmp_path / "output", f"--train_file {pattern}",
                                                   "--max_steps 2"))
 
 
-def test_a_list_file_with_streaming_says_to_make_shards(tmp_path, tiny_clip):  # noqa: F811
+def test_a_list_file_with_streaming_says_to_make_shards(tmp_path, tiny_clip):
     with pytest.raises(ValueError, match="prepare-videos INPUT OUTPUT_DIR --format webdataset"):
         run_video_classification.main(stream_args(tiny_clip, tmp_path / "output", "--train_file train.csv",
                                                   "--max_steps 2"))
@@ -208,7 +208,7 @@ def test_a_list_file_with_streaming_says_to_make_shards(tmp_path, tiny_clip):  #
         ({"a.mp4": None, "a.json": b'{"class": "left"}'}, "has no label"),
     ],
 )
-def test_a_shard_sample_without_video_or_label_is_named(tmp_path, tiny_clip, videos, members, problem):  # noqa: F811
+def test_a_shard_sample_without_video_or_label_is_named(tmp_path, tiny_clip, videos, members, problem):
     video = next((videos / "train").glob("*/*.mp4")).read_bytes()
     path = tmp_path / "train-00000.tar"
     with tarfile.open(path, "w") as archive:
@@ -219,7 +219,7 @@ def test_a_shard_sample_without_video_or_label_is_named(tmp_path, tiny_clip, vid
                                                   "--max_steps 2"))
 
 
-def test_shards_with_mixed_label_fields_are_refused(tmp_path, tiny_clip, videos):  # noqa: F811
+def test_shards_with_mixed_label_fields_are_refused(tmp_path, tiny_clip, videos):
     write_shards(tmp_path / "a", videos / "train", "train", 1)
     write_shards(tmp_path / "b", videos / "train", "train", 1, label_field="cls")
     (tmp_path / "b" / "train-00000.tar").rename(tmp_path / "a" / "train-00001.tar")
@@ -234,7 +234,7 @@ def test_shards_with_mixed_label_fields_are_refused(tmp_path, tiny_clip, videos)
 
 @pytest.mark.parametrize("workers", [0, 2])
 def test_a_resumed_streaming_run_takes_the_same_samples_and_ends_with_the_same_loss(
-    tmp_path, tiny_clip, shards, workers  # noqa: F811
+    tmp_path, tiny_clip, shards, workers
 ):
     # 8 clips in 2 shards, batches of 3 through a shuffle buffer of 4: the checkpoint at step 2 is inside the first
     # epoch with rows in the buffer, and the resumed run crosses into the second epoch.
@@ -268,7 +268,7 @@ def launch_two_processes(args: list[str]) -> list[str]:
 
 @pytest.mark.slow
 def test_two_processes_train_on_their_own_shards_and_evaluate_every_clip_once(
-    tmp_path, tiny_clip, shards  # noqa: F811
+    tmp_path, tiny_clip, shards
 ):
     output_dir, log = tmp_path / "output", tmp_path / "log.txt"
     args = stream_args(tiny_clip, output_dir, shard_data(shards),
@@ -288,7 +288,7 @@ def test_two_processes_train_on_their_own_shards_and_evaluate_every_clip_once(
 
 @pytest.mark.slow
 def test_a_streaming_run_stopped_by_sigterm_and_sigkill_resumes_to_the_straight_runs_loss(
-    tmp_path, tiny_clip, shards  # noqa: F811
+    tmp_path, tiny_clip, shards
 ):
     args = ("--max_steps 24 --save_strategy steps --save_steps 3 --do_train --dataloader_num_workers 1 "
             "--shuffle_buffer_size 3")
