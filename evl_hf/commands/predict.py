@@ -404,18 +404,18 @@ def run(args: argparse.Namespace) -> int:
 
     if args.output and rank == 0:
         merge_part_files(args.output)  # what a stopped distributed run left, so that it counts as done
-        # drops a torn line, and the error records of videos to retry
-        ResultsFile(args.output, args.top_k, args.retry_failed, multi_label=multi_label).close()
-    if world_size > 1:
-        dist.barrier()
-    # what --output already holds (every process reads it once the first one has tidied it)
-    exists = args.output and os.path.exists(args.output)
-    done = {video: failed for video, failed, _ in read_records(args.output)[1]} if exists else {}
     if not args.output:
-        results = _StdoutResults(args.top_k)
+        results, done = _StdoutResults(args.top_k), {}
+    elif world_size == 1:
+        # opening it drops a torn line, and the error records of videos to retry
+        results = ResultsFile(args.output, args.top_k, args.retry_failed, multi_label=multi_label)
+        done = dict(results.done)  # what it held before this run
     else:
-        path = args.output if world_size == 1 else part_file(args.output, rank)
-        results = ResultsFile(path, args.top_k, multi_label=multi_label)
+        if rank == 0:
+            ResultsFile(args.output, args.top_k, args.retry_failed, multi_label=multi_label).close()
+        dist.barrier()  # every process reads --output once the first one has tidied it
+        done = {video: failed for video, failed, _ in read_records(args.output)[1]}
+        results = ResultsFile(part_file(args.output, rank), args.top_k, multi_label=multi_label)
     embeddings = EmbeddingShards(args.embeddings, rank) if args.embeddings else None
     # a video is done once it has its record, and its embedding when asked for (an error record needs none)
     done = {video: failed for video, failed in done.items() if failed or embeddings is None or video in embeddings.done}
@@ -424,7 +424,7 @@ def run(args: argparse.Namespace) -> int:
     if skipped and rank == 0:
         print(f"evl-hf predict: {skipped} of {len(videos)} videos already in {args.output}; skipping them",
               file=sys.stderr)  # fmt: skip
-    if state is not None and world_size > 1:
+    if world_size > 1:
         with state.split_between_processes(todo) as share:
             todo = list(share)
     device = next(model.parameters()).device
