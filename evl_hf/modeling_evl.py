@@ -559,9 +559,11 @@ class EVLModel(EVLPreTrainedModel):
         long video's overlapping clips can share it (see [`decode_frame_features`]).
 
         Args:
-            queries, keys (`tuple(torch.FloatTensor)`):
-                Per layer read, the [`get_frame_features`] queries and keys of `num_pairs` pairs of frames, a frame and
-                the next one, `(num_pairs, 2, 1 + num_patches, num_heads, head_dim)`.
+            queries (`tuple(torch.FloatTensor)`):
+                Per layer read, the [`get_frame_features`] queries of `num_pairs` pairs of frames, a frame and the next
+                one, `(num_pairs, 2, 1 + num_patches, num_heads, head_dim)`.
+            keys (`tuple(torch.FloatTensor)`):
+                The keys of the same frames, in the same shape.
 
         Returns:
             `tuple(torch.FloatTensor)`: per decoder layer `(num_pairs, 2, 1 + num_patches, hidden_size)`, at index 0
