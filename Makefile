@@ -3,8 +3,9 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.evl-hf-installed
+DOCS_STAMP := $(VENV)/.evl-hf-docs-installed
 
-.PHONY: install browser train test test-slow test-all test-gpu test-conformance benchmark clean
+.PHONY: install browser train test test-slow test-all test-gpu test-conformance test-docs docs benchmark clean
 
 install: $(STAMP)
 
@@ -53,9 +54,24 @@ test-gpu: $(STAMP)
 test-conformance: $(STAMP)
 	EVL_HF_CONFORMANCE=1 $(BIN)/python -m pytest tests/conformance $(ARGS)
 
+# The `docs` extra (mkdocs, mkdocstrings, pytest-markdown-docs) on top of `make install`'s venv.
+$(DOCS_STAMP): $(STAMP) setup.cfg
+	$(BIN)/python -m pip install --quiet -e ".[dev,docs]"
+	touch $(DOCS_STAMP)
+
+# Every ```python block of README.md and docs/*.md, run in page order against a tiny CLIP saved under the Hub ids the
+# pages use (conftest.py), then the pages' other checks: figures quoted once, shell commands that parse.
+test-docs: $(DOCS_STAMP)
+	$(BIN)/python -m pytest --markdown-docs README.md docs/ $(ARGS)
+	$(BIN)/python -m pytest tests/test_docs.py $(ARGS)
+
+# The guides and the API reference generated from the docstrings, into site/; any warning fails the build.
+docs: $(DOCS_STAMP)
+	$(BIN)/mkdocs build --strict
+
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_cpu_models.py
 	$(BIN)/python benchmarks/bench_data_path.py
 
 clean:
-	rm -rf $(VENV) build dist *.egg-info .pytest_cache
+	rm -rf $(VENV) build dist site *.egg-info .pytest_cache

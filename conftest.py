@@ -60,10 +60,13 @@ def pytest_collection_modifyitems(config, items):
                                 "does not see): " + "; ".join(wrong))
 
 
-def pytest_runtest_logreport(report):
-    if report.skipped and "markdown-docs" in report.keywords:
-        report.outcome = "failed"  # a docs block must run: a skip would hide a page that went false
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.skipped and is_markdown_block(item):  # a docs block must run: a skip would hide a page gone false
+        report.outcome = "failed"
         report.longrepr = f"a documentation block was skipped, which make test-docs does not allow: {report.longrepr}"
+    return report
 
 
 def save_to_hub_cache(cache: Path, repo_id: str, model, revision: str = "0" * 40) -> Path:
@@ -159,6 +162,6 @@ def make_workspace(work: Path, hub_cache: Path):
 
 @pytest.fixture(autouse=True)
 def _docs_block_workspace(request):
-    """Gives every docs block the workspace; other tests are left as they are."""
-    if is_markdown_block(request.node):
+    """Gives the blocks of this repository's pages the workspace; other tests are left as they are."""
+    if is_markdown_block(request.node) and request.node.path.is_relative_to(ROOT):
         request.getfixturevalue("docs_workspace")

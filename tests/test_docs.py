@@ -6,6 +6,7 @@ parser of the program it names (evl-hf, the training script, the converter, acce
 
 import contextlib
 import io
+import os
 import re
 import shlex
 import subprocess
@@ -51,6 +52,27 @@ def test_benchmark_figures_live_in_benchmarks_md_and_at_most_one_other_page():
                 pages_of[figure].add(page.relative_to(ROOT).as_posix())
     copied = {figure: sorted(pages) for figure, pages in pages_of.items() if len(pages) > 1}
     assert not copied, f"figures copied across pages (quote them once, link to docs/benchmarks.md): {copied}"
+
+
+def run_markdown_docs(page: Path) -> subprocess.CompletedProcess:
+    """pytest-markdown-docs on one page, with the repository's conftest.py (the fence count and the rule on skips)."""
+    command = [sys.executable, "-m", "pytest", "--markdown-docs", "-p", "conftest", "-p", "no:cacheprovider",
+               "--rootdir", str(page.parent), str(page)]  # fmt: skip
+    return subprocess.run(command, cwd=page.parent, capture_output=True, text=True, env={**os.environ,
+                          "PYTHONPATH": str(ROOT)}, timeout=120)  # fmt: skip
+
+
+def test_a_block_that_would_not_run_fails_make_test_docs(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("```python\nassert 1 + 1 == 2\n```\n\n```python notest\nraise SystemExit(1)\n```\n")
+    result = run_markdown_docs(page)
+    assert result.returncode != 0 and "1 ```python fences" not in result.stdout + result.stderr
+    assert "2 ```python fences, 1 tests" in result.stdout + result.stderr
+
+    page.write_text("```python\nassert 1 + 1 == 2\n```\n\n```python\nimport pytest\npytest.skip('no weights')\n```\n")
+    result = run_markdown_docs(page)
+    assert result.returncode == 1 and "1 failed, 1 passed" in result.stdout, result.stdout[-2000:]
+    assert "a documentation block was skipped" in result.stdout
 
 
 def test_readme_is_short_and_starts_with_the_set_up_commands():
