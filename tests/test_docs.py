@@ -116,7 +116,8 @@ def is_checked(words: list[str]) -> bool:
     program = Path(words[0]).name
     return (
         program in ("evl-hf", "make", "accelerate", "torchrun")
-        or (program.startswith("python") and len(words) > 1 and (words[1] == "-m" or words[1].startswith("examples/")))
+        or (program.startswith("python") and len(words) > 2 and words[1] == "-m" and words[2].startswith("evl_hf"))
+        or (program.startswith("python") and len(words) > 1 and words[1].startswith("examples/"))
     )
 
 
