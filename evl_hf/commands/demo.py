@@ -16,9 +16,10 @@
 
 The page shows the top-5 labels, the frames the model saw (after the processor's sampling, resizing and cropping), the
 same frames with the decoder's attention painted over them and each frame's share of it
-([`~evl_hf.inference.attention_overlays`]) and, for a video longer than one clip, the class probabilities over time ([`~evl_hf.inference.classify_windows`]). It
-works offline: no analytics, no fonts or scripts from other hosts. It can face the public: uploads are limited in size,
-the queue in length, and uploads and results are deleted from Gradio's cache after a while.
+([`~evl_hf.inference.attention_overlays`]) and, for a video longer than one clip, the class probabilities over time
+([`~evl_hf.inference.classify_windows`]). It works offline: no analytics, no fonts or scripts from other hosts. It can
+face the public: uploads are limited in size, the queue in length, and uploads and results are deleted from Gradio's
+cache after a while.
 """
 
 import argparse
