@@ -283,8 +283,8 @@ def build_demo(
         status = _status(f"{name} ({length}): {best_label} ({shown_score})", "ok")
         frames = [save_png(encode_png(frame), results_folder) for frame in result["frames"]]
         attention = [save_png(encode_png(frame), results_folder) for frame in result["attention"]]
-        attention_captions = [f"{caption} · {share:.1%} of attention"
-                              for caption, share in zip(captions, result["attention_shares"])]  # fmt: skip
+        # Only the share: a longer caption is cut short on a thumbnail, and the frame's place is in the gallery above.
+        attention_captions = [f"{share:.1%} of attention" for share in result["attention_shares"]]
         timeline = result["timeline"]
         timeline_update = (
             gr.update(value=save_png(render_timeline(timeline, name), results_folder), visible=True)

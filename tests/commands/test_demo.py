@@ -244,8 +244,6 @@ def clip_result(browser, demo_files):
         "attention_sources": [image.get_attribute("src")
                               for image in browser.find_elements(By.CSS_SELECTOR, "#attention img")],  # fmt: skip
         # textContent, not text: a caption can lie outside the window
-        "frame_captions": [caption.get_attribute("textContent").strip()
-                           for caption in browser.find_elements(By.CSS_SELECTOR, "#frames .caption-label")],
         "attention_captions": [caption.get_attribute("textContent").strip()
                                for caption in browser.find_elements(By.CSS_SELECTOR, "#attention .caption-label")],
         "attention_box": browser.find_element(By.CSS_SELECTOR, "#attention").rect,
@@ -283,23 +281,19 @@ def fetch_image(url: str) -> np.ndarray:
         return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
 
 
-def reddened(region: np.ndarray) -> float:
-    """The fraction of pixels of `region` (uint8 `(..., 3)`) that are strongly red: red well above green and blue."""
-    region = region.astype(int)
-    return float(((region[..., 0] - region[..., 1:].max(-1)) > 60).mean())
-
-
 @pytest.mark.slow
 def test_each_frame_is_shown_again_with_the_attention_painted_over_it(clip_result):
     frames, overlays = clip_result["frame_sources"], clip_result["attention_sources"]
     assert len(overlays) == len(frames) == clip_result["num_frames"]
+    reddening = []
     for frame_url, overlay_url in zip(frames, overlays):
         frame, overlay = fetch_image(frame_url).astype(int), fetch_image(overlay_url).astype(int)
         assert overlay.shape == frame.shape
-        # Painting blends toward pure red: red never falls and green and blue never rise (1 for rounding), and the
-        # patches with the most attention change visibly.
+        # Painting blends toward pure red: red never falls and green and blue never rise (1 for rounding).
         assert (overlay[..., 0] >= frame[..., 0] - 1).all() and (overlay[..., 1:] <= frame[..., 1:] + 1).all()
-        assert (overlay[..., 0] - frame[..., 0]).max() > 40
+        reddening.append((overlay[..., 0] - frame[..., 0]).max())
+    # The patch with the most attention in the clip changes visibly; a frame the query hardly reads may not.
+    assert max(reddening) > 40, reddening
 
 
 @pytest.mark.slow
@@ -307,11 +301,10 @@ def test_overlay_captions_give_each_frame_share_of_the_attention(clip_result):
     captions = clip_result["attention_captions"]
     assert len(captions) == clip_result["num_frames"]
     shares = []
-    for caption, frame_caption in zip(captions, clip_result["frame_captions"]):
-        match = re.fullmatch(r"(.+) · (\d+\.\d)% of attention", caption)
+    for caption in captions:
+        match = re.fullmatch(r"(\d+\.\d)% of attention", caption)
         assert match, f"caption {caption!r} names no share of the attention"
-        assert match[1] == frame_caption  # the same frame, at the same place in the video
-        shares.append(float(match[2]))
+        shares.append(float(match[1]))
     # Each share is rounded to 0.1%: together they are the whole attention, up to that rounding.
     assert abs(sum(shares) - 100) <= 0.05 * len(shares) + 1e-9
 
@@ -322,14 +315,17 @@ def test_screenshot_of_the_result_is_saved(clip_result):
 
     with open(clip_result["screenshot"], "rb") as file:
         assert file.read(8) == b"\x89PNG\r\n\x1a\n"
-    # The overlays are in the picture: their gallery is red where the frames' gallery is not.
-    screenshot = np.asarray(Image.open(clip_result["screenshot"]).convert("RGB"))
+    # The overlays are in the picture: the two galleries are laid out alike, and where the attention gallery differs
+    # from the frames' it is painted, redder and less green (text and borders differ by turning darker or lighter).
+    screenshot = np.asarray(Image.open(clip_result["screenshot"]).convert("RGB")).astype(int)
     def crop(box):
         return screenshot[int(box["y"]) : int(box["y"] + box["height"]), int(box["x"]) : int(box["x"] + box["width"])]
 
     attention, frames = crop(clip_result["attention_box"]), crop(clip_result["frames_box"])
-    assert attention.size and frames.size, "the galleries lie outside the screenshot"
-    assert reddened(attention) > max(4 * reddened(frames), 0.002)
+    assert attention.size and attention.shape == frames.shape, "the galleries lie outside the screenshot"
+    painted = (attention[..., 0] - frames[..., 0] > 30) & (frames[..., 1] - attention[..., 1] > 5)
+    # at least about one patch of one thumbnail (an 8-pixel patch of a 64-pixel frame drawn 115 pixels wide: 200)
+    assert painted.sum() > 200, f"{painted.sum()} pixels of the attention gallery are painted"
 
 
 @pytest.mark.slow
