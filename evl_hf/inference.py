@@ -173,6 +173,47 @@ def overlay_attention(frames: torch.Tensor, heatmaps: torch.Tensor, opacity: flo
     return (frames.float() * (1 - weight) + red * weight).round().clamp(0, 255).to(torch.uint8)
 
 
+def attention_overlays(
+    pixel_values: torch.Tensor,
+    decoder_attentions: tuple[torch.Tensor, ...],
+    video_processor,
+    spatial_size: tuple[int, int],
+    layer: int | None = None,
+    opacity: float = 0.6,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    r"""
+    The clips the model saw with its decoder's attention painted over them, and each frame's share of that attention:
+    [`attention_heatmaps`], [`unnormalize_frames`] and [`overlay_attention`] from one forward pass's inputs and
+    outputs, which is what a page or a folder of pictures shows.
+
+    Args:
+        pixel_values (`torch.FloatTensor` of shape `(batch_size, num_frames, 3, height, width)`):
+            The processed clips given to the model.
+        decoder_attentions (`tuple(torch.FloatTensor)`):
+            The model's `decoder_attentions` for those clips (`output_attentions=True`).
+        video_processor ([`EVLVideoProcessor`]):
+            The processor that made `pixel_values`.
+        spatial_size (`tuple[int, int]`):
+            The patch grid, `config.spatial_size`.
+        layer (`int`, *optional*):
+            One decoder layer's attention; by default the mean over the layers.
+        opacity (`float`, *optional*, defaults to 0.6):
+            As in [`overlay_attention`]; each clip is scaled to its own largest patch share.
+
+    Returns:
+        `tuple[torch.Tensor, torch.FloatTensor]`: uint8 frames `(batch_size, num_frames, 3, height, width)` on the CPU,
+        and each frame's share of the attention `(batch_size, num_frames)` (each clip's shares sum to 1).
+    """
+    num_frames = pixel_values.shape[1]
+    heatmaps, shares = attention_heatmaps(decoder_attentions, num_frames, spatial_size, layer)
+    heatmaps = heatmaps.cpu()
+    painted = torch.stack([
+        overlay_attention(unnormalize_frames(clip, video_processor), clip_heatmaps, opacity)
+        for clip, clip_heatmaps in zip(pixel_values, heatmaps)
+    ])  # fmt: skip
+    return painted, shares.cpu()
+
+
 def classify_windows(
     model,
     video_processor,
@@ -323,6 +364,7 @@ def classify_windows(
 __all__ = [
     "FUNCTIONS_TO_APPLY",
     "attention_heatmaps",
+    "attention_overlays",
     "classify_windows",
     "default_function_to_apply",
     "overlay_attention",

@@ -134,3 +134,44 @@ def test_overlay_attention_reddens_each_patch_by_its_share():
     # 0.24 at 0.4 of it: 0.76 * 100 + 0.24 * 255 = 137.2 in red, 76 in green and blue
     assert painted[0, :, 4:, :4].flatten(1).unique(dim=1).tolist() == [[137], [76], [76]]
     assert torch.equal(painted[0, :, :4], frames[0, :, :4])  # no attention: the frame as it was
+
+
+def test_attention_overlays_paint_each_clip_and_keep_each_frame_share():
+    from evl_hf.inference import attention_heatmaps, attention_overlays, overlay_attention, unnormalize_frames
+    from evl_hf.testing_utils import random_clip, tiny_model
+
+    model = tiny_model(num_frames=4)
+    processor = EVLVideoProcessor(num_frames=4, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    pixel_values = random_clip(batch_size=2)
+    with torch.no_grad():
+        outputs = model(pixel_values, output_attentions=True)
+    painted, shares = attention_overlays(pixel_values, outputs.decoder_attentions, processor, (4, 4))
+    assert painted.shape == (2, 4, 3, 32, 32) and painted.dtype == torch.uint8 and shares.shape == (2, 4)
+    torch.testing.assert_close(shares.sum(-1), torch.ones(2))
+    heatmaps, expected_shares = attention_heatmaps(outputs.decoder_attentions, 4, (4, 4))
+    torch.testing.assert_close(shares, expected_shares)
+    # each clip is painted against its own largest patch share, not the batch's
+    for clip in range(2):
+        expected = overlay_attention(unnormalize_frames(pixel_values[clip], processor), heatmaps[clip])
+        assert torch.equal(painted[clip], expected)
+    # one layer's attention is another picture
+    _, first_layer_shares = attention_overlays(pixel_values, outputs.decoder_attentions, processor, (4, 4), layer=0)
+    torch.testing.assert_close(first_layer_shares, attention_heatmaps(outputs.decoder_attentions, 4, (4, 4), 0)[1])
+
+
+def test_the_demo_gets_attention_from_the_forward_pass_that_scores(model_folder, tmp_path):
+    from evl_hf.inference import attention_overlays
+
+    model = EVLForVideoClassification.from_pretrained(model_folder).eval()
+    processor = EVLVideoProcessor.from_pretrained(model_folder)
+    video = encode_video(tmp_path / "clip.mp4", 13)
+    result = classify_video(model, processor, str(video))
+    pixel_values = processor(str(video), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        outputs = model(pixel_values, output_attentions=True)
+    painted, shares = attention_overlays(pixel_values, outputs.decoder_attentions, processor, model.config.spatial_size)
+    assert result["attention"].shape == result["frames"].shape == (4, 32, 32, 3)
+    assert (result["attention"] == painted[0].permute(0, 2, 3, 1).numpy()).all()
+    assert result["attention_shares"] == pytest.approx(shares[0].tolist(), abs=1e-6)
+    assert sum(result["attention_shares"]) == pytest.approx(1.0, abs=1e-5)
+    assert (result["attention"] != result["frames"]).any()

@@ -14,10 +14,12 @@
 """
 `evl-hf demo`: a local web page (Gradio) to try a model on uploaded videos.
 
-The page shows the top-5 labels, the frames the model saw (after the processor's sampling, resizing and cropping) and,
-for a video longer than one clip, the class probabilities over time ([`~evl_hf.inference.classify_windows`]). It
-works offline: no analytics, no fonts or scripts from other hosts. It can face the public: uploads are limited in size,
-the queue in length, and uploads and results are deleted from Gradio's cache after a while.
+The page shows the top-5 labels, the frames the model saw (after the processor's sampling, resizing and cropping), the
+same frames with the decoder's attention painted over them and each frame's share of it
+([`~evl_hf.inference.attention_overlays`]) and, for a video longer than one clip, the class probabilities over time
+([`~evl_hf.inference.classify_windows`]). It works offline: no analytics, no fonts or scripts from other hosts. It can
+face the public: uploads are limited in size, the queue in length, and uploads and results are deleted from Gradio's
+cache after a while.
 """
 
 import argparse
@@ -53,8 +55,8 @@ STATE_SESSION_CAPACITY = 200
 # Small frames (the synthetic-motion model's are 64x64) are drawn with visible pixels rather than blurred, and the
 # frame strip is only as tall as its thumbnails.
 CSS = """
-#frames img { image-rendering: pixelated; }
-#frames .fixed-height { min-height: 0; max-height: none; }
+#frames img, #attention img { image-rendering: pixelated; }
+#frames .fixed-height, #attention .fixed-height { min-height: 0; max-height: none; }
 #status p { font-size: 1.15rem; margin: 0.25rem 0; }
 #status .status-idle { color: var(--body-text-color-subdued); }
 #status .status-error { color: var(--error-text-color); font-weight: 600; }
@@ -83,8 +85,10 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
         `dict` with `"scores"` (the `top_k` labels and their scores, best first, as the video-classification
         pipeline computes them: [`~evl_hf.inference.postprocess_logits`]), `"function_to_apply"`, `"frames"` (uint8
         `(num_frames, height, width, 3)`: the clip the model saw), `"frame_indices"` (where those frames are in the
-        video), `"num_video_frames"`, `"fps"` (`None` when the file does not say) and `"timeline"`
-        ([`~evl_hf.inference.classify_windows`]'s result when the video holds more than one window, else `None`).
+        video), `"attention"` (the frames, shaped alike, with the decoder's attention painted over them),
+        `"attention_shares"` (each frame's share of that attention; they sum to 1), `"num_video_frames"`, `"fps"`
+        (`None` when the file does not say) and `"timeline"` ([`~evl_hf.inference.classify_windows`]'s result when
+        the video holds more than one window, else `None`).
 
     Raises:
         `FileNotFoundError`, `IsADirectoryError`, `VideoDecodingError`: from the processor, naming the file.
@@ -93,6 +97,7 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
     from transformers.video_utils import VideoMetadata
 
     from ..inference import (
+        attention_overlays,
         classify_windows,
         default_function_to_apply,
         postprocess_logits,
@@ -105,9 +110,13 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
     decoder = open_video(video, num_ffmpeg_threads=torch.get_num_threads())
     num_video_frames, fps = len(decoder), decoder.metadata.average_fps or None
     inputs = video_processor(decoder, return_tensors="pt")  # pixel_values: (1, num_frames, 3, height, width)
+    pixel_values = inputs["pixel_values"]
+    # The decoder's attention weights come out of the same forward pass as the scores.
     with torch.inference_mode():
-        logits = model(pixel_values=inputs["pixel_values"].to(model.device)).logits
-    best = top_k_labels(postprocess_logits(logits, model.config).cpu(), model.config, top_k)[0]
+        outputs = model(pixel_values=pixel_values.to(model.device), output_attentions=True)
+    best = top_k_labels(postprocess_logits(outputs.logits, model.config).cpu(), model.config, top_k)[0]
+    attention, shares = attention_overlays(pixel_values, outputs.decoder_attentions, video_processor,
+                                           model.config.spatial_size)  # fmt: skip
     # The processor decoded only its sampled frames and does not return their positions: ask its sampler again.
     frame_indices = video_processor.sample_frames(VideoMetadata(total_num_frames=num_video_frames, fps=fps))
     stride = video_processor.frame_stride
@@ -116,7 +125,9 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
     return {
         "scores": dict(zip(best["labels"], best["scores"])),
         "function_to_apply": default_function_to_apply(model.config),
-        "frames": unnormalize_frames(inputs["pixel_values"][0], video_processor).permute(0, 2, 3, 1).numpy(),
+        "frames": unnormalize_frames(pixel_values[0], video_processor).permute(0, 2, 3, 1).numpy(),
+        "attention": attention[0].permute(0, 2, 3, 1).numpy(),
+        "attention_shares": shares[0].tolist(),
         "frame_indices": frame_indices,
         "num_video_frames": num_video_frames,
         "fps": fps,
@@ -247,7 +258,7 @@ def build_demo(
     shown_labels = ", ".join(labels[:12]) + (f", ... ({len(labels)} in all)" if len(labels) > 12 else "")
 
     def predict(video: str | None):
-        empty = (None, None, gr.update(value=None, visible=False))
+        empty = (None, None, None, gr.update(value=None, visible=False))
         if not video:
             return (_status(IDLE_STATUS, "idle"), *empty)
         name = os.path.basename(video)
@@ -271,13 +282,17 @@ def build_demo(
         shown_score = f"{best_score:.3g}" if result["function_to_apply"] == "none" else f"{best_score:.1%}"
         status = _status(f"{name} ({length}): {best_label} ({shown_score})", "ok")
         frames = [save_png(encode_png(frame), results_folder) for frame in result["frames"]]
+        attention = [save_png(encode_png(frame), results_folder) for frame in result["attention"]]
+        # Only the share: a longer caption is cut short on a thumbnail, and the frame's place is in the gallery above.
+        attention_captions = [f"{share:.1%} of attention" for share in result["attention_shares"]]
         timeline = result["timeline"]
         timeline_update = (
             gr.update(value=save_png(render_timeline(timeline, name), results_folder), visible=True)
             if timeline is not None
             else gr.update(value=None, visible=False)
         )
-        return status, result["scores"], list(zip(frames, captions)), timeline_update
+        return (status, result["scores"], list(zip(frames, captions)), list(zip(attention, attention_captions)),
+                timeline_update)  # fmt: skip
 
     limit = f" Videos up to {format_file_size(max_file_size)}." if max_file_size is not None else ""
     with gr.Blocks(title=f"EVL demo: {title}", analytics_enabled=False, delete_cache=delete_cache) as demo:
@@ -300,17 +315,18 @@ def build_demo(
             with gr.Column(scale=1):
                 status = gr.HTML(_status(IDLE_STATUS, "idle"), elem_id="status")
                 scores = gr.Label(label="Top-5 labels", num_top_classes=5, elem_id="scores")
-        frames = gr.Gallery(
-            label="Frames the model saw (sampled, resized and cropped)",
+        def frame_gallery(label: str, elem_id: str):
             # One row of 8 to 16 thumbnails: small enough to see the clip at a glance, large enough to see a frame.
-            columns=min(max(config.num_frames, 8), 16),
-            height="auto",
-            object_fit="contain",
-            allow_preview=False,
-            elem_id="frames",
+            return gr.Gallery(label=label, columns=min(max(config.num_frames, 8), 16), height="auto",
+                              object_fit="contain", allow_preview=False, elem_id=elem_id)  # fmt: skip
+
+        frames = frame_gallery("Frames the model saw (sampled, resized and cropped)", "frames")
+        attention = frame_gallery(
+            "Where the model looked: the decoder's attention in red, each frame's share of it in its caption",
+            "attention",
         )
         timeline = gr.Image(label="Class probabilities over time", visible=False, elem_id="timeline")
-        video.change(predict, inputs=video, outputs=[status, scores, frames, timeline])
+        video.change(predict, inputs=video, outputs=[status, scores, frames, attention, timeline])
     return demo
 
 
@@ -339,7 +355,8 @@ def register(subparsers):
         help="Serve a web page to try a model on uploaded videos (needs the `demo` extra).",
         description=(
             "Serve a local web page (Gradio) to try a model: upload a video, see the top-5 labels, the frames the "
-            "model saw and, for a video longer than one clip, the class probabilities over time. Video files in "
+            "model saw, where its decoder looked in them and, for a video longer than one clip, the class "
+            "probabilities over time. Video files in "
             "MODEL/examples/ are offered as examples. Nothing is fetched from other hosts."
         ),
     )

@@ -73,14 +73,13 @@ def plot_timeline(result: dict, path, top_classes: int = 5):
 def write_saliency(model, processor, video, result: dict, folder, num_windows: int = 3) -> list[dict]:
     """
     For the `num_windows` windows of `result` whose best label scores highest, the frames the model saw with the
-    decoder's attention painted over them ([`~evl_hf.inference.attention_heatmaps`],
-    [`~evl_hf.inference.overlay_attention`]), one PNG strip per window in `folder`, and `saliency.json` listing them
-    with each frame's share of the attention.
+    decoder's attention painted over them ([`~evl_hf.inference.attention_overlays`]), one PNG strip per window in
+    `folder`, and `saliency.json` listing them with each frame's share of the attention.
     """
     import torch
     from PIL import Image
 
-    from ..inference import attention_heatmaps, overlay_attention, unnormalize_frames
+    from ..inference import attention_overlays
     from ..video_processing_evl import read_video_frames, window_frame_indices
 
     os.makedirs(folder, exist_ok=True)
@@ -94,10 +93,9 @@ def write_saliency(model, processor, video, result: dict, folder, num_windows: i
         pixel_values = processor(read_video_frames(video, frame_indices), return_tensors="pt")["pixel_values"]
         with torch.inference_mode():
             outputs = model(pixel_values=pixel_values.to(model.device), output_attentions=True)
-        num_frames, grid = result["num_frames"], model.config.spatial_size
-        heatmaps, shares = attention_heatmaps(outputs.decoder_attentions, num_frames, grid)
-        painted = overlay_attention(unnormalize_frames(pixel_values[0], processor), heatmaps[0].cpu())
-        strip = torch.cat(list(painted), dim=-1).permute(1, 2, 0).numpy()  # frames side by side, (H, T * W, 3)
+        painted, shares = attention_overlays(pixel_values, outputs.decoder_attentions, processor,
+                                             model.config.spatial_size)  # fmt: skip
+        strip = torch.cat(list(painted[0]), dim=-1).permute(1, 2, 0).numpy()  # frames side by side, (H, T * W, 3)
         name = f"window_{index:05d}_frames_{window['start_frame']}-{window['end_frame']}.png"
         Image.fromarray(strip).save(os.path.join(folder, name))
         entries.append({"window": index, "image": name, "frames": frame_indices, "labels": window["labels"][:1],

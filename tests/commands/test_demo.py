@@ -4,11 +4,17 @@
 The browser tests start `python -m evl_hf demo` on a free loopback port and use Selenium with the system's Chromium and
 chromedriver (`make test-slow` installs them with apt). They run the tiny model of conftest.py, or the folder named by
 `EVL_HF_DEMO_MODEL` (a model written by `make train`, say); `EVL_HF_DEMO_SCREENSHOT` names where the screenshot of
-the page with a result is copied (docs/images/demo.png was taken so).
+the page with a result is copied. docs/images/demo_attention.png was taken so, with a model trained on the
+synthetic-motion set:
+
+    EVL_HF_DEMO_MODEL=outputs/evl-synthetic-motion EVL_HF_DEMO_SCREENSHOT=docs/images/demo_attention.png \
+        python -m pytest "tests/commands/test_demo.py::test_screenshot_of_the_result_is_saved"
 """
 
+import io
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -207,11 +213,20 @@ def save_screenshot(driver, path):
 def clip_result(browser, demo_files):
     """The page after uploading the long clip: what it shows, and the pipeline's answer for the same file."""
     from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
     from transformers import pipeline
 
     clip = demo_files["clip"]
     upload(browser, clip)
     status = wait_for_status(browser, clip.name, "ok")
+    # The pictures are set with the status, but arrive afterwards: the screenshot waits for them to be drawn.
+    WebDriverWait(browser, PAGE_TIMEOUT).until(
+        lambda driver: driver.execute_script(
+            "const images = document.querySelectorAll('#frames img, #attention img');"
+            "return images.length > 0 && [...images].every(image => image.complete && image.naturalWidth > 0);"
+        ),
+        "the frames and their attention overlays were not drawn",
+    )
     screenshot = demo_files["root"] / "demo.png"
     save_screenshot(browser, screenshot)
     if os.environ.get("EVL_HF_DEMO_SCREENSHOT"):
@@ -224,6 +239,15 @@ def clip_result(browser, demo_files):
         "listed_labels": [element.text for element in browser.find_elements(By.CSS_SELECTOR, "#scores dt")],
         "thumbnails": len(browser.find_elements(By.CSS_SELECTOR, "#frames img")),
         "timeline_images": len(browser.find_elements(By.CSS_SELECTOR, "#timeline img")),
+        "frame_sources": [image.get_attribute("src") for image in browser.find_elements(By.CSS_SELECTOR, "#frames img")
+                          ],  # fmt: skip
+        "attention_sources": [image.get_attribute("src")
+                              for image in browser.find_elements(By.CSS_SELECTOR, "#attention img")],  # fmt: skip
+        # textContent, not text: a caption can lie outside the window
+        "attention_captions": [caption.get_attribute("textContent").strip()
+                               for caption in browser.find_elements(By.CSS_SELECTOR, "#attention .caption-label")],
+        "attention_box": browser.find_element(By.CSS_SELECTOR, "#attention").rect,
+        "frames_box": browser.find_element(By.CSS_SELECTOR, "#frames").rect,
         "pipeline": classifier(str(clip), top_k=5),
         "num_frames": classifier.model.config.num_frames,
         "screenshot": screenshot,
@@ -247,10 +271,61 @@ def test_a_clip_longer_than_one_window_gets_a_timeline(clip_result):
     assert clip_result["timeline_images"] == 1
 
 
+def fetch_image(url: str) -> np.ndarray:
+    """A picture the page shows, as the browser gets it: uint8 `(height, width, 3)`."""
+    import urllib.request
+
+    from PIL import Image
+
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
+
+
+@pytest.mark.slow
+def test_each_frame_is_shown_again_with_the_attention_painted_over_it(clip_result):
+    frames, overlays = clip_result["frame_sources"], clip_result["attention_sources"]
+    assert len(overlays) == len(frames) == clip_result["num_frames"]
+    reddening = []
+    for frame_url, overlay_url in zip(frames, overlays):
+        frame, overlay = fetch_image(frame_url).astype(int), fetch_image(overlay_url).astype(int)
+        assert overlay.shape == frame.shape
+        # Painting blends toward pure red: red never falls and green and blue never rise (1 for rounding).
+        assert (overlay[..., 0] >= frame[..., 0] - 1).all() and (overlay[..., 1:] <= frame[..., 1:] + 1).all()
+        reddening.append((overlay[..., 0] - frame[..., 0]).max())
+    # The patch with the most attention in the clip changes visibly; a frame the query hardly reads may not.
+    assert max(reddening) > 40, reddening
+
+
+@pytest.mark.slow
+def test_overlay_captions_give_each_frame_share_of_the_attention(clip_result):
+    captions = clip_result["attention_captions"]
+    assert len(captions) == clip_result["num_frames"]
+    shares = []
+    for caption in captions:
+        match = re.fullmatch(r"(\d+\.\d)% of attention", caption)
+        assert match, f"caption {caption!r} names no share of the attention"
+        shares.append(float(match[1]))
+    # Each share is rounded to 0.1%: together they are the whole attention, up to that rounding.
+    assert abs(sum(shares) - 100) <= 0.05 * len(shares) + 1e-9
+
+
 @pytest.mark.slow
 def test_screenshot_of_the_result_is_saved(clip_result):
+    from PIL import Image
+
     with open(clip_result["screenshot"], "rb") as file:
         assert file.read(8) == b"\x89PNG\r\n\x1a\n"
+    # The overlays are in the picture: the two galleries are laid out alike, and where the attention gallery differs
+    # from the frames' it is painted, redder and less green (text and borders differ by turning darker or lighter).
+    screenshot = np.asarray(Image.open(clip_result["screenshot"]).convert("RGB")).astype(int)
+    def crop(box):
+        return screenshot[int(box["y"]) : int(box["y"] + box["height"]), int(box["x"]) : int(box["x"] + box["width"])]
+
+    attention, frames = crop(clip_result["attention_box"]), crop(clip_result["frames_box"])
+    assert attention.size and attention.shape == frames.shape, "the galleries lie outside the screenshot"
+    painted = (attention[..., 0] - frames[..., 0] > 30) & (frames[..., 1] - attention[..., 1] > 5)
+    # at least about one patch of one thumbnail (an 8-pixel patch of a 64-pixel frame drawn 115 pixels wide: 200)
+    assert painted.sum() > 200, f"{painted.sum()} pixels of the attention gallery are painted"
 
 
 @pytest.mark.slow

@@ -1,6 +1,6 @@
 """
-`evl-hf demo` under load: 20 visitors at once, each sending clips through `gradio_client` and downloading the frames
-and the timeline the page shows, as a browser does.
+`evl-hf demo` under load: 20 visitors at once, each sending clips through `gradio_client` and downloading the frames,
+their attention overlays and the timeline the page shows, as a browser does.
 
 The server is `python -m evl_hf demo` on a free loopback port (conftest.py's `serve_demo`) serving the tiny model, with
 its Gradio cache in a temporary folder. Requests come in waves of 60 (3 per visitor); after each wave the test records
@@ -111,9 +111,9 @@ def visit(client, http, clip: Path, digests: dict) -> dict:
 
     start = time.monotonic()
     try:
-        status, scores, gallery, timeline = client.predict(handle_file(str(clip)), api_name="/predict")
-        for item in gallery:
-            # Frames as the model saw them: lossless, at the processor's crop size.
+        status, scores, gallery, attention, timeline = client.predict(handle_file(str(clip)), api_name="/predict")
+        for item in [*gallery, *attention]:
+            # Frames as the model saw them, bare and with the attention painted: lossless, at the processor's crop size.
             check_image(download(http, item["image"], digests), "PNG", (32, 32))
         if isinstance(timeline, dict) and timeline.get("__type__") == "update":
             timeline = timeline.get("value")
@@ -121,13 +121,14 @@ def visit(client, http, clip: Path, digests: dict) -> dict:
             check_image(download(http, timeline, digests))
         error = None
     except Exception as exception:  # every kind is counted, and the test shows them
-        status = scores = gallery = timeline = None
+        status = scores = gallery = attention = timeline = None
         error = f"{type(exception).__name__}: {exception}"
     return {
         "clip": clip.name,
         "label": scores["label"] if scores else None,
         "status": status,
         "frames": len(gallery) if gallery else 0,
+        "attention_frames": len(attention) if attention else 0,
         "timeline": timeline is not None,
         "error": error,
         "seconds": time.monotonic() - start,
@@ -208,7 +209,7 @@ def test_every_answer_is_the_pipeline_top_label(load_run, load_files):
     for answer in answered:
         assert answer["label"] == expected[answer["clip"]], answer
         assert f"{answer['clip']} (" in answer["status"] and f": {expected[answer['clip']]} (" in answer["status"]
-        assert answer["frames"] == 4  # the tiny model's clip
+        assert answer["frames"] == answer["attention_frames"] == 4  # the tiny model's clip
         assert answer["timeline"] == (int(answer["clip"].split("-")[1].split(".")[0]) > 13), answer
 
 
