@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.evl-hf-installed
 
-.PHONY: install browser train test test-slow test-all test-gpu test-conformance benchmark clean
+.PHONY: install browser train test test-slow test-all test-gpu test-conformance benchmark benchmark-docs clean
 
 install: $(STAMP)
 
@@ -53,9 +53,13 @@ test-gpu: $(STAMP)
 test-conformance: $(STAMP)
 	EVL_HF_CONFORMANCE=1 $(BIN)/python -m pytest tests/conformance $(ARGS)
 
+# One suite of `python -m benchmarks --list` into docs/benchmark_results, e.g. `make benchmark SUITE=cpu_models
+# ARGS="--repeats 3"`; without SUITE, the list. Then `make benchmark-docs` renders docs/benchmarks.md from the JSON.
 benchmark: $(STAMP)
-	$(BIN)/python benchmarks/bench_cpu_models.py
-	$(BIN)/python benchmarks/bench_data_path.py
+	$(BIN)/python -m benchmarks $(if $(SUITE),$(SUITE) --output docs/benchmark_results $(ARGS),--list)
+
+benchmark-docs: $(STAMP)
+	$(BIN)/python -m benchmarks.docs
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache
