@@ -1,11 +1,17 @@
-"""The data path: decoding a clip (`data_path`), waiting for data in training (`data_wait`), shards (`streaming`)."""
+"""The data path and the training script: decoding a clip (`data_path`), waiting for data in training (`data_wait`),
+shards (`streaming`), and the embedded default end to end (`training`: `accelerate launch ...
+examples/run_video_classification.py`, what `make train` runs, with the script's arguments after `--`, e.g.
+`-- --synthetic_multi_label` for the multi-label default, metric `eval_map`; wall and CPU time, final metrics)."""
 
 import contextlib
+import importlib
 import io
 import json
 import os
+import resource
 import shutil
 import statistics
+import subprocess
 import sys
 import tarfile
 import tempfile
@@ -22,8 +28,10 @@ from evl_hf import EVLVideoProcessor
 from evl_hf.commands.prepare_videos import find_ffmpeg, prepare_one
 from evl_hf.video_processing_evl import read_video_frames, sample_frame_indices
 from torchcodec.decoders import VideoDecoder
+from transformers import Trainer, TrainerCallback
 
-from .harness import alternate, compare, load_script, log, median, options, ratio, video_dir, videos, write
+from .harness import EXAMPLES, ROOT, alternate, load_script, log, median, options, ratio, video_dir, video_processor
+from .harness import videos, write
 
 
 EVALUATION_METHODS = ("pyav_reference_eval", "torchcodec_sampled", "processor_from_path")
@@ -99,8 +107,8 @@ def evaluation_views(method: str, path, processor, num_views: int, args) -> torc
 
 
 def prepared_agreement(originals, prepared, processor, args) -> dict:
-    """Prepared frames against the originals resized the same way (antialiased bilinear), in RGB, luma, and at the
-    model input; with the difference between a clip's successive frames for scale. In 0-1 units."""
+    """Prepared frames against the originals resized alike, in RGB, luma and at the model input, 0-1 units; and
+    successive frames of a clip for scale."""
     found = {"frames": [], "frames_luma": [], "model_input": [], "between_clip_frames": []}
     for video, pair in enumerate(zip(originals, prepared)):
         clips = [read_video_frames(path, training_sampler(video, 0, args)) for path in pair]
@@ -146,8 +154,7 @@ def data_path(args):
                                                    for p in files[evaluation_size]["original"]])(method, num_views)
     load_before = [round(x, 2) for x in os.getloadavg()]
     named = {f"{a}/{b}": step for (a, b), step in steps.items()}
-    wall, _, measurements = alternate(named, args.repeats, threads=1, label="data path")
-    compare(measurements)
+    wall, _ = alternate(named, args.repeats, threads=1, label="data path")
     gpu_clips_per_s = args.gpu_tflops * 1e3 / args.gflop_per_clip
     training, evaluation, ratios = {}, {}, {}
     for size, paths in files.items():
@@ -180,19 +187,14 @@ def data_path(args):
             "mean_abs_diff_between_clip_frames": (theirs[:, 1:] - theirs[:, :-1]).abs().mean().item()}}
         ratios[f"evaluation_{num_views}_view{'s' * (num_views > 1)}_torchcodec_over_pyav"] = ratio(
             methods["torchcodec_sampled"]["videos_per_s"], methods["pyav_reference_eval"]["videos_per_s"])
-    settings = {"tiny": args.quick, "num_videos": args.num_videos, "sizes": args.sizes.split(","),
-                "videos": f"{args.seconds:g} s, 30 fps, H.264 (libx264 defaults: keyframe interval 250, crf 23), "
-                "yuv420p, evl_hf.testing_utils.encode_video (a bright square moving over noise)",
-                "prepare_videos": {"short_side": args.short_side, "keyframe_intervals": intervals, "crf": args.crf},
-                "clips_per_video": args.clips_per_video, "num_frames": args.num_frames,
-                "frame_stride": args.frame_stride, "evaluation_size": evaluation_size, "threads": 1,
-                "repeats": args.repeats, "gflop_per_clip": args.gflop_per_clip, "gpu_tflops": args.gpu_tflops,
-                "gpu_clips_per_s": gpu_clips_per_s, "loadavg_before": load_before,
-                "loadavg_after": [round(x, 2) for x in os.getloadavg()]}  # fmt: skip
     agreement = {key: prep.pop("agreement") for key, prep in preparation.items()}
-    return write("data_path", {"settings": settings, "videos": training, "preparation": preparation,
-                               "prepared_agreement": agreement, "evaluation": evaluation, "ratios": ratios},
-                 args.output)  # fmt: skip
+    return write("data_path", {"videos": training, "preparation": preparation, "prepared_agreement": agreement,
+                               "evaluation": evaluation, "ratios": ratios}, args,
+                 videos=f"{args.seconds:g} s, 30 fps, H.264 (libx264 defaults: keyframe interval 250, crf 23), "
+                 "yuv420p, evl_hf.testing_utils.encode_video (a bright square moving over noise)", threads=1,
+                 prepare_videos={"short_side": args.short_side, "keyframe_intervals": intervals, "crf": args.crf},
+                 gpu_clips_per_s=gpu_clips_per_s, loadavg_before=load_before,
+                 loadavg_after=[round(x, 2) for x in os.getloadavg()])  # fmt: skip
 
 
 def data_wait_arguments(parser):
@@ -200,16 +202,22 @@ def data_wait_arguments(parser):
             warmup_steps=(5, "steps of an untimed run first"), synthetic_data_dir=None)
 
 
-class DataWaitTimer:
-    """Times every `next()` the training loop makes on the train DataLoader (through `Trainer.get_batch_samples`)
-    against the loop's wall time (`on_train_begin` to `on_train_end`); one list of waits per epoch."""
+class DataWaitTimer(TrainerCallback):
+    """Every `next()` the training loop makes on the train DataLoader (`Trainer.get_batch_samples`), one list per
+    epoch, against the loop's wall time (`on_train_begin` to `on_train_end`)."""
 
     def __init__(self):
-        self.waits, self._iterator = [], None
+        self.waits, self.iterator = [], None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start, self.batch_size = time.perf_counter(), args.train_batch_size
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.end, self.steps = time.perf_counter(), state.global_step
 
     def timed(self, iterator):
-        if iterator is not self._iterator:
-            self._iterator = iterator
+        if iterator is not self.iterator:  # a new epoch
+            self.iterator = iterator
             self.waits.append([])
         while True:
             start = time.perf_counter()
@@ -223,20 +231,12 @@ class DataWaitTimer:
 
     @contextlib.contextmanager
     def patch(self):
-        from transformers import Trainer, TrainerCallback
+        """For the block's duration, `Trainer.train` adds this callback and `get_batch_samples` times each batch."""
+        train, get_batch_samples = Trainer.train, Trainer.get_batch_samples
 
-        timer, train, get_batch_samples = self, Trainer.train, Trainer.get_batch_samples
-
-        class Loop(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kwargs):
-                timer.start, timer.batch_size = time.perf_counter(), args.train_batch_size
-
-            def on_train_end(self, args, state, control, **kwargs):
-                timer.end, timer.steps = time.perf_counter(), state.global_step
-
-        def timed_train(trainer, *a, **k):
-            trainer.add_callback(Loop())
-            return train(trainer, *a, **k)
+        def timed_train(trainer, *args, **kwargs):
+            trainer.add_callback(self)
+            return train(trainer, *args, **kwargs)
 
         with mock.patch.object(Trainer, "train", timed_train), mock.patch.object(
                 Trainer, "get_batch_samples", lambda t, it, n, d: get_batch_samples(t, self.timed(it), n, d)):
@@ -274,11 +274,8 @@ def data_wait(args):
     if args.warmup_steps:
         measure(0, args.warmup_steps)  # one-time costs (first use of torch's kernels) fall in no timed run
     runs = {f"workers_{n}": measure(int(n), args.max_steps) for n in args.num_workers.split(",")}
-    settings = {"tiny": args.quick, "command": "examples/run_video_classification.py (embedded default)",
-                "script_args": extra, "max_steps": args.max_steps, "warmup_steps": args.warmup_steps,
-                "synthetic_motion": {"version": synthetic.SyntheticMotionConfig().version},
-                "torch_threads": torch.get_num_threads()}  # fmt: skip
-    return write("data_wait", {"settings": settings, "runs": runs}, args.output)
+    return write("data_wait", {"runs": runs}, args, script_args=extra, torch_threads=torch.get_num_threads(),
+                 synthetic_motion={"version": synthetic.SyntheticMotionConfig().version})
 
 
 def streaming_arguments(parser):
@@ -287,17 +284,12 @@ def streaming_arguments(parser):
 
 
 def streaming(args):
-    """Training clips/s streamed from WebDataset shards (`--streaming`) against the same videos map-style, both
-    built from the training script's own classes; the first batch (workers starting, buffer filling) untimed."""
+    """Clips/s streamed from shards against map-style, the training script's own classes; the first batch untimed."""
     if args.quick:
         args.videos, args.seconds, args.size, args.rounds, args.shards, args.workers = 8, 2.0, "128x96", 1, 2, "1"
-    script = load_script()
-    from streaming import StreamingClipDataset, load_streaming_datasets
+    script, datasets = load_script(), importlib.import_module("datasets")
+    from streaming import StreamingClipDataset, load_streaming_datasets  # examples/streaming.py, next to the script
     from torchdata.stateful_dataloader import StatefulDataLoader
-
-    from datasets import Dataset
-
-    from .harness import video_processor
 
     width, height = map(int, args.size.split("x"))
     folder = video_dir(args.video_dir)
@@ -314,7 +306,7 @@ def streaming(args):
     for archive in archives:
         archive.close()
     processor = video_processor("vit-b16", frame_stride=8)
-    rows = Dataset.from_dict({"video": [str(p) for p in paths], "labels": [n % 4 for n in range(len(paths))]})
+    rows = datasets.Dataset.from_dict({"video": [str(p) for p in paths], "labels": [n % 4 for n in range(len(paths))]})
     map_style = script.VideoClipDataset(rows, "video", processor, train=True, seed=0)
     data_args = SimpleNamespace(dataset_name=None, train_file=str(shards / "train-*.tar"), validation_file=None,
                                 label_column_name="label", video_column_name="video")  # fmt: skip
@@ -343,10 +335,45 @@ def streaming(args):
         entry["streamed_over_map_style"] = ratio(entry["streamed"]["clips_per_s"], entry["map-style"]["clips_per_s"])
         entry["round_ratios"] = [s / m for s, m in zip(runs["streamed"], runs["map-style"])]
         results[f"{workers}_workers"] = entry
-    settings = {"videos": args.videos, "video": f"{args.size}, {args.seconds:g} s, 30 fps, H.264 (libx264 defaults)",
-                "clip": "8 frames, stride 8, RandomResizedCrop to 224", "batch_size": args.batch_size,
-                "shards": args.shards, "shuffle_buffer_size": args.shuffle_buffer_size, "rounds": args.rounds}
-    return write("streaming", {"settings": settings, "results": results}, args.output)
+    return write("streaming", {"results": results}, args, clip="8 frames, stride 8, RandomResizedCrop to 224",
+                 video=f"{args.size}, {args.seconds:g} s, 30 fps, H.264 (libx264 defaults)")
+
+
+def training_arguments(parser):
+    parser.add_argument("script_args", nargs="*", help="after `--`: arguments for run_video_classification.py")
+
+
+def training(args):
+    script_args = list(args.script_args)
+    if args.quick:  # the code path in seconds: a few steps on a small synthetic dataset
+        script_args = ["--max_steps", "4", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
+                       "--synthetic_train_videos_per_label", "2", "--synthetic_validation_videos_per_label", "1",
+                       "--dataloader_num_workers", "0", "--save_strategy", "no", "--logging_steps", "2", *script_args]
+    with tempfile.TemporaryDirectory(prefix="evl_training_") as scratch:
+        defaults = {"--output_dir": f"{scratch}/output", **({"--synthetic_data_dir": f"{scratch}/data"} if args.quick
+                                                             else {})}  # fmt: skip
+        script_args += [word for flag, value in defaults.items() if flag not in script_args for word in (flag, value)]
+        accelerate = Path(sys.executable).with_name("accelerate")
+        command = [str(accelerate) if accelerate.exists() else "accelerate", "launch", "--num_processes", "1",
+                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                   str(EXAMPLES / "run_video_classification.py"), *script_args]  # fmt: skip
+        before, load = resource.getrusage(resource.RUSAGE_CHILDREN), round(os.getloadavg()[0], 2)
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=ROOT, stdout=sys.stderr)  # its log on stderr: stdout holds the result
+        wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_CHILDREN)
+        if done.returncode:
+            raise SystemExit(f"error: the training run failed with exit status {done.returncode} (its log is above)")
+        folder = Path(script_args[script_args.index("--output_dir") + 1])
+        found = next((folder / n for n in ("all_results.json", "eval_results.json") if (folder / n).is_file()), None)
+        if found is None:
+            raise SystemExit(f"error: {folder} has no all_results.json or eval_results.json: was --do_eval False?")
+        metrics = json.loads(found.read_text())
+        # the temporary folders mean nothing on another machine
+        script_args = [word.replace(scratch, "<tmp>") for word in script_args]
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return write("training", {"wall_s": wall, "cpu_s": cpu, "metrics_file": found.name, "metrics": metrics}, args,
+                 command=" ".join(command[1:9]) + " examples/run_video_classification.py", script_args=script_args,
+                 loadavg_1min_before=load)
 
 
 SUITES = {
@@ -356,4 +383,6 @@ SUITES = {
                   data_wait_arguments, data_wait),
     "streaming": ("training clips/s streamed from WebDataset shards against map-style", streaming_arguments,
                   streaming),
+    "training": ("the training script's embedded default via accelerate launch: time and final eval metrics",
+                 training_arguments, training),
 }  # fmt: skip

@@ -1,27 +1,23 @@
-"""docs/benchmarks.md from docs/benchmark_results/*.json, and README.md's summary between its markers.
-
-    python -m benchmarks.docs            # rewrite both (make benchmark-docs)
-    python -m benchmarks.docs --check    # exit 1 when a committed page is not what the results give
-
-The page's prose, table layouts and their syntax are in docs/benchmark_results/benchmarks.md.in.
-"""
+"""docs/benchmarks.md and README.md's summary (between its markers) from docs/benchmark_results/*.json:
+`python -m benchmarks.docs` (`make benchmark-docs`), `--check` to exit 1 where a committed page is stale. The prose,
+table layouts and their syntax are in docs/benchmark_results/benchmarks.md.in and summary.md.in."""
 
 import argparse
 import json
+import collections
 import re
-import string
 import sys
 from pathlib import Path
 
 from .harness import RESULTS, ROOT, median, ratio
 
 
-TEMPLATE = RESULTS / "benchmarks.md.in"
+TEMPLATE, SUMMARY = RESULTS / "benchmarks.md.in", RESULTS / "summary.md.in"
 PAGE = ROOT / "docs" / "benchmarks.md"
 README = ROOT / "README.md"
 BEGIN, END = "<!-- benchmark-summary:begin -->", "<!-- benchmark-summary:end -->"
 FILTERS = {"median": median, "min": min, "max": max, "grey": lambda v: v * 255, "pct": lambda v: v * 100,
-           "ms": lambda v: v * 1000, "giga": lambda v: v / 1e9}
+           "ms": lambda v: v * 1000, "giga": lambda v: v / 1e9, "minutes": lambda v: v / 60}
 
 
 def upgrade(name: str, result: dict) -> dict:
@@ -34,21 +30,20 @@ def upgrade(name: str, result: dict) -> dict:
         result["methods"] = {m: {"wall_s": median(seconds[m]), "cpu_s": median(cpu[m])} for m in seconds}
     if kind == "streaming":
         for entry in result["results"].values():
-            entry.setdefault("round_ratios", [s / m for s, m in zip(entry["streamed"]["runs"], entry["map-style"]["runs"])])
+            entry.setdefault("round_ratios", list(map(ratio, entry["streamed"]["runs"], entry["map-style"]["runs"])))
     if kind == "precision" and "accuracy_bf16" in result["models"].get("trained", {}):  # the first run's name
         result["models"]["trained"].setdefault("accuracy_low", result["models"]["trained"]["accuracy_bf16"])
     if kind == "reference":
         base, paired = result["runs"]["reference_fp32"], result["median_of_round_ratios"]
         # each round's own speed-up: both sides at that round's load
-        result.setdefault("round_ratios", {f"{system}_{mode}_speedup": [b / t for b, t in zip(base[f"{mode}_s"],
-                                                                                              run[f"{mode}_s"])]
-                                           for system, run in result["runs"].items() for mode in ("inference", "train")})
+        result.setdefault("round_ratios", {f"{n}_{mode}_speedup": list(map(ratio, base[f"{mode}_s"], run[f"{mode}_s"]))
+                                           for n, run in result["runs"].items() for mode in ("inference", "train")})
         for system, times in result["times"].items():
             times["max_abs_logit_diff"] = result["max_abs_logit_diff"][system]
             for mode in ("inference", "train"):
                 times[f"{mode}_speedup"] = ratio(result["times"]["reference_fp32"][f"{mode}_s"], times[f"{mode}_s"])
                 times[f"{mode}_round_speedup"] = paired.get(f"{system}_{mode}_speedup", times[f"{mode}_speedup"])
-    if kind == "training":  # the metric of its head: accuracy for one label, mean average precision for several
+    if kind == "training" and not result["settings"]["quick"]:  # the metric: accuracy, or mAP for several labels
         metric = next((k for k in ("eval_accuracy", "eval_map") if k in result["metrics"]), None)
         result["run"] = {"metric": metric, "value": result["metrics"].get(metric), "wall_s": result["wall_s"],
                          "cpu_s": result["cpu_s"], "script_args": " ".join(result["settings"]["script_args"]),
@@ -118,20 +113,18 @@ def items(value, parts: list[str], keys: list):
         yield from items(value[int(parts[0])] if isinstance(value, list) else value[parts[0]], parts[1:], keys)
 
 
-class Cells(string.Formatter):
-    """Row fields: missing ones read n/a, `{field:filter;spec}` applies filters as the placeholders do."""
+class Cell:
+    """A row field: `{field:filter;spec}` formats it as the placeholders do; a missing one reads n/a."""
 
-    def get_value(self, key, args, mapping):
-        return mapping.get(key)
+    def __init__(self, value):
+        self.value = value
 
-    def get_field(self, field_name, args, mapping):
-        try:
-            return super().get_field(field_name, args, mapping)
-        except (KeyError, TypeError, IndexError):
-            return None, field_name
+    def __getitem__(self, key):
+        missing = self.value is None or (key not in self.value if isinstance(self.value, dict) else False)
+        return Cell(None if missing else self.value[int(key) if isinstance(self.value, list) else key])
 
-    def format_field(self, value, spec):
-        return apply(value, spec.split(";"))
+    def __format__(self, spec):
+        return apply(self.value, spec.split(";"))
 
 
 def rows(results: dict, reference: str, template: str) -> str:
@@ -139,56 +132,21 @@ def rows(results: dict, reference: str, template: str) -> str:
     name, _, path = reference.partition(":") if ":" in reference else ("", "", reference)
     found = []
     for keys, item in items(lookup(results, name) if name else results, list(filter(None, path.split("."))), []):
-        mapping = {**(item if isinstance(item, dict) else {}), "value": item, "keys": keys, "key": keys[-1] if keys else ""}
-        found.append(Cells().vformat(template, (), mapping))
+        fields = {**(item if isinstance(item, dict) else {}), "value": item, "keys": keys, "key": (keys or [""])[-1]}
+        found.append(template.format_map(collections.defaultdict(lambda: Cell(None), {
+            k: Cell(v) for k, v in fields.items()})))  # fmt: skip
     return "\n".join(found)
 
 
-def table(headers: list, body: list) -> str:
-    return "\n".join(["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-                     + ["| " + " | ".join(map(str, row)) + " |" for row in body])  # fmt: skip
-
-
-
-
-def summary(results: dict) -> str:
-    """The README's rows: parity, speed against the reference, the timeline, the training defaults."""
-    body = []
-    if "reference" in results:
-        body.append(["fp32 logits against the reference implementation (max abs diff)",
-                     f"{results['reference']['max_abs_logit_diff']['evl_hf_fp32']:.1e}"])
-    times = results.get("reference_quantized_quiet", {}).get("times", {})
-    for system, label in (("evl_hf_fp32", "fp32"), ("evl_hf_bf16_compiled", "bf16 + compile"),
-                          ("evl_hf_int8_compiled", "int8 + compile")):  # fmt: skip
-        if system in times:
-            body.append([f"CPU inference, {label}, against the reference's fp32",
-                         f"{times[system]['inference_speedup']:.2f}x"])
-    if "timeline_vit_b16" in results:
-        body.append(["`evl-hf timeline` against the model once per window (ViT-B/16, CPU time)",
-                     f"{results['timeline_vit_b16']['cpu_speedup']:.2f}x"])
-    for name, result in results.items():
-        if result.get("benchmark") == "training" and not result["settings"]["quick"]:
-            run = result["run"]
-            body.append([f"`make train` default ({name.removeprefix('training_').replace('_', '-')}): {run['metric']}"
-                         ", time", f"{fmt(run['value'], '.3f')} in {result['wall_s'] / 60:.0f} min"])
-    return table(["what", "measured"], body) + "\n\nHow each was measured: [docs/benchmarks.md](docs/benchmarks.md)."
-
-
 def render(results: dict, template: str) -> str:
-    def row(match):
-        return rows(results, match.group(1), match.group(2))
-
     def value(match):
-        body = match.group(1).strip()
-        if body == "summary":
-            return summary(results)
-        reference, *steps = body.split("|")
-        if " / " in reference:
-            return apply(ratio(*(lookup(results, side) for side in reference.split(" / "))), steps)
-        return apply(lookup(results, reference), [step.strip() for step in steps])
+        reference, *steps = [part.strip() for part in match.group(1).split("|")]
+        sides = [lookup(results, side) for side in reference.split(" / ")]
+        return apply(ratio(*sides) if len(sides) == 2 else sides[0], steps)
 
-    template = re.sub(r"<!-- template:.*?-->\n", "", template, flags=re.DOTALL)  # the syntax notes below
-    template = re.sub(r"^\{\{ for (\S+) \}\}(.*)$", row, template, flags=re.MULTILINE)
+    template = re.sub(r"<!-- template:.*?-->\n", "", template, flags=re.DOTALL)  # the syntax notes
+    template = re.sub(r"^\{\{ for (\S+) \}\}(.*)$", lambda m: rows(results, m.group(1), m.group(2)), template,
+                      flags=re.MULTILINE)  # fmt: skip
     return re.sub(r"\{\{(.*?)\}\}", value, template)
 
 
@@ -197,7 +155,7 @@ def readme_with_summary(text: str, results: dict) -> str:
     if BEGIN not in text or END not in text:
         return text
     head, rest = text.split(BEGIN, 1)
-    return f"{head}{BEGIN}\n{summary(results)}\n{END}{rest.split(END, 1)[1]}"
+    return f"{head}{BEGIN}\n{render(results, SUMMARY.read_text())}{END}{rest.split(END, 1)[1]}"
 
 
 def main(argv=None) -> int:
@@ -205,9 +163,8 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when a committed page differs; write nothing")
     args = parser.parse_args(argv)
     results = load()
-    pages = {PAGE: render(results, TEMPLATE.read_text())}
-    if README.is_file():
-        pages[README] = readme_with_summary(README.read_text(), results)
+    pages = {PAGE: render(results, TEMPLATE.read_text()), **({README: readme_with_summary(README.read_text(), results)}
+                                                            if README.is_file() else {})}  # fmt: skip
     stale = [path for path, text in pages.items() if not path.is_file() or path.read_text() != text]
     for path in stale:
         if args.check:

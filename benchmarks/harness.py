@@ -1,9 +1,6 @@
-"""What every suite shares: the machine record, the model and video builders, alternating timed rounds, JSON out.
-
-Timing is `torch.utils.benchmark.Timer` (its thread control and `blocked_autorange`); the machine is
-`torch.utils.collect_env`. Suites compare systems inside one run, in rounds whose order rotates, because on a shared
-machine a ratio survives the load and an absolute time does not.
-"""
+"""What every suite shares: machine record (`torch.utils.collect_env`), model and video builders, timed rounds that
+alternate the systems (`torch.utils.benchmark.Timer`; on a shared machine a ratio survives the load, a time does
+not), and the JSON written."""
 
 import json
 import os
@@ -22,7 +19,6 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 RESULTS = ROOT / "docs" / "benchmark_results"
 NUM_LABELS = 400  # Kinetics-400
-# CLIP ViT shapes the suites build random models with; "tiny" is evl_hf.testing_utils' tower, for runs in seconds.
 # (image_size, patch_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads); vit-s16 has
 # DeiT-S widths with CLIP's patch (a quarter of ViT-B/16's backbone work), tiny is evl_hf.testing_utils' tower
 SHAPES = {name: dict(zip(("image_size", "patch_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -32,8 +28,7 @@ SHAPES = {name: dict(zip(("image_size", "patch_size", "hidden_size", "intermedia
 
 
 def options(parser, **defaults) -> None:
-    """`--name-with-dashes` options from keyword defaults, typed by the default (`True`/`False`: a switch, `None`: a
-    string); a `(default, help)` or `(default, help, choices)` tuple adds the help text and the choices."""
+    """`--dashed-name` options typed by their default (bool: a switch, None: str), or `(default, help[, choices])`."""
     for name, value in defaults.items():
         default, help, choices = (value + (None,) * 3)[:3] if isinstance(value, tuple) else (value, None, None)
         flag = "--" + name.replace("_", "-")
@@ -69,7 +64,8 @@ def machine() -> dict:
     env = get_env_info()._asdict()
     lscpu = dict(line.split(":", 1) for line in (env.pop("cpu_info") or "").splitlines() if ":" in line)
     flags = set(lscpu.get("Flags", "").split())
-    versions = {p: find_version(p) for p in ("torch", "torchvision", "torchcodec", "transformers", "accelerate", "av",
+    installed = {d.metadata["Name"].lower(): d.version for d in metadata.distributions()}
+    versions = {p: installed.get(p) for p in ("torch", "torchvision", "torchcodec", "transformers", "accelerate", "av",
                                               "torchao", "evl-hf")}  # fmt: skip
     # the machine is shared: the load says how quiet it was
     return {"cpu": lscpu.get("Model name", "unknown").strip(), "cpu_count": os.cpu_count(),
@@ -79,30 +75,22 @@ def machine() -> dict:
             **({"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {})}  # fmt: skip
 
 
-def find_version(package: str) -> str | None:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def write(name: str, result: dict, output: str | None) -> dict:
-    """Adds the machine record, prints the JSON, and with `output` writes `output/<name>.json`."""
-    result = {"benchmark": name, **result, "machine": {**machine(), **result.get("machine", {})}}
+def write(name: str, result: dict, args, **settings) -> dict:
+    """The result, its options and `settings`, the machine: printed, and with `--output DIR` in DIR/<name>.json."""
+    name, settings = args.name or name, {**{k: v for k, v in vars(args).items() if k not in ("output", "worker")},
+                                         **settings}  # fmt: skip
+    result = {"benchmark": name, "settings": settings, **result, "machine": {**machine(), **result.get("machine", {})}}
     print(json.dumps(result, indent=2))
-    if output:
-        Path(output).mkdir(parents=True, exist_ok=True)
-        Path(output, f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
+    if args.output:
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+        Path(args.output, f"{name}.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
 
 
-def measure(step, *, threads: int, label: str = "", sub_label: str = "", description: str = "",
-            min_run_time: float = 0.0):  # fmt: skip
-    """One `Timer.blocked_autorange` of `step()` on `threads` threads: `(Measurement, CPU seconds per call)`.
-
-    `blocked_autorange` calls `step` once to size its blocks (a warm-up of sorts) and then at least one block; with
-    the default `min_run_time` of 0 a step of seconds runs twice, a step of milliseconds as often as a block takes.
-    CPU time (all threads of this process) is averaged over every call it made."""
+def measure(step, *, threads: int, label="", sub_label="", description="", min_run_time=0.0):
+    """`Timer.blocked_autorange` of `step()` on `threads` threads: `(Measurement, CPU seconds per call)`. It calls
+    `step` once to size its blocks, then at least one block: a step of seconds runs twice (the first a warm-up), a
+    step of milliseconds as often as `min_run_time` allows. CPU time (all threads) is averaged over every call."""
     calls = []
     timer = benchmark.Timer("calls.append(step())", globals={"calls": calls, "step": step}, num_threads=threads,
                             label=label, sub_label=sub_label, description=description)  # fmt: skip
@@ -112,10 +100,8 @@ def measure(step, *, threads: int, label: str = "", sub_label: str = "", descrip
 
 
 def alternate(steps: dict, rounds: int, *, threads: int, label: str = "", between=None, min_run_time: float = 0.0):
-    """Times every `steps[name]()` once per round, the order rotating each round; `between(round)` runs first.
-
-    Returns `({name: [seconds per round]}, {name: [CPU seconds per round]}, [Measurement])`: the medians of `Timer`'s
-    blocks, and every Measurement for `torch.utils.benchmark.Compare`."""
+    """`measure`s every `steps[name]` once per round, the order rotating, after `between(round)`; logs `Compare`'s
+    table. Returns `({name: [seconds per round]}, {name: [CPU seconds per round]})`."""
     names = list(steps)
     wall, cpu, measurements = {n: [] for n in names}, {n: [] for n in names}, []
     for index in range(rounds):
@@ -125,13 +111,9 @@ def alternate(steps: dict, rounds: int, *, threads: int, label: str = "", betwee
                                min_run_time=min_run_time)  # fmt: skip
             wall[name].append(m.median), cpu[name].append(cpu_s), measurements.append(m)
         log(f"round {index + 1}/{rounds}: " + ", ".join(f"{n} {wall[n][-1]:.3f} s" for n in names))
-    return wall, cpu, measurements
-
-
-def compare(measurements) -> None:
-    """`torch.utils.benchmark.Compare`'s table of the rounds, on stderr next to the progress."""
     if measurements:
         log(str(benchmark.Compare(measurements)))
+    return wall, cpu
 
 
 def matmul_gflops(threads: int, size: int = 2048) -> float:

@@ -1,7 +1,5 @@
-"""EVL against VideoMAE and TimeSformer on CPU: training step, inference, peak RSS, FLOPs (suite `cpu_models`).
-
-Each system runs in a fresh subprocess per round (its peak RSS is its own), the systems taking turns; the main
-process measures fp32 `torch.mm` throughput before each round. FLOPs: `FlopCounterMode` on the meta device."""
+"""EVL against VideoMAE and TimeSformer on CPU (`cpu_models`): training step, inference, peak RSS (a fresh process
+per system and round, the systems taking turns), FLOPs (`FlopCounterMode`, meta device), `torch.mm` per round."""
 
 import argparse
 import contextlib
@@ -25,8 +23,7 @@ SYSTEMS = ("evl", "videomae", "timesformer")
 def add_arguments(parser):
     options(parser, systems=(",".join(SYSTEMS), "comma-separated subset of evl,videomae,timesformer"),
             repeats=(3, "alternating rounds, a fresh process per system in each"), batch_size=2, num_frames=8,
-            threads=2, compile_backbone=(False, "also time EVL's backbone compiled"),
-            name=("cpu_models", "written to <output>/<name>.json"))
+            threads=2, compile_backbone=(False, "also time EVL's backbone compiled"))
     parser.add_argument("--worker", choices=SYSTEMS, help=argparse.SUPPRESS)
 
 
@@ -98,17 +95,17 @@ def count_flops(system: str, shape: str, num_frames: int, batch_size: int) -> di
         size = model.config.image_size if system != "evl" else model.config.vision_config.image_size
         pixel_values = torch.randn(batch_size, num_frames, 3, size, size)
         labels = torch.randint(0, NUM_LABELS, (batch_size,))
-    counts = {}
-    with FlopCounterMode(display=False) as counter:  # autograd on: FlopCounterMode fails on no-grad views
-        model.eval()(pixel_values=pixel_values)
-    counts["inference_flops"] = counter.get_total_flops()
-    with FlopCounterMode(display=False) as counter:
-        model.train()(pixel_values=pixel_values, labels=labels).loss.backward()
-    counts["train_flops"] = counter.get_total_flops()
-    if system == "evl":
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            model.evl.vision_model(pixel_values=pixel_values.flatten(0, 1))  # frames folded into the batch
-        counts["backbone_inference_flops"] = counter.get_total_flops()
+
+    def flops(step) -> int:  # autograd stays on: FlopCounterMode fails on views of parameters taken under no_grad
+        with FlopCounterMode(display=False) as counter:
+            step()
+        return counter.get_total_flops()
+
+    counts = {"inference_flops": flops(lambda: model.eval()(pixel_values=pixel_values)),
+              "train_flops": flops(lambda: model.train()(pixel_values=pixel_values, labels=labels).loss.backward())}
+    if system == "evl":  # the frozen backbone on the frames folded into the batch, as EVL runs it
+        frames = pixel_values.flatten(0, 1)
+        counts["backbone_inference_flops"] = flops(lambda: model.evl.vision_model(pixel_values=frames))
     return counts
 
 
@@ -146,11 +143,9 @@ def run(args):
     if get("evl", "backbone_compiled_inference_gflops_per_s"):
         ratios["evl_compiled_backbone_gflops_over_matmul"] = ratio(
             get("evl", "backbone_compiled_inference_gflops_per_s"), median(matmul))
-    settings = {"tiny": args.quick, "shape": shape, "num_frames": args.num_frames, "batch_size": args.batch_size,
-                "dtype": "float32", "threads": args.threads, "repeats": repeats, "matmul_size": 2048,
-                "timing": "torch.utils.benchmark.Timer.blocked_autorange, median of its blocks"}  # fmt: skip
-    return write(args.name, {"settings": settings, "matmul_gflops_per_s": median(matmul),
-                             "matmul_gflops_per_s_runs": matmul, "systems": result, "ratios": ratios}, args.output)
+    return write("cpu_models", {"matmul_gflops_per_s": median(matmul), "matmul_gflops_per_s_runs": matmul,
+                             "systems": result, "ratios": ratios}, args, shape=shape, repeats=repeats, dtype="float32",
+                 timing="torch.utils.benchmark.Timer.blocked_autorange, median of its blocks")
 
 
 def summarize(results: list, flops: dict, batch_size: int) -> dict:

@@ -1,13 +1,11 @@
-"""evl_hf against the reference implementation, one set of weights: parity, then alternating rounds (`reference`).
+"""evl_hf against the reference implementation (`reference`), and what a bf16 or int8 backbone changes (`precision`).
 
-The reference (OpenGVLab/efficient-video-recognition) is cloned at run time into `--reference-dir` and imported from
-there; nothing of it lives in this repository. Its `EVLTransformer` gets random weights (the zero-initialised decoder
-tables drawn at random), the same weights go into `EVLForVideoClassification` (backbone key by key, decoder and head
-through `evl_hf.convert_evl_original_to_hf`), and that model is loaded again the user's way,
-`from_pretrained(**from_pretrained_kwargs(dtype))`: bf16 backbone, bf16 compiled, int8 (torchao) compiled. In this
-process only, the reference's temporal cross attention allocates on the input's device (it hard-codes cuda), and its
-backbone loader is given random weights instead of an OpenAI CLIP file.
-"""
+The reference (OpenGVLab/efficient-video-recognition) is cloned at run time into `--reference-dir`; nothing of it is
+kept here. Its random weights go into `EVLForVideoClassification`, which is also loaded the user's way with a bf16 or
+int8 backbone, compiled or not. In this process only, its temporal cross attention allocates on the input's device
+(it hard-codes cuda), and its backbone loader returns random weights instead of reading an OpenAI CLIP file.
+`precision` compares the predictions of such a model with fp32: a trained one on its validation videos, and a random
+CLIP made into EVL with `from_clip_pretrained`."""
 
 import importlib.util
 import os
@@ -20,12 +18,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from evl_hf import EVLForVideoClassification
+from evl_hf import EVLForVideoClassification, EVLVideoProcessor
 from evl_hf.convert_evl_original_to_hf import convert_state_dict
 from evl_hf.quantization import compile_model, from_pretrained_kwargs
+from evl_hf.testing_utils import randomize_zero_initialised
+from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from .harness import NUM_LABELS, SHAPES, alternate, build_model, compare, log, machine, matmul_gflops, median, options
-from .harness import ratio, write
+from .harness import NUM_LABELS, SHAPES, alternate, build_model, load_script, log, machine, matmul_gflops, median
+from .harness import options, ratio, video_processor, videos, write
 
 
 URL = "https://github.com/OpenGVLab/efficient-video-recognition"
@@ -39,7 +39,7 @@ def add_arguments(parser):
     options(parser, reference_dir=(None, f"a checkout of {URL}, cloned there when missing (default: in the cache)"),
             shape=("vit-b16", None, list(SHAPES)), batch_size=2, num_frames=8, rounds=5, threads=2,
             systems=(",".join(LOADED), "rows next to reference_fp32 and evl_hf_fp32 (empty: none)"),
-            modes=("inference,train", "what each round times"), name=("reference", "written to <output>/<name>.json"))
+            modes=("inference,train", "what each round times"))
 
 
 def checkout(reference_dir) -> Path:
@@ -48,16 +48,13 @@ def checkout(reference_dir) -> Path:
 
     folder = Path(reference_dir or video_dir().parent / "efficient-video-recognition").expanduser()
     if not (folder / "model.py").is_file():
-        if folder.exists() and any(folder.iterdir()):
-            raise SystemExit(f"error: --reference-dir {folder} has no model.py and is not empty: pass a checkout of "
-                             f"{URL} (git clone {URL}.git), or an empty or missing folder to clone into.")  # fmt: skip
-        log(f"cloning {URL} into {folder}")
-        try:
+        log(f"{folder} has no model.py: cloning {URL} into it")
+        try:  # git refuses a folder that is not empty, and says so
             subprocess.run(["git", "clone", "--quiet", f"{URL}.git", str(folder)], check=True)
             subprocess.run(["git", "-C", str(folder), "checkout", "--quiet", COMMIT], check=True)
         except (OSError, subprocess.CalledProcessError) as error:
-            raise SystemExit(f"error: could not clone {URL} into {folder} ({error}): clone it yourself "
-                             f"(git clone {URL}.git) and pass --reference-dir.")  # fmt: skip
+            raise SystemExit(f"error: --reference-dir {folder} has no model.py and cloning {URL} there failed "
+                             f"({error}): clone it yourself (git clone {URL}.git) and pass its folder.")  # fmt: skip
     return folder
 
 
@@ -157,76 +154,139 @@ def run(args):
     if args.quick:
         args.shape, args.rounds = "tiny", 2
     torch.set_num_threads(args.threads)
-    modes = args.modes.split(",")
-    record = machine()
-    wanted = [name for name in args.systems.split(",") if name]
+    modes, record, wanted = args.modes.split(","), machine(), [name for name in args.systems.split(",") if name]
     skipped = {n: f"this CPU has no fast {LOADED[n][0]} instructions" for n in wanted
                if not record["fast_bf16" if LOADED[n][0] == "bfloat16" else "fast_int8"]}  # fmt: skip
-    if any(LOADED[n][0] == "int8" for n in wanted) and importlib.util.find_spec("torchao") is None:
+    if importlib.util.find_spec("torchao") is None:
         skipped.update({n: "needs torchao: pip install 'evl-hf[quantize]'" for n in wanted if LOADED[n][0] == "int8"})
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     torch.manual_seed(0)
     models = {"reference_fp32": build_reference(checkout(args.reference_dir), SHAPES[args.shape], args.num_frames)}
     models["evl_hf_fp32"] = to_evl_hf(models["reference_fp32"], args.shape, args.num_frames)
     compile_s = {}
-    for name in wanted:
-        if name in skipped:
-            log(f"{name} skipped: {skipped[name]}")
-            continue
-        models[name] = reload(models["evl_hf_fp32"], LOADED[name][0])
+    for name in (n for n in wanted if n not in skipped):
+        models[name], start = reload(models["evl_hf_fp32"], LOADED[name][0]), time.perf_counter()
         if LOADED[name][1]:
-            start = time.perf_counter()
             compile_model(models[name].eval(), batch_size=args.batch_size, num_frames=args.num_frames)
             compile_s[name] = {"inference_s": time.perf_counter() - start}
     size = SHAPES[args.shape]["image_size"]
     pixel_values = torch.randn(args.batch_size, args.num_frames, 3, size, size)
-    labels = torch.randint(0, NUM_LABELS, (args.batch_size,))
-    calls = {name: steps(name, model, pixel_values, labels) for name, model in models.items()}
+    calls = {name: steps(name, model, pixel_values, torch.randint(0, NUM_LABELS, (args.batch_size,)))
+             for name, model in models.items()}  # fmt: skip
     logits = {name: call["inference"]() for name, call in calls.items()}
     base = logits["reference_fp32"]
-    differences = {name: (value - base).abs().max().item() for name, value in logits.items()}
-    same_top1 = {name: (value.argmax(-1) == base.argmax(-1)).float().mean().item() for name, value in logits.items()}
-    if "train" in modes:
-        for name, call in calls.items():  # a training step's own compilation, outside the rounds
-            start = time.perf_counter()
-            call["train"]()
-            if name in compile_s:
-                compile_s[name]["train_s"] = time.perf_counter() - start
-    matmul, loads = [], []
-
-    def probe(index):
-        matmul.append(matmul_gflops(args.threads))
-        loads.append(round(os.getloadavg()[0], 2))
-
-    runs, measurements = {name: {} for name in calls}, []
+    for name, call in calls.items() if "train" in modes else ():  # a training step's own compilation, untimed
+        start = time.perf_counter()
+        call["train"]()
+        if name in compile_s:
+            compile_s[name]["train_s"] = time.perf_counter() - start
+    matmul, loads, runs = [], [], {name: {} for name in calls}
     for mode in ("inference", "train"):
-        if mode not in modes:
-            for name in calls:
-                runs[name].update({f"{mode}_s": [], f"{mode}_cpu_s": []})
-            continue
-        wall, cpu, found = alternate({name: call[mode] for name, call in calls.items()}, args.rounds,
-                                     threads=args.threads, label=mode, between=probe)  # fmt: skip
-        measurements += found
+        wall, cpu = alternate({n: c[mode] for n, c in calls.items()}, args.rounds if mode in modes else 0,
+                              threads=args.threads, label=mode, between=lambda _: (matmul.append(
+                                  matmul_gflops(args.threads)), loads.append(round(os.getloadavg()[0], 2))))
         for name in calls:
             runs[name].update({f"{mode}_s": wall[name], f"{mode}_cpu_s": cpu[name]})
-    compare(measurements)
     times = {name: {key: median(values) for key, values in run.items()} for name, run in runs.items()}
-    ratios, paired, cpu_ratios = {}, {}, {}
-    for name in list(calls)[1:]:
-        for mode in modes:
-            key, ref = f"{name}_{mode}_speedup", runs["reference_fp32"]
-            ratios[key] = ratio(times["reference_fp32"][f"{mode}_s"], times[name][f"{mode}_s"])
-            cpu_ratios[key] = ratio(times["reference_fp32"][f"{mode}_cpu_s"], times[name][f"{mode}_cpu_s"])
-            # each round's own ratio: both sides saw that round's load
-            paired[key] = median([ratio(b, t) for b, t in zip(ref[f"{mode}_s"], runs[name][f"{mode}_s"])])
-    settings = {"shape": args.shape, "batch_size": args.batch_size, "num_frames": args.num_frames,
-                "rounds": args.rounds, "threads": args.threads, "modes": modes, "reference": f"{URL}@{COMMIT}"}
-    return write(args.name, {
-        "settings": settings, "machine": {"loadavg_at_start": load_at_start}, "max_abs_logit_diff": differences,
-        "same_top1_as_reference": same_top1, "skipped_because": skipped, "compile_s": compile_s, "times": times,
-        "runs": runs, "matmul_gflops_per_s_runs": matmul, "loadavg_runs": loads, "ratios": ratios,
-        "median_of_round_ratios": paired, "cpu_time_ratios": cpu_ratios}, args.output)  # fmt: skip
+    ratios, paired, cpu_ratios, ref = {}, {}, {}, runs["reference_fp32"]
+    for key, name, mode in ((f"{n}_{m}_speedup", n, m) for n in list(calls)[1:] for m in modes):
+        ratios[key] = ratio(times["reference_fp32"][f"{mode}_s"], times[name][f"{mode}_s"])
+        cpu_ratios[key] = ratio(times["reference_fp32"][f"{mode}_cpu_s"], times[name][f"{mode}_cpu_s"])
+        # each round's own ratio: both sides saw that round's load
+        paired[key] = median([ratio(b, t) for b, t in zip(ref[f"{mode}_s"], runs[name][f"{mode}_s"])])
+    return write("reference", {
+        "machine": {"loadavg_at_start": load_at_start},
+        "max_abs_logit_diff": {name: (value - base).abs().max().item() for name, value in logits.items()},
+        "same_top1_as_reference": {n: (v.argmax(-1) == base.argmax(-1)).float().mean().item()
+                                   for n, v in logits.items()},
+        "skipped_because": skipped, "compile_s": compile_s, "times": times, "runs": runs,
+        "matmul_gflops_per_s_runs": matmul, "loadavg_runs": loads, "ratios": ratios, "median_of_round_ratios": paired,
+        "cpu_time_ratios": cpu_ratios}, args, modes=modes, reference=f"{URL}@{COMMIT}")  # fmt: skip
 
 
-SUITES = {"reference": ("evl_hf (fp32, bf16, bf16/int8 + compile) against the reference implementation: parity, "
-                        "speed", add_arguments, run)}  # fmt: skip
+def precision_arguments(parser):
+    options(parser, model=(None, "folder of a trained EVL model (omitted: the trained part is skipped)"),
+            validation_dir=(None, "<label>/*.mp4 validation videos (default: the synthetic-motion dataset's)"),
+            random_clips=(32, "clips for the random model (0: skip it)"), random_shape=("vit-b16", None, list(SHAPES)),
+            batch_size=8, dtype=("bfloat16", None, ["bfloat16", "float16", "int8"]),
+            compile=(False, "compile the --dtype model (compile_model)"), threads=2)
+
+
+def load_both(folder, dtype: str, compile: bool, batch_size: int) -> dict:
+    models = {"fp32": EVLForVideoClassification.from_pretrained(folder).eval(),
+              "low": EVLForVideoClassification.from_pretrained(folder, **from_pretrained_kwargs(dtype)).eval()}
+    if compile:
+        compile_model(models["low"], batch_size)
+    return models
+
+
+def compare_logits(models: dict, processor, clips: list, batch_size: int, labels=None) -> dict:
+    """Both models on the same preprocessed clips: top-1 agreement, logit differences, accuracy where labelled."""
+    logits = {name: [] for name in models}
+    for start in range(0, len(clips), batch_size):
+        pixel_values = processor([str(p) for p in clips[start : start + batch_size]], return_tensors="pt")
+        with torch.inference_mode():
+            for name, model in models.items():
+                logits[name].append(model(pixel_values=pixel_values["pixel_values"]).logits.float())
+    fp32, low = (torch.cat(logits[name]) for name in ("fp32", "low"))
+    difference, top2 = (low - fp32).abs(), fp32.topk(2, dim=-1).values
+    result = {"clips": fp32.shape[0], "top1_agreement": (fp32.argmax(-1) == low.argmax(-1)).float().mean().item(),
+              "max_abs_logit_diff": difference.max().item(), "mean_abs_logit_diff": difference.mean().item(),
+              "max_abs_logit": fp32.abs().max().item(),
+              # how close the fp32 model's two best classes are: a flip needs a difference of this size
+              "min_top1_margin": (top2[:, 0] - top2[:, 1]).min().item()}  # fmt: skip
+    if labels is not None:
+        result["accuracy_fp32"] = (fp32.argmax(-1) == labels).float().mean().item()
+        result["accuracy_low"] = (low.argmax(-1) == labels).float().mean().item()
+    return result
+
+
+def precision(args):
+    torch.set_num_threads(args.threads)
+    start, models, scratch = time.perf_counter(), {}, tempfile.TemporaryDirectory()
+    if args.quick:  # 4 generated clips in a folder of their own for the tiny random model
+        args.random_shape, args.random_clips, args.batch_size = "tiny", 4, 2
+        videos(Path(scratch.name, "clips", "any"), 4, 1.0, 48, 64)
+        args.validation_dir = args.validation_dir or str(Path(scratch.name, "clips"))
+    if args.validation_dir is None:
+        args.validation_dir = str(load_script("synthetic_data").generate_synthetic_motion_dataset() / "validation")
+    if args.model:
+        if not Path(args.model, "config.json").is_file():
+            raise SystemExit(f"error: --model {args.model} has no config.json: pass a training run's output folder.")
+        pair = load_both(args.model, args.dtype, args.compile, args.batch_size)
+        label2id = pair["fp32"].config.label2id
+        clips = [p for p in sorted(Path(args.validation_dir).glob("*/*.mp4")) if p.parent.name in label2id]
+        if not clips:
+            raise SystemExit(f"error: no <label>/*.mp4 with labels {sorted(label2id)} under --validation-dir "
+                             f"{args.validation_dir}: pass the validation folder of the model's dataset.")  # fmt: skip
+        labels = torch.tensor([label2id[p.parent.name] for p in clips])
+        models["trained"] = compare_logits(pair, EVLVideoProcessor.from_pretrained(args.model), clips,
+                                           args.batch_size, labels)  # fmt: skip
+        models["trained"]["model"] = args.model
+    if args.random_clips:
+        torch.manual_seed(0)
+        shape, clip_dir, evl_dir = SHAPES[args.random_shape], Path(scratch.name, "clip"), Path(scratch.name, "evl")
+        CLIPVisionModel(CLIPVisionConfig(**shape)).save_pretrained(clip_dir)
+        id2label = {i: f"class_{i}" for i in range(NUM_LABELS)}
+        model = EVLForVideoClassification.from_clip_pretrained(
+            clip_dir, num_frames=8, decoder_num_layers=min(4, shape["num_hidden_layers"]), id2label=id2label,
+            label2id={name: i for i, name in id2label.items()})  # fmt: skip
+        randomize_zero_initialised(model, std=0.02).save_pretrained(evl_dir)
+        clips = sorted(Path(args.validation_dir).glob("*/*.mp4"))[: args.random_clips]
+        models["random_clip"] = compare_logits(load_both(evl_dir, args.dtype, args.compile, args.batch_size),
+                                               video_processor(args.random_shape, frame_stride=3), clips,
+                                               args.batch_size)  # fmt: skip
+        models["random_clip"]["shape"] = args.random_shape
+    if not models:
+        raise SystemExit("error: nothing to measure: pass --model and/or a positive --random-clips.")
+    scratch.cleanup()
+    name = "precision" if args.dtype == "bfloat16" else f"precision_{args.dtype}"
+    return write(name, {"seconds": time.perf_counter() - start, "models": models}, args)
+
+
+SUITES = {
+    "reference": ("evl_hf (fp32, bf16, bf16/int8 + compile) against the reference implementation: parity, speed",
+                  add_arguments, run),
+    "precision": ("what a bf16/int8 backbone changes in the predictions of a trained and a random model",
+                  precision_arguments, precision),
+}  # fmt: skip
