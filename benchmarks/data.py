@@ -207,18 +207,18 @@ class DataWaitTimer(TrainerCallback):
     epoch, against the loop's wall time (`on_train_begin` to `on_train_end`)."""
 
     def __init__(self):
-        self.waits, self.iterator = [], None
+        self.waits = []
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start, self.batch_size = time.perf_counter(), args.train_batch_size
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.waits.append([])  # no reference to the DataLoader's iterator: it must shut its workers down with the run
 
     def on_train_end(self, args, state, control, **kwargs):
         self.end, self.steps = time.perf_counter(), state.global_step
 
     def timed(self, iterator):
-        if iterator is not self.iterator:  # a new epoch
-            self.iterator = iterator
-            self.waits.append([])
         while True:
             start = time.perf_counter()
             try:
