@@ -132,7 +132,7 @@ def rows(results: dict, reference: str, template: str) -> str:
     name, _, path = reference.partition(":") if ":" in reference else ("", "", reference)
     found = []
     for keys, item in items(lookup(results, name) if name else results, list(filter(None, path.split("."))), []):
-        fields = {**(item if isinstance(item, dict) else {}), "value": item, "keys": keys, "key": (keys or [""])[-1]}
+        fields = {"value": item, "keys": keys, "key": (keys or [""])[-1], **(item if isinstance(item, dict) else {})}
         found.append(template.format_map(collections.defaultdict(lambda: Cell(None), {
             k: Cell(v) for k, v in fields.items()})))  # fmt: skip
     return "\n".join(found)

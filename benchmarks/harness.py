@@ -75,11 +75,12 @@ def machine() -> dict:
             **({"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {})}  # fmt: skip
 
 
-def write(name: str, result: dict, args, **settings) -> dict:
-    """The result, its options and `settings`, the machine: printed, and with `--output DIR` in DIR/<name>.json."""
-    name, settings = args.name or name, {**{k: v for k, v in vars(args).items() if k not in ("output", "worker")},
-                                         **settings}  # fmt: skip
-    result = {"benchmark": name, "settings": settings, **result, "machine": {**machine(), **result.get("machine", {})}}
+def write(kind: str, result: dict, args, file: str | None = None, **settings) -> dict:
+    """Suite `kind`'s result, options, `settings` and machine: printed, and with `--output` in DIR/<name>.json (name:
+    `--name`, else `file`, else `kind`)."""
+    given = {k: v for k, v in vars(args).items() if k not in ("output", "worker")}
+    name, settings = args.name or file or kind, {**given, **settings}
+    result = {"benchmark": kind, "settings": settings, **result, "machine": {**machine(), **result.get("machine", {})}}
     print(json.dumps(result, indent=2))
     if args.output:
         Path(args.output).mkdir(parents=True, exist_ok=True)

@@ -221,7 +221,7 @@ def gpu(args):
     results = {shape: benchmark_shape(shape, args, device) for shape in args.shapes.split(",")}
     decode = decode_rates(args) if args.decode_videos and not args.accuracy_only else None
     name = ("gpu" if device.type == "cuda" else "gpu_on_cpu") + f"_{args.dtype}"  # CPU runs pass for no GPU numbers
-    return write(name, {"results": results, "decode": decode}, args, device=str(device),
+    return write("gpu", {"results": results, "decode": decode}, args, name, device=str(device),
                  peak_memory="torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS")
 
 

@@ -281,7 +281,7 @@ def precision(args):
         raise SystemExit("error: nothing to measure: pass --model and/or a positive --random-clips.")
     scratch.cleanup()
     name = "precision" if args.dtype == "bfloat16" else f"precision_{args.dtype}"
-    return write(name, {"seconds": time.perf_counter() - start, "models": models}, args)
+    return write("precision", {"seconds": time.perf_counter() - start, "models": models}, args, name)
 
 
 SUITES = {
