@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.evl-hf-installed
 DOCS_STAMP := $(VENV)/.evl-hf-docs-installed
 
-.PHONY: install browser train test test-slow test-all test-gpu test-conformance test-docs docs benchmark clean
+.PHONY: install browser train test test-slow test-all test-gpu test-conformance test-docs docs benchmark benchmark-docs clean
 
 install: $(STAMP)
 
@@ -69,9 +69,13 @@ test-docs: $(DOCS_STAMP)
 docs: $(DOCS_STAMP)
 	$(BIN)/mkdocs build --strict
 
+# One suite of `python -m benchmarks --list` into docs/benchmark_results, e.g. `make benchmark SUITE=cpu_models
+# ARGS="--repeats 3"`; without SUITE, the list. Then `make benchmark-docs` renders docs/benchmarks.md from the JSON.
 benchmark: $(STAMP)
-	$(BIN)/python benchmarks/bench_cpu_models.py
-	$(BIN)/python benchmarks/bench_data_path.py
+	$(BIN)/python -m benchmarks $(if $(SUITE),$(SUITE) --output docs/benchmark_results $(ARGS),--list)
+
+benchmark-docs: $(STAMP)
+	$(BIN)/python -m benchmarks.docs
 
 clean:
 	rm -rf $(VENV) build dist site *.egg-info .pytest_cache

@@ -1,241 +1,184 @@
-"""The benchmark scripts run end to end in --tiny mode and print JSON with the numbers the docs quote."""
+"""The benchmark harness: its entry point, the ratios in every result file, and docs/benchmarks.md made from them."""
 
+import copy
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
-
-
-def run_benchmark(script: str, *args: str) -> dict:
-    """Runs `benchmarks/<script>` in a subprocess; returns the JSON it prints before its markdown table."""
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), *args], capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result, end = json.JSONDecoder().raw_decode(done.stdout)
-    assert "| " in done.stdout[end:], "a markdown table follows the JSON"
-    return result
+from benchmarks import docs
+from benchmarks.__main__ import main
 
 
-def assert_positive(mapping: dict, keys: list[str]) -> None:
-    for key in keys:
-        value = mapping[key]
-        assert isinstance(value, (int, float)) and value > 0, f"{key} = {value!r}"
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = docs.load()
 
 
-@pytest.fixture(scope="module")
-def results_dir(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("benchmark_results")
+def of_kind(kind: str) -> list:
+    return [pytest.param(result, id=name) for name, result in RESULTS.items() if result.get("benchmark") == kind]
 
 
-@pytest.fixture(scope="module")
-def cpu_models(results_dir) -> dict:
-    return run_benchmark("bench_cpu_models.py", "--tiny", "--repeats", "1", "--output", str(results_dir))
+def test_the_entry_point_lists_every_suite(capsys):
+    assert main(["--list"]) == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]}
+    assert listed == {"cpu_models", "reference", "precision", "data_path", "data_wait", "streaming", "timeline", "onnx",
+                      "gpu", "training"}  # fmt: skip
 
 
-@pytest.fixture(scope="module")
-def data_path(results_dir, tmp_path_factory) -> dict:
-    videos = tmp_path_factory.mktemp("videos")
-    return run_benchmark("bench_data_path.py", "--tiny", "--video-dir", str(videos), "--output", str(results_dir))
+def test_an_unknown_suite_is_refused_with_the_list(capsys):
+    assert main(["cpu-models"]) == 2
+    error = capsys.readouterr().err
+    assert "unknown suite 'cpu-models'" in error and "cpu_models" in error
 
 
-@pytest.fixture(scope="module")
-def data_wait(results_dir, tmp_path_factory) -> dict:
-    videos = tmp_path_factory.mktemp("synthetic_motion")
-    return run_benchmark(
-        "bench_data_wait.py",
-        "--tiny",
-        "--num-workers",
-        "2,0",
-        "--synthetic-data-dir",
-        str(videos),
-        "--output",
-        str(results_dir),
-    )
+def test_the_committed_page_is_what_the_results_give():
+    assert docs.render(RESULTS, docs.TEMPLATE.read_text()) == docs.PAGE.read_text(), "run `make benchmark-docs`"
 
 
-def test_cpu_models_reports_time_memory_and_flops_for_every_system(cpu_models):
-    assert set(cpu_models["systems"]) == {"evl", "videomae", "timesformer"}
-    for system in cpu_models["systems"].values():
-        assert_positive(
-            system,
-            [
-                "train_step_s",
-                "inference_s",
-                "inference_clips_per_s",
-                "peak_rss_train_mb",
-                "peak_rss_inference_mb",
-                "inference_flops",
-                "train_flops",
-                "inference_gflops_per_s",
-                "trainable_parameters",
-            ],
-        )
-    assert_positive(cpu_models["systems"]["evl"], ["backbone_inference_s", "backbone_inference_gflops_per_s"])
-    assert cpu_models["matmul_gflops_per_s"] > 0
+def test_a_number_on_the_page_moves_with_its_result_file():
+    results = copy.deepcopy(RESULTS)
+    run = results["timeline_vit_b16"]
+    run["whole_video_cpu_seconds"]["per_window"] = [2 * s for s in run["whole_video_cpu_seconds"]["per_window"]]
+    run.pop("cpu_speedup")
+    page = docs.render({name: docs.upgrade(name, r) for name, r in results.items()}, docs.TEMPLATE.read_text())
+    before = f"{RESULTS['timeline_vit_b16']['cpu_speedup']:.2f}x less CPU"
+    assert before in docs.PAGE.read_text() and before not in page
+    assert f"{2 * RESULTS['timeline_vit_b16']['cpu_speedup']:.2f}x less CPU" in page
 
 
-def test_cpu_models_trains_only_the_evl_decoder_and_the_baselines_end_to_end(cpu_models):
-    systems = cpu_models["systems"]
-    assert systems["evl"]["trainable_parameters"] < systems["evl"]["parameters"]
-    for baseline in ("videomae", "timesformer"):
-        assert systems[baseline]["trainable_parameters"] == systems[baseline]["parameters"]
+def test_a_missing_value_names_its_file_and_path():
+    with pytest.raises(KeyError, match="onnx.json has no median_seconds.tensorrt"):
+        docs.render(RESULTS, "{{ onnx:median_seconds.tensorrt }}")
 
 
-def test_cpu_models_checks_each_target_against_a_measured_ratio(cpu_models):
-    expected = {
-        "evl_train_step_over_evl_inference",
-        "evl_train_step_over_timesformer",
-        "evl_train_peak_rss_over_timesformer",
-        "evl_backbone_gflops_over_matmul",
-    }
-    assert set(cpu_models["targets"]) == expected
-    for check in cpu_models["targets"].values():
-        assert check["value"] > 0 and isinstance(check["met"], bool)
+@pytest.mark.parametrize("result", of_kind("cpu_models"))
+def test_cpu_model_ratios_are_those_of_their_systems(result):
+    systems, ratios = result["systems"], result["ratios"]
+    for baseline in ("timesformer", "videomae"):
+        if baseline in systems:
+            evl, other = systems["evl"], systems[baseline]
+            assert ratios[f"evl_train_step_over_{baseline}"] == pytest.approx(evl["train_step_s"] / other["train_step_s"])
+            assert ratios[f"evl_train_peak_rss_over_{baseline}"] == pytest.approx(
+                evl["peak_rss_train_mb"] / other["peak_rss_train_mb"])
+    evl = systems["evl"]
+    assert evl["train_step_s"] == pytest.approx(statistics.median(evl["runs"]["train_step_s"]))
+    assert ratios["evl_backbone_gflops_over_matmul"] == pytest.approx(
+        evl["backbone_inference_flops"] / 1e9 / evl["backbone_inference_s"] / result["matmul_gflops_per_s"])
 
 
-def test_cpu_models_output_writes_json_and_markdown(cpu_models, results_dir):
-    assert json.loads((results_dir / "cpu_models.json").read_text()) == cpu_models
-    assert (results_dir / "cpu_models.md").read_text().count("| evl |") == 1
+@pytest.mark.parametrize("result", of_kind("reference"))
+def test_reference_speedups_are_the_reference_time_over_the_row_time(result):
+    times, runs = result["times"], result["runs"]
+    for key, value in result["ratios"].items():
+        system, mode = key.removesuffix("_speedup").rsplit("_", 1)
+        if mode not in result["settings"].get("modes", ["inference", "train"]):
+            assert value is None and times[system][f"{mode}_s"] is None  # the older files' untimed mode
+            continue
+        assert value == pytest.approx(times["reference_fp32"][f"{mode}_s"] / times[system][f"{mode}_s"])
+        assert times[system][f"{mode}_s"] == pytest.approx(statistics.median(runs[system][f"{mode}_s"]))
+        per_round = [b / t for b, t in zip(runs["reference_fp32"][f"{mode}_s"], runs[system][f"{mode}_s"])]
+        assert result["median_of_round_ratios"][key] == pytest.approx(statistics.median(per_round))
+    assert result["max_abs_logit_diff"]["evl_hf_fp32"] < 1e-4  # parity: one set of weights in both
 
 
-TRAINING_METHODS = {"pyav_whole_video", "torchcodec_sampled", "torchcodec_prepared_g4", "torchcodec_prepared_g8"}
+@pytest.mark.parametrize("result", of_kind("timeline"))
+def test_timeline_speedups_are_those_of_the_median_times(result):
+    for key, seconds in (("speedup", "whole_video_seconds"), ("cpu_speedup", "whole_video_cpu_seconds")):
+        times = result[seconds]
+        assert result[key] == pytest.approx(statistics.median(times["per_window"]) / statistics.median(times["timeline"]))
+        if "targets" in result:  # the older files also stored the ratio itself
+            assert result[key] == pytest.approx(result["targets"][f"{key}_timeline_vs_per_window"]["value"])
 
 
-def test_data_path_reports_clips_per_second_per_core_for_each_method_and_size(data_path):
-    assert set(data_path["videos"]) == {"128x96", "192x108"}
-    gpu_clips_per_s = data_path["settings"]["gpu_clips_per_s"]
-    assert gpu_clips_per_s == pytest.approx(494.7e12 / 332.1e9)  # half an H100's bf16 peak, EVL B/16 8 frames
-    for video in data_path["videos"].values():
-        assert set(video["methods"]) == TRAINING_METHODS
-        for method in video["methods"].values():
-            assert_positive(method, ["clips_per_s", "seconds_per_clip", "cores_per_gpu"])
-            assert method["cores_per_gpu"] == pytest.approx(gpu_clips_per_s / method["clips_per_s"])
-    assert all(value > 0 for value in data_path["ratios"].values())
+@pytest.mark.parametrize("result", of_kind("data_path"))
+def test_data_path_rates_and_ratios_follow_from_the_timed_clips(result):
+    gpu = result["settings"]["gpu_clips_per_s"]
+    assert gpu == pytest.approx(result["settings"]["gpu_tflops"] * 1e3 / result["settings"]["gflop_per_clip"])
+    for size, video in result["videos"].items():
+        methods = video["methods"]
+        for method in methods.values():
+            assert method["cores_per_gpu"] == pytest.approx(gpu / method["clips_per_s"])
+            assert method["seconds_per_clip"] == pytest.approx(1 / method["clips_per_s"])
+        for copy_name in result["settings"]["prepare_videos"]["keyframe_intervals"]:
+            prepared = methods[f"torchcodec_prepared_g{copy_name}"]["clips_per_s"]
+            assert result["ratios"][f"training_{size}_prepared_g{copy_name}_over_torchcodec_sampled"] == pytest.approx(
+                prepared / methods["torchcodec_sampled"]["clips_per_s"])
+    for preparation in result["preparation"].values():
+        assert preparation["size_ratio"] == pytest.approx(preparation["bytes_after"] / preparation["bytes_before"])
+    for views, evaluation in result["evaluation"].items():
+        for method in evaluation["methods"].values():
+            assert method["clips_per_s"] == pytest.approx(int(views.split("_")[1]) * method["videos_per_s"])
 
 
-def test_data_path_prepared_videos_have_frequent_keyframes_and_a_measured_disk_cost(data_path):
-    for name, video in data_path["videos"].items():
-        keyframes = video["keyframes_in_first_video"]
-        assert keyframes["original"] == [0]  # 4 s, 120 frames: libx264's default puts one keyframe
-        assert keyframes["g4"] == [0, 4, 8, 12, 16, 20, 24, 28]  # the first 8
-        assert keyframes["g8"] == [0, 8, 16, 24, 32, 40, 48, 56]
-        assert min(video["prepared_size"]) == 64  # --tiny prepares with short side 64
-        for copy in ("g4", "g8"):
-            preparation = data_path["preparation"][f"{name}_{copy}"]
-            assert_positive(preparation, ["bytes_before", "bytes_after", "seconds_per_video"])
-            assert preparation["size_ratio"] == pytest.approx(preparation["bytes_after"] / preparation["bytes_before"])
-
-
-def test_data_path_prepared_frames_are_the_original_frames(data_path):
-    # A re-encoded, smaller copy of the same frames: far closer than two frames of a clip are to each other.
-    assert len(data_path["prepared_agreement"]) == 4
-    for agreement in data_path["prepared_agreement"].values():
-        between = agreement["mean_abs_diff_between_clip_frames"]
-        assert 0 < agreement["mean_abs_diff_frames"] < 0.3 * between
-        assert 0 < agreement["mean_abs_diff_frames_luma"] < 0.3 * between
-        # Upscaled from the 64-pixel short side of --tiny to 224, the chroma lost at 64 pixels shows more.
-        assert 0 < agreement["mean_abs_diff_model_input"] < 0.5 * between
-
-
-def test_data_path_times_the_evaluation_path_for_one_and_three_views(data_path):
-    assert set(data_path["evaluation"]) == {"views_1", "views_3"}
-    for views, result in data_path["evaluation"].items():
-        num_views = int(views.split("_")[1])
-        assert set(result["methods"]) == {"pyav_reference_eval", "torchcodec_sampled", "processor_from_path"}
-        for method in result["methods"].values():
-            assert_positive(method, ["videos_per_s", "clips_per_s", "seconds_per_video"])
-            assert method["clips_per_s"] == pytest.approx(num_views * method["videos_per_s"])
-
-
-def test_data_path_evaluation_methods_give_the_same_views(data_path):
-    # Both resize the same frames, with and without antialiasing: far closer than two frames of a clip are.
-    for result in data_path["evaluation"].values():
-        agreement = result["agreement"]
-        assert agreement["mean_abs_diff"] < 0.1 * agreement["mean_abs_diff_between_clip_frames"]
-
-
-def test_data_path_checks_the_prepared_targets_per_size_and_the_evaluation_target(data_path, results_dir):
-    expected = {f"evaluation_{views}_torchcodec_over_pyav": ">= 3.0" for views in ("1_view", "3_views")}
-    for size in ("128x96", "192x108"):
-        for copy in ("g4", "g8"):
-            expected[f"training_{size}_prepared_{copy}_over_torchcodec_sampled"] = ">= 3.0"
-            expected[f"training_{size}_prepared_{copy}_over_pyav_whole_video"] = ">= 5.0"
-            for difference in ("frames", "frames_luma"):  # in grey levels (0-255)
-                expected[f"prepared_{size}_{copy}_mean_abs_diff_{difference}_grey_levels"] = "<= 2.0"
-    assert {name: check["target"] for name, check in data_path["targets"].items()} == expected
-    for check in data_path["targets"].values():
-        assert check["value"] > 0 and isinstance(check["met"], bool)
-    assert json.loads((results_dir / "data_path.json").read_text()) == data_path
-
-
-def test_data_wait_reports_the_share_of_the_training_loop_spent_waiting_for_data(data_wait):
-    assert set(data_wait["runs"]) == {"workers_2", "workers_0"}
-    for run in data_wait["runs"].values():
-        # --tiny: 16 training videos in batches of 4, so 6 steps start a second epoch.
-        assert run["steps"] == 6 and run["epochs_started"] == 2
+@pytest.mark.parametrize("result", of_kind("data_wait"))
+def test_data_wait_fractions_are_waits_over_the_loop(result):
+    for run in result["runs"].values():
+        assert run["data_wait_fraction"] == pytest.approx(run["data_wait_s"] / run["train_loop_s"])
         assert 0 < run["first_batch_of_epoch_wait_s"] <= run["data_wait_s"] < run["train_loop_s"]
-        assert 0 < run["data_wait_fraction"] < 1
-        assert_positive(run, ["seconds_per_step", "clips_per_s"])
 
 
-def test_data_wait_checks_the_2_worker_target(data_wait, results_dir):
-    check = data_wait["targets"]["data_wait_fraction_2_workers"]
-    assert check["target"] == "<= 0.1" and check["value"] == data_wait["runs"]["workers_2"]["data_wait_fraction"]
-    assert json.loads((results_dir / "data_wait.json").read_text()) == data_wait
-    assert "| 2 |" in (results_dir / "data_wait.md").read_text()
+@pytest.mark.parametrize("result", of_kind("streaming") + of_kind("onnx"))
+def test_streaming_and_onnx_ratios_are_those_of_their_medians(result):
+    if result["benchmark"] == "onnx":
+        medians = result["median_seconds"]
+        assert medians["pytorch"] == pytest.approx(statistics.median(result["seconds"]["pytorch"]))
+        assert result["speedup_onnxruntime_vs_pytorch"] == pytest.approx(medians["pytorch"] / medians["onnxruntime"])
+        return
+    for entry in result["results"].values():
+        assert entry["streamed"]["clips_per_s"] == pytest.approx(statistics.median(entry["streamed"]["runs"]))
+        assert entry["streamed_over_map_style"] == pytest.approx(
+            entry["streamed"]["clips_per_s"] / entry["map-style"]["clips_per_s"])
 
 
-def test_gpu_benchmark_runs_on_cpu_and_reports_the_half_precision_logits_difference(tmp_path):
-    result = run_benchmark("bench_gpu.py", "--tiny", "--device", "cpu", "--steps", "1", "--video-dir", str(tmp_path))
-    tiny = result["results"]["tiny"]
-    assert_positive(tiny["inference"], ["clips_per_s", "peak_memory_mb"])
-    assert_positive(tiny["train"], ["clips_per_s", "peak_memory_mb"])
-    # bf16 keeps about 3 significant digits: a difference, but a small one.
-    assert 0 < tiny["accuracy"]["max_abs_diff"] < 0.1
-    # without a GPU only the CPU decoder is timed
-    assert set(result["decode"]["devices"]) == {"cpu"}
-    assert_positive(result["decode"]["devices"]["cpu"], ["clips_per_s"])
+def test_the_readme_summary_is_rewritten_between_its_markers_only():
+    text = f"# EVL\nintro\n{docs.BEGIN}\nstale table\n{docs.END}\nrest\n"
+    rewritten = docs.readme_with_summary(text, RESULTS)
+    assert rewritten.startswith("# EVL\nintro\n") and rewritten.endswith(f"{docs.END}\nrest\n")
+    assert "stale table" not in rewritten
+    parity = f"{RESULTS['reference']['max_abs_logit_diff']['evl_hf_fp32']:.1e}"
+    assert f"| {parity} |" in rewritten
+    assert docs.readme_with_summary("# no markers\n", RESULTS) == "# no markers\n"
 
 
-def test_reference_benchmark_says_where_to_get_the_reference_code(tmp_path):
-    done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / "bench_reference.py"), "--reference-dir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode != 0
-    assert "has no model.py" in done.stderr and "git clone https://github.com/OpenGVLab/efficient-video-recognition" in done.stderr
+def test_the_reference_suite_says_where_to_get_the_reference_code(tmp_path):
+    from benchmarks.reference import checkout
+
+    (tmp_path / "notes.txt").write_text("not a checkout")
+    with pytest.raises(SystemExit, match="has no model.py and cloning .* failed .*git clone https://github.com/OpenGVLab"):
+        checkout(tmp_path)
 
 
-def test_plot_writes_a_png(cpu_models, data_path, results_dir):
-    output = results_dir / "benchmarks.png"
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(BENCHMARKS / "plot_benchmarks.py"),
-            "--results",
-            str(results_dir),
-            "--output",
-            str(output),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+def run_suite(*args: str, timeout: int = 600) -> dict:
+    done = subprocess.run([sys.executable, "-m", "benchmarks", *args], capture_output=True, text=True, cwd=ROOT,
+                          timeout=timeout)  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
-    assert output.read_bytes().startswith(b"\x89PNG")
+    return json.loads(done.stdout)
 
 
-def test_streaming_benchmark_times_streamed_and_map_style_clips_with_1_and_2_workers(tmp_path):
-    result = run_benchmark("bench_streaming.py", "--tiny", "--video-dir", str(tmp_path))
-    for workers in ("1_workers", "2_workers"):
-        for kind in ("map-style", "streamed"):
-            assert_positive(result["results"][workers][kind], ["clips_per_s"])
-        assert_positive(result["results"][workers], ["streamed_over_map_style"])
+@pytest.mark.slow  # a subprocess importing torch, a generated 10 s video, the tiny model: 20-60 s on 2 busy cores
+def test_a_quick_timeline_run_writes_a_result_the_generator_reads(tmp_path):
+    result = run_suite("timeline", "--quick", "--output", str(tmp_path), "--video-dir", str(tmp_path),
+                       "--name", "timeline_vit_b16")  # fmt: skip
+    assert json.loads((tmp_path / "timeline_vit_b16.json").read_text()) == result
+    assert result["max_probability_difference"] < 1e-5
+    assert result["machine"]["collect_env"]["torch_version"]  # torch.utils.collect_env's record
+    results = {**RESULTS, "timeline_vit_b16": docs.upgrade("timeline_vit_b16", result)}
+    page = docs.render(results, docs.TEMPLATE.read_text())
+    assert f"**ViT-B/16: {result['speedup']:.2f}x less wall-clock time" in page
+
+
+@pytest.mark.slow  # accelerate launch of the training script for 4 steps: a minute on 2 busy cores
+def test_a_quick_training_run_records_time_and_the_final_metrics(tmp_path):
+    result = run_suite("training", "--quick", "--output", str(tmp_path))
+    assert json.loads((tmp_path / "training.json").read_text()) == result
+    assert result["wall_s"] > 0 and result["cpu_s"] > 0 and result["metrics_file"] == "all_results.json"
+    assert 0 <= result["metrics"]["eval_accuracy"] <= 1
+    assert "run" not in docs.upgrade("training", copy.deepcopy(result))  # a quick run is no figure for the docs
+    full = docs.upgrade("training_single_label", {**copy.deepcopy(result), "settings": {**result["settings"],
+                                                                                         "quick": False}})
+    assert full["run"]["metric"] == "eval_accuracy" and full["run"]["value"] == result["metrics"]["eval_accuracy"]
+    row = f"| {result['metrics']['eval_accuracy']:.3f} in {result['wall_s'] / 60:.0f} min |"
+    assert row in docs.render({**RESULTS, "training_single_label": full}, docs.SUMMARY.read_text())

@@ -1,5 +1,5 @@
 """On a CUDA device: the pipeline, `evl-hf predict`, training through `accelerate launch`, torchcodec's GPU decoder, the
-ONNX export check and bench_gpu.py's quick mode. `make test-gpu` runs them (marked `gpu`); without a GPU they skip."""
+ONNX export check and the gpu benchmark suite's quick mode. `make test-gpu` runs them (marked `gpu`); without a GPU they skip."""
 
 import json
 import math
@@ -154,7 +154,7 @@ def test_the_export_check_on_cuda(model_folder, tmp_path):
 
 
 def test_bench_gpu_quick_mode(tmp_path):
-    command = [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--quick", "--output", str(tmp_path),
+    command = [sys.executable, "-m", "benchmarks", "gpu", "--quick", "--output", str(tmp_path),
                "--video-dir", str(tmp_path / "videos")]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENVIRONMENT, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
