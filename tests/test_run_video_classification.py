@@ -18,7 +18,7 @@ import evl_hf  # noqa: F401  (registers EVL with the Auto classes, for the pipel
 from evl_hf.video_processing_evl import EVLVideoProcessor, VideoDecodingError, sample_frame_indices
 
 
-from training_utils import ROOT, SCRIPT, run_video_classification
+from training_utils import ROOT, SCRIPT, run_video_classification, train_tiny
 
 
 @pytest.fixture
@@ -26,17 +26,8 @@ def run(tmp_path, tiny_clip, videos):
     """Runs the script in this process with small settings; returns the output folder."""
 
     def run_script(args: str = "", data: str | None = None, output_dir: Path | None = None) -> Path:
-        output_dir = output_dir or tmp_path / "output"
         data = data or f"--train_dir {videos / 'train'} --validation_dir {videos / 'validation'}"
-        run_video_classification.main(
-            f"""
-            --model_name_or_path {tiny_clip} {data} --output_dir {output_dir} --cache_dir {tmp_path / "cache"}
-            --num_frames 4 --frame_stride 2 --decoder_num_layers 2 --max_steps 2 --learning_rate 1e-3
-            --per_device_train_batch_size 2 --per_device_eval_batch_size 2 --logging_steps 1 --save_strategy no
-            --dataloader_num_workers 0 --disable_tqdm True --report_to none {args}
-            """.split()
-        )
-        return output_dir
+        return train_tiny(tiny_clip, data, output_dir or tmp_path / "output", tmp_path / "cache", args)
 
     return run_script
 
