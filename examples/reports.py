@@ -13,10 +13,11 @@
 # limitations under the License.
 """What the training script reports about a trained classifier: the multi-label metrics (from scikit-learn), and the
 per-class pictures written next to the model: a confusion matrix for single-label models, the average precision of
-each label for multi-label ones."""
+each label for multi-label ones; and the model card."""
 
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 
@@ -94,3 +95,27 @@ def save_average_precision(logits: np.ndarray, references: np.ndarray, label_nam
     axes.set(ylim=(0, 1), xlabel="label", ylabel="average precision",
              title=f"Average precision per label (mAP {np.mean(per_label):.3f}, {len(references)} videos)")
     figure.savefig(os.path.join(output_dir, "average_precision.png"), dpi=100)
+
+
+def write_model_card(trainer, description: str, hub_model_id: str | None = None, **kwargs):
+    """Writes the output folder's `README.md`: what `Trainer.create_model_card` writes, then examples/model_card_evl.md
+    with the run's `description`, its evaluation metrics and, for a multi-label model, each label's average precision.
+    """
+    import huggingface_hub
+    from transformers.modelcard import TrainingSummary
+
+    output_dir = trainer.args.output_dir
+    summary = TrainingSummary.from_trainer(trainer, **kwargs)
+    summary.finetuned_from = kwargs.get("finetuned_from")  # not the empty name of a model built from a config
+    card = huggingface_hub.ModelCard(summary.to_model_card())
+    card.data.pipeline_tag, card.data.library_name = "video-classification", "transformers"
+    results, per_label = Path(output_dir, "eval_results.json"), Path(output_dir, "average_precision.json")
+    metrics = json.loads(results.read_text()) if results.is_file() else {}
+    rows = [f"| `{key}` | {metrics[key]:.4f} |" for key in CARD_METRICS if key in metrics]
+    if per_label.is_file():  # multi-label: the pipeline gives each label its own probability (a sigmoid)
+        report = json.loads(per_label.read_text())
+        rows += [f"| average precision of `{name}` ({count} videos) | {'n/a' if value is None else f'{value:.4f}'} |"
+                 for name, value, count in zip(report["labels"], report["average_precision"], report["positives"])]
+    card.text += (Path(__file__).resolve().parent / "model_card_evl.md").read_text().format(
+        description=description, metrics="\n".join(rows), repo=hub_model_id or output_dir)
+    card.save(os.path.join(output_dir, "README.md"))

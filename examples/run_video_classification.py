@@ -35,24 +35,21 @@ import huggingface_hub
 import numpy as np
 import torch
 from datasets import Dataset, DatasetDict, Video, load_dataset
-from datasets.packaged_modules.videofolder.videofolder import VIDEO_EXTENSIONS as VIDEOFOLDER_EXTENSIONS
 
 import transformers
 from accelerate.utils import gather_object
 from transformers import AutoConfig, CLIPVisionConfig, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
-from transformers.modelcard import TrainingSummary
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from evl_hf import EVLConfig, EVLForVideoClassification, EVLImageProcessor, EVLVideoProcessor
 from evl_hf.inference import postprocess_logits
 from evl_hf.quantization import DTYPES, QUANTIZED_DTYPES, quantize_backbone
 from evl_hf.video_processing_evl import FRAME_SAMPLING_STRATEGIES, VideoDecodingError, open_video
-from evl_hf.video_utils import VIDEO_EXTENSIONS, resolve_video_path
-from evl_hf.video_utils import read_video_list as read_list
 from labels import encode_labels, encode_multi_labels, is_multi_label
 from preemption import AtomicCheckpointsMixin, PreemptionCallback, process_group_destroyed_at_exit, resume_checkpoint
-from reports import CARD_METRICS, multi_label_metrics, save_average_precision, save_confusion_matrix
+from reports import multi_label_metrics, save_average_precision, save_confusion_matrix, write_model_card
 from streaming import StreamingClipDataset, StreamingEpochCallback, StreamingTrainerMixin, load_streaming_datasets
+from video_files import check_video_folder, load_video_file
 
 
 logger = logging.getLogger(__name__)
@@ -63,8 +60,6 @@ DATA_SOURCES = ("dataset_name", "train_dir", "validation_dir", "train_file", "va
 ARCHITECTURE_OPTIONS = ("decoder_num_layers", "decoder_num_heads", "use_temporal_conv", "use_temporal_pos_embed",
                         "use_temporal_cross_attention")  # fmt: skip
 EVL_OPTIONS = (*ARCHITECTURE_OPTIONS, "num_frames", "decoder_mlp_dropout", "classifier_dropout")
-# The video extensions of evl_hf that datasets' videofolder builder also loads (it has no .webm, .m4v, ...).
-FOLDER_VIDEO_EXTENSIONS = tuple(extension for extension in VIDEO_EXTENSIONS if extension in VIDEOFOLDER_EXTENSIONS)
 
 # The embedded default (no data and no model argument): a random 2-layer, 128-wide ViT on 64x64 frames in 8x8 patches,
 # trained on the synthetic-motion dataset with the settings of synthetic_motion_args.json (arguments given still win).
@@ -72,7 +67,7 @@ SYNTHETIC_BACKBONE = dict(hidden_size=128, intermediate_size=512, num_hidden_lay
                           image_size=64, patch_size=8)  # fmt: skip
 SYNTHETIC_DEFAULTS = json.loads((EXAMPLES_DIR / "synthetic_motion_args.json").read_text())
 # --synthetic_multi_label: the same, but for these settings, on the multi-label variant of the dataset
-MULTI_LABEL_DEFAULTS = {**SYNTHETIC_DEFAULTS, **json.loads((EXAMPLES_DIR / "synthetic_multi_label_args.json").read_text())}
+MULTI_LABEL_DEFAULTS = SYNTHETIC_DEFAULTS | json.loads((EXAMPLES_DIR / "synthetic_multi_label_args.json").read_text())
 
 
 def arg(default, help: str, **metadata):  # a dataclass field with its `--help` text
@@ -194,48 +189,6 @@ def check_hub_access():
 
 
 # ---- Data -----------------------------------------------------------------------------------------------------------
-
-def check_video_folder(path: str, argument: str):
-    """`path`, or a clear error naming the argument when this videofolder-layout folder holds no labelled videos."""
-    if not (folder := Path(path)).is_dir():
-        raise FileNotFoundError(f"{argument} {path!r}: no such folder.")
-    videos = [p for p in folder.rglob("*") if p.suffix.lower() in FOLDER_VIDEO_EXTENSIONS and p.is_file()]
-    if not videos:
-        raise ValueError(f"{argument} {path!r} holds no video files ({', '.join(FOLDER_VIDEO_EXTENSIONS)}). The "
-                         f"videofolder layout is {path}/<label>/<video>.mp4.")
-    if any(video.parent == folder for video in videos):
-        raise ValueError(f"{argument} {path!r} has videos directly inside it; the videofolder layout puts each video "
-                         f"in a folder named after its label: {path}/<label>/<video>.mp4.")
-    return path
-
-
-def read_video_list(path: str, video_root: str | None, video_column: str, label_column: str) -> Dataset:
-    """A Kinetics-style list, `relative/path.mp4 label_index` per line (`#` comments), as paths and integer labels."""
-    root = video_root or os.path.dirname(os.path.abspath(path))
-    rows = read_list(path, video_column=video_column, label_column=label_column, require_labels=True).rows
-    return Dataset.from_dict({video_column: [resolve_video_path(row[video_column], root) for row in rows],
-                              label_column: [row[label_column] for row in rows]})  # fmt: skip
-
-
-def load_video_file(path: str, argument: str, data_args: DataTrainingArguments, cache_dir: str | None) -> Dataset:
-    """A CSV, JSON lines or Kinetics-style list of videos; relative paths start from --video_root."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{argument} {path!r}: no such file.")
-    column, root = data_args.video_column_name, data_args.video_root or os.path.dirname(os.path.abspath(path))
-    if Path(path).suffix.lower() not in (".csv", ".json", ".jsonl"):
-        return read_video_list(path, root, column, data_args.label_column_name)
-    # The list parser checks label lists (multi-label) and splits a CSV's joined ones; a CSV of single labels is left
-    # to datasets, which reads label indices as integers.
-    label_column = data_args.label_column_name
-    rows = read_list(path, video_column=column, label_column=label_column, label_separator=data_args.label_separator)
-    if path.lower().endswith(".csv") and not any(isinstance(row.get(label_column), list) for row in rows.rows):
-        dataset = load_dataset("csv", data_files=path, cache_dir=cache_dir)["train"]
-    else:
-        dataset = Dataset.from_list(rows.rows)
-    if column not in dataset.column_names:  # named by the check of every split's columns
-        return dataset
-    return dataset.map(lambda row: {column: os.path.join(root, row[column])}, desc=f"Resolving {path}")
-
 
 def load_video_datasets(data_args: DataTrainingArguments, cache_dir: str | None, token: str | None) -> DatasetDict:
     """`train` and/or `validation` splits with video and label columns; without data, the synthetic-motion dataset."""
@@ -410,7 +363,7 @@ def build_video_processor(model, model_args: ModelArguments, data_args: DataTrai
 
 class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, Trainer):
     """The Trainer, plus: complete-or-absent checkpoints; streamed training data (examples/streaming.py); views of an
-    evaluation clip (`pixel_values` `(B, views, T, 3, H, W)`) scored by their mean probabilities; undecodable training videos
+    evaluation clip (`pixel_values` `(B, views, T, 3, H, W)`) scored by mean probabilities; undecodable training videos
     counted over all processes at each logging step (each step on one process), stopping the run past
     `max_skipped_fraction`; the model card's extras."""
 
@@ -471,19 +424,8 @@ class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, 
         super()._save(output_dir, state_dict)
 
     def create_model_card(self, **kwargs):
-        if not self.is_world_process_zero():
-            return
-        summary = TrainingSummary.from_trainer(self, **kwargs)  # what `Trainer.create_model_card` writes
-        summary.finetuned_from = kwargs.get("finetuned_from")  # not the empty name of a model built from a config
-        card = huggingface_hub.ModelCard(summary.to_model_card())
-        card.data.pipeline_tag, card.data.library_name = "video-classification", "transformers"
-        results = Path(self.args.output_dir, "eval_results.json")
-        metrics = json.loads(results.read_text()) if results.is_file() else {}
-        shown = [key for key in CARD_METRICS if key in metrics]
-        card.text += (EXAMPLES_DIR / "model_card_evl.md").read_text().format(
-            description=self.model_card_text, metrics="\n".join(f"| `{key}` | {metrics[key]:.4f} |" for key in shown),
-            repo=self.hub_model_id if self.args.push_to_hub else self.args.output_dir)
-        card.save(os.path.join(self.args.output_dir, "README.md"))
+        if self.is_world_process_zero():  # examples/reports.py
+            write_model_card(self, self.model_card_text, self.hub_model_id if self.args.push_to_hub else None, **kwargs)
 
 
 class EpochCallback(TrainerCallback):

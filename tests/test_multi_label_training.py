@@ -38,7 +38,8 @@ def clips(tmp_path_factory) -> Path:
 
 
 def write_json_lines(path: Path, split: str, labels: list, column: str = "labels") -> Path:
-    path.write_text("".join(json.dumps({"video": f"{split}/{i}.mp4", column: row}) + "\n" for i, row in enumerate(labels)))
+    rows = [json.dumps({"video": f"{split}/{i}.mp4", column: row}) for i, row in enumerate(labels)]
+    path.write_text("\n".join(rows) + "\n")
     return path
 
 
@@ -119,7 +120,7 @@ def test_a_label_names_file_gives_the_label_set_and_its_order(run, tmp_path):
 
 
 def test_metric_for_best_model_can_be_the_map(run):
-    output_dir = run(args="--label_column_name labels --do_train --do_eval --max_steps 2 --eval_strategy steps --eval_steps 1 "
+    output_dir = run(args="--label_column_name labels --do_train --do_eval --eval_strategy steps --eval_steps 1 "
                           "--save_strategy steps --save_steps 1 --load_best_model_at_end --metric_for_best_model map")
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert state["best_metric"] == max(entry["eval_map"] for entry in state["log_history"] if "eval_map" in entry)

@@ -19,6 +19,7 @@ from evl_hf.video_processing_evl import EVLVideoProcessor, VideoDecodingError, s
 
 
 from training_utils import ROOT, SCRIPT, run_video_classification, train_tiny
+import video_files  # noqa: E402  (examples/, on the path once training_utils is imported)
 
 
 @pytest.fixture
@@ -180,7 +181,7 @@ def test_a_training_clip_depends_only_on_seed_epoch_and_index(videos):
 def test_kinetics_style_list_is_read_relative_to_the_video_root(tmp_path):
     listing = tmp_path / "train.txt"
     listing.write_text("abseiling/clip one.mp4 0\n\n# a comment\nzumba/clip_2.mp4 399\n")
-    dataset = run_video_classification.read_video_list(str(listing), "/data/k400", "video", "label")
+    dataset = video_files.read_video_list(str(listing), "/data/k400", "video", "label")
     assert dataset["video"] == ["/data/k400/abseiling/clip one.mp4", "/data/k400/zumba/clip_2.mp4"]
     assert dataset["label"] == [0, 399]
 
@@ -189,7 +190,7 @@ def test_a_malformed_line_of_a_list_names_the_file_and_line(tmp_path):
     listing = tmp_path / "val.txt"
     listing.write_text("a.mp4 1\nb.mp4 walking\n")
     with pytest.raises(ValueError, match=r"val.txt, line 2"):
-        run_video_classification.read_video_list(str(listing), None, "video", "label")
+        video_files.read_video_list(str(listing), None, "video", "label")
 
 
 def test_trains_from_a_kinetics_style_list(run, tmp_path, videos):
