@@ -173,8 +173,8 @@ def render_clip(rng: np.random.Generator, label: str | list[str], config: Synthe
     colours = []
     for _ in objects:
         colour = _random_colour(rng)
-        # A colour the eye (and the codec's chroma subsampling) tells apart from the background.
-        while np.abs(colour - background).sum() < 150:
+        # A colour the eye (and the codec's chroma subsampling) tells apart from the background and the other objects.
+        while min(np.abs(colour - other).sum() for other in [background, *colours]) < 150:
             colour = _random_colour(rng)
         colours.append(colour)
     # Static texture, identical in every frame, so that the only thing that changes over time is the objects.

@@ -75,7 +75,8 @@ def assert_multi_label_run(output_dir: Path, label_names: list[str]):
     assert report["map"] == pytest.approx(metrics["eval_map"])  # the same predictions, scored the same way
     assert (output_dir / "average_precision.png").stat().st_size > 0
     assert not (output_dir / "confusion_matrix.json").exists()
-    assert "eval_map" in (output_dir / "README.md").read_text()
+    card = (output_dir / "README.md").read_text()
+    assert "eval_map" in card and f"average precision of `{label_names[0]}`" in card
 
 
 # ---- The three input formats --------------------------------------------------------------------------------------
@@ -216,6 +217,8 @@ def test_synthetic_multi_label_selects_its_dataset_and_settings():
     assert data_args.synthetic_multi_label and data_args.label_column_name == "labels"
     assert training_args.output_dir == "outputs/evl-synthetic-multi-label"
     assert training_args.metric_for_best_model == "map"
+    # more clips and steps than the single-label default: two objects a clip take longer to learn
+    assert (data_args.synthetic_train_videos_per_label, training_args.max_steps) == (900, 1500)
 
 
 def test_the_synthetic_multi_label_dataset_lists_one_or_two_directions_per_clip(tmp_path):
