@@ -409,12 +409,12 @@ class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, 
         # (B, views, num_labels) -> (B, num_labels): the paper's multi-view score, an average of probabilities (the
         # softmax, or a multi-label model's sigmoids), returned as the logits whose probabilities they are: their log
         # (softmax of log p is p), or their logit (clamped: confident views average to 1.0 in float32).
-        config = self.accelerator.unwrap_model(model).config
-        probabilities = postprocess_logits(logits.view(batch_size, num_views, -1), config).mean(dim=1)
-        multi_label = config.problem_type == "multi_label_classification"
+        unwrapped = self.accelerator.unwrap_model(model)
+        probabilities = postprocess_logits(logits.view(batch_size, num_views, -1), unwrapped.config).mean(dim=1)
+        multi_label = unwrapped.config.problem_type == "multi_label_classification"
         scores = probabilities.logit(eps=1e-6) if multi_label else probabilities.log()
         labels = inputs.get("labels")
-        loss = None if labels is None else self.accelerator.unwrap_model(model).loss_function(labels, scores, config)
+        loss = None if labels is None else unwrapped.loss_function(labels, scores, unwrapped.config)
         return (loss, ImageClassifierOutput(loss=loss, logits=scores)) if return_outputs else loss
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None):
