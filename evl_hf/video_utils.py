@@ -55,7 +55,12 @@ def _is_integer(text: str) -> bool:
 
 
 def read_video_list(
-    path: "str | os.PathLike", *, video_column: str = "video", label_column: str = "label", require_labels=False
+    path: "str | os.PathLike",
+    *,
+    video_column: str = "video",
+    label_column: str = "label",
+    require_labels=False,
+    label_separator: str | None = None,
 ) -> VideoList:
     """
     Reads a list of videos:
@@ -68,6 +73,10 @@ def read_video_list(
 
     With `require_labels`, every row must have a label (a `.txt` line its index). Paths are as written; resolve them
     with [`resolve_video_path`].
+
+    Multi-label lists: a JSON label may be a list of names, and with `label_separator` a CSV label cell may join
+    several names (`run;jump`); when any cell does, every row's label becomes a list. Labels must then be lists in
+    every row, and no list may be empty.
 
     Raises:
         `ValueError`: the list is malformed or empty; the message names the file, the line and what was expected.
@@ -112,6 +121,19 @@ def read_video_list(
             else:
                 rows.append({video_column: entry})
         columns = [video_column, label_column] if any(label_column in row for row in rows) else [video_column]
+    if suffix == ".csv" and label_separator and any(label_separator in (row.get(label_column) or "") for row in rows):
+        for row in rows:
+            names = [name.strip() for name in (row.get(label_column) or "").split(label_separator)]
+            row[label_column] = [name for name in names if name]
+    lists = [isinstance(row.get(label_column), list) for row in rows]
+    if any(lists) and not all(lists):
+        single = [number for number, is_list in enumerate(lists, start=1) if not is_list]
+        raise ValueError(f"{path}: {label_column!r} is a list of labels in some entries and a single label in others "
+                         f"(entries {single[:5]}). For multi-label training write every entry's labels as a list, "
+                         f"a single one too ([\"run\"]).")  # fmt: skip
+    if empty := [number for number, row in enumerate(rows, start=1) if row.get(label_column) == []]:
+        raise ValueError(f"{path}: entries {empty[:5]} have an empty {label_column!r} list; every video needs at least "
+                         "one label. Label them or leave them out.")
     unlabelled = [number for number, row in enumerate(rows, start=1) if row.get(label_column) in (None, "")]
     if require_labels and unlabelled:
         raise ValueError(f"{path}: entries {unlabelled[:5]} have no {label_column!r}; every video needs a label.")

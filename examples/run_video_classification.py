@@ -16,8 +16,9 @@
 Fine-tune EVL (a frozen CLIP image encoder with a small temporal decoder) for video classification with the Trainer.
 With no data or model argument, `accelerate launch examples/run_video_classification.py` trains a small random EVL on
 a generated synthetic-motion dataset in minutes on a CPU. Own videos (folders, CSV / JSON lines or Kinetics-style
-lists, a Hub dataset, WebDataset shards streamed with `--streaming`), and arguments from a JSON file
-(`run_video_classification.py args.json`): docs/training.md.
+lists, a Hub dataset, WebDataset shards streamed with `--streaming`), multi-label training (label lists; the generated
+`--synthetic_multi_label` dataset), and arguments from a JSON file (`run_video_classification.py args.json`):
+docs/training.md.
 """
 
 import contextlib
@@ -33,23 +34,22 @@ import evaluate
 import huggingface_hub
 import numpy as np
 import torch
-import torch.nn.functional as F
-from datasets import ClassLabel, Dataset, DatasetDict, Video, load_dataset
-from datasets.packaged_modules.videofolder.videofolder import VIDEO_EXTENSIONS as VIDEOFOLDER_EXTENSIONS
+from datasets import Dataset, DatasetDict, Video, load_dataset
 
 import transformers
 from accelerate.utils import gather_object
 from transformers import AutoConfig, CLIPVisionConfig, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
-from transformers.modelcard import TrainingSummary
 from transformers.modeling_outputs import ImageClassifierOutput
 
 from evl_hf import EVLConfig, EVLForVideoClassification, EVLImageProcessor, EVLVideoProcessor
+from evl_hf.inference import postprocess_logits
 from evl_hf.quantization import DTYPES, QUANTIZED_DTYPES, quantize_backbone
 from evl_hf.video_processing_evl import FRAME_SAMPLING_STRATEGIES, VideoDecodingError, open_video
-from evl_hf.video_utils import VIDEO_EXTENSIONS, resolve_video_path
-from evl_hf.video_utils import read_video_list as read_list
+from labels import encode_labels, encode_multi_labels, is_multi_label
 from preemption import AtomicCheckpointsMixin, PreemptionCallback, process_group_destroyed_at_exit, resume_checkpoint
+from reports import multi_label_metrics, save_average_precision, save_confusion_matrix, write_model_card
 from streaming import StreamingClipDataset, StreamingEpochCallback, StreamingTrainerMixin, load_streaming_datasets
+from video_files import check_video_folder, load_video_file
 
 
 logger = logging.getLogger(__name__)
@@ -60,14 +60,14 @@ DATA_SOURCES = ("dataset_name", "train_dir", "validation_dir", "train_file", "va
 ARCHITECTURE_OPTIONS = ("decoder_num_layers", "decoder_num_heads", "use_temporal_conv", "use_temporal_pos_embed",
                         "use_temporal_cross_attention")  # fmt: skip
 EVL_OPTIONS = (*ARCHITECTURE_OPTIONS, "num_frames", "decoder_mlp_dropout", "classifier_dropout")
-# The video extensions of evl_hf that datasets' videofolder builder also loads (it has no .webm, .m4v, ...).
-FOLDER_VIDEO_EXTENSIONS = tuple(extension for extension in VIDEO_EXTENSIONS if extension in VIDEOFOLDER_EXTENSIONS)
 
 # The embedded default (no data and no model argument): a random 2-layer, 128-wide ViT on 64x64 frames in 8x8 patches,
 # trained on the synthetic-motion dataset with the settings of synthetic_motion_args.json (arguments given still win).
 SYNTHETIC_BACKBONE = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
                           image_size=64, patch_size=8)  # fmt: skip
 SYNTHETIC_DEFAULTS = json.loads((EXAMPLES_DIR / "synthetic_motion_args.json").read_text())
+# --synthetic_multi_label: the same, but for these settings, on the multi-label variant of the dataset
+MULTI_LABEL_DEFAULTS = SYNTHETIC_DEFAULTS | json.loads((EXAMPLES_DIR / "synthetic_multi_label_args.json").read_text())
 
 
 def arg(default, help: str, **metadata):  # a dataclass field with its `--help` text
@@ -107,15 +107,18 @@ class DataTrainingArguments:
     train_file: str | None = arg(None, "A .csv/.json/.jsonl (video, label) list, or `path.mp4 label_index` lines.")
     validation_file: str | None = arg(None, "Validation list, as --train_file.")
     video_root: str | None = arg(None, "Where relative paths of list files start (default: the list's folder).")
-    label_names_file: str | None = arg(None, "Names of a .txt list's label indices, line i naming index i.")
+    label_names_file: str | None = arg(None, "Label names, line i naming index i (of a .txt list), or the label set of "
+                                             "multi-label training.")
     video_column_name: str = arg("video", "Column holding the videos.")
-    label_column_name: str = arg("label", "Column holding the labels.")
+    label_column_name: str = arg("label", "Column holding the labels (a list of labels each: multi-label training).")
+    label_separator: str = arg(";", "Multi-label CSV: the character joining a video's labels (`run;jump`).")
+    threshold: float = arg(0.5, "Multi-label: a label is predicted when its probability is above this (for F1).")
     max_train_samples: int | None = arg(None, "Keep only this many training videos (a random subset).")
     max_eval_samples: int | None = arg(None, "Keep only this many validation videos (a random subset).")
     frame_sampling: str = arg("dense", "Frames --frame_stride apart, or spread over the video (uniform, segment).",
                               choices=list(FRAME_SAMPLING_STRATEGIES))
     frame_stride: int | None = arg(None, "Distance between dense-sampled frames: the checkpoint's, or 16.")
-    num_temporal_views: int = arg(1, "Evaluation: clips spread over each video; softmax averaged over views.")
+    num_temporal_views: int = arg(1, "Evaluation: clips spread over each video; probabilities averaged over views.")
     num_spatial_views: int = arg(1, "Evaluation: crops spread along each frame's long side (1: centre crop).")
     min_crop_scale: float = arg(0.08, "Training RandomResizedCrop: smallest fraction of the frame area (0.08-1).")
     horizontal_flip: bool = arg(False, "Training: flip half of the clips (if labels ignore left and right).")
@@ -128,6 +131,8 @@ class DataTrainingArguments:
     synthetic_data_dir: str | None = arg(None, "Cache folder of the synthetic-motion dataset.")
     synthetic_train_videos_per_label: int = arg(300, "Synthetic-motion dataset: training videos per label.")
     synthetic_validation_videos_per_label: int = arg(50, "Synthetic-motion dataset: validation videos per label.")
+    synthetic_multi_label: bool = arg(False, "Without data: the synthetic dataset's multi-label variant, one or two "
+                                             "objects a clip, labelled with the set of their directions.")
 
     def __post_init__(self):
         for split in ("train", "validation"):
@@ -144,6 +149,12 @@ class DataTrainingArguments:
             if self.max_train_samples is not None or self.max_eval_samples is not None or self.shuffle_buffer_size < 0:
                 raise ValueError("--max_train_samples/--max_eval_samples select from loaded datasets; with --streaming "
                                  "--max_steps bounds training, and --shuffle_buffer_size must not be negative.")
+        if not 0.0 < self.threshold < 1.0:
+            raise ValueError(f"--threshold {self.threshold}: a probability strictly between 0 and 1 is needed (0.5 "
+                             "predicts a label when it is more likely than not).")
+        if self.synthetic_multi_label and any(getattr(self, name) is not None for name in DATA_SOURCES):
+            raise ValueError("--synthetic_multi_label generates the training and validation data: leave out "
+                             f"--{' and --'.join(name for name in DATA_SOURCES if getattr(self, name) is not None)}.")
         if not (0.0 < self.min_crop_scale <= 1.0 and 0.0 <= self.max_skipped_fraction <= 1.0):
             raise ValueError(f"Need 0 < --min_crop_scale <= 1 and 0 <= --max_skipped_fraction <= 1, got "
                              f"{self.min_crop_scale} and {self.max_skipped_fraction}.")
@@ -160,11 +171,12 @@ def parse_arguments(args: list[str] | None = None):
     if len(args) == 1 and args[0].endswith(".json"):
         values = json.loads(Path(args[0]).read_text())
         parsed = parser.parse_dict(values)
-        return parser.parse_dict({**SYNTHETIC_DEFAULTS, **values}) if is_embedded_default(*parsed[:2]) else parsed
+        defaults = MULTI_LABEL_DEFAULTS if parsed[1].synthetic_multi_label else SYNTHETIC_DEFAULTS
+        return parser.parse_dict({**defaults, **values}) if is_embedded_default(*parsed[:2]) else parsed
     parsed = parser.parse_args_into_dataclasses(args)
     if not is_embedded_default(*parsed[:2]):
         return parsed
-    parser.set_defaults(**SYNTHETIC_DEFAULTS)
+    parser.set_defaults(**(MULTI_LABEL_DEFAULTS if parsed[1].synthetic_multi_label else SYNTHETIC_DEFAULTS))
     return parser.parse_args_into_dataclasses(args)
 
 
@@ -178,41 +190,6 @@ def check_hub_access():
 
 # ---- Data -----------------------------------------------------------------------------------------------------------
 
-def check_video_folder(path: str, argument: str):
-    """`path`, or a clear error naming the argument when this videofolder-layout folder holds no labelled videos."""
-    if not (folder := Path(path)).is_dir():
-        raise FileNotFoundError(f"{argument} {path!r}: no such folder.")
-    videos = [p for p in folder.rglob("*") if p.suffix.lower() in FOLDER_VIDEO_EXTENSIONS and p.is_file()]
-    if not videos:
-        raise ValueError(f"{argument} {path!r} holds no video files ({', '.join(FOLDER_VIDEO_EXTENSIONS)}). The "
-                         f"videofolder layout is {path}/<label>/<video>.mp4.")
-    if any(video.parent == folder for video in videos):
-        raise ValueError(f"{argument} {path!r} has videos directly inside it; the videofolder layout puts each video "
-                         f"in a folder named after its label: {path}/<label>/<video>.mp4.")
-    return path
-
-
-def read_video_list(path: str, video_root: str | None, video_column: str, label_column: str) -> Dataset:
-    """A Kinetics-style list, `relative/path.mp4 label_index` per line (`#` comments), as paths and integer labels."""
-    root = video_root or os.path.dirname(os.path.abspath(path))
-    rows = read_list(path, video_column=video_column, label_column=label_column, require_labels=True).rows
-    return Dataset.from_dict({video_column: [resolve_video_path(row[video_column], root) for row in rows],
-                              label_column: [row[label_column] for row in rows]})  # fmt: skip
-
-
-def load_video_file(path: str, argument: str, data_args: DataTrainingArguments, cache_dir: str | None) -> Dataset:
-    """A CSV, JSON lines or Kinetics-style list of videos; relative paths start from --video_root."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{argument} {path!r}: no such file.")
-    column, root = data_args.video_column_name, data_args.video_root or os.path.dirname(os.path.abspath(path))
-    if Path(path).suffix.lower() not in (".csv", ".json", ".jsonl"):
-        return read_video_list(path, root, column, data_args.label_column_name)
-    dataset = load_dataset("csv" if path.lower().endswith(".csv") else "json", data_files=path, cache_dir=cache_dir)
-    if column not in dataset["train"].column_names:  # named by the check of every split's columns
-        return dataset["train"]
-    return dataset["train"].map(lambda row: {column: os.path.join(root, row[column])}, desc=f"Resolving {path}")
-
-
 def load_video_datasets(data_args: DataTrainingArguments, cache_dir: str | None, token: str | None) -> DatasetDict:
     """`train` and/or `validation` splits with video and label columns; without data, the synthetic-motion dataset."""
     if data_args.dataset_name is not None:
@@ -223,12 +200,17 @@ def load_video_datasets(data_args: DataTrainingArguments, cache_dir: str | None,
         dataset = DatasetDict({split: dataset[split] for split in ("train", "validation") if split in dataset})
     else:
         if all(getattr(data_args, name) is None for name in DATA_SOURCES):
-            from synthetic_data import generate_synthetic_motion_dataset  # examples/synthetic_data.py
+            import synthetic_data  # examples/synthetic_data.py
 
-            folder = generate_synthetic_motion_dataset(
-                data_args.synthetic_data_dir, train_videos_per_label=data_args.synthetic_train_videos_per_label,
-                validation_videos_per_label=data_args.synthetic_validation_videos_per_label)  # fmt: skip
-            data_args.train_dir, data_args.validation_dir = str(folder / "train"), str(folder / "validation")
+            generate = (synthetic_data.generate_synthetic_multi_label_dataset if data_args.synthetic_multi_label
+                        else synthetic_data.generate_synthetic_motion_dataset)  # fmt: skip
+            folder = generate(data_args.synthetic_data_dir,
+                              train_videos_per_label=data_args.synthetic_train_videos_per_label,
+                              validation_videos_per_label=data_args.synthetic_validation_videos_per_label)
+            split_paths = {split: str(folder / split) for split in ("train", "validation")}
+            for split, path in split_paths.items():  # label lists, or the videofolder layout
+                setattr(data_args, *((f"{split}_file", f"{path}.jsonl") if data_args.synthetic_multi_label
+                                     else (f"{split}_dir", path)))  # fmt: skip
         folders = {split: getattr(data_args, f"{split}_dir") for split in ("train", "validation")}
         folders = {split: check_video_folder(folder, f"--{split}_dir") for split, folder in folders.items() if folder}
         dataset = DatasetDict()
@@ -250,36 +232,6 @@ def load_video_datasets(data_args: DataTrainingArguments, cache_dir: str | None,
         if isinstance(dataset[split].features[data_args.video_column_name], Video):
             dataset[split] = dataset[split].cast_column(data_args.video_column_name, Video(decode=False))
     return dataset
-
-
-def encode_labels(dataset: DatasetDict, label_column: str, known_names: list[str] | None) -> tuple[DatasetDict, list]:
-    """Adds an integer `labels` column; returns the names in index order. Indices (Kinetics lists) take `known_names`
-    when there are enough; known names covering the dataset's keep their order, so a checkpoint's head applies."""
-    reference = "train" if "train" in dataset else "validation"
-    values = {split: dataset[split][label_column] for split in dataset}
-    if isinstance(dataset[reference].features[label_column], ClassLabel):
-        # Each split's own ClassLabel: splits loaded separately may number their labels differently.
-        values = {split: dataset[split].features[label_column].int2str(v) for split, v in values.items()}
-    elif all(isinstance(value, (int, np.integer)) for split_values in values.values() for value in split_values):
-        if any(value < 0 for split_values in values.values() for value in split_values):
-            raise ValueError(f"Label indices in column {label_column!r} must not be negative.")
-        num_labels = max(max(split_values) for split_values in values.values()) + 1
-        if known_names and num_labels > len(known_names):
-            logger.warning(f"Label indices reach {num_labels - 1}, {len(known_names)} names are known: using indices.")
-        names = known_names if known_names and num_labels <= len(known_names) else list(map(str, range(num_labels)))
-        values = {split: [names[value] for value in split_values] for split, split_values in values.items()}
-    values = {split: [str(value) for value in split_values] for split, split_values in values.items()}
-    names = sorted(set(values[reference]))
-    if "train" in dataset and (unseen := sorted(set(values.get("validation", [])) - set(values["train"]))):
-        raise ValueError(f"The validation split has labels the training split never has: {unseen}. The classifier "
-                         "cannot learn them; remove those videos or add training videos for them.")
-    if known_names and set(names) <= set(known_names):
-        names = list(known_names)
-    index = {name: position for position, name in enumerate(names)}
-    for split in dataset:
-        rows = dataset[split].remove_columns([name for name in ["labels"] if name in dataset[split].column_names])
-        dataset[split] = rows.add_column("labels", [index[value] for value in values[split]])
-    return dataset, names
 
 
 # ---- Transforms: the video processor makes every clip ---------------------------------------------------------------
@@ -349,10 +301,13 @@ def collate_fn(examples: list[dict]) -> dict:
 
 # ---- Model ----------------------------------------------------------------------------------------------------------
 
-def build_model(model_args: ModelArguments, checkpoint_config, label_names: list[str]) -> EVLForVideoClassification:
+def build_model(model_args: ModelArguments, checkpoint_config, label_names: list[str],
+                multi_label: bool = False) -> EVLForVideoClassification:  # fmt: skip
     """From an EVL checkpoint (training continues), around a CLIP checkpoint, or, without --model_name_or_path,
-    around a small randomly initialised CLIP. The backbone is in --backbone_dtype, the decoder and head in float32."""
-    labels = {"id2label": dict(enumerate(label_names)), "label2id": {name: i for i, name in enumerate(label_names)}}
+    around a small randomly initialised CLIP. The backbone is in --backbone_dtype, the decoder and head in float32.
+    `multi_label`: the config's problem_type is multi-label classification (sigmoids and a binary cross-entropy)."""
+    labels = {"id2label": dict(enumerate(label_names)), "label2id": {name: i for i, name in enumerate(label_names)},
+              "problem_type": "multi_label_classification" if multi_label else None}  # None: inferred by the loss
     options = {name: getattr(model_args, name) for name in EVL_OPTIONS if getattr(model_args, name) is not None}
     hub = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token}
     (dtype, _), base = DTYPES[model_args.backbone_dtype], model_args.model_name_or_path  # float32 to be quantized
@@ -404,32 +359,11 @@ def build_video_processor(model, model_args: ModelArguments, data_args: DataTrai
     return EVLVideoProcessor(**{key: value for key, value in settings.items() if key != "video_processor_type"})
 
 
-# ---- Metric ---------------------------------------------------------------------------------------------------------
-
-def save_confusion_matrix(predictions: np.ndarray, references: np.ndarray, label_names: list[str], output_dir: str):
-    """Writes `confusion_matrix.json` (rows: true label, columns: predicted) and its picture `confusion_matrix.png`."""
-    num_labels = len(label_names)
-    matrix = np.zeros((num_labels, num_labels), dtype=np.int64)
-    np.add.at(matrix, (references, predictions), 1)
-    with open(os.path.join(output_dir, "confusion_matrix.json"), "w") as file:
-        json.dump({"labels": label_names, "matrix": matrix.tolist()}, file, indent=1)
-    from matplotlib.figure import Figure  # without pyplot: no display, no global state
-
-    figure = Figure(figsize=(min(4 + 0.4 * num_labels, 40),) * 2, layout="tight")
-    axes = figure.subplots()
-    figure.colorbar(axes.imshow(matrix, cmap="Blues"), ax=axes, fraction=0.046, pad=0.04)
-    if num_labels <= 50:  # beyond, the names would overlap
-        axes.set_xticks(range(num_labels), label_names, rotation=90)
-        axes.set_yticks(range(num_labels), label_names)
-    axes.set(xlabel="predicted label", ylabel="true label", title=f"Confusion matrix ({len(references)} videos)")
-    figure.savefig(os.path.join(output_dir, "confusion_matrix.png"), dpi=100)
-
-
 # ---- Trainer --------------------------------------------------------------------------------------------------------
 
 class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, Trainer):
     """The Trainer, plus: complete-or-absent checkpoints; streamed training data (examples/streaming.py); views of an
-    evaluation clip (`pixel_values` `(B, views, T, 3, H, W)`) scored by their mean softmax; undecodable training videos
+    evaluation clip (`pixel_values` `(B, views, T, 3, H, W)`) scored by mean probabilities; undecodable training videos
     counted over all processes at each logging step (each step on one process), stopping the run past
     `max_skipped_fraction`; the model card's extras."""
 
@@ -472,10 +406,16 @@ class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, 
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         batch_size, num_views = pixel_values.shape[:2]
         logits = model(pixel_values=pixel_values.flatten(0, 1)).logits  # (B * views, num_labels)
-        # (B, views, num_labels) -> (B, num_labels): the paper's multi-view score, an average of probabilities
-        log_probs = logits.view(batch_size, num_views, -1).softmax(dim=-1).mean(dim=1).log()
-        loss = F.nll_loss(log_probs, inputs["labels"]) if "labels" in inputs else None
-        return (loss, ImageClassifierOutput(loss=loss, logits=log_probs)) if return_outputs else loss
+        # (B, views, num_labels) -> (B, num_labels): the paper's multi-view score, an average of probabilities (the
+        # softmax, or a multi-label model's sigmoids), returned as the logits whose probabilities they are: their log
+        # (softmax of log p is p), or their logit (clamped: confident views average to 1.0 in float32).
+        unwrapped = self.accelerator.unwrap_model(model)
+        probabilities = postprocess_logits(logits.view(batch_size, num_views, -1), unwrapped.config).mean(dim=1)
+        multi_label = unwrapped.config.problem_type == "multi_label_classification"
+        scores = probabilities.logit(eps=1e-6) if multi_label else probabilities.log()
+        labels = inputs.get("labels")
+        loss = None if labels is None else unwrapped.loss_function(labels, scores, unwrapped.config)
+        return (loss, ImageClassifierOutput(loss=loss, logits=scores)) if return_outputs else loss
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None):
         float32_backbone = getattr(self.model, "float32_backbone", None)  # set for a quantized backbone
@@ -484,19 +424,8 @@ class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, 
         super()._save(output_dir, state_dict)
 
     def create_model_card(self, **kwargs):
-        if not self.is_world_process_zero():
-            return
-        summary = TrainingSummary.from_trainer(self, **kwargs)  # what `Trainer.create_model_card` writes
-        summary.finetuned_from = kwargs.get("finetuned_from")  # not the empty name of a model built from a config
-        card = huggingface_hub.ModelCard(summary.to_model_card())
-        card.data.pipeline_tag, card.data.library_name = "video-classification", "transformers"
-        results = Path(self.args.output_dir, "eval_results.json")
-        metrics = json.loads(results.read_text()) if results.is_file() else {}
-        shown = [key for key in ("eval_accuracy", "eval_top5_accuracy", "eval_loss") if key in metrics]
-        card.text += (EXAMPLES_DIR / "model_card_evl.md").read_text().format(
-            description=self.model_card_text, metrics="\n".join(f"| `{key}` | {metrics[key]:.4f} |" for key in shown),
-            repo=self.hub_model_id if self.args.push_to_hub else self.args.output_dir)
-        card.save(os.path.join(self.args.output_dir, "README.md"))
+        if self.is_world_process_zero():  # examples/reports.py
+            write_model_card(self, self.model_card_text, self.hub_model_id if self.args.push_to_hub else None, **kwargs)
 
 
 class EpochCallback(TrainerCallback):
@@ -535,6 +464,7 @@ def main(args: list[str] | None = None):
     # ---- Data ----
     embedded = is_embedded_default(model_args, data_args)  # asked before the synthetic data fills in the folders
     checkpoint_config = known_names = None
+    multi_label = False  # streamed datasets hold single labels
     if (base := model_args.model_name_or_path) is not None:
         checkpoint_config = AutoConfig.from_pretrained(base, cache_dir=model_args.cache_dir,
                                                        revision=model_args.model_revision, token=model_args.token)
@@ -549,7 +479,10 @@ def main(args: list[str] | None = None):
                                                            model_args.token, encode_labels)  # fmt: skip
         else:
             dataset = load_video_datasets(data_args, model_args.cache_dir, model_args.token)
-            dataset, label_names = encode_labels(dataset, data_args.label_column_name, known_names)
+            multi_label = is_multi_label(dataset, data_args.label_column_name)  # lists of labels: examples/labels.py
+            dataset, label_names = (encode_multi_labels(dataset, data_args.label_column_name, known_names,
+                                                        data_args.label_names_file) if multi_label
+                                    else encode_labels(dataset, data_args.label_column_name, known_names))
     if not training_args.do_train and not training_args.do_eval:  # neither asked for: what the splits allow
         training_args.do_train, training_args.do_eval = "train" in dataset, "validation" in dataset
     for flag, split, limit in [("do_train", "train", data_args.max_train_samples),
@@ -562,7 +495,7 @@ def main(args: list[str] | None = None):
 
     # ---- Model and transforms ----
     transformers.set_seed(training_args.seed)  # the decoder's (and a random backbone's) initialisation
-    model = build_model(model_args, checkpoint_config, label_names)
+    model = build_model(model_args, checkpoint_config, label_names, multi_label)
     if base is None and not embedded:
         logger.warning("No --model_name_or_path: training a small randomly initialised CLIP backbone. For real videos "
                        "start from CLIP weights, e.g. --model_name_or_path openai/clip-vit-base-patch16.")
@@ -575,7 +508,9 @@ def main(args: list[str] | None = None):
         f"layers; temporal conv / position embedding / cross attention: {config.use_temporal_conv} / "
         f"{config.use_temporal_pos_embed} / {config.use_temporal_cross_attention}",
         f"Sampling {processor.frame_sampling}, stride {processor.frame_stride}; evaluation "
-        f"{data_args.num_temporal_views} temporal x {data_args.num_spatial_views} spatial view(s), softmax averaged",
+        f"{data_args.num_temporal_views} temporal x {data_args.num_spatial_views} spatial view(s), "
+        + ("multi-label: sigmoids averaged, F1 of the labels above --threshold "
+           f"{data_args.threshold}" if multi_label else "softmax averaged"),
         f"Backbone trained in {model_args.backbone_dtype} and saved in float32; decoder and head in float32",
     ]  # fmt: skip
     labels = ", ".join(label_names[:10]) + (", ..." if len(label_names) > 10 else "")
@@ -597,16 +532,21 @@ def main(args: list[str] | None = None):
                                  shuffle_buffer_size=data_args.shuffle_buffer_size) if clips is not None else None
             for clips in (train_dataset, eval_dataset)]  # fmt: skip
 
-    # ---- Metric: top-1 and top-5 accuracy from examples/video_accuracy.py, loaded by path so it works offline ----
+    # ---- Metric: top-1 and top-5 accuracy from examples/video_accuracy.py, loaded by path so it works offline; for
+    # multi-label models mAP, F1 and top-1 "any correct" from scikit-learn (examples/reports.py) ----
     with training_args.main_process_first(desc="loading the metric"):
         metric = evaluate.load(str(EXAMPLES_DIR / "video_accuracy.py"), keep_in_memory=True)
+
+    def compute_metrics(prediction):
+        if multi_label:
+            return multi_label_metrics(prediction.predictions, prediction.label_ids, data_args.threshold)
+        return metric.compute(predictions=prediction.predictions, references=prediction.label_ids)
 
     # ---- Trainer ----
     trainer = VideoClassificationTrainer(
         model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
         processing_class=video_processor, data_collator=collate_fn,
-        compute_metrics=lambda prediction: metric.compute(predictions=prediction.predictions,
-                                                          references=prediction.label_ids),
+        compute_metrics=compute_metrics,
         max_skipped_fraction=data_args.max_skipped_fraction,
         model_card_text="\n".join(f"- {line}" for line in description))  # fmt: skip
     if training_args.do_train:
@@ -630,13 +570,15 @@ def main(args: list[str] | None = None):
         trainer.save_state()
 
     if training_args.do_eval:
-        # One pass gives the metrics and the predictions for the confusion matrix; across processes the padding
-        # duplicates are dropped, so every validation video counts once.
+        # One pass gives the metrics and the predictions for the confusion matrix (the per-label average precision
+        # of a multi-label model); across processes the padding duplicates are dropped, so every video counts once.
         prediction = trainer.predict(eval_dataset, metric_key_prefix="eval")
         trainer.log(prediction.metrics)
         trainer.log_metrics("eval", prediction.metrics)
         trainer.save_metrics("eval", prediction.metrics)
-        if trainer.is_world_process_zero():
+        if trainer.is_world_process_zero() and multi_label:
+            save_average_precision(prediction.predictions, prediction.label_ids, label_names, training_args.output_dir)
+        elif trainer.is_world_process_zero():
             save_confusion_matrix(prediction.predictions.argmax(axis=-1), prediction.label_ids, label_names,
                                   training_args.output_dir)  # fmt: skip
 

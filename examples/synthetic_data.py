@@ -27,6 +27,13 @@ The clips are real H.264 mp4 files, written with torchcodec, in the `videofolder
 
 `<version>` is a hash of the generator's settings, so a dataset is generated once and reused by every later run with
 the same settings, and different settings never mix.
+
+The multi-label variant ([`generate_synthetic_multi_label_dataset`]) shows one or two objects, each moving toward its
+own edge; the labels are the set of those edges. Its clips are listed in JSON lines files, the format the training
+script reads for multi-label data:
+
+    <root>/multi-label-<version>/train.jsonl        {"video": "train/00000.mp4", "labels": ["left", "up"]}
+    <root>/multi-label-<version>/validation.jsonl
 """
 
 import hashlib
@@ -49,6 +56,7 @@ GENERATOR_VERSION = 3
 
 # Marks a finished dataset folder; a folder without it is an interrupted generation and is never used.
 _COMPLETE_MARKER = "synthetic_motion.json"
+_MULTI_LABEL_MARKER = "synthetic_multi_label.json"
 
 
 def default_cache_dir() -> Path:
@@ -154,24 +162,34 @@ def _random_colour(rng: np.random.Generator) -> np.ndarray:
     return rng.integers(0, 256, size=3).astype(np.float32)
 
 
-def render_clip(rng: np.random.Generator, label: str, config: SyntheticMotionConfig) -> torch.Tensor:
-    """One clip as a uint8 tensor `(num_frames, 3, frame_size, frame_size)`, RGB."""
-    centres, size = sample_trajectory(rng, label, config)
-    shape = SHAPES[int(rng.integers(len(SHAPES)))]
+def render_clip(rng: np.random.Generator, label: str | list[str], config: SyntheticMotionConfig) -> torch.Tensor:
+    """One clip as a uint8 tensor `(num_frames, 3, frame_size, frame_size)`, RGB: an object moving toward the edge
+    named by `label`, or one object per label of a list, drawn in its order (a later one passes over an earlier)."""
+    objects = []
+    for name in [label] if isinstance(label, str) else label:
+        centres, size = sample_trajectory(rng, name, config)
+        objects.append((centres, size, SHAPES[int(rng.integers(len(SHAPES)))]))
     background = _random_colour(rng)
-    colour = _random_colour(rng)
-    # A colour the eye (and the codec's chroma subsampling) tells apart from the background.
-    while np.abs(colour - background).sum() < 150:
+    colours = []
+    for _ in objects:
         colour = _random_colour(rng)
-    # Static texture, identical in every frame, so that the only thing that changes over time is the object.
+        # A colour the eye (and the codec's chroma subsampling) tells apart from the background and the other objects.
+        while min(np.abs(colour - other).sum() for other in [background, *colours]) < 150:
+            colour = _random_colour(rng)
+        colours.append(colour)
+    # Static texture, identical in every frame, so that the only thing that changes over time is the objects.
     texture = rng.normal(0.0, 6.0, size=(config.frame_size, config.frame_size, 1)).astype(np.float32)
     canvas = np.clip(background + texture, 0, 255)  # (H, W, 3)
 
     pixel = np.arange(config.frame_size, dtype=np.float32) + 0.5
     frames = np.empty((config.num_frames, config.frame_size, config.frame_size, 3), dtype=np.uint8)
-    for t, (x, y) in enumerate(centres):
-        mask = _shape_mask(shape, pixel[None, :] - x, pixel[:, None] - y, size / 2)  # (H, W)
-        frames[t] = np.where(mask[..., None], colour, canvas).astype(np.uint8)
+    for t in range(config.num_frames):
+        frame = canvas
+        for (centres, size, shape), colour in zip(objects, colours):
+            x, y = centres[t]
+            mask = _shape_mask(shape, pixel[None, :] - x, pixel[:, None] - y, size / 2)  # (H, W)
+            frame = np.where(mask[..., None], colour, frame)
+        frames[t] = frame.astype(np.uint8)
     return torch.from_numpy(frames).permute(0, 3, 1, 2).contiguous()  # (T, 3, H, W)
 
 
@@ -185,6 +203,35 @@ def _write_mp4(frames: torch.Tensor, path: Path, frame_rate: int):
         str(path), codec="libx264", pixel_format="yuv420p", crf=18, preset="veryfast",
         extra_options={"threads": 1, "x264-params": "mbtree=0"},
     )  # fmt: skip
+
+
+def _cached(dataset_dir: Path, marker: str, write) -> Path:
+    """`dataset_dir`, first made by `write(staging_folder)` unless `marker` in it says it is complete.
+
+    Generation writes to a temporary folder next to the final one and renames it when done, so an interrupted run
+    leaves nothing that a later run would take for a dataset, and concurrent processes end up with the same folder.
+    """
+    if (dataset_dir / marker).is_file():
+        return dataset_dir
+    # A hidden folder of this process's own, created with the usual permissions, renamed into place when complete.
+    staging = dataset_dir.parent / f".{dataset_dir.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    staging.mkdir(parents=True)
+    try:
+        write(staging)
+        try:
+            staging.rename(dataset_dir)
+        except OSError:
+            # Another process finished the same dataset first (or left an unfinished folder behind).
+            if not (dataset_dir / marker).is_file():
+                shutil.rmtree(dataset_dir, ignore_errors=True)
+                staging.rename(dataset_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return dataset_dir
+
+
+def _splits(config: SyntheticMotionConfig):
+    return enumerate([("train", config.train_videos_per_label), ("validation", config.validation_videos_per_label)])
 
 
 def generate_synthetic_motion_dataset(
@@ -201,23 +248,12 @@ def generate_synthetic_motion_dataset(
 
     Returns:
         `Path`: a folder holding `train/<label>/*.mp4` and `validation/<label>/*.mp4`.
-
-    Generation writes to a temporary folder next to the final one and renames it when done, so an interrupted run
-    leaves nothing that a later run would take for a dataset, and concurrent processes end up with the same folder.
     """
     config = config if config is not None else SyntheticMotionConfig(**config_kwargs)
     cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
-    dataset_dir = cache_dir / config.version
-    if (dataset_dir / _COMPLETE_MARKER).is_file():
-        return dataset_dir
 
-    # A hidden folder of this process's own, created with the usual permissions, renamed into place when complete.
-    staging = cache_dir / f".{config.version}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    staging.mkdir(parents=True)
-    try:
-        for split_index, (split, per_label) in enumerate(
-            [("train", config.train_videos_per_label), ("validation", config.validation_videos_per_label)]
-        ):
+    def write(staging: Path):
+        for split_index, (split, per_label) in _splits(config):
             for label_index, label in enumerate(SYNTHETIC_MOTION_LABELS):
                 label_dir = staging / split / label
                 label_dir.mkdir(parents=True)
@@ -225,22 +261,50 @@ def generate_synthetic_motion_dataset(
                     # One stream per clip: clips do not depend on how many others are generated.
                     rng = np.random.default_rng([config.seed, split_index, label_index, index])
                     _write_mp4(render_clip(rng, label, config), label_dir / f"{index:05d}.mp4", config.frame_rate)
-        (staging / _COMPLETE_MARKER).write_text(
-            json.dumps(
-                {"generator_version": GENERATOR_VERSION, "labels": list(SYNTHETIC_MOTION_LABELS), **asdict(config)},
-                indent=2,
-            )
-        )
-        try:
-            staging.rename(dataset_dir)
-        except OSError:
-            # Another process finished the same dataset first (or left an unfinished folder behind).
-            if not (dataset_dir / _COMPLETE_MARKER).is_file():
-                shutil.rmtree(dataset_dir, ignore_errors=True)
-                staging.rename(dataset_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return dataset_dir
+        summary = {"generator_version": GENERATOR_VERSION, "labels": list(SYNTHETIC_MOTION_LABELS), **asdict(config)}
+        (staging / _COMPLETE_MARKER).write_text(json.dumps(summary, indent=2))
+
+    return _cached(cache_dir / config.version, _COMPLETE_MARKER, write)
+
+
+def sample_label_set(rng: np.random.Generator) -> list[str]:
+    """One or two different directions, equally likely, as a sorted list: every direction is in 3/8 of the clips."""
+    count = 1 + int(rng.integers(2))
+    return sorted(rng.choice(SYNTHETIC_MOTION_LABELS, size=count, replace=False).tolist())
+
+
+def generate_synthetic_multi_label_dataset(
+    cache_dir: str | os.PathLike | None = None, config: SyntheticMotionConfig | None = None, **config_kwargs
+) -> Path:
+    """
+    Returns the folder of the synthetic multi-label motion dataset for `config`, generating it first when it is not
+    cached: clips of one or two objects moving toward different edges, labelled with the set of those edges.
+
+    A split holds as many clips as the single-label dataset's (`4 * <split>_videos_per_label`), so the same settings
+    cost about the same to generate and to train on.
+
+    Returns:
+        `Path`: a folder holding `train.jsonl` and `validation.jsonl`, JSON lines of `{"video": <path relative to the
+        folder>, "labels": [<direction>, ...]}`, and the clips in `train/` and `validation/`.
+    """
+    config = config if config is not None else SyntheticMotionConfig(**config_kwargs)
+    cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
+
+    def write(staging: Path):
+        for split_index, (split, per_label) in _splits(config):
+            (staging / split).mkdir()
+            rows = []
+            for index in range(len(SYNTHETIC_MOTION_LABELS) * per_label):
+                # A stream per clip, apart from the single-label dataset's by its leading key.
+                rng = np.random.default_rng([config.seed, 2, split_index, index])
+                labels = sample_label_set(rng)
+                _write_mp4(render_clip(rng, labels, config), staging / split / f"{index:05d}.mp4", config.frame_rate)
+                rows.append({"video": f"{split}/{index:05d}.mp4", "labels": labels})
+            (staging / f"{split}.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+        summary = {"generator_version": GENERATOR_VERSION, "labels": list(SYNTHETIC_MOTION_LABELS), **asdict(config)}
+        (staging / _MULTI_LABEL_MARKER).write_text(json.dumps(summary, indent=2))
+
+    return _cached(cache_dir / f"multi-label-{config.version}", _MULTI_LABEL_MARKER, write)
 
 
 __all__ = [
@@ -248,6 +312,8 @@ __all__ = [
     "SyntheticMotionConfig",
     "default_cache_dir",
     "generate_synthetic_motion_dataset",
+    "generate_synthetic_multi_label_dataset",
     "render_clip",
+    "sample_label_set",
     "sample_trajectory",
 ]

@@ -18,7 +18,8 @@ import evl_hf  # noqa: F401  (registers EVL with the Auto classes, for the pipel
 from evl_hf.video_processing_evl import EVLVideoProcessor, VideoDecodingError, sample_frame_indices
 
 
-from training_utils import ROOT, SCRIPT, run_video_classification
+from training_utils import ROOT, SCRIPT, run_video_classification, train_tiny
+import video_files  # noqa: E402  (examples/, on the path once training_utils is imported)
 
 
 @pytest.fixture
@@ -26,17 +27,8 @@ def run(tmp_path, tiny_clip, videos):
     """Runs the script in this process with small settings; returns the output folder."""
 
     def run_script(args: str = "", data: str | None = None, output_dir: Path | None = None) -> Path:
-        output_dir = output_dir or tmp_path / "output"
         data = data or f"--train_dir {videos / 'train'} --validation_dir {videos / 'validation'}"
-        run_video_classification.main(
-            f"""
-            --model_name_or_path {tiny_clip} {data} --output_dir {output_dir} --cache_dir {tmp_path / "cache"}
-            --num_frames 4 --frame_stride 2 --decoder_num_layers 2 --max_steps 2 --learning_rate 1e-3
-            --per_device_train_batch_size 2 --per_device_eval_batch_size 2 --logging_steps 1 --save_strategy no
-            --dataloader_num_workers 0 --disable_tqdm True --report_to none {args}
-            """.split()
-        )
-        return output_dir
+        return train_tiny(tiny_clip, data, output_dir or tmp_path / "output", tmp_path / "cache", args)
 
     return run_script
 
@@ -189,7 +181,7 @@ def test_a_training_clip_depends_only_on_seed_epoch_and_index(videos):
 def test_kinetics_style_list_is_read_relative_to_the_video_root(tmp_path):
     listing = tmp_path / "train.txt"
     listing.write_text("abseiling/clip one.mp4 0\n\n# a comment\nzumba/clip_2.mp4 399\n")
-    dataset = run_video_classification.read_video_list(str(listing), "/data/k400", "video", "label")
+    dataset = video_files.read_video_list(str(listing), "/data/k400", "video", "label")
     assert dataset["video"] == ["/data/k400/abseiling/clip one.mp4", "/data/k400/zumba/clip_2.mp4"]
     assert dataset["label"] == [0, 399]
 
@@ -198,7 +190,7 @@ def test_a_malformed_line_of_a_list_names_the_file_and_line(tmp_path):
     listing = tmp_path / "val.txt"
     listing.write_text("a.mp4 1\nb.mp4 walking\n")
     with pytest.raises(ValueError, match=r"val.txt, line 2"):
-        run_video_classification.read_video_list(str(listing), None, "video", "label")
+        video_files.read_video_list(str(listing), None, "video", "label")
 
 
 def test_trains_from_a_kinetics_style_list(run, tmp_path, videos):

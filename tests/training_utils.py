@@ -19,6 +19,19 @@ _spec = importlib.util.spec_from_file_location("run_video_classification", SCRIP
 run_video_classification = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(run_video_classification)
 
+def train_tiny(tiny_clip: str, data: str, output_dir: Path, cache_dir: Path, args: str = "") -> Path:
+    """Runs the script in this process on `data` (its data arguments) with small settings; returns the output folder."""
+    run_video_classification.main(
+        f"""
+        --model_name_or_path {tiny_clip} {data} --output_dir {output_dir} --cache_dir {cache_dir}
+        --num_frames 4 --frame_stride 2 --decoder_num_layers 2 --max_steps 2 --learning_rate 1e-3
+        --per_device_train_batch_size 2 --per_device_eval_batch_size 2 --logging_steps 1 --save_strategy no
+        --dataloader_num_workers 0 --disable_tqdm True --report_to none {args}
+        """.split()
+    )
+    return output_dir
+
+
 # 8 training and 8 validation clips of 10 frames, 32x32
 TINY_VIDEOS = SyntheticMotionConfig(
     train_videos_per_label=2, validation_videos_per_label=2, num_frames=10, frame_size=32, min_object_size=6,

@@ -1,0 +1,70 @@
+# Copyright 2026 The evl_hf authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+"""The training script's own videos as `datasets.Dataset`s: a videofolder-layout folder checked before datasets reads
+it, and the lists of videos (Kinetics-style `.txt`, CSV, JSON lines) with their paths resolved."""
+
+import os
+from pathlib import Path
+
+from datasets import Dataset, load_dataset
+from datasets.packaged_modules.videofolder.videofolder import VIDEO_EXTENSIONS as VIDEOFOLDER_EXTENSIONS
+
+from evl_hf.video_utils import VIDEO_EXTENSIONS, resolve_video_path
+from evl_hf.video_utils import read_video_list as read_list
+
+
+# The video extensions of evl_hf that datasets' videofolder builder also loads (it has no .webm, .m4v, ...).
+FOLDER_VIDEO_EXTENSIONS = tuple(extension for extension in VIDEO_EXTENSIONS if extension in VIDEOFOLDER_EXTENSIONS)
+
+
+def check_video_folder(path: str, argument: str):
+    """`path`, or a clear error naming the argument when this videofolder-layout folder holds no labelled videos."""
+    if not (folder := Path(path)).is_dir():
+        raise FileNotFoundError(f"{argument} {path!r}: no such folder.")
+    videos = [p for p in folder.rglob("*") if p.suffix.lower() in FOLDER_VIDEO_EXTENSIONS and p.is_file()]
+    if not videos:
+        raise ValueError(f"{argument} {path!r} holds no video files ({', '.join(FOLDER_VIDEO_EXTENSIONS)}). The "
+                         f"videofolder layout is {path}/<label>/<video>.mp4.")
+    if any(video.parent == folder for video in videos):
+        raise ValueError(f"{argument} {path!r} has videos directly inside it; the videofolder layout puts each video "
+                         f"in a folder named after its label: {path}/<label>/<video>.mp4.")
+    return path
+
+
+def read_video_list(path: str, video_root: str | None, video_column: str, label_column: str) -> Dataset:
+    """A Kinetics-style list, `relative/path.mp4 label_index` per line (`#` comments), as paths and integer labels."""
+    root = video_root or os.path.dirname(os.path.abspath(path))
+    rows = read_list(path, video_column=video_column, label_column=label_column, require_labels=True).rows
+    return Dataset.from_dict({video_column: [resolve_video_path(row[video_column], root) for row in rows],
+                              label_column: [row[label_column] for row in rows]})  # fmt: skip
+
+
+def load_video_file(path: str, argument: str, data_args, cache_dir: str | None) -> Dataset:
+    """A CSV, JSON lines or Kinetics-style list of videos; relative paths start from --video_root."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{argument} {path!r}: no such file.")
+    column, root = data_args.video_column_name, data_args.video_root or os.path.dirname(os.path.abspath(path))
+    if Path(path).suffix.lower() not in (".csv", ".json", ".jsonl"):
+        return read_video_list(path, root, column, data_args.label_column_name)
+    # The list parser checks label lists (multi-label) and splits a CSV's joined ones; a CSV of single labels is left
+    # to datasets, which reads label indices as integers.
+    label_column = data_args.label_column_name
+    rows = read_list(path, video_column=column, label_column=label_column, label_separator=data_args.label_separator)
+    if path.lower().endswith(".csv") and not any(isinstance(row.get(label_column), list) for row in rows.rows):
+        dataset = load_dataset("csv", data_files=path, cache_dir=cache_dir)["train"]
+    else:
+        dataset = Dataset.from_list(rows.rows)
+    if column not in dataset.column_names:  # named by the check of every split's columns
+        return dataset
+    return dataset.map(lambda row: {column: os.path.join(root, row[column])}, desc=f"Resolving {path}")
