@@ -103,21 +103,7 @@ def is_quantized(model) -> bool:
     )
 
 
-def _inductor_options(model, freeze: bool | None) -> dict:
-    """The inductor options of `compile_model`: freezing for a quantized model on a CPU, unless `freeze` says."""
-    device = next(model.parameters()).device
-    if freeze is None:
-        freeze = device.type == "cpu" and is_quantized(model)
-    if not freeze:
-        return {}
-    if is_quantized(model) and device.type == "cpu":
-        # Importing torchao's x86 quantizer registers its inductor passes. Under freezing the weights are constants,
-        # and one of those passes can then replace `_int_mm` and its scales by a prepacked oneDNN int8 linear.
-        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401
-    return {"freezing": True}
-
-
-def compile_model(model, batch_size: int = 1, num_frames: int | None = None, freeze: bool | None = None):
+def compile_model(model, batch_size: int = 1, num_frames: int | None = None):
     """
     Compile the CLIP backbone and each decoder layer of `model` in place with `torch.compile`, and warm them: one
     forward pass of `batch_size` clips of `num_frames` frames (default `config.num_frames`) compiles the graphs for
@@ -125,16 +111,11 @@ def compile_model(model, batch_size: int = 1, num_frames: int | None = None, fre
     not `forward`, so that every route through the model (`forward`, the `get_frame_features` and
     `decode_frame_features` of sliding windows) runs compiled; another shape compiles once more the first time it
     is seen. Returns the model.
-
-    `freeze` compiles with inductor's freezing, which folds the weights into the compiled code as constants: for
-    inference only, since later changes to the weights are not seen. By default it is on for a quantized model on a
-    CPU, where it lets torchao's x86 passes run the int8 matmuls as oneDNN's prepacked int8 linear.
     """
     vision = model.config.vision_config
-    options = _inductor_options(model, freeze)
     # The decoder is small in FLOPs but many small operations: eager, it was a third of an int8 inference.
     for module in (model.base_model.vision_model, *model.base_model.decoder.layers):
-        module.compile(options=options or None)
+        module.compile()
     num_frames = model.config.num_frames if num_frames is None else num_frames
     size = (batch_size, num_frames, vision.num_channels, vision.image_size, vision.image_size)
     # Made outside inference mode, as the clips of a data loader are: an inference tensor would fail the guards.
