@@ -372,7 +372,7 @@ def training(args):
         script_args = [word.replace(scratch, "<tmp>") for word in script_args]
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return write("training", {"wall_s": wall, "cpu_s": cpu, "metrics_file": found.name, "metrics": metrics}, args,
-                 command=" ".join(command[1:11]) + " examples/run_video_classification.py", script_args=script_args,
+                 command=" ".join(command[1:10]) + " examples/run_video_classification.py", script_args=script_args,
                  loadavg_1min_before=load)
 
 
