@@ -180,5 +180,5 @@ def test_a_quick_training_run_records_time_and_the_final_metrics(tmp_path):
     full = docs.upgrade("training_single_label", {**copy.deepcopy(result), "settings": {**result["settings"],
                                                                                          "quick": False}})
     assert full["run"]["metric"] == "eval_accuracy" and full["run"]["value"] == result["metrics"]["eval_accuracy"]
-    row = f"| {result['metrics']['eval_accuracy']:.3f} in {result['wall_s'] / 60:.0f} min |"
+    row = f"| {result['metrics']['eval_accuracy']:.3f} in {result['wall_s'] / 60:.1f} min |"
     assert row in docs.render({**RESULTS, "training_single_label": full}, docs.SUMMARY.read_text())
