@@ -27,18 +27,22 @@ CARD_METRICS = ("eval_accuracy", "eval_top5_accuracy", "eval_map", "eval_f1", "e
                 "eval_loss")  # fmt: skip
 
 
-def multi_label_metrics(logits: np.ndarray, references: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
+def multi_label_metrics(logits: np.ndarray, references: np.ndarray, config, threshold: float = 0.5) -> dict[str, float]:
     """
-    Metrics of a multi-label classifier from its logits `(videos, num_labels)` and multi-hot `references`:
+    Metrics of a multi-label classifier (`config`, a multi-label model's) from its logits `(videos, num_labels)` and
+    multi-hot `references`:
 
     - `map`: mean over labels of the average precision (macro; a label without positives counts 0, as in sklearn);
     - `f1`, `f1_micro`: F1 of the labels whose probability (sigmoid) is above `threshold`, macro and micro averaged;
     - `top1_any`: fraction of videos whose highest-scoring label is one of their labels.
     """
+    import torch
     from sklearn.metrics import average_precision_score, f1_score, precision_score
 
+    from evl_hf.inference import postprocess_logits
+
     references = references.astype(np.int64)
-    probabilities = 1.0 / (1.0 + np.exp(-logits.astype(np.float64)))
+    probabilities = postprocess_logits(torch.from_numpy(logits), config).numpy()  # the pipeline's sigmoids
     predicted = (probabilities > threshold).astype(np.int64)  # `evl-hf predict --threshold` keeps scores above it
     top1 = np.zeros_like(references)
     top1[np.arange(len(logits)), logits.argmax(axis=-1)] = 1

@@ -539,7 +539,7 @@ def main(args: list[str] | None = None):
 
     def compute_metrics(prediction):
         if multi_label:
-            return multi_label_metrics(prediction.predictions, prediction.label_ids, data_args.threshold)
+            return multi_label_metrics(prediction.predictions, prediction.label_ids, model.config, data_args.threshold)
         return metric.compute(predictions=prediction.predictions, references=prediction.label_ids)
 
     # ---- Trainer ----

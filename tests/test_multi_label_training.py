@@ -12,6 +12,7 @@ from datasets import ClassLabel, Dataset, Features, Sequence, Value
 from torchcodec.decoders import VideoDecoder
 from transformers import TrainingArguments
 
+from evl_hf import EVLConfig
 from evl_hf.testing_utils import encode_video
 from training_utils import run_video_classification, train_tiny
 
@@ -24,6 +25,7 @@ from synthetic_data import SYNTHETIC_MOTION_LABELS, generate_synthetic_multi_lab
 # Every label is in the training split; `swim` is only in the training split.
 TRAIN_LABELS = [["run", "jump"], ["jump"], ["swim", "run"], ["run"]]
 VALIDATION_LABELS = [["jump", "run"], ["run"]]
+MULTI_LABEL = EVLConfig(num_labels=3, problem_type="multi_label_classification")  # what the metrics read of a model
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +135,8 @@ def test_metric_for_best_model_can_be_the_map(run):
 def test_metrics_on_a_known_case():
     references = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1]], dtype=np.float32)
     probabilities = np.array([[0.9, 0.2, 0.6], [0.3, 0.8, 0.4], [0.7, 0.1, 0.2], [0.8, 0.3, 0.45]])
-    metrics = multi_label_metrics(np.log(probabilities / (1 - probabilities)), references, threshold=0.5)
+    logits = np.log(probabilities / (1 - probabilities))
+    metrics = multi_label_metrics(logits, references, MULTI_LABEL, threshold=0.5)
     # label 0: scores 0.9 (+), 0.8 (-), 0.7 (+), 0.3 (-): precision 1 at the first positive, 2/3 at the second
     # label 1: 0.8 (+), 0.3 (-), 0.2 (-), 0.1 (+): 1, then 2/4; label 2: 0.6 (+), 0.45 (+): AP 1
     expected_map = ((1 + 2 / 3) / 2 + (1 + 2 / 4) / 2 + 1) / 3
@@ -147,8 +150,9 @@ def test_metrics_on_a_known_case():
 def test_the_threshold_decides_which_labels_are_predicted():
     references = np.array([[1, 0], [0, 1]], dtype=np.float32)
     logits = np.log(np.array([[0.7 / 0.3, 0.4 / 0.6], [0.2 / 0.8, 0.6 / 0.4]]))  # probabilities 0.7, 0.4; 0.2, 0.6
-    assert multi_label_metrics(logits, references, threshold=0.5)["f1"] == pytest.approx(1.0)
-    assert multi_label_metrics(logits, references, threshold=0.65)["f1"] == pytest.approx(0.5)  # label 1 missed
+    assert multi_label_metrics(logits, references, MULTI_LABEL, threshold=0.5)["f1"] == pytest.approx(1.0)
+    missed = multi_label_metrics(logits, references, MULTI_LABEL, threshold=0.65)
+    assert missed["f1"] == pytest.approx(0.5)  # label 1 missed
 
 
 def test_multi_view_scores_average_the_sigmoids_and_train_with_the_models_binary_cross_entropy(tiny_clip, tmp_path):
