@@ -356,7 +356,7 @@ def training(args):
         accelerate = Path(sys.executable).with_name("accelerate")
         command = [str(accelerate) if accelerate.exists() else "accelerate", "launch", "--num_processes", "1",
                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   str(EXAMPLES / "run_video_classification.py"), *script_args]  # fmt: skip
+                   str(script := EXAMPLES / "run_video_classification.py"), *script_args]  # fmt: skip
         before, load = resource.getrusage(resource.RUSAGE_CHILDREN), round(os.getloadavg()[0], 2)
         start = time.perf_counter()
         done = subprocess.run(command, cwd=ROOT, stdout=sys.stderr)  # its log on stderr: stdout holds the result
@@ -371,9 +371,9 @@ def training(args):
         # the temporary folders mean nothing on another machine
         script_args = [word.replace(scratch, "<tmp>") for word in script_args]
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    launched = " ".join([*command[1:command.index(str(script))], str(script.relative_to(ROOT))])  # what ran, portably
     return write("training", {"wall_s": wall, "cpu_s": cpu, "metrics_file": found.name, "metrics": metrics}, args,
-                 command=" ".join(command[1:10]) + " examples/run_video_classification.py", script_args=script_args,
-                 loadavg_1min_before=load)
+                 command=launched, script_args=script_args, loadavg_1min_before=load)
 
 
 SUITES = {
