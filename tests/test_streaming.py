@@ -71,6 +71,13 @@ def shard_data(shards: Path) -> str:
     return f"--train_file {shards}/train-*.tar --validation_file {shards}/validation-*.tar"
 
 
+def label_names_file(folder: Path) -> Path:
+    """A `--label_names_file` naming the four directions, index i on line i."""
+    names = folder / "names.txt"
+    names.write_text("down\nleft\nright\nup\n")
+    return names
+
+
 def final_step_and_loss(output_dir: Path):
     state = json.loads((output_dir / "trainer_state.json").read_text())
     return state["global_step"], [entry for entry in state["log_history"] if "loss" in entry][-1]["loss"]
@@ -95,8 +102,7 @@ def test_trains_from_shards_and_evaluates_every_validation_clip(tmp_path, tiny_c
 def test_cls_labels_take_their_names_from_the_label_names_file(tmp_path, tiny_clip, videos):
     shards = tmp_path / "shards"
     write_shards(shards, videos / "train", "train", 2, label_field="cls")
-    names = tmp_path / "names.txt"
-    names.write_text("down\nleft\nright\nup\n")
+    names = label_names_file(tmp_path)
     output_dir = tmp_path / "output"
     data = f"--train_file {shards}/train-*.tar --label_names_file {names}"
     run_video_classification.main(stream_args(tiny_clip, output_dir, data, "--max_steps 2 --do_train"))
@@ -106,8 +112,7 @@ def test_cls_labels_take_their_names_from_the_label_names_file(tmp_path, tiny_cl
 
 def test_a_folder_of_shards_streams_as_a_dataset_name(tmp_path, tiny_clip, shards):
     # What a Hub repository of WebDataset shards looks like to datasets: splits from the file names.
-    names = tmp_path / "names.txt"
-    names.write_text("down\nleft\nright\nup\n")
+    names = label_names_file(tmp_path)
     output_dir = tmp_path / "output"
     data = f"--dataset_name {shards} --label_names_file {names}"
     run_video_classification.main(stream_args(tiny_clip, output_dir, data, "--max_steps 2"))
