@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.evl-hf-installed
 DOCS_STAMP := $(VENV)/.evl-hf-docs-installed
 
-.PHONY: install browser train test test-slow test-all test-gpu test-conformance test-docs docs benchmark benchmark-docs clean
+.PHONY: install browser train test style quality test-slow test-all test-gpu test-conformance test-docs docs benchmark benchmark-docs clean
 
 install: $(STAMP)
 
@@ -26,6 +26,15 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" $(ARGS)
+
+# The formatter and linter, configured in pyproject.toml as transformers configures them (119 columns).
+style: $(STAMP)
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+quality: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 # Chromium and its driver, for the browser test of `evl-hf demo` (tests/commands/test_demo.py).
 browser:

@@ -49,15 +49,19 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if is_markdown_block(item) and item.path.suffix == ".md":
             collected[item.path] = collected.get(item.path, 0) + 1
-    pages = {path for path in collected} | {Path(arg.split("::")[0]).resolve() for arg in config.args
-                                            if arg.endswith(".md")}  # fmt: skip
+    pages = set(collected) | {Path(arg.split("::")[0]).resolve() for arg in config.args if arg.endswith(".md")}
     for folder in {Path(arg).resolve() for arg in config.args if Path(arg).is_dir()}:
         pages |= set(folder.glob("*.md"))
-    wrong = [f"{page}: {len(PYTHON_FENCE.findall(page.read_text()))} ```python fences, {collected.get(page, 0)} tests"
-             for page in sorted(pages) if len(PYTHON_FENCE.findall(page.read_text())) != collected.get(page, 0)]
+    wrong = [
+        f"{page}: {len(PYTHON_FENCE.findall(page.read_text()))} ```python fences, {collected.get(page, 0)} tests"
+        for page in sorted(pages)
+        if len(PYTHON_FENCE.findall(page.read_text())) != collected.get(page, 0)
+    ]
     if wrong:
-        raise pytest.UsageError("Some ```python blocks would not run (a `notest` option, or a fence markdown-it "
-                                "does not see): " + "; ".join(wrong))
+        raise pytest.UsageError(
+            "Some ```python blocks would not run (a `notest` option, or a fence markdown-it "
+            "does not see): " + "; ".join(wrong)
+        )
 
 
 @pytest.hookimpl(wrapper=True)
@@ -89,8 +93,9 @@ def tiny_clip_vit_b16_geometry():
     vision_config = tiny_vision_config(num_hidden_layers=4, image_size=224, patch_size=16)
     text_config = CLIPTextConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
     torch.manual_seed(0)
-    return CLIPModel(CLIPConfig(text_config=text_config.to_dict(), vision_config=vision_config.to_dict(),
-                                projection_dim=32))  # fmt: skip
+    return CLIPModel(
+        CLIPConfig(text_config=text_config.to_dict(), vision_config=vision_config.to_dict(), projection_dim=32)
+    )
 
 
 def official_checkpoint(path: Path, labels_path: Path, num_classes: int = 400):
@@ -143,8 +148,18 @@ def make_workspace(work: Path, hub_cache: Path):
     save_tiny_model(trained, num_frames=8, frame_stride=3, labels=MOTION_LABELS, image_processor=True)
 
     official_checkpoint(work / "k400_vitb16_8f_dec4x768.pth", work / "k400_class_mappings.json")
-    convert_main(["--checkpoint", "k400_vitb16_8f_dec4x768.pth", "--clip_model", CLIP_ID,
-                  "--labels_file", "k400_class_mappings.json", "--output_dir", "evl-vitb16-8f-k400"])  # fmt: skip
+    convert_main(
+        [
+            "--checkpoint",
+            "k400_vitb16_8f_dec4x768.pth",
+            "--clip_model",
+            CLIP_ID,
+            "--labels_file",
+            "k400_class_mappings.json",
+            "--output_dir",
+            "evl-vitb16-8f-k400",
+        ]
+    )
 
     labels = ["left", "right", "up", "down"]
     model = EVLForVideoClassification.from_clip_pretrained(
@@ -155,8 +170,20 @@ def make_workspace(work: Path, hub_cache: Path):
     EVLImageProcessor().save_pretrained("evl-vitb16-8f")
 
     export_onnx(EVLForVideoClassification.from_pretrained(trained).eval(), "evl.onnx")
-    status = evl_hf_main(["predict", "--model", str(trained), "videos/", "--output", "predictions.jsonl",
-                          "--embeddings", "embeddings", "--num_workers", "0"])  # fmt: skip
+    status = evl_hf_main(
+        [
+            "predict",
+            "--model",
+            str(trained),
+            "videos/",
+            "--output",
+            "predictions.jsonl",
+            "--embeddings",
+            "embeddings",
+            "--num_workers",
+            "0",
+        ]
+    )
     assert status == 0, f"evl-hf predict exited with {status}"
 
 

@@ -18,12 +18,16 @@ def main(argv=None) -> int:
         print("\n".join(f"  {name:12} {description}" for name, (description, _, _) in suites.items()))
         return 0 if argv else 2
     if argv[0] not in suites:
-        print(f"error: unknown suite {argv[0]!r}; `python -m benchmarks --list` lists them: {', '.join(suites)}",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: unknown suite {argv[0]!r}; `python -m benchmarks --list` lists them: {', '.join(suites)}",
+            file=sys.stderr,
+        )
         return 2
     description, add_arguments, run = suites[argv[0]]
     parser = argparse.ArgumentParser(prog=f"python -m benchmarks {argv[0]}", description=description)
-    parser.add_argument("--quick", action="store_true", help="small shapes and few rounds: the code paths, not numbers")
+    parser.add_argument(
+        "--quick", action="store_true", help="small shapes and few rounds: the code paths, not numbers"
+    )
     parser.add_argument("--output", help="folder to write the result JSON into (docs/benchmark_results for the docs)")
     parser.add_argument("--name", help="the result's name, <output>/<name>.json (default: the suite's own)")
     add_arguments(parser)

@@ -23,15 +23,27 @@ from unittest import mock
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchcodec.decoders import VideoDecoder
+from transformers import Trainer, TrainerCallback
 
 from evl_hf import EVLVideoProcessor
 from evl_hf.commands.prepare_videos import find_ffmpeg, prepare_one
 from evl_hf.video_processing_evl import read_video_frames, sample_frame_indices
-from torchcodec.decoders import VideoDecoder
-from transformers import Trainer, TrainerCallback
 
-from .harness import EXAMPLES, ROOT, alternate, load_script, log, median, options, ratio, video_dir, video_processor
-from .harness import videos, write
+from .harness import (
+    EXAMPLES,
+    ROOT,
+    alternate,
+    load_script,
+    log,
+    median,
+    options,
+    ratio,
+    video_dir,
+    video_processor,
+    videos,
+    write,
+)
 
 
 EVALUATION_METHODS = ("pyav_reference_eval", "torchcodec_sampled", "processor_from_path")
@@ -39,12 +51,22 @@ LUMA = torch.tensor([0.299, 0.587, 0.114])[:, None, None]  # BT.601: brightness 
 
 
 def data_path_arguments(parser):
-    options(parser, repeats=5, num_videos=(4, "videos per size"), seconds=10.0, sizes=("340x256,640x360", "WxH,..."),
-            num_frames=8, frame_stride=16, clips_per_video=(3, "random training clips per video"),
-            short_side=(320, "prepare-videos --short_side"), crf=(18, "prepare-videos --crf"),
-            keyframe_intervals=("4,8", "prepare-videos --keyframe_interval values"),
-            gflop_per_clip=(332.1, "FLOPs of one EVL B/16 training clip (cpu_models.json: train_flops / batch)"),
-            gpu_tflops=(494.7, "half an H100 SXM's dense bf16 peak"), video_dir=None)
+    options(
+        parser,
+        repeats=5,
+        num_videos=(4, "videos per size"),
+        seconds=10.0,
+        sizes=("340x256,640x360", "WxH,..."),
+        num_frames=8,
+        frame_stride=16,
+        clips_per_video=(3, "random training clips per video"),
+        short_side=(320, "prepare-videos --short_side"),
+        crf=(18, "prepare-videos --crf"),
+        keyframe_intervals=("4,8", "prepare-videos --keyframe_interval values"),
+        gflop_per_clip=(332.1, "FLOPs of one EVL B/16 training clip (cpu_models.json: train_flops / batch)"),
+        gpu_tflops=(494.7, "half an H100 SXM's dense bf16 peak"),
+        video_dir=None,
+    )
 
 
 def pyav_frames(path) -> list:
@@ -70,16 +92,26 @@ def training_clips(method: str, paths, processor, args):
             sampler = training_sampler(video, clip, args)
             if method == "pyav_whole_video":  # decode all, convert the sampled ones
                 decoded = pyav_frames(path)
-                frames = torch.from_numpy(np.stack([decoded[i].to_ndarray(format="rgb24")
-                                                    for i in sampler(len(decoded))])).permute(0, 3, 1, 2)  # fmt: skip
+                frames = torch.from_numpy(
+                    np.stack([decoded[i].to_ndarray(format="rgb24") for i in sampler(len(decoded))])
+                ).permute(0, 3, 1, 2)
             else:
                 frames = read_video_frames(path, sampler)
             processor(videos=[frames], return_tensors="pt")
 
 
 def views(num_frames_in_video: int, num_views: int, args) -> list:
-    return [sample_frame_indices(num_frames_in_video, args.num_frames, strategy="dense", frame_stride=args.frame_stride,
-                                 num_clips=num_views, clip_index=view) for view in range(num_views)]  # fmt: skip
+    return [
+        sample_frame_indices(
+            num_frames_in_video,
+            args.num_frames,
+            strategy="dense",
+            frame_stride=args.frame_stride,
+            num_clips=num_views,
+            clip_index=view,
+        )
+        for view in range(num_views)
+    ]
 
 
 def evaluation_views(method: str, path, processor, num_views: int, args) -> torch.Tensor:
@@ -88,7 +120,7 @@ def evaluation_views(method: str, path, processor, num_views: int, args) -> torc
         # the reference's order of work: decode, convert, normalise and resize every frame, then cut the clips
         decoded = pyav_frames(path)
         video = torch.from_numpy(np.stack([frame.to_ndarray(format="rgb24") for frame in decoded]))  # (N, H, W, 3)
-        video = ((video.float() / 255 - torch.tensor(processor.image_mean)) / torch.tensor(processor.image_std))
+        video = (video.float() / 255 - torch.tensor(processor.image_mean)) / torch.tensor(processor.image_std)
         video = video.permute(3, 0, 1, 2)  # (3, N, H, W): interpolate resizes a batch of N-channel planes
         height, width = video.shape[-2:]
         short = processor.size["shortest_edge"]
@@ -101,9 +133,19 @@ def evaluation_views(method: str, path, processor, num_views: int, args) -> torc
     if method == "torchcodec_sampled":  # every view's frames in one call, preprocessed as one batch
         frames = read_video_frames(path, lambda total: [i for clip in views(total, num_views, args) for i in clip])
         return processor(videos=list(frames.split(args.num_frames)), return_tensors="pt")["pixel_values"]
-    return torch.cat([processor(videos=str(path), num_frames=args.num_frames, frame_stride=args.frame_stride,
-                                num_clips=num_views, clip_index=view, return_tensors="pt")["pixel_values"]
-                      for view in range(num_views)])  # fmt: skip
+    return torch.cat(
+        [
+            processor(
+                videos=str(path),
+                num_frames=args.num_frames,
+                frame_stride=args.frame_stride,
+                num_clips=num_views,
+                clip_index=view,
+                return_tensors="pt",
+            )["pixel_values"]
+            for view in range(num_views)
+        ]
+    )
 
 
 def prepared_agreement(originals, prepared, processor, args) -> dict:
@@ -136,22 +178,40 @@ def data_path(args):
             out = folder / f"prepared_{size}_{args.short_side}_{k}_{args.crf}"
             shutil.rmtree(out, ignore_errors=True)  # timed from scratch
             start = time.perf_counter()
-            done = [prepare_one(find_ffmpeg(), p, out / p.name, {"short_side": args.short_side, "keyframe_interval": k,
-                                                                 "crf": args.crf}) for p in files[size]["original"]]
+            done = [
+                prepare_one(
+                    find_ffmpeg(),
+                    p,
+                    out / p.name,
+                    {"short_side": args.short_side, "keyframe_interval": k, "crf": args.crf},
+                )
+                for p in files[size]["original"]
+            ]
             assert all(r["status"] == "prepared" for r in done), done
             before, after = sum(r["input_bytes"] for r in done), sum(r["output_bytes"] for r in done)
-            preparation[f"{size}_{copy}"] = {"seconds_per_video": (time.perf_counter() - start) / len(done),
-                                             "bytes_before": before, "bytes_after": after, "size_ratio": after / before}
+            preparation[f"{size}_{copy}"] = {
+                "seconds_per_video": (time.perf_counter() - start) / len(done),
+                "bytes_before": before,
+                "bytes_after": after,
+                "size_ratio": after / before,
+            }
             files[size][copy] = [Path(r["output"]) for r in done]
-        for method, copy in [("pyav_whole_video", "original"), ("torchcodec_sampled", "original"),
-                             *((f"torchcodec_prepared_{c}", c) for c in copies)]:  # fmt: skip
-            steps[size, method] = (lambda m, p: lambda: training_clips(m, p, processor, args))(method,
-                                                                                               files[size][copy])
+        for method, copy in [
+            ("pyav_whole_video", "original"),
+            ("torchcodec_sampled", "original"),
+            *((f"torchcodec_prepared_{c}", c) for c in copies),
+        ]:
+            steps[size, method] = (lambda m, p: lambda: training_clips(m, p, processor, args))(
+                method, files[size][copy]
+            )
     evaluation_size = next(iter(files))
     for num_views in (1, 3):
         for method in EVALUATION_METHODS:
-            steps[f"views_{num_views}", method] = (lambda m, v: lambda: [evaluation_views(m, p, processor, v, args)
-                                                   for p in files[evaluation_size]["original"]])(method, num_views)
+            steps[f"views_{num_views}", method] = (
+                lambda m, v: (
+                    lambda: [evaluation_views(m, p, processor, v, args) for p in files[evaluation_size]["original"]]
+                )
+            )(method, num_views)
     load_before = [round(x, 2) for x in os.getloadavg()]
     named = {f"{a}/{b}": step for (a, b), step in steps.items()}
     wall, _ = alternate(named, args.repeats, threads=1, label="data path")
@@ -161,45 +221,74 @@ def data_path(args):
         clips, methods = len(paths["original"]) * args.clips_per_video, {}
         for method in [m for s, m in steps if s == size]:
             runs = wall[f"{size}/{method}"]
-            methods[method] = {"videos": "original" if "prepared" not in method else method.rsplit("_", 1)[1],
-                               "clips_per_s": clips / median(runs), "seconds_per_clip": median(runs) / clips,
-                               "clips_per_s_runs": [clips / s for s in runs],
-                               "cores_per_gpu": gpu_clips_per_s * median(runs) / clips}  # fmt: skip
+            methods[method] = {
+                "videos": "original" if "prepared" not in method else method.rsplit("_", 1)[1],
+                "clips_per_s": clips / median(runs),
+                "seconds_per_clip": median(runs) / clips,
+                "clips_per_s_runs": [clips / s for s in runs],
+                "cores_per_gpu": gpu_clips_per_s * median(runs) / clips,
+            }
         meta = VideoDecoder(str(paths[copies[0]][0])).metadata
         training[size] = {"prepared_size": [meta.width, meta.height], "methods": methods}
         for copy in copies:
-            preparation[f"{size}_{copy}"]["agreement"] = prepared_agreement(paths["original"], paths[copy], processor,
-                                                                            args)  # fmt: skip
+            preparation[f"{size}_{copy}"]["agreement"] = prepared_agreement(
+                paths["original"], paths[copy], processor, args
+            )
             for baseline in ("torchcodec_sampled", "pyav_whole_video"):
                 ratios[f"training_{size}_prepared_{copy}_over_{baseline}"] = ratio(
-                    methods[f"torchcodec_prepared_{copy}"]["clips_per_s"], methods[baseline]["clips_per_s"])
+                    methods[f"torchcodec_prepared_{copy}"]["clips_per_s"], methods[baseline]["clips_per_s"]
+                )
     for num_views in (1, 3):
         methods = {}
         for method in EVALUATION_METHODS:
             runs = wall[f"views_{num_views}/{method}"]
             per_s = args.num_videos / median(runs)
-            methods[method] = {"videos_per_s": per_s, "clips_per_s": per_s * num_views,
-                               "seconds_per_video": median(runs) / args.num_videos}
+            methods[method] = {
+                "videos_per_s": per_s,
+                "clips_per_s": per_s * num_views,
+                "seconds_per_video": median(runs) / args.num_videos,
+            }
         first = files[evaluation_size]["original"][0]
         ours, theirs = (evaluation_views(m, first, processor, num_views, args) for m in EVALUATION_METHODS[1::-1])
-        evaluation[f"views_{num_views}"] = {"methods": methods, "agreement": {
-            "mean_abs_diff": (ours - theirs).abs().mean().item(),
-            "mean_abs_diff_between_clip_frames": (theirs[:, 1:] - theirs[:, :-1]).abs().mean().item()}}
+        evaluation[f"views_{num_views}"] = {
+            "methods": methods,
+            "agreement": {
+                "mean_abs_diff": (ours - theirs).abs().mean().item(),
+                "mean_abs_diff_between_clip_frames": (theirs[:, 1:] - theirs[:, :-1]).abs().mean().item(),
+            },
+        }
         ratios[f"evaluation_{num_views}_view{'s' * (num_views > 1)}_torchcodec_over_pyav"] = ratio(
-            methods["torchcodec_sampled"]["videos_per_s"], methods["pyav_reference_eval"]["videos_per_s"])
+            methods["torchcodec_sampled"]["videos_per_s"], methods["pyav_reference_eval"]["videos_per_s"]
+        )
     agreement = {key: prep.pop("agreement") for key, prep in preparation.items()}
-    return write("data_path", {"videos": training, "preparation": preparation, "prepared_agreement": agreement,
-                               "evaluation": evaluation, "ratios": ratios}, args,
-                 videos=f"{args.seconds:g} s, 30 fps, H.264 (libx264 defaults: keyframe interval 250, crf 23), "
-                 "yuv420p, evl_hf.testing_utils.encode_video (a bright square moving over noise)", threads=1,
-                 prepare_videos={"short_side": args.short_side, "keyframe_intervals": intervals, "crf": args.crf},
-                 gpu_clips_per_s=gpu_clips_per_s, loadavg_before=load_before,
-                 loadavg_after=[round(x, 2) for x in os.getloadavg()])  # fmt: skip
+    return write(
+        "data_path",
+        {
+            "videos": training,
+            "preparation": preparation,
+            "prepared_agreement": agreement,
+            "evaluation": evaluation,
+            "ratios": ratios,
+        },
+        args,
+        videos=f"{args.seconds:g} s, 30 fps, H.264 (libx264 defaults: keyframe interval 250, crf 23), "
+        "yuv420p, evl_hf.testing_utils.encode_video (a bright square moving over noise)",
+        threads=1,
+        prepare_videos={"short_side": args.short_side, "keyframe_intervals": intervals, "crf": args.crf},
+        gpu_clips_per_s=gpu_clips_per_s,
+        loadavg_before=load_before,
+        loadavg_after=[round(x, 2) for x in os.getloadavg()],
+    )
 
 
 def data_wait_arguments(parser):
-    options(parser, max_steps=150, num_workers=("2,1,0", "--dataloader_num_workers values, one run each"),
-            warmup_steps=(5, "steps of an untimed run first"), synthetic_data_dir=None)
+    options(
+        parser,
+        max_steps=150,
+        num_workers=("2,1,0", "--dataloader_num_workers values, one run each"),
+        warmup_steps=(5, "steps of an untimed run first"),
+        synthetic_data_dir=None,
+    )
 
 
 class DataWaitTimer(TrainerCallback):
@@ -238,19 +327,31 @@ class DataWaitTimer(TrainerCallback):
             trainer.add_callback(self)
             return train(trainer, *args, **kwargs)
 
-        with mock.patch.object(Trainer, "train", timed_train), mock.patch.object(
-                Trainer, "get_batch_samples", lambda t, it, n, d: get_batch_samples(t, self.timed(it), n, d)):
+        with (
+            mock.patch.object(Trainer, "train", timed_train),
+            mock.patch.object(
+                Trainer, "get_batch_samples", lambda t, it, n, d: get_batch_samples(t, self.timed(it), n, d)
+            ),
+        ):
             yield
 
     def summary(self) -> dict:
         loop, wait = self.end - self.start, sum(map(sum, self.waits))
         first = sum(epoch[0] for epoch in self.waits if epoch)
-        return {"steps": self.steps, "epochs_started": len(self.waits), "train_loop_s": loop, "data_wait_s": wait,
-                "data_wait_fraction": wait / loop, "first_batch_of_epoch_wait_s": first,
-                "data_wait_fraction_after_first_batches": (wait - first) / (loop - first),
-                "max_wait_after_first_batches_s": max((w for e in self.waits for w in e[1:]), default=0.0),
-                "seconds_per_step": loop / self.steps, "seconds_per_step_not_waiting": (loop - wait) / self.steps,
-                "batch_size": self.batch_size, "clips_per_s": self.steps * self.batch_size / loop}  # fmt: skip
+        return {
+            "steps": self.steps,
+            "epochs_started": len(self.waits),
+            "train_loop_s": loop,
+            "data_wait_s": wait,
+            "data_wait_fraction": wait / loop,
+            "first_batch_of_epoch_wait_s": first,
+            "data_wait_fraction_after_first_batches": (wait - first) / (loop - first),
+            "max_wait_after_first_batches_s": max((w for e in self.waits for w in e[1:]), default=0.0),
+            "seconds_per_step": loop / self.steps,
+            "seconds_per_step_not_waiting": (loop - wait) / self.steps,
+            "batch_size": self.batch_size,
+            "clips_per_s": self.steps * self.batch_size / loop,
+        }
 
 
 def data_wait(args):
@@ -259,28 +360,68 @@ def data_wait(args):
     extra = ["--synthetic_data_dir", str(folder)]
     if args.quick:
         args.max_steps, args.warmup_steps, args.num_workers = 6, 0, "1,0"
-        extra += ["--synthetic_train_videos_per_label", "4", "--synthetic_validation_videos_per_label", "1",
-                  "--per_device_train_batch_size", "4"]  # fmt: skip
+        extra += [
+            "--synthetic_train_videos_per_label",
+            "4",
+            "--synthetic_validation_videos_per_label",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+        ]
 
     def measure(workers: int, steps: int) -> dict:
         timer = DataWaitTimer()
         with tempfile.TemporaryDirectory() as scratch, timer.patch(), contextlib.redirect_stdout(sys.stderr):
             load = round(os.getloadavg()[0], 2)
-            script.main(["--max_steps", str(steps), "--dataloader_num_workers", str(workers), "--do_eval", "False",
-                         "--save_strategy", "no", "--disable_tqdm", "True", "--report_to", "none", "--output_dir",
-                         f"{scratch}/out", "--cache_dir", f"{scratch}/cache", *extra])  # fmt: skip
+            script.main(
+                [
+                    "--max_steps",
+                    str(steps),
+                    "--dataloader_num_workers",
+                    str(workers),
+                    "--do_eval",
+                    "False",
+                    "--save_strategy",
+                    "no",
+                    "--disable_tqdm",
+                    "True",
+                    "--report_to",
+                    "none",
+                    "--output_dir",
+                    f"{scratch}/out",
+                    "--cache_dir",
+                    f"{scratch}/cache",
+                    *extra,
+                ]
+            )
         return {**timer.summary(), "loadavg_1min_before": load}
 
     if args.warmup_steps:
         measure(0, args.warmup_steps)  # one-time costs (first use of torch's kernels) fall in no timed run
     runs = {f"workers_{n}": measure(int(n), args.max_steps) for n in args.num_workers.split(",")}
-    return write("data_wait", {"runs": runs}, args, script_args=extra, torch_threads=torch.get_num_threads(),
-                 synthetic_motion={"version": synthetic.SyntheticMotionConfig().version})
+    return write(
+        "data_wait",
+        {"runs": runs},
+        args,
+        script_args=extra,
+        torch_threads=torch.get_num_threads(),
+        synthetic_motion={"version": synthetic.SyntheticMotionConfig().version},
+    )
 
 
 def streaming_arguments(parser):
-    options(parser, videos=64, seconds=4.0, size="320x240", batch_size=4, shards=8, shuffle_buffer_size=16,
-            workers=("1,2", "DataLoader worker counts"), rounds=3, video_dir=None)
+    options(
+        parser,
+        videos=64,
+        seconds=4.0,
+        size="320x240",
+        batch_size=4,
+        shards=8,
+        shuffle_buffer_size=16,
+        workers=("1,2", "DataLoader worker counts"),
+        rounds=3,
+        video_dir=None,
+    )
 
 
 def streaming(args):
@@ -308,17 +449,31 @@ def streaming(args):
     processor = video_processor("vit-b16", frame_stride=8)
     rows = datasets.Dataset.from_dict({"video": [str(p) for p in paths], "labels": [n % 4 for n in range(len(paths))]})
     map_style = script.VideoClipDataset(rows, "video", processor, train=True, seed=0)
-    data_args = SimpleNamespace(dataset_name=None, train_file=str(shards / "train-*.tar"), validation_file=None,
-                                label_column_name="label", video_column_name="video")  # fmt: skip
+    data_args = SimpleNamespace(
+        dataset_name=None,
+        train_file=str(shards / "train-*.tar"),
+        validation_file=None,
+        label_column_name="label",
+        video_column_name="video",
+    )
     streams, _ = load_streaming_datasets(data_args, None, None, None, script.encode_labels)
-    streamed = StreamingClipDataset(script.VideoClipDataset(streams["train"], "video", processor, train=True, seed=0),
-                                    shuffle_buffer_size=args.shuffle_buffer_size)  # fmt: skip
+    streamed = StreamingClipDataset(
+        script.VideoClipDataset(streams["train"], "video", processor, train=True, seed=0),
+        shuffle_buffer_size=args.shuffle_buffer_size,
+    )
 
     def clips_per_s(kind, workers):
-        common = dict(batch_size=args.batch_size, collate_fn=script.collate_fn, num_workers=workers,
-                      generator=torch.Generator().manual_seed(0))  # fmt: skip
-        loader = (torch.utils.data.DataLoader(map_style, shuffle=True, **common) if kind == "map-style"
-                  else StatefulDataLoader(streamed, **common))  # fmt: skip
+        common = dict(
+            batch_size=args.batch_size,
+            collate_fn=script.collate_fn,
+            num_workers=workers,
+            generator=torch.Generator().manual_seed(0),
+        )
+        loader = (
+            torch.utils.data.DataLoader(map_style, shuffle=True, **common)
+            if kind == "map-style"
+            else StatefulDataLoader(streamed, **common)
+        )
         iterator = iter(loader)
         next(iterator)
         start, clips = time.perf_counter(), sum(len(batch["labels"]) for batch in iterator)
@@ -335,8 +490,13 @@ def streaming(args):
         entry["streamed_over_map_style"] = ratio(entry["streamed"]["clips_per_s"], entry["map-style"]["clips_per_s"])
         entry["round_ratios"] = [s / m for s, m in zip(runs["streamed"], runs["map-style"])]
         results[f"{workers}_workers"] = entry
-    return write("streaming", {"results": results}, args, clip="8 frames, stride 8, RandomResizedCrop to 224",
-                 video=f"{args.size}, {args.seconds:g} s, 30 fps, H.264 (libx264 defaults)")
+    return write(
+        "streaming",
+        {"results": results},
+        args,
+        clip="8 frames, stride 8, RandomResizedCrop to 224",
+        video=f"{args.size}, {args.seconds:g} s, 30 fps, H.264 (libx264 defaults)",
+    )
 
 
 def training_arguments(parser):
@@ -346,17 +506,46 @@ def training_arguments(parser):
 def training(args):
     script_args = list(args.script_args)
     if args.quick:  # the code path in seconds: a few steps on a small synthetic dataset
-        script_args = ["--max_steps", "4", "--per_device_train_batch_size", "4", "--per_device_eval_batch_size", "4",
-                       "--synthetic_train_videos_per_label", "2", "--synthetic_validation_videos_per_label", "1",
-                       "--dataloader_num_workers", "0", "--save_strategy", "no", "--logging_steps", "2", *script_args]
+        script_args = [
+            "--max_steps",
+            "4",
+            "--per_device_train_batch_size",
+            "4",
+            "--per_device_eval_batch_size",
+            "4",
+            "--synthetic_train_videos_per_label",
+            "2",
+            "--synthetic_validation_videos_per_label",
+            "1",
+            "--dataloader_num_workers",
+            "0",
+            "--save_strategy",
+            "no",
+            "--logging_steps",
+            "2",
+            *script_args,
+        ]
     with tempfile.TemporaryDirectory(prefix="evl_training_") as scratch:
-        defaults = {"--output_dir": f"{scratch}/output", **({"--synthetic_data_dir": f"{scratch}/data"} if args.quick
-                                                             else {})}  # fmt: skip
+        defaults = {
+            "--output_dir": f"{scratch}/output",
+            **({"--synthetic_data_dir": f"{scratch}/data"} if args.quick else {}),
+        }
         script_args += [word for flag, value in defaults.items() if flag not in script_args for word in (flag, value)]
         accelerate = Path(sys.executable).with_name("accelerate")
-        command = [str(accelerate) if accelerate.exists() else "accelerate", "launch", "--num_processes", "1",
-                   "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                   str(script := EXAMPLES / "run_video_classification.py"), *script_args]  # fmt: skip
+        command = [
+            str(accelerate) if accelerate.exists() else "accelerate",
+            "launch",
+            "--num_processes",
+            "1",
+            "--num_machines",
+            "1",
+            "--mixed_precision",
+            "no",
+            "--dynamo_backend",
+            "no",
+            str(script := EXAMPLES / "run_video_classification.py"),
+            *script_args,
+        ]
         before, load = resource.getrusage(resource.RUSAGE_CHILDREN), round(os.getloadavg()[0], 2)
         start = time.perf_counter()
         done = subprocess.run(command, cwd=ROOT, stdout=sys.stderr)  # its log on stderr: stdout holds the result
@@ -371,18 +560,38 @@ def training(args):
         # the temporary folders mean nothing on another machine
         script_args = [word.replace(scratch, "<tmp>") for word in script_args]
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    launched = " ".join([*command[1:command.index(str(script))], str(script.relative_to(ROOT))])  # what ran, portably
-    return write("training", {"wall_s": wall, "cpu_s": cpu, "metrics_file": found.name, "metrics": metrics}, args,
-                 command=launched, script_args=script_args, loadavg_1min_before=load)
+    launched = " ".join(
+        [*command[1 : command.index(str(script))], str(script.relative_to(ROOT))]
+    )  # what ran, portably
+    return write(
+        "training",
+        {"wall_s": wall, "cpu_s": cpu, "metrics_file": found.name, "metrics": metrics},
+        args,
+        command=launched,
+        script_args=script_args,
+        loadavg_1min_before=load,
+    )
 
 
 SUITES = {
-    "data_path": ("decoding a clip: the reference's PyAV path, torchcodec, prepared videos; training and evaluation",
-                  data_path_arguments, data_path),
-    "data_wait": ("share of the embedded-default training loop spent waiting for data, by DataLoader workers",
-                  data_wait_arguments, data_wait),
-    "streaming": ("training clips/s streamed from WebDataset shards against map-style", streaming_arguments,
-                  streaming),
-    "training": ("the training script's embedded default via accelerate launch: time and final eval metrics",
-                 training_arguments, training),
-}  # fmt: skip
+    "data_path": (
+        "decoding a clip: the reference's PyAV path, torchcodec, prepared videos; training and evaluation",
+        data_path_arguments,
+        data_path,
+    ),
+    "data_wait": (
+        "share of the embedded-default training loop spent waiting for data, by DataLoader workers",
+        data_wait_arguments,
+        data_wait,
+    ),
+    "streaming": (
+        "training clips/s streamed from WebDataset shards against map-style",
+        streaming_arguments,
+        streaming,
+    ),
+    "training": (
+        "the training script's embedded default via accelerate launch: time and final eval metrics",
+        training_arguments,
+        training,
+    ),
+}

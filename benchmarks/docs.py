@@ -3,8 +3,8 @@
 table layouts and their syntax are in docs/benchmark_results/benchmarks.md.in and summary.md.in."""
 
 import argparse
-import json
 import collections
+import json
 import re
 import sys
 from pathlib import Path
@@ -16,8 +16,16 @@ TEMPLATE, SUMMARY = RESULTS / "benchmarks.md.in", RESULTS / "summary.md.in"
 PAGE = ROOT / "docs" / "benchmarks.md"
 README = ROOT / "README.md"
 BEGIN, END = "<!-- benchmark-summary:begin -->", "<!-- benchmark-summary:end -->"
-FILTERS = {"median": median, "min": min, "max": max, "grey": lambda v: v * 255, "pct": lambda v: v * 100,
-           "ms": lambda v: v * 1000, "giga": lambda v: v / 1e9, "minutes": lambda v: v / 60}
+FILTERS = {
+    "median": median,
+    "min": min,
+    "max": max,
+    "grey": lambda v: v * 255,
+    "pct": lambda v: v * 100,
+    "ms": lambda v: v * 1000,
+    "giga": lambda v: v / 1e9,
+    "minutes": lambda v: v / 60,
+}
 
 
 def upgrade(name: str, result: dict) -> dict:
@@ -36,8 +44,14 @@ def upgrade(name: str, result: dict) -> dict:
     if kind == "reference":
         base, paired = result["runs"]["reference_fp32"], result["median_of_round_ratios"]
         # each round's own speed-up: both sides at that round's load
-        result.setdefault("round_ratios", {f"{n}_{mode}_speedup": list(map(ratio, base[f"{mode}_s"], run[f"{mode}_s"]))
-                                           for n, run in result["runs"].items() for mode in ("inference", "train")})
+        result.setdefault(
+            "round_ratios",
+            {
+                f"{n}_{mode}_speedup": list(map(ratio, base[f"{mode}_s"], run[f"{mode}_s"]))
+                for n, run in result["runs"].items()
+                for mode in ("inference", "train")
+            },
+        )
         for system, times in result["times"].items():
             times["max_abs_logit_diff"] = result["max_abs_logit_diff"][system]
             for mode in ("inference", "train"):
@@ -45,25 +59,38 @@ def upgrade(name: str, result: dict) -> dict:
                 times[f"{mode}_round_speedup"] = paired.get(f"{system}_{mode}_speedup", times[f"{mode}_speedup"])
     if kind == "training" and not result["settings"]["quick"]:  # the metric: accuracy, or mAP for several labels
         metric = next((k for k in ("eval_accuracy", "eval_map") if k in result["metrics"]), None)
-        result["run"] = {"metric": metric, "value": result["metrics"].get(metric), "wall_s": result["wall_s"],
-                         "cpu_s": result["cpu_s"], "script_args": " ".join(result["settings"]["script_args"]),
-                         "loadavg": result["settings"]["loadavg_1min_before"]}
+        result["run"] = {
+            "metric": metric,
+            "value": result["metrics"].get(metric),
+            "wall_s": result["wall_s"],
+            "cpu_s": result["cpu_s"],
+            "script_args": " ".join(result["settings"]["script_args"]),
+            "loadavg": result["settings"]["loadavg_1min_before"],
+        }
     if kind == "data_path":
         for size, video in result["videos"].items():
             methods = video["methods"]
-            result["ratios"].setdefault(f"training_{size}_torchcodec_sampled_over_pyav_whole_video", ratio(
-                methods["torchcodec_sampled"]["clips_per_s"], methods["pyav_whole_video"]["clips_per_s"]))
+            result["ratios"].setdefault(
+                f"training_{size}_torchcodec_sampled_over_pyav_whole_video",
+                ratio(methods["torchcodec_sampled"]["clips_per_s"], methods["pyav_whole_video"]["clips_per_s"]),
+            )
         for key, preparation in result["preparation"].items():
             size, copy = key.rsplit("_", 1)
-            preparation.update(size=size, keyframe_interval=copy[1:], agreement=result["prepared_agreement"][key],
-                               prepared_size="x".join(map(str, result["videos"][size]["prepared_size"])),
-                               mb_before=preparation["bytes_before"] / result["settings"]["num_videos"] / 1e6,
-                               mb_after=preparation["bytes_after"] / result["settings"]["num_videos"] / 1e6)
+            preparation.update(
+                size=size,
+                keyframe_interval=copy[1:],
+                agreement=result["prepared_agreement"][key],
+                prepared_size="x".join(map(str, result["videos"][size]["prepared_size"])),
+                mb_before=preparation["bytes_before"] / result["settings"]["num_videos"] / 1e6,
+                mb_after=preparation["bytes_after"] / result["settings"]["num_videos"] / 1e6,
+            )
     return result
 
 
 def load(folder=RESULTS) -> dict:
-    return {path.stem: upgrade(path.stem, json.loads(path.read_text())) for path in sorted(Path(folder).glob("*.json"))}
+    return {
+        path.stem: upgrade(path.stem, json.loads(path.read_text())) for path in sorted(Path(folder).glob("*.json"))
+    }
 
 
 def fmt(value, spec: str | None = None) -> str:
@@ -133,8 +160,9 @@ def rows(results: dict, reference: str, template: str) -> str:
     found = []
     for keys, item in items(lookup(results, name) if name else results, list(filter(None, path.split("."))), []):
         fields = {"value": item, "keys": keys, "key": (keys or [""])[-1], **(item if isinstance(item, dict) else {})}
-        found.append(template.format_map(collections.defaultdict(lambda: Cell(None), {
-            k: Cell(v) for k, v in fields.items()})))  # fmt: skip
+        found.append(
+            template.format_map(collections.defaultdict(lambda: Cell(None), {k: Cell(v) for k, v in fields.items()}))
+        )
     return "\n".join(found)
 
 
@@ -145,8 +173,9 @@ def render(results: dict, template: str) -> str:
         return apply(ratio(*sides) if len(sides) == 2 else sides[0], steps)
 
     template = re.sub(r"<!-- template:.*?-->\n", "", template, flags=re.DOTALL)  # the syntax notes
-    template = re.sub(r"^\{\{ for (\S+) \}\}(.*)$", lambda m: rows(results, m.group(1), m.group(2)), template,
-                      flags=re.MULTILINE)  # fmt: skip
+    template = re.sub(
+        r"^\{\{ for (\S+) \}\}(.*)$", lambda m: rows(results, m.group(1), m.group(2)), template, flags=re.MULTILINE
+    )
     return re.sub(r"\{\{(.*?)\}\}", value, template)
 
 
@@ -163,8 +192,10 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true", help="exit 1 when a committed page differs; write nothing")
     args = parser.parse_args(argv)
     results = load()
-    pages = {PAGE: render(results, TEMPLATE.read_text()), **({README: readme_with_summary(README.read_text(), results)}
-                                                            if README.is_file() else {})}  # fmt: skip
+    pages = {
+        PAGE: render(results, TEMPLATE.read_text()),
+        **({README: readme_with_summary(README.read_text(), results)} if README.is_file() else {}),
+    }
     stale = [path for path, text in pages.items() if not path.is_file() or path.read_text() != text]
     for path in stale:
         if args.check:

@@ -21,10 +21,27 @@ RESULTS = ROOT / "docs" / "benchmark_results"
 NUM_LABELS = 400  # Kinetics-400
 # (image_size, patch_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads); vit-s16 has
 # DeiT-S widths with CLIP's patch (a quarter of ViT-B/16's backbone work), tiny is evl_hf.testing_utils' tower
-SHAPES = {name: dict(zip(("image_size", "patch_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                          "num_attention_heads"), values))
-          for name, values in {"vit-b16": (224, 16, 768, 3072, 12, 12), "vit-l14": (224, 14, 1024, 4096, 24, 16),
-                               "vit-s16": (224, 16, 384, 1536, 12, 6), "tiny": (32, 8, 32, 64, 2, 2)}.items()}
+SHAPES = {
+    name: dict(
+        zip(
+            (
+                "image_size",
+                "patch_size",
+                "hidden_size",
+                "intermediate_size",
+                "num_hidden_layers",
+                "num_attention_heads",
+            ),
+            values,
+        )
+    )
+    for name, values in {
+        "vit-b16": (224, 16, 768, 3072, 12, 12),
+        "vit-l14": (224, 14, 1024, 4096, 24, 16),
+        "vit-s16": (224, 16, 384, 1536, 12, 6),
+        "tiny": (32, 8, 32, 64, 2, 2),
+    }.items()
+}
 
 
 def options(parser, **defaults) -> None:
@@ -65,14 +82,21 @@ def machine() -> dict:
     lscpu = dict(line.split(":", 1) for line in (env.pop("cpu_info") or "").splitlines() if ":" in line)
     flags = set(lscpu.get("Flags", "").split())
     installed = {d.metadata["Name"].lower(): d.version for d in metadata.distributions()}
-    versions = {p: installed.get(p) for p in ("torch", "torchvision", "torchcodec", "transformers", "accelerate", "av",
-                                              "torchao", "evl-hf")}  # fmt: skip
+    versions = {
+        p: installed.get(p)
+        for p in ("torch", "torchvision", "torchcodec", "transformers", "accelerate", "av", "torchao", "evl-hf")
+    }
     # the machine is shared: the load says how quiet it was
-    return {"cpu": lscpu.get("Model name", "unknown").strip(), "cpu_count": os.cpu_count(),
-            "fast_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
-            "fast_int8": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}), "versions": versions,
-            "loadavg_at_end": [round(x, 2) for x in os.getloadavg()], "collect_env": env,
-            **({"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {})}  # fmt: skip
+    return {
+        "cpu": lscpu.get("Model name", "unknown").strip(),
+        "cpu_count": os.cpu_count(),
+        "fast_bf16": bool(flags & {"avx512_bf16", "amx_bf16"}),
+        "fast_int8": bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"}),
+        "versions": versions,
+        "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+        "collect_env": env,
+        **({"gpu": torch.cuda.get_device_name()} if torch.cuda.is_available() else {}),
+    }
 
 
 def write(kind: str, result: dict, args, file: str | None = None, **settings) -> dict:
@@ -93,8 +117,14 @@ def measure(step, *, threads: int, label="", sub_label="", description="", min_r
     `step` once to size its blocks, then at least one block: a step of seconds runs twice (the first a warm-up), a
     step of milliseconds as often as `min_run_time` allows. CPU time (all threads) is averaged over every call."""
     calls = []
-    timer = benchmark.Timer("calls.append(step())", globals={"calls": calls, "step": step}, num_threads=threads,
-                            label=label, sub_label=sub_label, description=description)  # fmt: skip
+    timer = benchmark.Timer(
+        "calls.append(step())",
+        globals={"calls": calls, "step": step},
+        num_threads=threads,
+        label=label,
+        sub_label=sub_label,
+        description=description,
+    )
     cpu = time.process_time()
     measurement = timer.blocked_autorange(min_run_time=min_run_time)
     return measurement, (time.process_time() - cpu) / len(calls)
@@ -107,9 +137,15 @@ def alternate(steps: dict, rounds: int, *, threads: int, label: str = "", betwee
     wall, cpu, measurements = {n: [] for n in names}, {n: [] for n in names}, []
     for index in range(rounds):
         between and between(index)
-        for name in names[index % len(names):] + names[: index % len(names)]:
-            m, cpu_s = measure(steps[name], threads=threads, label=label, sub_label=name, description=f"round {index}",
-                               min_run_time=min_run_time)  # fmt: skip
+        for name in names[index % len(names) :] + names[: index % len(names)]:
+            m, cpu_s = measure(
+                steps[name],
+                threads=threads,
+                label=label,
+                sub_label=name,
+                description=f"round {index}",
+                min_run_time=min_run_time,
+            )
             wall[name].append(m.median), cpu[name].append(cpu_s), measurements.append(m)
         log(f"round {index + 1}/{rounds}: " + ", ".join(f"{n} {wall[n][-1]:.3f} s" for n in names))
     if measurements:
@@ -124,8 +160,15 @@ def matmul_gflops(threads: int, size: int = 2048) -> float:
     return 2 * size**3 / m.median / 1e9
 
 
-def build_model(system: str = "evl", shape: str = "vit-b16", *, num_frames: int = 8, num_labels: int = NUM_LABELS,
-                randomize: bool = True, attn_implementation: str | None = None):  # fmt: skip
+def build_model(
+    system: str = "evl",
+    shape: str = "vit-b16",
+    *,
+    num_frames: int = 8,
+    num_labels: int = NUM_LABELS,
+    randomize: bool = True,
+    attn_implementation: str | None = None,
+):
     """A random `system` classifier (evl, videomae or timesformer) of `SHAPES[shape]`, seeded; an EVL model gets
     values for its zero-initialised parts so that every path contributes to the logits."""
     import transformers
@@ -135,16 +178,21 @@ def build_model(system: str = "evl", shape: str = "vit-b16", *, num_frames: int 
 
     torch.manual_seed(0)
     shapes = SHAPES[shape]
-    labels = dict(id2label={i: f"class_{i}" for i in range(num_labels)},
-                  label2id={f"class_{i}": i for i in range(num_labels)})  # fmt: skip
+    labels = dict(
+        id2label={i: f"class_{i}" for i in range(num_labels)}, label2id={f"class_{i}": i for i in range(num_labels)}
+    )
     baselines = {"videomae": "VideoMAE", "timesformer": "Timesformer"}
     if system in baselines:
         config = getattr(transformers, f"{baselines[system]}Config")(**shapes, num_frames=num_frames, **labels)
         return getattr(transformers, f"{baselines[system]}ForVideoClassification")(config)
     if system != "evl":
         raise ValueError(f"unknown system {system!r}: expected evl, videomae or timesformer")
-    config = EVLConfig(vision_config=transformers.CLIPVisionConfig(**shapes), num_frames=num_frames,
-                       decoder_num_layers=min(4, shapes["num_hidden_layers"]), **labels)  # fmt: skip
+    config = EVLConfig(
+        vision_config=transformers.CLIPVisionConfig(**shapes),
+        num_frames=num_frames,
+        decoder_num_layers=min(4, shapes["num_hidden_layers"]),
+        **labels,
+    )
     model = EVLForVideoClassification(config)
     if attn_implementation:
         model.evl.vision_model.set_attn_implementation(attn_implementation)
@@ -155,8 +203,12 @@ def video_processor(shape: str = "vit-b16", *, num_frames: int = 8, frame_stride
     from evl_hf import EVLVideoProcessor
 
     size = SHAPES[shape]["image_size"]
-    return EVLVideoProcessor(num_frames=num_frames, frame_stride=frame_stride, size={"shortest_edge": size},
-                             crop_size={"height": size, "width": size})  # fmt: skip
+    return EVLVideoProcessor(
+        num_frames=num_frames,
+        frame_stride=frame_stride,
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+    )
 
 
 def video_dir(given=None) -> Path:
@@ -178,8 +230,9 @@ def videos(folder, count: int, seconds: float, height: int, width: int, fps: int
     paths = [Path(folder, f"video{index}_{width}x{height}_{fps}fps_{seconds:g}s.mp4") for index in range(count)]
     for index, path in enumerate(paths):
         if not path.exists():  # written aside, then renamed: a run stopped halfway leaves no broken video
-            encode_video(path.with_suffix(".partial.mp4"), round(seconds * fps), height=height, width=width, fps=fps,
-                         seed=index).rename(path)
+            encode_video(
+                path.with_suffix(".partial.mp4"), round(seconds * fps), height=height, width=width, fps=fps, seed=index
+            ).rename(path)
     return paths
 
 

@@ -10,21 +10,43 @@ import time
 from pathlib import Path
 
 import torch
+from torchcodec.decoders import VideoDecoder
 
 from evl_hf import quantization
 from evl_hf.inference import classify_windows, postprocess_logits
 from evl_hf.onnx_export import export_onnx
 from evl_hf.video_processing_evl import read_video_frames, sample_frame_indices, window_frame_indices
-from torchcodec.decoders import VideoDecoder
 
-from .harness import NUM_LABELS, SHAPES, alternate, build_model, measure, median, options, peak_rss_mb, ratio
-from .harness import video_dir, video_processor, videos, write
+from .harness import (
+    NUM_LABELS,
+    SHAPES,
+    alternate,
+    build_model,
+    measure,
+    median,
+    options,
+    peak_rss_mb,
+    ratio,
+    video_dir,
+    video_processor,
+    videos,
+    write,
+)
 
 
 def timeline_arguments(parser):
-    options(parser, shape=("vit-b16", None, list(SHAPES)), seconds=180.0, size="320x240", num_frames=8,
-            frame_stride=16, baseline_windows=(12, "windows the per-window baseline runs on"), repeats=2,
-            threads=(1, "1 makes CPU time a measure of work on a busy machine"), video_dir=None)
+    options(
+        parser,
+        shape=("vit-b16", None, list(SHAPES)),
+        seconds=180.0,
+        size="320x240",
+        num_frames=8,
+        frame_stride=16,
+        baseline_windows=(12, "windows the per-window baseline runs on"),
+        repeats=2,
+        threads=(1, "1 makes CPU time a measure of work on a busy machine"),
+        video_dir=None,
+    )
 
 
 def testsrc_video(folder: Path, seconds: float, width: int, height: int, fps: int = 30) -> Path:
@@ -33,9 +55,26 @@ def testsrc_video(folder: Path, seconds: float, width: int, height: int, fps: in
     if not path.exists():
         folder.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial.mp4")
-        subprocess.run(["ffmpeg", "-loglevel", "error", "-y", "-f", "lavfi", "-i",
-                        f"testsrc2=size={width}x{height}:rate={fps}", "-t", str(seconds), "-c:v", "libx264",
-                        "-pix_fmt", "yuv420p", str(partial)], check=True)  # fmt: skip
+        subprocess.run(
+            [
+                "ffmpeg",
+                "-loglevel",
+                "error",
+                "-y",
+                "-f",
+                "lavfi",
+                "-i",
+                f"testsrc2=size={width}x{height}:rate={fps}",
+                "-t",
+                str(seconds),
+                "-c:v",
+                "libx264",
+                "-pix_fmt",
+                "yuv420p",
+                str(partial),
+            ],
+            check=True,
+        )
         partial.rename(path)
     return path
 
@@ -62,23 +101,37 @@ def timeline(args):
         with torch.inference_mode():
             for index in sampled:
                 pixel_values = processor(read_video_frames(video, windows[index]), return_tensors="pt")["pixel_values"]
-                found["per_window"].append(postprocess_logits(model(pixel_values=pixel_values).logits[0],
-                                                              model.config))  # fmt: skip
+                found["per_window"].append(
+                    postprocess_logits(model(pixel_values=pixel_values).logits[0], model.config)
+                )
 
-    wall, cpu = alternate({"timeline": whole_video, "per_window": per_window}, args.repeats, threads=args.threads,
-                          label="timeline")
+    wall, cpu = alternate(
+        {"timeline": whole_video, "per_window": per_window}, args.repeats, threads=args.threads, label="timeline"
+    )
     scale = len(windows) / len(sampled)  # the baseline's timed windows to the whole video
     seconds = {"timeline": wall["timeline"], "per_window": [s * scale for s in wall["per_window"]]}
     cpu_seconds = {"timeline": cpu["timeline"], "per_window": [s * scale for s in cpu["per_window"]]}
-    difference = max((torch.tensor(found["timeline"]["probabilities"][i]) - p).abs().max().item()
-                     for i, p in zip(sampled, found["per_window"]))  # fmt: skip
-    return write("timeline", {
-        "shape": args.shape, "video": {"seconds": args.seconds, "fps": 30, "frames": frames, "size": [width, height]},
-        "num_windows": len(windows), "backbone_frames": len({f for w in windows for f in w}),
-        "baseline_windows_timed": len(sampled), "rounds": args.repeats, "whole_video_seconds": seconds,
-        "whole_video_cpu_seconds": cpu_seconds, "max_probability_difference": difference,
-        "speedup": ratio(median(seconds["per_window"]), median(seconds["timeline"])),
-        "cpu_speedup": ratio(median(cpu_seconds["per_window"]), median(cpu_seconds["timeline"]))}, args)
+    difference = max(
+        (torch.tensor(found["timeline"]["probabilities"][i]) - p).abs().max().item()
+        for i, p in zip(sampled, found["per_window"])
+    )
+    return write(
+        "timeline",
+        {
+            "shape": args.shape,
+            "video": {"seconds": args.seconds, "fps": 30, "frames": frames, "size": [width, height]},
+            "num_windows": len(windows),
+            "backbone_frames": len({f for w in windows for f in w}),
+            "baseline_windows_timed": len(sampled),
+            "rounds": args.repeats,
+            "whole_video_seconds": seconds,
+            "whole_video_cpu_seconds": cpu_seconds,
+            "max_probability_difference": difference,
+            "speedup": ratio(median(seconds["per_window"]), median(seconds["timeline"])),
+            "cpu_speedup": ratio(median(cpu_seconds["per_window"]), median(cpu_seconds["timeline"])),
+        },
+        args,
+    )
 
 
 def onnx_arguments(parser):
@@ -103,26 +156,46 @@ def onnx(args):
         options.intra_op_num_threads, options.inter_op_num_threads = args.threads, 1
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         clip = torch.randn(args.batch_size, args.num_frames, 3, size, size, generator=torch.Generator().manual_seed(0))
-        steps = {"pytorch": torch.inference_mode()(lambda: model(pixel_values=clip).logits),
-                 "onnxruntime": lambda: torch.from_numpy(session.run(["logits"], {"pixel_values": clip.numpy()})[0])}
+        steps = {
+            "pytorch": torch.inference_mode()(lambda: model(pixel_values=clip).logits),
+            "onnxruntime": lambda: torch.from_numpy(session.run(["logits"], {"pixel_values": clip.numpy()})[0]),
+        }
         difference = (steps["pytorch"]() - steps["onnxruntime"]()).abs().max().item()
         wall, _ = alternate(steps, args.repeats, threads=args.threads, label="onnx")
     medians = {name: median(values) for name, values in wall.items()}
-    return write("onnx", {
-        "opset": args.opset, "export_seconds": export_seconds, "onnx_file_mb": file_mb, "seconds": wall,
-        "median_seconds": medians, "speedup_onnxruntime_vs_pytorch": ratio(medians["pytorch"], medians["onnxruntime"]),
-        "max_logit_difference": difference}, args)  # fmt: skip
+    return write(
+        "onnx",
+        {
+            "opset": args.opset,
+            "export_seconds": export_seconds,
+            "onnx_file_mb": file_mb,
+            "seconds": wall,
+            "median_seconds": medians,
+            "speedup_onnxruntime_vs_pytorch": ratio(medians["pytorch"], medians["onnxruntime"]),
+            "max_logit_difference": difference,
+        },
+        args,
+    )
 
 
 DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "int8": "int8", "fp8": "float8"}
 
 
 def gpu_arguments(parser):
-    options(parser, device=(None, "default cuda when available, else cpu"), dtype=("bf16", None, list(DTYPES)),
-            attn_implementation=("sdpa", None, ["sdpa", "flash_attention_2", "eager"]), compile=False,
-            shapes="vit-b16,vit-l14", batch_size=16, accuracy_batch_size=2,
-            accuracy_only=(False, "only the logits check (full shapes on a CPU)"), num_frames=8,
-            decode_videos=(4, "0: no decode measurement"), video_dir=None)
+    options(
+        parser,
+        device=(None, "default cuda when available, else cpu"),
+        dtype=("bf16", None, list(DTYPES)),
+        attn_implementation=("sdpa", None, ["sdpa", "flash_attention_2", "eager"]),
+        compile=False,
+        shapes="vit-b16,vit-l14",
+        batch_size=16,
+        accuracy_batch_size=2,
+        accuracy_only=(False, "only the logits check (full shapes on a CPU)"),
+        num_frames=8,
+        decode_videos=(4, "0: no decode measurement"),
+        video_dir=None,
+    )
 
 
 def low_precision(model, dtype: str, device):
@@ -133,8 +206,9 @@ def low_precision(model, dtype: str, device):
         model = quantization.quantize_backbone(model, DTYPES[dtype])
     else:
         model.evl.vision_model.to(quantization.DTYPES[DTYPES[dtype]][0])
-    to = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, torch.bfloat16 if dtype in ("int8", "fp8") and
-                                                             device.type == "cuda" else None)  # fmt: skip
+    to = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(
+        dtype, torch.bfloat16 if dtype in ("int8", "fp8") and device.type == "cuda" else None
+    )
     return model, lambda: torch.autocast(device.type, dtype=to, enabled=to is not None)
 
 
@@ -159,9 +233,14 @@ def benchmark_shape(shape: str, args, device) -> dict:
     with torch.inference_mode(), autocast():
         logits = low.eval()(pixel_values=pixel_values[: args.accuracy_batch_size]).logits.float()
     difference = (logits - reference).abs()
-    result = {"accuracy": {"max_abs_diff": difference.max().item(), "mean_abs_diff": difference.mean().item(),
-                           "max_abs_logit": reference.abs().max().item(),
-                           "same_top1": (logits.argmax(-1) == reference.argmax(-1)).float().mean().item()}}
+    result = {
+        "accuracy": {
+            "max_abs_diff": difference.max().item(),
+            "mean_abs_diff": difference.mean().item(),
+            "max_abs_logit": reference.abs().max().item(),
+            "same_top1": (logits.argmax(-1) == reference.argmax(-1)).float().mean().item(),
+        }
+    }
     if args.accuracy_only:
         return result
     forward = torch.compile(low) if args.compile else low
@@ -191,6 +270,7 @@ def decode_rates(args) -> dict:
     indices = lambda total: sample_frame_indices(total, args.num_frames, strategy="dense", frame_stride=16)  # noqa: E731
     results = {}
     for device in ["cpu"] + ["cuda"] * torch.cuda.is_available():
+
         def decode():
             for path in paths:
                 frames = read_video_frames(VideoDecoder(str(path), device=device, num_ffmpeg_threads=1), indices)
@@ -221,14 +301,26 @@ def gpu(args):
     results = {shape: benchmark_shape(shape, args, device) for shape in args.shapes.split(",")}
     decode = decode_rates(args) if args.decode_videos and not args.accuracy_only else None
     name = ("gpu" if device.type == "cuda" else "gpu_on_cpu") + f"_{args.dtype}"  # CPU runs pass for no GPU numbers
-    return write("gpu", {"results": results, "decode": decode}, args, name, device=str(device),
-                 peak_memory="torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS")
+    return write(
+        "gpu",
+        {"results": results, "decode": decode},
+        args,
+        name,
+        device=str(device),
+        peak_memory="torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS",
+    )
 
 
 SUITES = {
-    "timeline": ("evl-hf timeline's classify_windows on a 3-minute video against the model once per window",
-                 timeline_arguments, timeline),
+    "timeline": (
+        "evl-hf timeline's classify_windows on a 3-minute video against the model once per window",
+        timeline_arguments,
+        timeline,
+    ),
     "onnx": ("onnxruntime on an evl-hf export file against eager PyTorch, on the CPU", onnx_arguments, onnx),
-    "gpu": ("bf16/fp16/int8/fp8 backbone: clips/s, peak memory and logit error; torchcodec CPU/CUDA decode",
-            gpu_arguments, gpu),
-}  # fmt: skip
+    "gpu": (
+        "bf16/fp16/int8/fp8 backbone: clips/s, peak memory and logit error; torchcodec CPU/CUDA decode",
+        gpu_arguments,
+        gpu,
+    ),
+}

@@ -17,29 +17,53 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from evl_hf import EVLForVideoClassification, EVLVideoProcessor
 from evl_hf.convert_evl_original_to_hf import convert_state_dict
 from evl_hf.quantization import compile_model, from_pretrained_kwargs
 from evl_hf.testing_utils import randomize_zero_initialised
-from transformers import CLIPVisionConfig, CLIPVisionModel
 
-from .harness import NUM_LABELS, SHAPES, alternate, build_model, load_script, log, machine, matmul_gflops, median
-from .harness import options, ratio, video_processor, videos, write
+from .harness import (
+    NUM_LABELS,
+    SHAPES,
+    alternate,
+    build_model,
+    load_script,
+    log,
+    machine,
+    matmul_gflops,
+    median,
+    options,
+    ratio,
+    video_processor,
+    videos,
+    write,
+)
 
 
 URL = "https://github.com/OpenGVLab/efficient-video-recognition"
 COMMIT = "b282e8b"  # the commit the committed results ran against
 # system -> (backbone dtype for evl_hf.quantization.from_pretrained_kwargs, compiled)
-LOADED = {"evl_hf_bf16": ("bfloat16", False), "evl_hf_bf16_compiled": ("bfloat16", True),
-          "evl_hf_int8_compiled": ("int8", True)}  # fmt: skip
+LOADED = {
+    "evl_hf_bf16": ("bfloat16", False),
+    "evl_hf_bf16_compiled": ("bfloat16", True),
+    "evl_hf_int8_compiled": ("int8", True),
+}
 
 
 def add_arguments(parser):
-    options(parser, reference_dir=(None, f"a checkout of {URL}, cloned there when missing (default: in the cache)"),
-            shape=("vit-b16", None, list(SHAPES)), batch_size=2, num_frames=8, rounds=5, threads=2,
-            systems=(",".join(LOADED), "rows next to reference_fp32 and evl_hf_fp32 (empty: none)"),
-            modes=("inference,train", "what each round times"))
+    options(
+        parser,
+        reference_dir=(None, f"a checkout of {URL}, cloned there when missing (default: in the cache)"),
+        shape=("vit-b16", None, list(SHAPES)),
+        batch_size=2,
+        num_frames=8,
+        rounds=5,
+        threads=2,
+        systems=(",".join(LOADED), "rows next to reference_fp32 and evl_hf_fp32 (empty: none)"),
+        modes=("inference,train", "what each round times"),
+    )
 
 
 def checkout(reference_dir) -> Path:
@@ -53,8 +77,10 @@ def checkout(reference_dir) -> Path:
             subprocess.run(["git", "clone", "--quiet", f"{URL}.git", str(folder)], check=True)
             subprocess.run(["git", "-C", str(folder), "checkout", "--quiet", COMMIT], check=True)
         except (OSError, subprocess.CalledProcessError) as error:
-            raise SystemExit(f"error: --reference-dir {folder} has no model.py and cloning {URL} there failed "
-                             f"({error}): clone it yourself (git clone {URL}.git) and pass its folder.")  # fmt: skip
+            raise SystemExit(
+                f"error: --reference-dir {folder} has no model.py and cloning {URL} there failed "
+                f"({error}): clone it yourself (git clone {URL}.git) and pass its folder."
+            )
     return folder
 
 
@@ -67,9 +93,15 @@ def build_reference(folder: Path, shape: dict, num_frames: int):
     from vision_transformer import VisionTransformer2D, vit_presets
 
     patch, size = shape["patch_size"], shape["image_size"]
-    preset = dict(feature_dim=shape["hidden_size"], input_size=(size, size), patch_size=(patch, patch),
-                  num_heads=shape["num_attention_heads"], num_layers=shape["num_hidden_layers"],
-                  mlp_factor=shape["intermediate_size"] / shape["hidden_size"], ln_pre=True)  # fmt: skip
+    preset = dict(
+        feature_dim=shape["hidden_size"],
+        input_size=(size, size),
+        patch_size=(patch, patch),
+        num_heads=shape["num_attention_heads"],
+        num_layers=shape["num_hidden_layers"],
+        mlp_factor=shape["intermediate_size"] / shape["hidden_size"],
+        ln_pre=True,
+    )
     vit_presets["bench"] = preset
 
     def random_backbone(path):
@@ -87,9 +119,15 @@ def build_reference(folder: Path, shape: dict, num_frames: int):
     reference.weight_loader_fn_dict["bench"] = random_backbone
     reference.TemporalCrossAttention.forward = cross_attention_on_input_device
     model = reference.EVLTransformer(
-        num_frames=num_frames, backbone_name="bench", backbone_type="bench", backbone_mode="freeze_fp32",
-        decoder_num_layers=min(4, shape["num_hidden_layers"]), decoder_qkv_dim=shape["hidden_size"],
-        decoder_num_heads=shape["num_attention_heads"], num_classes=NUM_LABELS)  # fmt: skip
+        num_frames=num_frames,
+        backbone_name="bench",
+        backbone_type="bench",
+        backbone_mode="freeze_fp32",
+        decoder_num_layers=min(4, shape["num_hidden_layers"]),
+        decoder_qkv_dim=shape["hidden_size"],
+        decoder_num_heads=shape["num_attention_heads"],
+        num_classes=NUM_LABELS,
+    )
     with torch.no_grad():
         for parameter in model.parameters():
             if not parameter.any():  # query token, temporal position embeddings, cross-attention tables
@@ -102,17 +140,20 @@ def to_evl_hf(reference_model, shape_name: str, num_frames: int):
     shape = SHAPES[shape_name]
     patch, width = shape["patch_size"], shape["hidden_size"]
     source = reference_model.backbone[0].state_dict()
-    backbone = {"embeddings.class_embedding": source["cls_token"],
-                # a Linear over (channel, row, column)-flattened patches is CLIP's convolution kernel
-                "embeddings.patch_embedding.weight": source["patch_embed.proj.weight"].view(width, 3, patch, patch),
-                "embeddings.position_embedding.weight": source["pos_embed"],
-                "pre_layrnorm.weight": source["ln_pre.weight"], "pre_layrnorm.bias": source["ln_pre.bias"]}  # fmt: skip
+    backbone = {
+        "embeddings.class_embedding": source["cls_token"],
+        # a Linear over (channel, row, column)-flattened patches is CLIP's convolution kernel
+        "embeddings.patch_embedding.weight": source["patch_embed.proj.weight"].view(width, 3, patch, patch),
+        "embeddings.position_embedding.weight": source["pos_embed"],
+        "pre_layrnorm.weight": source["ln_pre.weight"],
+        "pre_layrnorm.bias": source["ln_pre.bias"],
+    }
     names = {"attn.": "self_attn.", "mlp.": "mlp.", "norm1.": "layer_norm1.", "norm2.": "layer_norm2."}
     for key, value in source.items():
         if key.startswith("blocks."):
             _, index, rest = key.split(".", 2)
             prefix = next(p for p in names if rest.startswith(p))
-            backbone[f"encoder.layers.{index}.{names[prefix]}{rest[len(prefix):]}"] = value
+            backbone[f"encoder.layers.{index}.{names[prefix]}{rest[len(prefix) :]}"] = value
     model = build_model("evl", shape_name, num_frames=num_frames, randomize=False)
     missing, unexpected = model.evl.vision_model.load_state_dict(backbone, strict=False)
     assert not unexpected and set(missing) <= {"post_layernorm.weight", "post_layernorm.bias"}, (missing, unexpected)
@@ -155,8 +196,11 @@ def run(args):
         args.shape, args.rounds = "tiny", 2
     torch.set_num_threads(args.threads)
     modes, record, wanted = args.modes.split(","), machine(), [name for name in args.systems.split(",") if name]
-    skipped = {n: f"this CPU has no fast {LOADED[n][0]} instructions" for n in wanted
-               if not record["fast_bf16" if LOADED[n][0] == "bfloat16" else "fast_int8"]}  # fmt: skip
+    skipped = {
+        n: f"this CPU has no fast {LOADED[n][0]} instructions"
+        for n in wanted
+        if not record["fast_bf16" if LOADED[n][0] == "bfloat16" else "fast_int8"]
+    }
     if importlib.util.find_spec("torchao") is None:
         skipped.update({n: "needs torchao: pip install 'evl-hf[quantize]'" for n in wanted if LOADED[n][0] == "int8"})
     load_at_start = [round(x, 2) for x in os.getloadavg()]
@@ -171,8 +215,10 @@ def run(args):
             compile_s[name] = {"inference_s": time.perf_counter() - start}
     size = SHAPES[args.shape]["image_size"]
     pixel_values = torch.randn(args.batch_size, args.num_frames, 3, size, size)
-    calls = {name: steps(name, model, pixel_values, torch.randint(0, NUM_LABELS, (args.batch_size,)))
-             for name, model in models.items()}  # fmt: skip
+    calls = {
+        name: steps(name, model, pixel_values, torch.randint(0, NUM_LABELS, (args.batch_size,)))
+        for name, model in models.items()
+    }
     logits = {name: call["inference"]() for name, call in calls.items()}
     base = logits["reference_fp32"]
     for name, call in calls.items() if "train" in modes else ():  # a training step's own compilation, untimed
@@ -182,9 +228,13 @@ def run(args):
             compile_s[name]["train_s"] = time.perf_counter() - start
     matmul, loads, runs = [], [], {name: {} for name in calls}
     for mode in ("inference", "train"):
-        wall, cpu = alternate({n: c[mode] for n, c in calls.items()}, args.rounds if mode in modes else 0,
-                              threads=args.threads, label=mode, between=lambda _: (matmul.append(
-                                  matmul_gflops(args.threads)), loads.append(round(os.getloadavg()[0], 2))))
+        wall, cpu = alternate(
+            {n: c[mode] for n, c in calls.items()},
+            args.rounds if mode in modes else 0,
+            threads=args.threads,
+            label=mode,
+            between=lambda _: (matmul.append(matmul_gflops(args.threads)), loads.append(round(os.getloadavg()[0], 2))),
+        )
         for name in calls:
             runs[name].update({f"{mode}_s": wall[name], f"{mode}_cpu_s": cpu[name]})
     times = {name: {key: median(values) for key, values in run.items()} for name, run in runs.items()}
@@ -194,27 +244,49 @@ def run(args):
         cpu_ratios[key] = ratio(times["reference_fp32"][f"{mode}_cpu_s"], times[name][f"{mode}_cpu_s"])
         # each round's own ratio: both sides saw that round's load
         paired[key] = median([ratio(b, t) for b, t in zip(ref[f"{mode}_s"], runs[name][f"{mode}_s"])])
-    return write("reference", {
-        "machine": {"loadavg_at_start": load_at_start},
-        "max_abs_logit_diff": {name: (value - base).abs().max().item() for name, value in logits.items()},
-        "same_top1_as_reference": {n: (v.argmax(-1) == base.argmax(-1)).float().mean().item()
-                                   for n, v in logits.items()},
-        "skipped_because": skipped, "compile_s": compile_s, "times": times, "runs": runs,
-        "matmul_gflops_per_s_runs": matmul, "loadavg_runs": loads, "ratios": ratios, "median_of_round_ratios": paired,
-        "cpu_time_ratios": cpu_ratios}, args, modes=modes, reference=f"{URL}@{COMMIT}")  # fmt: skip
+    return write(
+        "reference",
+        {
+            "machine": {"loadavg_at_start": load_at_start},
+            "max_abs_logit_diff": {name: (value - base).abs().max().item() for name, value in logits.items()},
+            "same_top1_as_reference": {
+                n: (v.argmax(-1) == base.argmax(-1)).float().mean().item() for n, v in logits.items()
+            },
+            "skipped_because": skipped,
+            "compile_s": compile_s,
+            "times": times,
+            "runs": runs,
+            "matmul_gflops_per_s_runs": matmul,
+            "loadavg_runs": loads,
+            "ratios": ratios,
+            "median_of_round_ratios": paired,
+            "cpu_time_ratios": cpu_ratios,
+        },
+        args,
+        modes=modes,
+        reference=f"{URL}@{COMMIT}",
+    )
 
 
 def precision_arguments(parser):
-    options(parser, model=(None, "folder of a trained EVL model (omitted: the trained part is skipped)"),
-            validation_dir=(None, "<label>/*.mp4 validation videos (default: the synthetic-motion dataset's)"),
-            random_clips=(32, "clips for the random model (0: skip it)"), random_shape=("vit-b16", None, list(SHAPES)),
-            batch_size=8, dtype=("bfloat16", None, ["bfloat16", "float16", "int8"]),
-            compile=(False, "compile the --dtype model (compile_model)"), threads=2)
+    options(
+        parser,
+        model=(None, "folder of a trained EVL model (omitted: the trained part is skipped)"),
+        validation_dir=(None, "<label>/*.mp4 validation videos (default: the synthetic-motion dataset's)"),
+        random_clips=(32, "clips for the random model (0: skip it)"),
+        random_shape=("vit-b16", None, list(SHAPES)),
+        batch_size=8,
+        dtype=("bfloat16", None, ["bfloat16", "float16", "int8"]),
+        compile=(False, "compile the --dtype model (compile_model)"),
+        threads=2,
+    )
 
 
 def load_both(folder, dtype: str, compile: bool, batch_size: int) -> dict:
-    models = {"fp32": EVLForVideoClassification.from_pretrained(folder).eval(),
-              "low": EVLForVideoClassification.from_pretrained(folder, **from_pretrained_kwargs(dtype)).eval()}
+    models = {
+        "fp32": EVLForVideoClassification.from_pretrained(folder).eval(),
+        "low": EVLForVideoClassification.from_pretrained(folder, **from_pretrained_kwargs(dtype)).eval(),
+    }
     if compile:
         compile_model(models["low"], batch_size)
     return models
@@ -230,11 +302,15 @@ def compare_logits(models: dict, processor, clips: list, batch_size: int, labels
                 logits[name].append(model(pixel_values=pixel_values["pixel_values"]).logits.float())
     fp32, low = (torch.cat(logits[name]) for name in ("fp32", "low"))
     difference, top2 = (low - fp32).abs(), fp32.topk(2, dim=-1).values
-    result = {"clips": fp32.shape[0], "top1_agreement": (fp32.argmax(-1) == low.argmax(-1)).float().mean().item(),
-              "max_abs_logit_diff": difference.max().item(), "mean_abs_logit_diff": difference.mean().item(),
-              "max_abs_logit": fp32.abs().max().item(),
-              # how close the fp32 model's two best classes are: a flip needs a difference of this size
-              "min_top1_margin": (top2[:, 0] - top2[:, 1]).min().item()}  # fmt: skip
+    result = {
+        "clips": fp32.shape[0],
+        "top1_agreement": (fp32.argmax(-1) == low.argmax(-1)).float().mean().item(),
+        "max_abs_logit_diff": difference.max().item(),
+        "mean_abs_logit_diff": difference.mean().item(),
+        "max_abs_logit": fp32.abs().max().item(),
+        # how close the fp32 model's two best classes are: a flip needs a difference of this size
+        "min_top1_margin": (top2[:, 0] - top2[:, 1]).min().item(),
+    }
     if labels is not None:
         result["accuracy_fp32"] = (fp32.argmax(-1) == labels).float().mean().item()
         result["accuracy_low"] = (low.argmax(-1) == labels).float().mean().item()
@@ -257,11 +333,14 @@ def precision(args):
         label2id = pair["fp32"].config.label2id
         clips = [p for p in sorted(Path(args.validation_dir).glob("*/*.mp4")) if p.parent.name in label2id]
         if not clips:
-            raise SystemExit(f"error: no <label>/*.mp4 with labels {sorted(label2id)} under --validation-dir "
-                             f"{args.validation_dir}: pass the validation folder of the model's dataset.")  # fmt: skip
+            raise SystemExit(
+                f"error: no <label>/*.mp4 with labels {sorted(label2id)} under --validation-dir "
+                f"{args.validation_dir}: pass the validation folder of the model's dataset."
+            )
         labels = torch.tensor([label2id[p.parent.name] for p in clips])
-        models["trained"] = compare_logits(pair, EVLVideoProcessor.from_pretrained(args.model), clips,
-                                           args.batch_size, labels)  # fmt: skip
+        models["trained"] = compare_logits(
+            pair, EVLVideoProcessor.from_pretrained(args.model), clips, args.batch_size, labels
+        )
         models["trained"]["model"] = args.model
     if args.random_clips:
         torch.manual_seed(0)
@@ -269,13 +348,20 @@ def precision(args):
         CLIPVisionModel(CLIPVisionConfig(**shape)).save_pretrained(clip_dir)
         id2label = {i: f"class_{i}" for i in range(NUM_LABELS)}
         model = EVLForVideoClassification.from_clip_pretrained(
-            clip_dir, num_frames=8, decoder_num_layers=min(4, shape["num_hidden_layers"]), id2label=id2label,
-            label2id={name: i for i, name in id2label.items()})  # fmt: skip
+            clip_dir,
+            num_frames=8,
+            decoder_num_layers=min(4, shape["num_hidden_layers"]),
+            id2label=id2label,
+            label2id={name: i for i, name in id2label.items()},
+        )
         randomize_zero_initialised(model, std=0.02).save_pretrained(evl_dir)
         clips = sorted(Path(args.validation_dir).glob("*/*.mp4"))[: args.random_clips]
-        models["random_clip"] = compare_logits(load_both(evl_dir, args.dtype, args.compile, args.batch_size),
-                                               video_processor(args.random_shape, frame_stride=3), clips,
-                                               args.batch_size)  # fmt: skip
+        models["random_clip"] = compare_logits(
+            load_both(evl_dir, args.dtype, args.compile, args.batch_size),
+            video_processor(args.random_shape, frame_stride=3),
+            clips,
+            args.batch_size,
+        )
         models["random_clip"]["shape"] = args.random_shape
     if not models:
         raise SystemExit("error: nothing to measure: pass --model and/or a positive --random-clips.")
@@ -285,8 +371,14 @@ def precision(args):
 
 
 SUITES = {
-    "reference": ("evl_hf (fp32, bf16, bf16/int8 + compile) against the reference implementation: parity, speed",
-                  add_arguments, run),
-    "precision": ("what a bf16/int8 backbone changes in the predictions of a trained and a random model",
-                  precision_arguments, precision),
-}  # fmt: skip
+    "reference": (
+        "evl_hf (fp32, bf16, bf16/int8 + compile) against the reference implementation: parity, speed",
+        add_arguments,
+        run,
+    ),
+    "precision": (
+        "what a bf16/int8 backbone changes in the predictions of a trained and a random model",
+        precision_arguments,
+        precision,
+    ),
+}

@@ -126,8 +126,10 @@ def attention_heatmaps(
     attention = torch.stack([w.float() for w in weights]).mean(dim=(0, 2))[:, 0].unflatten(-1, (num_frames, -1))
     height, width = spatial_size
     if attention.shape[-1] != 1 + height * width:
-        raise ValueError(f"decoder_attentions hold {attention.shape[-1]} tokens per frame for {num_frames} frames, "
-                         f"not 1 + {height} * {width}: check num_frames and spatial_size.")  # fmt: skip
+        raise ValueError(
+            f"decoder_attentions hold {attention.shape[-1]} tokens per frame for {num_frames} frames, "
+            f"not 1 + {height} * {width}: check num_frames and spatial_size."
+        )
     return attention[..., 1:].unflatten(-1, (height, width)), attention.sum(-1)
 
 
@@ -207,10 +209,12 @@ def attention_overlays(
     num_frames = pixel_values.shape[1]
     heatmaps, shares = attention_heatmaps(decoder_attentions, num_frames, spatial_size, layer)
     heatmaps = heatmaps.cpu()
-    painted = torch.stack([
-        overlay_attention(unnormalize_frames(clip, video_processor), clip_heatmaps, opacity)
-        for clip, clip_heatmaps in zip(pixel_values, heatmaps)
-    ])  # fmt: skip
+    painted = torch.stack(
+        [
+            overlay_attention(unnormalize_frames(clip, video_processor), clip_heatmaps, opacity)
+            for clip, clip_heatmaps in zip(pixel_values, heatmaps)
+        ]
+    )
     return painted, shares.cpu()
 
 
@@ -294,9 +298,12 @@ def classify_windows(
         """`(len(items), len(item), ...)`: the cached tensors of every frame of each item (a window or a pair)."""
         return torch.stack([torch.stack([features[frame][group][layer] for frame in item]) for item in items])
 
-    with torch.inference_mode(), tqdm(
-        total=len(windows), unit="window", disable=not progress, file=sys.stderr, desc=os.path.basename(name)
-    ) as bar:
+    with (
+        torch.inference_mode(),
+        tqdm(
+            total=len(windows), unit="window", disable=not progress, file=sys.stderr, desc=os.path.basename(name)
+        ) as bar,
+    ):
         for first in range(0, len(windows), batch_size):
             batch = windows[first : first + batch_size]
             new_frames = sorted({frame for window in batch for frame in window} - features.keys())
@@ -315,8 +322,9 @@ def classify_windows(
             if share_pairs:
                 new_pairs = sorted({pair for window in batch for pair in zip(window[:-1], window[1:])} - pairs.keys())
                 if new_pairs:
-                    layer_queries, layer_keys = ([stack(new_pairs, group, layer) for layer in range(num_layers)]
-                                                 for group in (1, 2))  # fmt: skip
+                    layer_queries, layer_keys = (
+                        [stack(new_pairs, group, layer) for layer in range(num_layers)] for group in (1, 2)
+                    )
                     outputs = model.evl.get_neighbour_cross_attention(layer_queries, layer_keys)
                     for row, pair in enumerate(new_pairs):
                         pairs[pair] = [output[row] for output in outputs]
@@ -325,19 +333,29 @@ def classify_windows(
                     torch.stack([torch.stack([pairs[pair][layer] for pair in zip(w[:-1], w[1:])]) for w in batch])
                     for layer in range(num_layers)
                 )
-                pooled, _ = model.evl.decode_frame_features(EVLFrameFeatures(hidden_states=read(0)), num_frames,
-                                                            neighbours)  # fmt: skip
+                pooled, _ = model.evl.decode_frame_features(
+                    EVLFrameFeatures(hidden_states=read(0)), num_frames, neighbours
+                )
             else:
                 has_projections = features[batch[0][0]][1] is not None
                 window_features = EVLFrameFeatures(
-                    hidden_states=read(0), queries=read(1) if has_projections else None,
-                    keys=read(2) if has_projections else None)  # fmt: skip
+                    hidden_states=read(0),
+                    queries=read(1) if has_projections else None,
+                    keys=read(2) if has_projections else None,
+                )
                 pooled, _ = model.evl.decode_frame_features(window_features, num_frames)
             window_scores = postprocess_logits(model.compute_logits(pooled), config, function_to_apply).cpu()
             for window, best, row in zip(batch, top_k_labels(window_scores, config, top_k), window_scores.tolist()):
                 start, end = window[0], window[-1]
-                results.append({"start_frame": start, "end_frame": end, "start_time": start / fps if fps else None,
-                                "end_time": end / fps if fps else None, **best})  # fmt: skip
+                results.append(
+                    {
+                        "start_frame": start,
+                        "end_frame": end,
+                        "start_time": start / fps if fps else None,
+                        "end_time": end / fps if fps else None,
+                        **best,
+                    }
+                )
                 probabilities.append(row)
 
             last_window = first + len(batch) - 1

@@ -69,8 +69,9 @@ def export_onnx(model, path, *, opset: int = DEFAULT_OPSET, batch_size: int = 2)
         )
     config = model.config
     size = config.vision_config.image_size
-    example = torch.randn(batch_size, config.num_frames, config.vision_config.num_channels, size, size,
-                          device=model.device)  # fmt: skip
+    example = torch.randn(
+        batch_size, config.num_frames, config.vision_config.num_channels, size, size, device=model.device
+    )
 
     class Logits(torch.nn.Module):
         """The classifier with a plain tensor out, the shape ONNX graphs take."""
@@ -132,8 +133,9 @@ def check_onnx(
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     difference = scale = 0.0
     for batch_size, num_frames in shapes or ((3, config.num_frames), (1, 2 * config.num_frames)):
-        pixel_values = torch.randn(batch_size, num_frames, config.vision_config.num_channels, size, size,
-                                   generator=generator)  # fmt: skip
+        pixel_values = torch.randn(
+            batch_size, num_frames, config.vision_config.num_channels, size, size, generator=generator
+        )
         (logits,) = session.run(["logits"], {"pixel_values": pixel_values.numpy()})
         with torch.no_grad():
             expected = model(pixel_values=pixel_values.to(model.device)).logits.cpu()  # PyTorch where the model is

@@ -64,8 +64,9 @@ def torchao_config(dtype: str):
     try:
         import torchao.quantization
     except ImportError as error:
-        raise ImportError(f"dtype {dtype!r} quantizes the backbone with torchao, which is not installed: {INSTALL_HINT}"
-                          ) from error  # fmt: skip
+        raise ImportError(
+            f"dtype {dtype!r} quantizes the backbone with torchao, which is not installed: {INSTALL_HINT}"
+        ) from error
     return getattr(torchao.quantization, quant_type)()
 
 
@@ -125,5 +126,12 @@ def compile_model(model, batch_size: int = 1, num_frames: int | None = None):
     return model
 
 
-__all__ = ["DTYPES", "QUANTIZED_DTYPES", "torchao_config", "from_pretrained_kwargs", "quantize_backbone",
-           "is_quantized", "compile_model"]  # fmt: skip
+__all__ = [
+    "DTYPES",
+    "QUANTIZED_DTYPES",
+    "torchao_config",
+    "from_pretrained_kwargs",
+    "quantize_backbone",
+    "is_quantized",
+    "compile_model",
+]

@@ -34,15 +34,21 @@ ZERO_INITIALISED = ("temporal_cross_attention", "temporal_pos_embed", "query_tok
 
 def tiny_vision_config(**overrides) -> CLIPVisionConfig:
     """A CLIP vision tower of 32x32 images in 8x8 patches, 32 wide: a forward pass in milliseconds."""
-    values = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32,
-                  patch_size=8)  # fmt: skip
+    values = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
+    )
     return CLIPVisionConfig(**{**values, **overrides})
 
 
 def tiny_config(**overrides) -> EVLConfig:
     """An [`EVLConfig`] on a 3-layer [`tiny_vision_config`]: 4 frames, 2 decoder layers, labels left, right, up."""
-    values = dict(vision_config=tiny_vision_config(num_hidden_layers=3), num_frames=4, decoder_num_layers=2,
-                  id2label={0: "left", 1: "right", 2: "up"}, label2id={"left": 0, "right": 1, "up": 2})  # fmt: skip
+    values = dict(
+        vision_config=tiny_vision_config(num_hidden_layers=3),
+        num_frames=4,
+        decoder_num_layers=2,
+        id2label={0: "left", 1: "right", 2: "up"},
+        label2id={"left": 0, "right": 1, "up": 2},
+    )
     return EVLConfig(**{**values, **overrides})
 
 
@@ -64,17 +70,27 @@ def randomize_zero_initialised(model, std: float = 0.5, seed: int = 0):
 def tiny_model(*, num_frames: int = 4, labels=LABELS, seed: int = 0, **config_overrides) -> EVLForVideoClassification:
     """A random EVL classifier on [`tiny_vision_config`] with 2 decoder layers, its zero-initialised parts drawn."""
     vision_config = config_overrides.pop("vision_config", None) or tiny_vision_config()
-    config = EVLConfig(vision_config=vision_config, num_frames=num_frames, decoder_num_layers=2,
-                       id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
-                       **config_overrides)  # fmt: skip
+    config = EVLConfig(
+        vision_config=vision_config,
+        num_frames=num_frames,
+        decoder_num_layers=2,
+        id2label=dict(enumerate(labels)),
+        label2id={label: i for i, label in enumerate(labels)},
+        **config_overrides,
+    )
     torch.manual_seed(seed)
     return randomize_zero_initialised(EVLForVideoClassification(config), seed=seed).eval()
 
 
 def save_tiny_model(
-    folder, *, num_frames: int = 4, frame_stride: int = 4, seed: int = 0, image_processor: bool = False,
+    folder,
+    *,
+    num_frames: int = 4,
+    frame_stride: int = 4,
+    seed: int = 0,
+    image_processor: bool = False,
     **config_overrides,
-):  # fmt: skip
+):
     """Saves a [`tiny_model`] and its video processor (32x32 crops, `frame_stride` apart) to `folder`, and with
     `image_processor` an [`EVLImageProcessor`] too, as the training script does; returns `folder`."""
     tiny_model(num_frames=num_frames, seed=seed, **config_overrides).save_pretrained(folder)

@@ -23,8 +23,20 @@ from typing import NamedTuple
 
 # The containers FFmpeg reads that video datasets use: what folders are searched for.
 VIDEO_EXTENSIONS = (
-    ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".ts", ".3gp", ".ogv"
-)  # fmt: skip
+    ".mp4",
+    ".m4v",
+    ".mov",
+    ".mkv",
+    ".webm",
+    ".avi",
+    ".mpg",
+    ".mpeg",
+    ".wmv",
+    ".flv",
+    ".ts",
+    ".3gp",
+    ".ogv",
+)
 # Files read as lists of videos rather than as videos.
 VIDEO_LIST_EXTENSIONS = (".txt", ".csv", ".json", ".jsonl")
 
@@ -91,8 +103,10 @@ def read_video_list(
         columns = list(reader.fieldnames or [])
         column = video_column if video_column in columns else "path" if "path" in columns else None
         if column is None:
-            raise ValueError(f"{path}: no {video_column!r} (or 'path') column with the videos; its columns are "
-                             f"{columns}. The first line must name the columns.")  # fmt: skip
+            raise ValueError(
+                f"{path}: no {video_column!r} (or 'path') column with the videos; its columns are "
+                f"{columns}. The first line must name the columns."
+            )
         rows = [{**row, video_column: row[column]} for row in reader if (row.get(column) or "").strip()]
     elif suffix in (".json", ".jsonl"):
         stripped = text.strip()
@@ -105,8 +119,9 @@ def read_video_list(
             raise ValueError(f"{path}: not JSON lines or a JSON array of objects ({error}).") from None
         for number, row in enumerate(rows, start=1):
             if not isinstance(row, dict) or video_column not in row:
-                raise ValueError(f"{path}, entry {number}: expected an object with a {video_column!r} field, got "
-                                 f"{row!r}.")  # fmt: skip
+                raise ValueError(
+                    f"{path}, entry {number}: expected an object with a {video_column!r} field, got {row!r}."
+                )
         columns = list(dict.fromkeys(key for row in rows for key in row))
     else:
         for number, line in enumerate(text.splitlines(), start=1):
@@ -128,12 +143,16 @@ def read_video_list(
     lists = [isinstance(row.get(label_column), list) for row in rows]
     if any(lists) and not all(lists):
         single = [number for number, is_list in enumerate(lists, start=1) if not is_list]
-        raise ValueError(f"{path}: {label_column!r} is a list of labels in some entries and a single label in others "
-                         f"(entries {single[:5]}). For multi-label training write every entry's labels as a list, "
-                         f"a single one too ([\"run\"]).")  # fmt: skip
+        raise ValueError(
+            f"{path}: {label_column!r} is a list of labels in some entries and a single label in others "
+            f"(entries {single[:5]}). For multi-label training write every entry's labels as a list, "
+            f'a single one too (["run"]).'
+        )
     if empty := [number for number, row in enumerate(rows, start=1) if row.get(label_column) == []]:
-        raise ValueError(f"{path}: entries {empty[:5]} have an empty {label_column!r} list; every video needs at least "
-                         "one label. Label them or leave them out.")
+        raise ValueError(
+            f"{path}: entries {empty[:5]} have an empty {label_column!r} list; every video needs at least "
+            "one label. Label them or leave them out."
+        )
     unlabelled = [number for number, row in enumerate(rows, start=1) if row.get(label_column) in (None, "")]
     if require_labels and unlabelled:
         raise ValueError(f"{path}: entries {unlabelled[:5]} have no {label_column!r}; every video needs a label.")

@@ -28,9 +28,11 @@ def is_multi_label(dataset: DatasetDict, label_column: str) -> bool:
     kinds = {split: isinstance(dataset[split].features[label_column], List) for split in dataset}
     if len(set(kinds.values())) > 1:
         lists, single = ([split for split, kind in kinds.items() if kind is value] for value in (True, False))
-        raise ValueError(f"Column {label_column!r} holds lists of labels in the {', '.join(lists)} split and single "
-                         f"labels in the {', '.join(single)} split. Give every split in the same form: lists for "
-                         "multi-label training, one label per video otherwise.")
+        raise ValueError(
+            f"Column {label_column!r} holds lists of labels in the {', '.join(lists)} split and single "
+            f"labels in the {', '.join(single)} split. Give every split in the same form: lists for "
+            "multi-label training, one label per video otherwise."
+        )
     return any(kinds.values())
 
 
@@ -56,8 +58,9 @@ def encode_labels(dataset: DatasetDict, label_column: str, known_names: list[str
     return _with_labels(dataset, {split: [index[value] for value in values[split]] for split in dataset}), names
 
 
-def encode_multi_labels(dataset: DatasetDict, label_column: str, known_names: list[str] | None,
-                        label_names_file: str | None = None) -> tuple[DatasetDict, list]:  # fmt: skip
+def encode_multi_labels(
+    dataset: DatasetDict, label_column: str, known_names: list[str] | None, label_names_file: str | None = None
+) -> tuple[DatasetDict, list]:
     """Adds a multi-hot float `labels` column (1.0 for each label a video has) from a column of label lists (names,
     or a `List(ClassLabel)`'s indices); returns the names in index order: `known_names` when they name every label,
     else the union of the training labels, sorted. With `label_names_file` (where `known_names` come from) a label
@@ -70,15 +73,19 @@ def encode_multi_labels(dataset: DatasetDict, label_column: str, known_names: li
             rows = [feature.int2str(row) for row in rows]
         values[split] = [[str(value) for value in row] for row in rows]
         if empty := [number for number, row in enumerate(values[split]) if not row]:
-            raise ValueError(f"The {split} split has videos with an empty label list in column {label_column!r} "
-                             f"(rows {empty[:5]}). Every video needs at least one label: remove those videos or "
-                             "label them.")
+            raise ValueError(
+                f"The {split} split has videos with an empty label list in column {label_column!r} "
+                f"(rows {empty[:5]}). Every video needs at least one label: remove those videos or "
+                "label them."
+            )
     if label_names_file is not None:
         found = {value for split_values in values.values() for row in split_values for value in row}
         if unknown := sorted(found - set(known_names)):
-            raise ValueError(f"Labels {unknown[:10]} are not in --label_names_file {label_names_file!r}, which "
-                             f"names {len(known_names)} labels. Add them to the file (one name a line) or fix the "
-                             "label lists.")
+            raise ValueError(
+                f"Labels {unknown[:10]} are not in --label_names_file {label_names_file!r}, which "
+                f"names {len(known_names)} labels. Add them to the file (one name a line) or fix the "
+                "label lists."
+            )
     flat = {split: [value for row in split_values for value in row] for split, split_values in values.items()}
     names = label_names(flat, reference, known_names)
     index = {name: position for position, name in enumerate(names)}
@@ -97,8 +104,10 @@ def label_names(values: dict[str, list[str]], reference: str, known_names: list[
     never has are an error: the classifier cannot learn them."""
     names = sorted(set(values[reference]))
     if "train" in values and (unseen := sorted(set(values.get("validation", [])) - set(values["train"]))):
-        raise ValueError(f"The validation split has labels the training split never has: {unseen}. The classifier "
-                         "cannot learn them; remove those videos or add training videos for them.")
+        raise ValueError(
+            f"The validation split has labels the training split never has: {unseen}. The classifier "
+            "cannot learn them; remove those videos or add training videos for them."
+        )
     return list(known_names) if known_names and set(names) <= set(known_names) else names
 
 

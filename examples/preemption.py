@@ -134,8 +134,8 @@ def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
     """The newest `checkpoint-N` of `output_dir` the Trainer can resume from, warning about each one it skips; `None`
     (with a warning) when there is none."""
     prefix = f"{PREFIX_CHECKPOINT_DIR}-"
-    folders = [path for path in Path(output_dir).glob(f"{prefix}*") if path.name[len(prefix):].isdigit()]
-    for folder in sorted(folders, key=lambda path: int(path.name[len(prefix):]), reverse=True):
+    folders = [path for path in Path(output_dir).glob(f"{prefix}*") if path.name[len(prefix) :].isdigit()]
+    for folder in sorted(folders, key=lambda path: int(path.name[len(prefix) :]), reverse=True):
         if (problem := checkpoint_problem(folder)) is None:
             return str(folder)
         logger.warning(f"Skipping incomplete checkpoint {folder}: {problem}.")
@@ -220,9 +220,11 @@ class PreemptionCallback(TrainerCallback):
         """After `Trainer.train`: when SIGTERM stopped it, says where and exits with `PREEMPTED_EXIT_STATUS`."""
         if self.stopped_at_step is not None:
             checkpoint = os.path.join(output_dir, f"{PREFIX_CHECKPOINT_DIR}-{self.stopped_at_step}")
-            logger.warning(f"Stopped by SIGTERM at step {self.stopped_at_step}, saved in {checkpoint}: the run is not "
-                           "finished; to continue, run again with the same arguments and "
-                           "--resume_from_checkpoint last.")
+            logger.warning(
+                f"Stopped by SIGTERM at step {self.stopped_at_step}, saved in {checkpoint}: the run is not "
+                "finished; to continue, run again with the same arguments and "
+                "--resume_from_checkpoint last."
+            )
             raise SystemExit(PREEMPTED_EXIT_STATUS)
 
 

@@ -23,11 +23,20 @@ import numpy as np
 
 
 # The metrics the model card shows, in this order, when the evaluation gave them.
-CARD_METRICS = ("eval_accuracy", "eval_top5_accuracy", "eval_map", "eval_f1", "eval_f1_micro", "eval_top1_any",
-                "eval_loss")  # fmt: skip
+CARD_METRICS = (
+    "eval_accuracy",
+    "eval_top5_accuracy",
+    "eval_map",
+    "eval_f1",
+    "eval_f1_micro",
+    "eval_top1_any",
+    "eval_loss",
+)
 
 
-def multi_label_metrics(logits: np.ndarray, references: np.ndarray, config, threshold: float = 0.5) -> dict[str, float]:
+def multi_label_metrics(
+    logits: np.ndarray, references: np.ndarray, config, threshold: float = 0.5
+) -> dict[str, float]:
     """
     Metrics of a multi-label classifier (`config`, a multi-label model's) from its logits `(videos, num_labels)` and
     multi-hot `references`:
@@ -90,14 +99,26 @@ def save_average_precision(logits: np.ndarray, references: np.ndarray, label_nam
     per_label = average_precision_score(references.astype(np.int64), logits, average=None)
     values = [float(value) if count else None for value, count in zip(per_label, positives)]
     with open(os.path.join(output_dir, "average_precision.json"), "w") as file:
-        json.dump({"labels": label_names, "average_precision": values, "positives": positives.tolist(),
-                   "map": float(np.mean(per_label))}, file, indent=1)  # fmt: skip
+        json.dump(
+            {
+                "labels": label_names,
+                "average_precision": values,
+                "positives": positives.tolist(),
+                "map": float(np.mean(per_label)),
+            },
+            file,
+            indent=1,
+        )
     figure, axes = _figure(len(label_names), 4)
     axes.bar(range(len(label_names)), [value or 0.0 for value in values], color="tab:blue")
     if len(label_names) <= 50:  # beyond, the names would overlap
         axes.set_xticks(range(len(label_names)), label_names, rotation=90)
-    axes.set(ylim=(0, 1), xlabel="label", ylabel="average precision",
-             title=f"Average precision per label (mAP {np.mean(per_label):.3f}, {len(references)} videos)")
+    axes.set(
+        ylim=(0, 1),
+        xlabel="label",
+        ylabel="average precision",
+        title=f"Average precision per label (mAP {np.mean(per_label):.3f}, {len(references)} videos)",
+    )
     figure.savefig(os.path.join(output_dir, "average_precision.png"), dpi=100)
 
 
@@ -118,8 +139,13 @@ def write_model_card(trainer, description: str, hub_model_id: str | None = None,
     rows = [f"| `{key}` | {metrics[key]:.4f} |" for key in CARD_METRICS if key in metrics]
     if per_label.is_file():  # multi-label: the pipeline gives each label its own probability (a sigmoid)
         report = json.loads(per_label.read_text())
-        rows += [f"| average precision of `{name}` ({count} videos) | {'n/a' if value is None else f'{value:.4f}'} |"
-                 for name, value, count in zip(report["labels"], report["average_precision"], report["positives"])]
-    card.text += (Path(__file__).resolve().parent / "model_card_evl.md").read_text().format(
-        description=description, metrics="\n".join(rows), repo=hub_model_id or output_dir)
+        rows += [
+            f"| average precision of `{name}` ({count} videos) | {'n/a' if value is None else f'{value:.4f}'} |"
+            for name, value, count in zip(report["labels"], report["average_precision"], report["positives"])
+        ]
+    card.text += (
+        (Path(__file__).resolve().parent / "model_card_evl.md")
+        .read_text()
+        .format(description=description, metrics="\n".join(rows), repo=hub_model_id or output_dir)
+    )
     card.save(os.path.join(output_dir, "README.md"))

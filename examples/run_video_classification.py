@@ -34,22 +34,21 @@ import evaluate
 import huggingface_hub
 import numpy as np
 import torch
-from datasets import Dataset, DatasetDict, Video, load_dataset
-
 import transformers
 from accelerate.utils import gather_object
+from datasets import Dataset, DatasetDict, Video, load_dataset
+from labels import encode_labels, encode_multi_labels, is_multi_label
+from preemption import AtomicCheckpointsMixin, PreemptionCallback, process_group_destroyed_at_exit, resume_checkpoint
+from reports import multi_label_metrics, save_average_precision, save_confusion_matrix, write_model_card
+from streaming import StreamingClipDataset, StreamingEpochCallback, StreamingTrainerMixin, load_streaming_datasets
 from transformers import AutoConfig, CLIPVisionConfig, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
+from video_files import check_video_folder, load_video_file
 
 from evl_hf import EVLConfig, EVLForVideoClassification, EVLImageProcessor, EVLVideoProcessor
 from evl_hf.inference import postprocess_logits
 from evl_hf.quantization import DTYPES, QUANTIZED_DTYPES, quantize_backbone
 from evl_hf.video_processing_evl import FRAME_SAMPLING_STRATEGIES, VideoDecodingError, open_video
-from labels import encode_labels, encode_multi_labels, is_multi_label
-from preemption import AtomicCheckpointsMixin, PreemptionCallback, process_group_destroyed_at_exit, resume_checkpoint
-from reports import multi_label_metrics, save_average_precision, save_confusion_matrix, write_model_card
-from streaming import StreamingClipDataset, StreamingEpochCallback, StreamingTrainerMixin, load_streaming_datasets
-from video_files import check_video_folder, load_video_file
 
 
 logger = logging.getLogger(__name__)
@@ -57,14 +56,20 @@ logger = logging.getLogger(__name__)
 EXAMPLES_DIR = Path(__file__).resolve().parent
 DATA_SOURCES = ("dataset_name", "train_dir", "validation_dir", "train_file", "validation_file")
 # EVLConfig options that change the architecture: continuing from an EVL checkpoint, they must match its weights.
-ARCHITECTURE_OPTIONS = ("decoder_num_layers", "decoder_num_heads", "use_temporal_conv", "use_temporal_pos_embed",
-                        "use_temporal_cross_attention")  # fmt: skip
+ARCHITECTURE_OPTIONS = (
+    "decoder_num_layers",
+    "decoder_num_heads",
+    "use_temporal_conv",
+    "use_temporal_pos_embed",
+    "use_temporal_cross_attention",
+)
 EVL_OPTIONS = (*ARCHITECTURE_OPTIONS, "num_frames", "decoder_mlp_dropout", "classifier_dropout")
 
 # The embedded default (no data and no model argument): a random 2-layer, 128-wide ViT on 64x64 frames in 8x8 patches,
 # trained on the synthetic-motion dataset with the settings of synthetic_motion_args.json (arguments given still win).
-SYNTHETIC_BACKBONE = dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4,
-                          image_size=64, patch_size=8)  # fmt: skip
+SYNTHETIC_BACKBONE = dict(
+    hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, image_size=64, patch_size=8
+)
 SYNTHETIC_DEFAULTS = json.loads((EXAMPLES_DIR / "synthetic_motion_args.json").read_text())
 # --synthetic_multi_label: the same, but for these settings, on the multi-label variant of the dataset
 MULTI_LABEL_DEFAULTS = SYNTHETIC_DEFAULTS | json.loads((EXAMPLES_DIR / "synthetic_multi_label_args.json").read_text())
@@ -88,8 +93,11 @@ class ModelArguments:
     use_temporal_pos_embed: bool | None = arg(None, "Temporal position embedding (default True).")
     use_temporal_cross_attention: bool | None = arg(None, "Temporal cross attention (default True).")
     freeze_backbone: bool = arg(True, "Keep the CLIP encoder frozen (the paper); False fine-tunes it too.")
-    backbone_dtype: str = arg("float32", "CLIP encoder dtype in training (saved float32); int8 needs torchao and a "
-                              "frozen backbone.", choices=list(DTYPES))
+    backbone_dtype: str = arg(
+        "float32",
+        "CLIP encoder dtype in training (saved float32); int8 needs torchao and a frozen backbone.",
+        choices=list(DTYPES),
+    )
     ignore_mismatched_sizes: bool = arg(False, "Replace an EVL checkpoint's classifier whose labels differ.")
     cache_dir: str | None = arg(None, "Where models and datasets from the Hub are stored.")
     model_revision: str = arg("main", "Branch, tag or commit of the model on the Hub.")
@@ -107,16 +115,20 @@ class DataTrainingArguments:
     train_file: str | None = arg(None, "A .csv/.json/.jsonl (video, label) list, or `path.mp4 label_index` lines.")
     validation_file: str | None = arg(None, "Validation list, as --train_file.")
     video_root: str | None = arg(None, "Where relative paths of list files start (default: the list's folder).")
-    label_names_file: str | None = arg(None, "Label names, line i naming index i (of a .txt list), or the label set of "
-                                             "multi-label training.")
+    label_names_file: str | None = arg(
+        None, "Label names, line i naming index i (of a .txt list), or the label set of multi-label training."
+    )
     video_column_name: str = arg("video", "Column holding the videos.")
     label_column_name: str = arg("label", "Column holding the labels (a list of labels each: multi-label training).")
     label_separator: str = arg(";", "Multi-label CSV: the character joining a video's labels (`run;jump`).")
     threshold: float = arg(0.5, "Multi-label: a label is predicted when its probability is above this (for F1).")
     max_train_samples: int | None = arg(None, "Keep only this many training videos (a random subset).")
     max_eval_samples: int | None = arg(None, "Keep only this many validation videos (a random subset).")
-    frame_sampling: str = arg("dense", "Frames --frame_stride apart, or spread over the video (uniform, segment).",
-                              choices=list(FRAME_SAMPLING_STRATEGIES))
+    frame_sampling: str = arg(
+        "dense",
+        "Frames --frame_stride apart, or spread over the video (uniform, segment).",
+        choices=list(FRAME_SAMPLING_STRATEGIES),
+    )
     frame_stride: int | None = arg(None, "Distance between dense-sampled frames: the checkpoint's, or 16.")
     num_temporal_views: int = arg(1, "Evaluation: clips spread over each video; probabilities averaged over views.")
     num_spatial_views: int = arg(1, "Evaluation: crops spread along each frame's long side (1: centre crop).")
@@ -124,15 +136,24 @@ class DataTrainingArguments:
     horizontal_flip: bool = arg(False, "Training: flip half of the clips (if labels ignore left and right).")
     rand_augment: bool = arg(False, "Training: RandAugment, 4 ops at magnitude 7 of 10 (the paper's recipe).")
     max_skipped_fraction: float = arg(0.05, "Training skips undecodable videos, and stops past this fraction.")
-    streaming: bool = arg(False, "Stream the videos from WebDataset shards (--train_file/--validation_file as .tar "
-                                 "paths or globs) or --dataset_name instead of loading them; needs --max_steps.")
-    shuffle_buffer_size: int = arg(256, "--streaming: rows each DataLoader worker shuffles in memory (0: only the "
-                                        "order of the shards, which changes every epoch, is shuffled).")
+    streaming: bool = arg(
+        False,
+        "Stream the videos from WebDataset shards (--train_file/--validation_file as .tar "
+        "paths or globs) or --dataset_name instead of loading them; needs --max_steps.",
+    )
+    shuffle_buffer_size: int = arg(
+        256,
+        "--streaming: rows each DataLoader worker shuffles in memory (0: only the "
+        "order of the shards, which changes every epoch, is shuffled).",
+    )
     synthetic_data_dir: str | None = arg(None, "Cache folder of the synthetic-motion dataset.")
     synthetic_train_videos_per_label: int = arg(300, "Synthetic-motion dataset: training videos per label.")
     synthetic_validation_videos_per_label: int = arg(50, "Synthetic-motion dataset: validation videos per label.")
-    synthetic_multi_label: bool = arg(False, "Without data: the synthetic dataset's multi-label variant, one or two "
-                                             "objects a clip, labelled with the set of their directions.")
+    synthetic_multi_label: bool = arg(
+        False,
+        "Without data: the synthetic dataset's multi-label variant, one or two "
+        "objects a clip, labelled with the set of their directions.",
+    )
 
     def __post_init__(self):
         for split in ("train", "validation"):
@@ -141,23 +162,36 @@ class DataTrainingArguments:
         if self.num_temporal_views < 1 or self.num_spatial_views < 1:
             raise ValueError("--num_temporal_views and --num_spatial_views must be at least 1.")
         if self.streaming:
-            if self.train_dir or self.validation_dir or any(path and not path.lower().endswith(".tar")
-                                                            for path in (self.train_file, self.validation_file)):
-                raise ValueError("--streaming reads WebDataset shards: give --train_file/--validation_file as .tar "
-                                 "paths or globs ('shards/train-*.tar'), or --dataset_name. Make shards of a folder "
-                                 "or list with `evl-hf prepare-videos INPUT OUTPUT_DIR --format webdataset`.")
+            if (
+                self.train_dir
+                or self.validation_dir
+                or any(path and not path.lower().endswith(".tar") for path in (self.train_file, self.validation_file))
+            ):
+                raise ValueError(
+                    "--streaming reads WebDataset shards: give --train_file/--validation_file as .tar "
+                    "paths or globs ('shards/train-*.tar'), or --dataset_name. Make shards of a folder "
+                    "or list with `evl-hf prepare-videos INPUT OUTPUT_DIR --format webdataset`."
+                )
             if self.max_train_samples is not None or self.max_eval_samples is not None or self.shuffle_buffer_size < 0:
-                raise ValueError("--max_train_samples/--max_eval_samples select from loaded datasets; with --streaming "
-                                 "--max_steps bounds training, and --shuffle_buffer_size must not be negative.")
+                raise ValueError(
+                    "--max_train_samples/--max_eval_samples select from loaded datasets; with --streaming "
+                    "--max_steps bounds training, and --shuffle_buffer_size must not be negative."
+                )
         if not 0.0 < self.threshold < 1.0:
-            raise ValueError(f"--threshold {self.threshold}: a probability strictly between 0 and 1 is needed (0.5 "
-                             "predicts a label when it is more likely than not).")
+            raise ValueError(
+                f"--threshold {self.threshold}: a probability strictly between 0 and 1 is needed (0.5 "
+                "predicts a label when it is more likely than not)."
+            )
         if self.synthetic_multi_label and any(getattr(self, name) is not None for name in DATA_SOURCES):
-            raise ValueError("--synthetic_multi_label generates the training and validation data: leave out "
-                             f"--{' and --'.join(name for name in DATA_SOURCES if getattr(self, name) is not None)}.")
+            raise ValueError(
+                "--synthetic_multi_label generates the training and validation data: leave out "
+                f"--{' and --'.join(name for name in DATA_SOURCES if getattr(self, name) is not None)}."
+            )
         if not (0.0 < self.min_crop_scale <= 1.0 and 0.0 <= self.max_skipped_fraction <= 1.0):
-            raise ValueError(f"Need 0 < --min_crop_scale <= 1 and 0 <= --max_skipped_fraction <= 1, got "
-                             f"{self.min_crop_scale} and {self.max_skipped_fraction}.")
+            raise ValueError(
+                f"Need 0 < --min_crop_scale <= 1 and 0 <= --max_skipped_fraction <= 1, got "
+                f"{self.min_crop_scale} and {self.max_skipped_fraction}."
+            )
 
 
 def is_embedded_default(model_args: ModelArguments, data_args: DataTrainingArguments) -> bool:
@@ -184,11 +218,14 @@ def check_hub_access():
     """Fails before any work when `--push_to_hub` cannot succeed because the Hub is switched off (a missing token
     fails when the Trainer creates the repository, also before training)."""
     if huggingface_hub.constants.HF_HUB_OFFLINE:
-        raise ValueError("--push_to_hub needs the Hub, but offline mode is on (HF_HUB_OFFLINE=1). Train without "
-                         "--push_to_hub and upload the output folder later with `hf upload`.")
+        raise ValueError(
+            "--push_to_hub needs the Hub, but offline mode is on (HF_HUB_OFFLINE=1). Train without "
+            "--push_to_hub and upload the output folder later with `hf upload`."
+        )
 
 
 # ---- Data -----------------------------------------------------------------------------------------------------------
+
 
 def load_video_datasets(data_args: DataTrainingArguments, cache_dir: str | None, token: str | None) -> DatasetDict:
     """`train` and/or `validation` splits with video and label columns; without data, the synthetic-motion dataset."""
@@ -202,15 +239,26 @@ def load_video_datasets(data_args: DataTrainingArguments, cache_dir: str | None,
         if all(getattr(data_args, name) is None for name in DATA_SOURCES):
             import synthetic_data  # examples/synthetic_data.py
 
-            generate = (synthetic_data.generate_synthetic_multi_label_dataset if data_args.synthetic_multi_label
-                        else synthetic_data.generate_synthetic_motion_dataset)  # fmt: skip
-            folder = generate(data_args.synthetic_data_dir,
-                              train_videos_per_label=data_args.synthetic_train_videos_per_label,
-                              validation_videos_per_label=data_args.synthetic_validation_videos_per_label)
+            generate = (
+                synthetic_data.generate_synthetic_multi_label_dataset
+                if data_args.synthetic_multi_label
+                else synthetic_data.generate_synthetic_motion_dataset
+            )
+            folder = generate(
+                data_args.synthetic_data_dir,
+                train_videos_per_label=data_args.synthetic_train_videos_per_label,
+                validation_videos_per_label=data_args.synthetic_validation_videos_per_label,
+            )
             split_paths = {split: str(folder / split) for split in ("train", "validation")}
             for split, path in split_paths.items():  # label lists, or the videofolder layout
-                setattr(data_args, *((f"{split}_file", f"{path}.jsonl") if data_args.synthetic_multi_label
-                                     else (f"{split}_dir", path)))  # fmt: skip
+                setattr(
+                    data_args,
+                    *(
+                        (f"{split}_file", f"{path}.jsonl")
+                        if data_args.synthetic_multi_label
+                        else (f"{split}_dir", path)
+                    ),
+                )
         folders = {split: getattr(data_args, f"{split}_dir") for split in ("train", "validation")}
         folders = {split: check_video_folder(folder, f"--{split}_dir") for split, folder in folders.items() if folder}
         dataset = DatasetDict()
@@ -226,8 +274,10 @@ def load_video_datasets(data_args: DataTrainingArguments, cache_dir: str | None,
         for argument in ("video_column_name", "label_column_name"):
             column = getattr(data_args, argument)
             if column not in dataset[split].column_names:
-                raise ValueError(f"--{argument} {column!r} is not a column of the {split} split; its columns are "
-                                 f"{dataset[split].column_names}.")
+                raise ValueError(
+                    f"--{argument} {column!r} is not a column of the {split} split; its columns are "
+                    f"{dataset[split].column_names}."
+                )
         # Rows keep the path (or bytes): the workers decode the sampled frames themselves and can name a broken file.
         if isinstance(dataset[split].features[data_args.video_column_name], Video):
             dataset[split] = dataset[split].cast_column(data_args.video_column_name, Video(decode=False))
@@ -236,14 +286,23 @@ def load_video_datasets(data_args: DataTrainingArguments, cache_dir: str | None,
 
 # ---- Transforms: the video processor makes every clip ---------------------------------------------------------------
 
+
 class VideoClipDataset(torch.utils.data.Dataset):
     """Clips of the videos (paths, or `{"path", "bytes"}`) of a `datasets.Dataset` with integer `labels`, made by the
     video processor with `processor_kwargs` in the DataLoader workers. Training draws frames and augmentation from
     `(seed, epoch, index)` only, so a resumed run sees the clips an uninterrupted one would, and skips an undecodable
     video with a warning (named in `skipped_videos`); at evaluation it is an error, as skipping would bias accuracy."""
 
-    def __init__(self, dataset: Dataset, video_column: str, video_processor: EVLVideoProcessor, *, train: bool,
-                 seed: int = 0, **processor_kwargs):  # fmt: skip
+    def __init__(
+        self,
+        dataset: Dataset,
+        video_column: str,
+        video_processor: EVLVideoProcessor,
+        *,
+        train: bool,
+        seed: int = 0,
+        **processor_kwargs,
+    ):
         self.dataset, self.video_column, self.video_processor = dataset, video_column, video_processor
         self.train, self.seed, self.epoch, self.processor_kwargs = train, seed, 0, processor_kwargs
 
@@ -293,54 +352,69 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
 def collate_fn(examples: list[dict]) -> dict:
     """Stacks clips into `pixel_values` `(B, T, 3, H, W)` (or `(B, views, T, 3, H, W)`) and `labels` `(B,)`."""
-    batch = {"pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-             "labels": torch.tensor([example["labels"] for example in examples])}  # fmt: skip
+    batch = {
+        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
+        "labels": torch.tensor([example["labels"] for example in examples]),
+    }
     skipped = [name for example in examples for name in example.get("skipped_videos", [])]
     return {**batch, "skipped_videos": skipped} if "skipped_videos" in examples[0] else batch
 
 
 # ---- Model ----------------------------------------------------------------------------------------------------------
 
-def build_model(model_args: ModelArguments, checkpoint_config, label_names: list[str],
-                multi_label: bool = False) -> EVLForVideoClassification:  # fmt: skip
+
+def build_model(
+    model_args: ModelArguments, checkpoint_config, label_names: list[str], multi_label: bool = False
+) -> EVLForVideoClassification:
     """From an EVL checkpoint (training continues), around a CLIP checkpoint, or, without --model_name_or_path,
     around a small randomly initialised CLIP. The backbone is in --backbone_dtype, the decoder and head in float32.
     `multi_label`: the config's problem_type is multi-label classification (sigmoids and a binary cross-entropy)."""
-    labels = {"id2label": dict(enumerate(label_names)), "label2id": {name: i for i, name in enumerate(label_names)},
-              "problem_type": "multi_label_classification" if multi_label else None}  # None: inferred by the loss
+    labels = {
+        "id2label": dict(enumerate(label_names)),
+        "label2id": {name: i for i, name in enumerate(label_names)},
+        "problem_type": "multi_label_classification" if multi_label else None,
+    }  # None: inferred by the loss
     options = {name: getattr(model_args, name) for name in EVL_OPTIONS if getattr(model_args, name) is not None}
     hub = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token}
     (dtype, _), base = DTYPES[model_args.backbone_dtype], model_args.model_name_or_path  # float32 to be quantized
     if checkpoint_config is None:
-        model = EVLForVideoClassification(EVLConfig(vision_config=CLIPVisionConfig(**SYNTHETIC_BACKBONE), **labels,
-                                                    **options))  # fmt: skip
+        model = EVLForVideoClassification(
+            EVLConfig(vision_config=CLIPVisionConfig(**SYNTHETIC_BACKBONE), **labels, **options)
+        )
         model.base_model.vision_model.to(dtype)
     elif checkpoint_config.model_type == "evl":
         for name in ARCHITECTURE_OPTIONS:
             if name in options and options[name] != getattr(checkpoint_config, name):
-                raise ValueError(f"--{name} {options[name]} differs from the EVL checkpoint's "
-                                 f"{getattr(checkpoint_config, name)}: its weights need their architecture.")
-        overrides = {name: options[name] for name in EVL_OPTIONS[len(ARCHITECTURE_OPTIONS):] if name in options}
+                raise ValueError(
+                    f"--{name} {options[name]} differs from the EVL checkpoint's "
+                    f"{getattr(checkpoint_config, name)}: its weights need their architecture."
+                )
+        overrides = {name: options[name] for name in EVL_OPTIONS[len(ARCHITECTURE_OPTIONS) :] if name in options}
         model = EVLForVideoClassification.from_pretrained(
             base, dtype=dtype, ignore_mismatched_sizes=model_args.ignore_mismatched_sizes, **labels, **overrides, **hub
         )
     elif checkpoint_config.model_type in ("clip", "clip_vision_model"):
         model = EVLForVideoClassification.from_clip_pretrained(base, dtype=dtype, **labels, **options, **hub)
     else:
-        raise ValueError(f"--model_name_or_path {base!r} is a {checkpoint_config.model_type!r} model; expected a CLIP "
-                         "checkpoint (CLIPModel or CLIPVisionModel) or an EVL checkpoint.")
+        raise ValueError(
+            f"--model_name_or_path {base!r} is a {checkpoint_config.model_type!r} model; expected a CLIP "
+            "checkpoint (CLIPModel or CLIPVisionModel) or an EVL checkpoint."
+        )
     # Loading makes every parameter trainable again; the Trainer's optimizer only takes those with requires_grad.
     model.freeze_backbone() if model_args.freeze_backbone else model.unfreeze_backbone()
     if model_args.backbone_dtype in QUANTIZED_DTYPES:
         if not model_args.freeze_backbone:
-            raise ValueError(f"--backbone_dtype {model_args.backbone_dtype} quantizes a frozen backbone: torchao's "
-                             "quantized weights get no gradient. Fine-tune the backbone in float32 or bfloat16, or "
-                             "keep --freeze_backbone True.")
+            raise ValueError(
+                f"--backbone_dtype {model_args.backbone_dtype} quantizes a frozen backbone: torchao's "
+                "quantized weights get no gradient. Fine-tune the backbone in float32 or bfloat16, or "
+                "keep --freeze_backbone True."
+            )
         # The frozen backbone never changes: checkpoints are written with the float32 weights it is quantized from
         # (save_pretrained cannot write torchao tensors of a model quantized in memory), so they load anywhere.
         prefix = f"{model.base_model_prefix}.vision_model."
-        model.float32_backbone = {prefix + name: tensor.clone()
-                                  for name, tensor in model.base_model.vision_model.state_dict().items()}  # fmt: skip
+        model.float32_backbone = {
+            prefix + name: tensor.clone() for name, tensor in model.base_model.vision_model.state_dict().items()
+        }
         quantize_backbone(model, model_args.backbone_dtype)
     return model
 
@@ -351,15 +425,21 @@ def build_video_processor(model, model_args: ModelArguments, data_args: DataTrai
     if checkpoint_config is not None and checkpoint_config.model_type == "evl":
         with contextlib.suppress(OSError):  # a checkpoint saved without its processor
             settings = EVLVideoProcessor.get_video_processor_dict(
-                model_args.model_name_or_path, token=model_args.token, cache_dir=model_args.cache_dir)[0]
+                model_args.model_name_or_path, token=model_args.token, cache_dir=model_args.cache_dir
+            )[0]
     image_size = model.config.vision_config.image_size
-    settings.update(size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
-                    num_frames=model.config.num_frames, frame_sampling=data_args.frame_sampling)  # fmt: skip
+    settings.update(
+        size={"shortest_edge": image_size},
+        crop_size={"height": image_size, "width": image_size},
+        num_frames=model.config.num_frames,
+        frame_sampling=data_args.frame_sampling,
+    )
     settings["frame_stride"] = data_args.frame_stride or settings.get("frame_stride", EVLVideoProcessor.frame_stride)
     return EVLVideoProcessor(**{key: value for key, value in settings.items() if key != "video_processor_type"})
 
 
 # ---- Trainer --------------------------------------------------------------------------------------------------------
+
 
 class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, Trainer):
     """The Trainer, plus: complete-or-absent checkpoints; streamed training data (examples/streaming.py); views of an
@@ -396,9 +476,11 @@ class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, 
             return
         fraction = len(self.skipped_videos) / max(total, 1)
         if fraction > self.max_skipped_fraction:
-            raise RuntimeError(f"{len(self.skipped_videos)} of {total} training videos "
-                               f"({fraction:.1%}) could not be decoded, more than --max_skipped_fraction. First ones: "
-                               f"{sorted(self.skipped_videos)[:5]}. Check the files, or raise --max_skipped_fraction.")
+            raise RuntimeError(
+                f"{len(self.skipped_videos)} of {total} training videos "
+                f"({fraction:.1%}) could not be decoded, more than --max_skipped_fraction. First ones: "
+                f"{sorted(self.skipped_videos)[:5]}. Check the files, or raise --max_skipped_fraction."
+            )
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pixel_values = inputs["pixel_values"]
@@ -425,7 +507,9 @@ class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, 
 
     def create_model_card(self, **kwargs):
         if self.is_world_process_zero():  # examples/reports.py
-            write_model_card(self, self.model_card_text, self.hub_model_id if self.args.push_to_hub else None, **kwargs)
+            write_model_card(
+                self, self.model_card_text, self.hub_model_id if self.args.push_to_hub else None, **kwargs
+            )
 
 
 class EpochCallback(TrainerCallback):
@@ -446,19 +530,25 @@ def main(args: list[str] | None = None):
     logger.setLevel(log_level := training_args.get_process_log_level())
     datasets.utils.logging.set_verbosity(log_level)
     transformers.utils.logging.set_verbosity(log_level)
-    logger.warning(f"Process rank: {training_args.process_index}, device: {training_args.device}, world size: "
-                   f"{training_args.world_size}")  # fmt: skip
+    logger.warning(
+        f"Process rank: {training_args.process_index}, device: {training_args.device}, world size: "
+        f"{training_args.world_size}"
+    )
     # Pinned memory only helps copies to a GPU; persistent workers would repeat the first epoch's augmentations; the
     # video column holds paths, not model inputs, and must reach the dataset.
     training_args.dataloader_pin_memory = training_args.dataloader_pin_memory and torch.cuda.is_available()
     training_args.dataloader_persistent_workers = training_args.remove_unused_columns = False
     if data_args.streaming:
         if training_args.max_steps <= 0 and (training_args.do_train or not training_args.do_eval):
-            raise ValueError("--streaming needs --max_steps: a stream has no length, so --num_train_epochs cannot say "
-                             "how many steps to train.")
+            raise ValueError(
+                "--streaming needs --max_steps: a stream has no length, so --num_train_epochs cannot say "
+                "how many steps to train."
+            )
         if "epoch" in (training_args.eval_strategy, training_args.save_strategy, training_args.logging_strategy):
-            raise ValueError("With --streaming, evaluate, save and log by steps: an epoch is a pass over one process's "
-                             "shards, and processes end theirs at different steps.")
+            raise ValueError(
+                "With --streaming, evaluate, save and log by steps: an epoch is a pass over one process's "
+                "shards, and processes end theirs at different steps."
+            )
         training_args.ignore_data_skip = True  # the stateful dataloader resumes where it was: nothing to skip
 
     # ---- Data ----
@@ -466,8 +556,9 @@ def main(args: list[str] | None = None):
     checkpoint_config = known_names = None
     multi_label = False  # streamed datasets hold single labels
     if (base := model_args.model_name_or_path) is not None:
-        checkpoint_config = AutoConfig.from_pretrained(base, cache_dir=model_args.cache_dir,
-                                                       revision=model_args.model_revision, token=model_args.token)
+        checkpoint_config = AutoConfig.from_pretrained(
+            base, cache_dir=model_args.cache_dir, revision=model_args.model_revision, token=model_args.token
+        )
     if data_args.label_names_file is not None:
         names_text = Path(data_args.label_names_file).read_text(encoding="utf-8")
         known_names = [name.strip() for name in names_text.strip().splitlines()]  # line i names index i
@@ -475,18 +566,23 @@ def main(args: list[str] | None = None):
         known_names = [checkpoint_config.id2label[index] for index in range(checkpoint_config.num_labels)]
     with training_args.main_process_first(desc="loading the videos"):
         if data_args.streaming:  # WebDataset shards or a Hub dataset as streams with `labels`: examples/streaming.py
-            dataset, label_names = load_streaming_datasets(data_args, known_names, model_args.cache_dir,
-                                                           model_args.token, encode_labels)  # fmt: skip
+            dataset, label_names = load_streaming_datasets(
+                data_args, known_names, model_args.cache_dir, model_args.token, encode_labels
+            )
         else:
             dataset = load_video_datasets(data_args, model_args.cache_dir, model_args.token)
             multi_label = is_multi_label(dataset, data_args.label_column_name)  # lists of labels: examples/labels.py
-            dataset, label_names = (encode_multi_labels(dataset, data_args.label_column_name, known_names,
-                                                        data_args.label_names_file) if multi_label
-                                    else encode_labels(dataset, data_args.label_column_name, known_names))
+            dataset, label_names = (
+                encode_multi_labels(dataset, data_args.label_column_name, known_names, data_args.label_names_file)
+                if multi_label
+                else encode_labels(dataset, data_args.label_column_name, known_names)
+            )
     if not training_args.do_train and not training_args.do_eval:  # neither asked for: what the splits allow
         training_args.do_train, training_args.do_eval = "train" in dataset, "validation" in dataset
-    for flag, split, limit in [("do_train", "train", data_args.max_train_samples),
-                               ("do_eval", "validation", data_args.max_eval_samples)]:  # fmt: skip
+    for flag, split, limit in [
+        ("do_train", "train", data_args.max_train_samples),
+        ("do_eval", "validation", data_args.max_eval_samples),
+    ]:
         if getattr(training_args, flag) and split not in dataset:
             raise ValueError(f"--{flag} needs a {split} split: pass --{split}_dir or --{split}_file.")
         if split in dataset and limit is not None:
@@ -497,8 +593,10 @@ def main(args: list[str] | None = None):
     transformers.set_seed(training_args.seed)  # the decoder's (and a random backbone's) initialisation
     model = build_model(model_args, checkpoint_config, label_names, multi_label)
     if base is None and not embedded:
-        logger.warning("No --model_name_or_path: training a small randomly initialised CLIP backbone. For real videos "
-                       "start from CLIP weights, e.g. --model_name_or_path openai/clip-vit-base-patch16.")
+        logger.warning(
+            "No --model_name_or_path: training a small randomly initialised CLIP backbone. For real videos "
+            "start from CLIP weights, e.g. --model_name_or_path openai/clip-vit-base-patch16."
+        )
     video_processor = build_video_processor(model, model_args, data_args, checkpoint_config)
     config, processor = model.config, video_processor
     description = [
@@ -509,28 +607,51 @@ def main(args: list[str] | None = None):
         f"{config.use_temporal_pos_embed} / {config.use_temporal_cross_attention}",
         f"Sampling {processor.frame_sampling}, stride {processor.frame_stride}; evaluation "
         f"{data_args.num_temporal_views} temporal x {data_args.num_spatial_views} spatial view(s), "
-        + ("multi-label: sigmoids averaged, F1 of the labels above --threshold "
-           f"{data_args.threshold}" if multi_label else "softmax averaged"),
+        + (
+            f"multi-label: sigmoids averaged, F1 of the labels above --threshold {data_args.threshold}"
+            if multi_label
+            else "softmax averaged"
+        ),
         f"Backbone trained in {model_args.backbone_dtype} and saved in float32; decoder and head in float32",
-    ]  # fmt: skip
+    ]
     labels = ", ".join(label_names[:10]) + (", ..." if len(label_names) > 10 else "")
-    logger.info(f"EVL, {model.num_parameters(only_trainable=True):,} trainable parameters, labels {labels}: "
-                + "; ".join(description))
+    logger.info(
+        f"EVL, {model.num_parameters(only_trainable=True):,} trainable parameters, labels {labels}: "
+        + "; ".join(description)
+    )
     train_dataset = eval_dataset = None
     if training_args.do_train:
         train_dataset = VideoClipDataset(
-            dataset["train"], data_args.video_column_name, video_processor, train=True, seed=training_args.seed,
-            min_crop_scale=data_args.min_crop_scale, horizontal_flip=data_args.horizontal_flip,
-            rand_augment=data_args.rand_augment)  # fmt: skip
+            dataset["train"],
+            data_args.video_column_name,
+            video_processor,
+            train=True,
+            seed=training_args.seed,
+            min_crop_scale=data_args.min_crop_scale,
+            horizontal_flip=data_args.horizontal_flip,
+            rand_augment=data_args.rand_augment,
+        )
     if training_args.do_eval:
         eval_dataset = VideoClipDataset(
-            dataset["validation"], data_args.video_column_name, video_processor, train=False,
-            num_clips=data_args.num_temporal_views, num_crops=data_args.num_spatial_views)
+            dataset["validation"],
+            data_args.video_column_name,
+            video_processor,
+            train=False,
+            num_clips=data_args.num_temporal_views,
+            num_crops=data_args.num_spatial_views,
+        )
     if data_args.streaming:
         train_dataset, eval_dataset = [
-            StreamingClipDataset(clips, rank=training_args.process_index, world_size=training_args.world_size,
-                                 shuffle_buffer_size=data_args.shuffle_buffer_size) if clips is not None else None
-            for clips in (train_dataset, eval_dataset)]  # fmt: skip
+            StreamingClipDataset(
+                clips,
+                rank=training_args.process_index,
+                world_size=training_args.world_size,
+                shuffle_buffer_size=data_args.shuffle_buffer_size,
+            )
+            if clips is not None
+            else None
+            for clips in (train_dataset, eval_dataset)
+        ]
 
     # ---- Metric: top-1 and top-5 accuracy from examples/video_accuracy.py, loaded by path so it works offline; for
     # multi-label models mAP, F1 and top-1 "any correct" from scikit-learn (examples/reports.py) ----
@@ -544,11 +665,16 @@ def main(args: list[str] | None = None):
 
     # ---- Trainer ----
     trainer = VideoClassificationTrainer(
-        model=model, args=training_args, train_dataset=train_dataset, eval_dataset=eval_dataset,
-        processing_class=video_processor, data_collator=collate_fn,
+        model=model,
+        args=training_args,
+        train_dataset=train_dataset,
+        eval_dataset=eval_dataset,
+        processing_class=video_processor,
+        data_collator=collate_fn,
         compute_metrics=compute_metrics,
         max_skipped_fraction=data_args.max_skipped_fraction,
-        model_card_text="\n".join(f"- {line}" for line in description))  # fmt: skip
+        model_card_text="\n".join(f"- {line}" for line in description),
+    )
     if training_args.do_train:
         checkpoint = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)
         trainer.add_callback((StreamingEpochCallback if data_args.streaming else EpochCallback)(train_dataset))
@@ -579,15 +705,20 @@ def main(args: list[str] | None = None):
         if trainer.is_world_process_zero() and multi_label:
             save_average_precision(prediction.predictions, prediction.label_ids, label_names, training_args.output_dir)
         elif trainer.is_world_process_zero():
-            save_confusion_matrix(prediction.predictions.argmax(axis=-1), prediction.label_ids, label_names,
-                                  training_args.output_dir)  # fmt: skip
+            save_confusion_matrix(
+                prediction.predictions.argmax(axis=-1), prediction.label_ids, label_names, training_args.output_dir
+            )
 
     if trainer.is_world_process_zero():  # for the older interface of video models: clips as lists of frames
         EVLImageProcessor(size=video_processor.size, crop_size=video_processor.crop_size).save_pretrained(
-            training_args.output_dir)  # fmt: skip
-    card = {"model_name": Path(training_args.output_dir).resolve().name, "tags": ["evl", "clip", "video"],
-            "finetuned_from": base if base and not os.path.isdir(base) else None,
-            "dataset": data_args.dataset_name or "local"}
+            training_args.output_dir
+        )
+    card = {
+        "model_name": Path(training_args.output_dir).resolve().name,
+        "tags": ["evl", "clip", "video"],
+        "finetuned_from": base if base and not os.path.isdir(base) else None,
+        "dataset": data_args.dataset_name or "local",
+    }
     if training_args.push_to_hub:
         trainer.push_to_hub(commit_message="End of training", **card)
     else:

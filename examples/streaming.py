@@ -56,8 +56,10 @@ def resolve_shards(pattern: str, argument: str) -> list[str]:
         return [pattern]
     paths = sorted(path for path in glob.glob(os.path.expanduser(pattern), recursive=True) if os.path.isfile(path))
     if not paths:
-        raise FileNotFoundError(f"{argument} {pattern!r} matches no file. Give a .tar shard or a glob of shards, such "
-                                "as 'shards/train-*.tar' (in quotes, so that the shell leaves it to the script).")
+        raise FileNotFoundError(
+            f"{argument} {pattern!r} matches no file. Give a .tar shard or a glob of shards, such "
+            "as 'shards/train-*.tar' (in quotes, so that the shell leaves it to the script)."
+        )
     return paths
 
 
@@ -97,18 +99,24 @@ def inspect_shards(paths: list[str], label_column: str, argument: str) -> tuple[
         for key, sample in samples.items():
             where = f"{argument}: sample {key!r} of {path}"
             if not sample["videos"]:
-                raise ValueError(f"{where} has no video member ({', '.join('.' + e for e in VIDEO_EXTENSIONS)}, the "
-                                 "extensions datasets reads as video).")
+                raise ValueError(
+                    f"{where} has no video member ({', '.join('.' + e for e in VIDEO_EXTENSIONS)}, the "
+                    "extensions datasets reads as video)."
+                )
             if sample["field"] is None:
-                raise ValueError(f"{where} has no label: expected {key}.json holding a {label_column!r} field "
-                                 f"(--label_column_name) or {key}.cls holding a label index.")
+                raise ValueError(
+                    f"{where} has no label: expected {key}.json holding a {label_column!r} field "
+                    f"(--label_column_name) or {key}.cls holding a label index."
+                )
             first = fields.setdefault(sample["field"], path)
             if len(fields) > 1:
                 other = next(field for field in fields if field != sample["field"])
-                raise ValueError(f"{argument}: mixed label fields: {fields[other]} labels its samples with "
-                                 f".{other}, {first} with .{sample['field']}. datasets reads the columns of the first "
-                                 "shard only; write every shard the same way (`evl-hf prepare-videos --format "
-                                 "webdataset` writes .json).")
+                raise ValueError(
+                    f"{argument}: mixed label fields: {fields[other]} labels its samples with "
+                    f".{other}, {first} with .{sample['field']}. datasets reads the columns of the first "
+                    "shard only; write every shard the same way (`evl-hf prepare-videos --format "
+                    "webdataset` writes .json)."
+                )
             labels.append(sample["label"])
     return next(iter(fields)), labels
 
@@ -125,15 +133,18 @@ class LabelIndex:
             value = value.get(self.label_column)
         name = f"sample {row.get('__key__')!r} of {row.get('__url__')}" if "__key__" in row else "a row"
         if value is None:
-            raise ValueError(f"{name} has no label (no .{self.field or self.label_column} with a "
-                             f"{self.label_column!r} field). Shards with different label fields cannot be mixed.")
+            raise ValueError(
+                f"{name} has no label (no .{self.field or self.label_column} with a "
+                f"{self.label_column!r} field). Shards with different label fields cannot be mixed."
+            )
         if value not in self.index:
             raise ValueError(f"{name}: label {value!r} is not one of the {len(self.index)} labels of the run.")
         return {"labels": self.index[value]}
 
 
-def load_streaming_datasets(data_args, known_names: list[str] | None, cache_dir: str | None, token: str | None,
-                            encode_labels):  # fmt: skip
+def load_streaming_datasets(
+    data_args, known_names: list[str] | None, cache_dir: str | None, token: str | None, encode_labels
+):
     """
     The `train` and/or `validation` streams (`datasets.IterableDataset`, the video column as `Video(decode=False)`,
     plus `labels`) of `--train_file`/`--validation_file` shards or of `--dataset_name`, and the label names.
@@ -144,8 +155,11 @@ def load_streaming_datasets(data_args, known_names: list[str] | None, cache_dir:
     """
     label_column, streams, values, fields = data_args.label_column_name, {}, {}, {}
     if data_args.dataset_name is not None:
-        streams = dict(load_dataset(data_args.dataset_name, data_args.dataset_config_name, streaming=True,
-                                    cache_dir=cache_dir, token=token))  # fmt: skip
+        streams = dict(
+            load_dataset(
+                data_args.dataset_name, data_args.dataset_config_name, streaming=True, cache_dir=cache_dir, token=token
+            )
+        )
         if "validation" not in streams and "test" in streams:
             streams["validation"] = streams["test"]
         streams = {split: streams[split] for split in ("train", "validation") if split in streams}
@@ -154,16 +168,20 @@ def load_streaming_datasets(data_args, known_names: list[str] | None, cache_dir:
             paths = resolve_shards(pattern, f"--{split}_file")
             if all("://" not in path for path in paths):
                 fields[split], values[split] = inspect_shards(paths, label_column, f"--{split}_file")
-            streams[split] = load_dataset("webdataset", data_files={split: paths}, split=split, streaming=True,
-                                          cache_dir=cache_dir)  # fmt: skip
+            streams[split] = load_dataset(
+                "webdataset", data_files={split: paths}, split=split, streaming=True, cache_dir=cache_dir
+            )
     if not streams:
-        raise ValueError("--streaming reads WebDataset shards (--train_file/--validation_file 'shards/train-*.tar') or "
-                         "--dataset_name; none was given.")
+        raise ValueError(
+            "--streaming reads WebDataset shards (--train_file/--validation_file 'shards/train-*.tar') or "
+            "--dataset_name; none was given."
+        )
 
     index = names = None
     if values:  # the labels of local shards, named as a loaded dataset's would be
-        labelled = DatasetDict({split: Dataset.from_dict({"label": split_values})
-                                for split, split_values in values.items()})  # fmt: skip
+        labelled = DatasetDict(
+            {split: Dataset.from_dict({"label": split_values}) for split, split_values in values.items()}
+        )
         labelled, names = encode_labels(labelled, "label", known_names)
         index = {value: i for split in labelled for value, i in zip(values[split], labelled[split]["labels"])}
     for split, stream in streams.items():
@@ -172,14 +190,18 @@ def load_streaming_datasets(data_args, known_names: list[str] | None, cache_dir:
         if data_args.video_column_name in video_columns:
             video_columns = [data_args.video_column_name]
         if not video_columns:
-            raise ValueError(f"The {split} stream has no video column (its columns: {list(features)}). WebDataset "
-                             f"samples need a video member ({', '.join('.' + e for e in VIDEO_EXTENSIONS)}).")
+            raise ValueError(
+                f"The {split} stream has no video column (its columns: {list(features)}). WebDataset "
+                f"samples need a video member ({', '.join('.' + e for e in VIDEO_EXTENSIONS)})."
+            )
         field = fields.get(split) or next((name for name in LABEL_FIELDS if name in features), None)
         if label_column in features and "__key__" not in features:
             field = None  # a table's label column, as in a loaded dataset
         elif field is None:
-            raise ValueError(f"The {split} stream has no label: expected a {label_column!r} column, or .json/.cls "
-                             f"members in its shards (its columns: {list(features)}).")
+            raise ValueError(
+                f"The {split} stream has no label: expected a {label_column!r} column, or .json/.cls "
+                f"members in its shards (its columns: {list(features)})."
+            )
         if split not in values:  # a stream whose labels were not read beforehand
             feature = features.get(label_column)
             if isinstance(feature, ClassLabel):
@@ -189,9 +211,11 @@ def load_streaming_datasets(data_args, known_names: list[str] | None, cache_dir:
                 names = names or list(known_names)
                 index = index or {**{name: i for i, name in enumerate(names)}, **dict(enumerate(range(len(names))))}
             else:
-                raise ValueError(f"The labels of the {split} stream are not known before it is read: give "
-                                 "--label_names_file (one name a line, line i naming index i), or start from an EVL "
-                                 "checkpoint whose labels it uses.")
+                raise ValueError(
+                    f"The labels of the {split} stream are not known before it is read: give "
+                    "--label_names_file (one name a line, line i naming index i), or start from an EVL "
+                    "checkpoint whose labels it uses."
+                )
         stream = stream.cast_column(video_columns[0], Video(decode=False))  # bytes: the workers decode sampled frames
         if video_columns[0] != data_args.video_column_name:  # `mp4`, ...: the extension of the shards' members
             stream = stream.rename_column(video_columns[0], data_args.video_column_name)
@@ -219,9 +243,11 @@ class StreamingClipDataset(torch.utils.data.IterableDataset):
         if clips.train:
             if world_size > 1 and self.rows.num_shards % world_size:
                 # With fewer or unevenly many shards datasets would give every process every sample to skip most.
-                raise ValueError(f"{self.rows.num_shards} training shards cannot be split evenly over {world_size} "
-                                 "processes: write a multiple of the number of processes (evl-hf prepare-videos "
-                                 "--format webdataset --shard_size N sets how many).")
+                raise ValueError(
+                    f"{self.rows.num_shards} training shards cannot be split evenly over {world_size} "
+                    "processes: write a multiple of the number of processes (evl-hf prepare-videos "
+                    "--format webdataset --shard_size N sets how many)."
+                )
             self.rows = split_dataset_by_node(self.rows, rank=rank, world_size=world_size)
             if shuffle_buffer_size:
                 self.rows = self.rows.shuffle(seed=clips.seed, buffer_size=shuffle_buffer_size)
@@ -254,9 +280,11 @@ class StreamingClipDataset(torch.utils.data.IterableDataset):
         worker = torch.utils.data.get_worker_info()
         worker_id = worker.id if worker is not None else 0
         if self.rows.epoch != self.epoch:
-            raise RuntimeError(f"The stream is at epoch {self.rows.epoch}, this {'worker' if worker else 'dataset'} "
-                               f"at {self.epoch}: call `set_epoch` in the main process, before the DataLoader "
-                               "starts its workers (its workers must not set the epoch they share).")
+            raise RuntimeError(
+                f"The stream is at epoch {self.rows.epoch}, this {'worker' if worker else 'dataset'} "
+                f"at {self.epoch}: call `set_epoch` in the main process, before the DataLoader "
+                "starts its workers (its workers must not set the epoch they share)."
+            )
         start, self._start, self._taken = self._start, 0, 0
         skipped, last = [], None
         for row in self.rows:
@@ -329,16 +357,23 @@ class StreamingTrainerMixin:
         # process here has its own shards. The Trainer moves the batches to the device itself.
         workers = self.args.dataloader_num_workers
         self._train_loader = StatefulDataLoader(
-            self.train_dataset, batch_size=self._train_batch_size, collate_fn=self.data_collator, num_workers=workers,
-            pin_memory=self.args.dataloader_pin_memory, prefetch_factor=self.args.dataloader_prefetch_factor,
+            self.train_dataset,
+            batch_size=self._train_batch_size,
+            collate_fn=self.data_collator,
+            num_workers=workers,
+            pin_memory=self.args.dataloader_pin_memory,
+            prefetch_factor=self.args.dataloader_prefetch_factor,
             # its own generator: creating the workers then leaves the global RNG (dropout's) as a resumed run finds it
-            generator=torch.Generator().manual_seed(self.args.seed))  # fmt: skip
+            generator=torch.Generator().manual_seed(self.args.seed),
+        )
         if self._resume_from is not None:
             path = os.path.join(self._resume_from, STATE_NAME.format(self.args.process_index))
             if not os.path.isfile(path):
-                raise FileNotFoundError(f"{self._resume_from} has no {os.path.basename(path)}: it was not saved by a "
-                                        f"--streaming run with {self.args.world_size} process(es), which resuming "
-                                        "from it needs.")
+                raise FileNotFoundError(
+                    f"{self._resume_from} has no {os.path.basename(path)}: it was not saved by a "
+                    f"--streaming run with {self.args.world_size} process(es), which resuming "
+                    "from it needs."
+                )
             state = torch.load(path, weights_only=True)  # plain containers, numbers and tensors: no code runs on load
             self.train_dataset.set_epoch(state["epoch"])
             self._train_loader.load_state_dict(state["dataloader"])

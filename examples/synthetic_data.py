@@ -200,9 +200,13 @@ def _write_mp4(frames: torch.Tensor, path: Path, frame_rate: int):
     # no macroblock tree: with x264's mbtree, about one clip in ten came out slightly different from one process to
     # the next, from the same frames, so two generations of the dataset were not byte-identical.
     VideoEncoder(frames, frame_rate=frame_rate).to_file(
-        str(path), codec="libx264", pixel_format="yuv420p", crf=18, preset="veryfast",
+        str(path),
+        codec="libx264",
+        pixel_format="yuv420p",
+        crf=18,
+        preset="veryfast",
         extra_options={"threads": 1, "x264-params": "mbtree=0"},
-    )  # fmt: skip
+    )
 
 
 def _cached(dataset_dir: Path, marker: str, write) -> Path:

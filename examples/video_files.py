@@ -34,11 +34,15 @@ def check_video_folder(path: str, argument: str):
         raise FileNotFoundError(f"{argument} {path!r}: no such folder.")
     videos = [p for p in folder.rglob("*") if p.suffix.lower() in FOLDER_VIDEO_EXTENSIONS and p.is_file()]
     if not videos:
-        raise ValueError(f"{argument} {path!r} holds no video files ({', '.join(FOLDER_VIDEO_EXTENSIONS)}). The "
-                         f"videofolder layout is {path}/<label>/<video>.mp4.")
+        raise ValueError(
+            f"{argument} {path!r} holds no video files ({', '.join(FOLDER_VIDEO_EXTENSIONS)}). The "
+            f"videofolder layout is {path}/<label>/<video>.mp4."
+        )
     if any(video.parent == folder for video in videos):
-        raise ValueError(f"{argument} {path!r} has videos directly inside it; the videofolder layout puts each video "
-                         f"in a folder named after its label: {path}/<label>/<video>.mp4.")
+        raise ValueError(
+            f"{argument} {path!r} has videos directly inside it; the videofolder layout puts each video "
+            f"in a folder named after its label: {path}/<label>/<video>.mp4."
+        )
     return path
 
 
@@ -46,8 +50,12 @@ def read_video_list(path: str, video_root: str | None, video_column: str, label_
     """A Kinetics-style list, `relative/path.mp4 label_index` per line (`#` comments), as paths and integer labels."""
     root = video_root or os.path.dirname(os.path.abspath(path))
     rows = read_list(path, video_column=video_column, label_column=label_column, require_labels=True).rows
-    return Dataset.from_dict({video_column: [resolve_video_path(row[video_column], root) for row in rows],
-                              label_column: [row[label_column] for row in rows]})  # fmt: skip
+    return Dataset.from_dict(
+        {
+            video_column: [resolve_video_path(row[video_column], root) for row in rows],
+            label_column: [row[label_column] for row in rows],
+        }
+    )
 
 
 def load_video_file(path: str, argument: str, data_args, cache_dir: str | None) -> Dataset:

@@ -24,8 +24,18 @@ def of_kind(kind: str) -> list:
 def test_the_entry_point_lists_every_suite(capsys):
     assert main(["--list"]) == 0
     listed = {line.split()[0] for line in capsys.readouterr().out.splitlines()[1:]}
-    assert listed == {"cpu_models", "reference", "precision", "data_path", "data_wait", "streaming", "timeline", "onnx",
-                      "gpu", "training"}  # fmt: skip
+    assert listed == {
+        "cpu_models",
+        "reference",
+        "precision",
+        "data_path",
+        "data_wait",
+        "streaming",
+        "timeline",
+        "onnx",
+        "gpu",
+        "training",
+    }
 
 
 def test_an_unknown_suite_is_refused_with_the_list(capsys):
@@ -60,13 +70,17 @@ def test_cpu_model_ratios_are_those_of_their_systems(result):
     for baseline in ("timesformer", "videomae"):
         if baseline in systems:
             evl, other = systems["evl"], systems[baseline]
-            assert ratios[f"evl_train_step_over_{baseline}"] == pytest.approx(evl["train_step_s"] / other["train_step_s"])
+            assert ratios[f"evl_train_step_over_{baseline}"] == pytest.approx(
+                evl["train_step_s"] / other["train_step_s"]
+            )
             assert ratios[f"evl_train_peak_rss_over_{baseline}"] == pytest.approx(
-                evl["peak_rss_train_mb"] / other["peak_rss_train_mb"])
+                evl["peak_rss_train_mb"] / other["peak_rss_train_mb"]
+            )
     evl = systems["evl"]
     assert evl["train_step_s"] == pytest.approx(statistics.median(evl["runs"]["train_step_s"]))
     assert ratios["evl_backbone_gflops_over_matmul"] == pytest.approx(
-        evl["backbone_inference_flops"] / 1e9 / evl["backbone_inference_s"] / result["matmul_gflops_per_s"])
+        evl["backbone_inference_flops"] / 1e9 / evl["backbone_inference_s"] / result["matmul_gflops_per_s"]
+    )
 
 
 @pytest.mark.parametrize("result", of_kind("reference"))
@@ -88,7 +102,9 @@ def test_reference_speedups_are_the_reference_time_over_the_row_time(result):
 def test_timeline_speedups_are_those_of_the_median_times(result):
     for key, seconds in (("speedup", "whole_video_seconds"), ("cpu_speedup", "whole_video_cpu_seconds")):
         times = result[seconds]
-        assert result[key] == pytest.approx(statistics.median(times["per_window"]) / statistics.median(times["timeline"]))
+        assert result[key] == pytest.approx(
+            statistics.median(times["per_window"]) / statistics.median(times["timeline"])
+        )
         if "targets" in result:  # the older files also stored the ratio itself
             assert result[key] == pytest.approx(result["targets"][f"{key}_timeline_vs_per_window"]["value"])
 
@@ -105,7 +121,8 @@ def test_data_path_rates_and_ratios_follow_from_the_timed_clips(result):
         for copy_name in result["settings"]["prepare_videos"]["keyframe_intervals"]:
             prepared = methods[f"torchcodec_prepared_g{copy_name}"]["clips_per_s"]
             assert result["ratios"][f"training_{size}_prepared_g{copy_name}_over_torchcodec_sampled"] == pytest.approx(
-                prepared / methods["torchcodec_sampled"]["clips_per_s"])
+                prepared / methods["torchcodec_sampled"]["clips_per_s"]
+            )
     for preparation in result["preparation"].values():
         assert preparation["size_ratio"] == pytest.approx(preparation["bytes_after"] / preparation["bytes_before"])
     for views, evaluation in result["evaluation"].items():
@@ -130,7 +147,8 @@ def test_streaming_and_onnx_ratios_are_those_of_their_medians(result):
     for entry in result["results"].values():
         assert entry["streamed"]["clips_per_s"] == pytest.approx(statistics.median(entry["streamed"]["runs"]))
         assert entry["streamed_over_map_style"] == pytest.approx(
-            entry["streamed"]["clips_per_s"] / entry["map-style"]["clips_per_s"])
+            entry["streamed"]["clips_per_s"] / entry["map-style"]["clips_per_s"]
+        )
 
 
 def test_the_readme_summary_is_rewritten_between_its_markers_only():
@@ -147,21 +165,25 @@ def test_the_reference_suite_says_where_to_get_the_reference_code(tmp_path):
     from benchmarks.reference import checkout
 
     (tmp_path / "notes.txt").write_text("not a checkout")
-    with pytest.raises(SystemExit, match="has no model.py and cloning .* failed .*git clone https://github.com/OpenGVLab"):
+    with pytest.raises(
+        SystemExit, match="has no model.py and cloning .* failed .*git clone https://github.com/OpenGVLab"
+    ):
         checkout(tmp_path)
 
 
 def run_suite(*args: str, timeout: int = 600) -> dict:
-    done = subprocess.run([sys.executable, "-m", "benchmarks", *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
 
 @pytest.mark.slow  # a subprocess importing torch, a generated 10 s video, the tiny model: 20-60 s on 2 busy cores
 def test_a_quick_timeline_run_writes_a_result_the_generator_reads(tmp_path):
-    result = run_suite("timeline", "--quick", "--output", str(tmp_path), "--video-dir", str(tmp_path),
-                       "--name", "timeline_vit_b16")  # fmt: skip
+    result = run_suite(
+        "timeline", "--quick", "--output", str(tmp_path), "--video-dir", str(tmp_path), "--name", "timeline_vit_b16"
+    )
     assert json.loads((tmp_path / "timeline_vit_b16.json").read_text()) == result
     assert result["max_probability_difference"] < 1e-5
     assert result["machine"]["collect_env"]["torch_version"]  # torch.utils.collect_env's record
@@ -177,8 +199,9 @@ def test_a_quick_training_run_records_time_and_the_final_metrics(tmp_path):
     assert result["wall_s"] > 0 and result["cpu_s"] > 0 and result["metrics_file"] == "all_results.json"
     assert 0 <= result["metrics"]["eval_accuracy"] <= 1
     assert "run" not in docs.upgrade("training", copy.deepcopy(result))  # a quick run is no figure for the docs
-    full = docs.upgrade("training_single_label", {**copy.deepcopy(result), "settings": {**result["settings"],
-                                                                                         "quick": False}})
+    full = docs.upgrade(
+        "training_single_label", {**copy.deepcopy(result), "settings": {**result["settings"], "quick": False}}
+    )
     assert full["run"]["metric"] == "eval_accuracy" and full["run"]["value"] == result["metrics"]["eval_accuracy"]
     row = f"| {result['metrics']['eval_accuracy']:.3f} in {result['wall_s'] / 60:.1f} min |"
     assert row in docs.render({**RESULTS, "training_single_label": full}, docs.SUMMARY.read_text())

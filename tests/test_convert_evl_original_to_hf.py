@@ -9,6 +9,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from evl_hf import EVLForVideoClassification, EVLVideoProcessor
 from evl_hf.convert_evl_original_to_hf import CheckpointMismatchError, convert, main
 
+
 WIDTH, GRID, LAYERS, FRAMES, CLASSES = 32, 4, 2, 4, 5
 
 
@@ -44,7 +45,12 @@ def official_state_dict(layers=LAYERS, frames=FRAMES, classes=CLASSES, width=WID
 def clip_folder(tmp_path_factory):
     folder = tmp_path_factory.mktemp("clip")
     config = CLIPVisionConfig(
-        hidden_size=WIDTH, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=8 * GRID, patch_size=8
+        hidden_size=WIDTH,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        image_size=8 * GRID,
+        patch_size=8,
     )
     CLIPVisionModel(config).save_pretrained(folder)
     return folder
@@ -77,7 +83,9 @@ def test_every_official_tensor_lands_in_its_evl_parameter(tmp_path, clip_folder,
         assert torch.equal(converted[ours], state[official]), official
     assert model.config.decoder_num_layers == LAYERS and model.config.num_labels == CLASSES
     backbone = CLIPVisionModel.from_pretrained(clip_folder).state_dict()
-    assert torch.equal(converted["evl.vision_model.encoder.layers.2.mlp.fc1.weight"], backbone["encoder.layers.2.mlp.fc1.weight"])
+    assert torch.equal(
+        converted["evl.vision_model.encoder.layers.2.mlp.fc1.weight"], backbone["encoder.layers.2.mlp.fc1.weight"]
+    )
 
 
 def test_temporal_switches_are_inferred_from_the_keys(tmp_path, clip_folder):
@@ -116,8 +124,20 @@ def test_command_line_writes_a_loadable_folder_with_labels_and_processors(tmp_pa
     labels.write_text(json.dumps(["abseiling", "air drumming", "applauding", "archery", "bartending"]))
     checkpoint = save_checkpoint(tmp_path / "ckpt.pth", official_state_dict())
     output = tmp_path / "converted"
-    main(["--checkpoint", str(checkpoint), "--clip_model", str(clip_folder), "--num_frames", str(FRAMES),
-          "--output_dir", str(output), "--labels_file", str(labels)])  # fmt: skip
+    main(
+        [
+            "--checkpoint",
+            str(checkpoint),
+            "--clip_model",
+            str(clip_folder),
+            "--num_frames",
+            str(FRAMES),
+            "--output_dir",
+            str(output),
+            "--labels_file",
+            str(labels),
+        ]
+    )
     assert {"model.safetensors", "config.json", "video_preprocessor_config.json", "preprocessor_config.json"} <= {
         path.name for path in output.iterdir()
     }
@@ -142,8 +162,18 @@ def test_a_missing_checkpoint_raises_file_not_found(tmp_path, clip_folder):
 def test_command_line_reports_a_mismatch_without_a_traceback(tmp_path, clip_folder, capsys):
     checkpoint = save_checkpoint(tmp_path / "ckpt.pth", official_state_dict())
     with pytest.raises(SystemExit) as exit_info:
-        main(["--checkpoint", str(checkpoint), "--clip_model", str(clip_folder), "--num_frames", "16",
-              "--output_dir", str(tmp_path / "out")])  # fmt: skip
+        main(
+            [
+                "--checkpoint",
+                str(checkpoint),
+                "--clip_model",
+                str(clip_folder),
+                "--num_frames",
+                "16",
+                "--output_dir",
+                str(tmp_path / "out"),
+            ]
+        )
     assert exit_info.value.code == 2
     assert "trained for 4 frames" in capsys.readouterr().err
 
@@ -165,7 +195,9 @@ def test_command_line_reports_a_backbone_with_too_few_layers_without_a_traceback
     # four decoder layers cannot each read one of the three encoder layers
     checkpoint = save_checkpoint(tmp_path / "ckpt.pth", official_state_dict(layers=4))
     with pytest.raises(SystemExit) as exit_info:
-        main(["--checkpoint", str(checkpoint), "--clip_model", str(clip_folder), "--output_dir", str(tmp_path / "out")])
+        main(
+            ["--checkpoint", str(checkpoint), "--clip_model", str(clip_folder), "--output_dir", str(tmp_path / "out")]
+        )
     assert exit_info.value.code == 2
     error = capsys.readouterr().err
     assert error.startswith("error: The checkpoint has 4 decoder layers") and "only 3 encoder layers" in error

@@ -41,7 +41,9 @@ def figures(text: str) -> set[str]:
 def test_figure_pattern_tells_measurements_from_settings():
     text = "1.30x faster, 99.5% top-1, 2.46 s, 174 MiB, 0.16 GiB, 7e-7 and 2.0e-6; 224 px, 14x14, 8 x 16, lr 4e-4"
     assert figures(text) == {"1.30x", "99.5%", "2.46s", "174MiB", "0.16GiB", "7e-7", "2.0e-6"}
-    assert figures("x1.5, v2.0x, 3.10x.") == {"3.10x"}  # a trailing full stop ends the figure, a letter before voids it
+    assert figures("x1.5, v2.0x, 3.10x.") == {
+        "3.10x"
+    }  # a trailing full stop ends the figure, a letter before voids it
 
 
 def test_benchmark_figures_live_in_benchmarks_md_and_at_most_one_other_page():
@@ -56,10 +58,27 @@ def test_benchmark_figures_live_in_benchmarks_md_and_at_most_one_other_page():
 
 def run_markdown_docs(page: Path) -> subprocess.CompletedProcess:
     """pytest-markdown-docs on one page, with the repository's conftest.py (the fence count and the rule on skips)."""
-    command = [sys.executable, "-m", "pytest", "--markdown-docs", "-p", "conftest", "-p", "no:cacheprovider",
-               "--rootdir", str(page.parent), str(page)]  # fmt: skip
-    return subprocess.run(command, cwd=page.parent, capture_output=True, text=True, env={**os.environ,
-                          "PYTHONPATH": str(ROOT)}, timeout=120)  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "--markdown-docs",
+        "-p",
+        "conftest",
+        "-p",
+        "no:cacheprovider",
+        "--rootdir",
+        str(page.parent),
+        str(page),
+    ]
+    return subprocess.run(
+        command,
+        cwd=page.parent,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
 
 
 def test_a_block_that_would_not_run_fails_make_test_docs(tmp_path):
@@ -185,14 +204,22 @@ def test_shell_command_parses(words, tmp_path):
 
         assert words[1] == "launch", words
         launch = launch_command_parser().parse_args(words[2:])
-        parse_program(["-m", launch.training_script, *launch.training_script_args] if launch.module
-                      else [launch.training_script, *launch.training_script_args], tmp_path)  # fmt: skip
+        parse_program(
+            ["-m", launch.training_script, *launch.training_script_args]
+            if launch.module
+            else [launch.training_script, *launch.training_script_args],
+            tmp_path,
+        )
     elif program == "torchrun":
         from torch.distributed.run import get_args_parser
 
         run = get_args_parser().parse_args(words[1:])
-        parse_program(["-m", run.training_script, *run.training_script_args] if run.module
-                      else [run.training_script, *run.training_script_args], tmp_path)  # fmt: skip
+        parse_program(
+            ["-m", run.training_script, *run.training_script_args]
+            if run.module
+            else [run.training_script, *run.training_script_args],
+            tmp_path,
+        )
     else:
         parse_program(words[1:], tmp_path)
 

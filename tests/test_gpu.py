@@ -48,10 +48,16 @@ def video(tmp_path_factory) -> Path:
 def model_folder(tmp_path_factory) -> Path:
     """A saved EVL with a 4-layer, 128-wide random CLIP on 64 px frames, its zero-initialised parts given values."""
     torch.manual_seed(0)
-    vision_config = CLIPVisionConfig(hidden_size=128, intermediate_size=512, num_hidden_layers=4,
-                                     num_attention_heads=4, image_size=64, patch_size=8)  # fmt: skip
-    config = EVLConfig(vision_config=vision_config, num_frames=8, decoder_num_layers=2,
-                       id2label=dict(enumerate(LABELS)), label2id={label: i for i, label in enumerate(LABELS)})
+    vision_config = CLIPVisionConfig(
+        hidden_size=128, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4, image_size=64, patch_size=8
+    )
+    config = EVLConfig(
+        vision_config=vision_config,
+        num_frames=8,
+        decoder_num_layers=2,
+        id2label=dict(enumerate(LABELS)),
+        label2id={label: i for i, label in enumerate(LABELS)},
+    )
     model = EVLForVideoClassification(config)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
@@ -59,8 +65,9 @@ def model_folder(tmp_path_factory) -> Path:
                 parameter.copy_(torch.randn(parameter.shape) * 0.5)
     folder = tmp_path_factory.mktemp("model")
     model.save_pretrained(folder)
-    EVLVideoProcessor(num_frames=8, frame_stride=4, size={"shortest_edge": 64},
-                      crop_size={"height": 64, "width": 64}).save_pretrained(folder)  # fmt: skip
+    EVLVideoProcessor(
+        num_frames=8, frame_stride=4, size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}
+    ).save_pretrained(folder)
     return folder
 
 
@@ -102,12 +109,22 @@ def test_twenty_bf16_training_steps_through_accelerate_launch(tmp_path):
     sys.path.insert(0, str(ROOT / "examples"))
     from synthetic_data import SyntheticMotionConfig, generate_synthetic_motion_dataset
 
-    videos = generate_synthetic_motion_dataset(tmp_path / "videos", SyntheticMotionConfig(
-        train_videos_per_label=4, validation_videos_per_label=2, num_frames=12, frame_size=32))  # fmt: skip
+    videos = generate_synthetic_motion_dataset(
+        tmp_path / "videos",
+        SyntheticMotionConfig(train_videos_per_label=4, validation_videos_per_label=2, num_frames=12, frame_size=32),
+    )
     torch.manual_seed(0)
     clip = tmp_path / "clip"
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                                     image_size=32, patch_size=8)).save_pretrained(clip)  # fmt: skip
+    CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
+    ).save_pretrained(clip)
     output_dir = tmp_path / "output"
     command = f"""
         {sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision bf16
@@ -154,8 +171,17 @@ def test_the_export_check_on_cuda(model_folder, tmp_path):
 
 
 def test_bench_gpu_quick_mode(tmp_path):
-    command = [sys.executable, "-m", "benchmarks", "gpu", "--quick", "--output", str(tmp_path),
-               "--video-dir", str(tmp_path / "videos")]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks",
+        "gpu",
+        "--quick",
+        "--output",
+        str(tmp_path),
+        "--video-dir",
+        str(tmp_path / "videos"),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENVIRONMENT, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     measured = json.loads((tmp_path / "gpu_bf16.json").read_text())

@@ -22,9 +22,14 @@ HEADS = {
 
 
 @pytest.mark.parametrize(
-    "problem_type,function", [(None, "softmax"), ("single_label_classification", "softmax"),
-                              ("multi_label_classification", "sigmoid"), ("regression", "none")]
-)  # fmt: skip
+    "problem_type,function",
+    [
+        (None, "softmax"),
+        ("single_label_classification", "softmax"),
+        ("multi_label_classification", "sigmoid"),
+        ("regression", "none"),
+    ],
+)
 def test_the_function_follows_the_problem_type_as_in_the_pipeline(problem_type, function):
     config = EVLConfig(num_labels=3, problem_type=problem_type)
     logits = torch.tensor([[0.5, -1.0, 2.0]])
@@ -45,8 +50,10 @@ def test_function_to_apply_overrides_the_head_type_and_is_checked():
 def test_top_k_labels_are_best_first_and_at_most_num_labels():
     config = EVLConfig(num_labels=3, id2label={0: "a", 1: "b", 2: "c"}, label2id={"a": 0, "b": 1, "c": 2})
     best = top_k_labels(torch.tensor([[0.2, 0.5, 0.3], [0.6, 0.1, 0.3]]), config, top_k=5)
-    assert best == [{"labels": ["b", "c", "a"], "scores": pytest.approx([0.5, 0.3, 0.2])},
-                    {"labels": ["a", "c", "b"], "scores": pytest.approx([0.6, 0.3, 0.1])}]  # fmt: skip
+    assert best == [
+        {"labels": ["b", "c", "a"], "scores": pytest.approx([0.5, 0.3, 0.2])},
+        {"labels": ["a", "c", "b"], "scores": pytest.approx([0.6, 0.3, 0.1])},
+    ]
 
 
 @pytest.fixture(scope="module", params=list(HEADS))
@@ -68,8 +75,21 @@ def test_pipeline_predict_timeline_demo_and_the_library_agree(head, tmp_path):
         logits = model(**processor(str(video), return_tensors="pt")).logits
     routes = {"library": top_k_labels(postprocess_logits(logits, model.config), model.config, 5)[0]}
 
-    assert main(["predict", "--model", str(folder), str(video), "--output", str(tmp_path / "out.jsonl"),
-                 "--num_workers", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(folder),
+                str(video),
+                "--output",
+                str(tmp_path / "out.jsonl"),
+                "--num_workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     routes["predict"] = json.loads((tmp_path / "out.jsonl").read_text())
     assert main(["timeline", "--model", str(folder), str(video), "--output", str(tmp_path / "timeline.json")]) == 0
     (window,) = json.loads((tmp_path / "timeline.json").read_text())["windows"]
@@ -85,8 +105,9 @@ def test_pipeline_predict_timeline_demo_and_the_library_agree(head, tmp_path):
         assert sum(expected["scores"]) > 1.5
     for route, result in routes.items():
         assert result["labels"] == expected["labels"], route
-        torch.testing.assert_close(torch.tensor(result["scores"]), torch.tensor(expected["scores"]), atol=1e-5,
-                                   rtol=0, msg=route)  # fmt: skip
+        torch.testing.assert_close(
+            torch.tensor(result["scores"]), torch.tensor(expected["scores"]), atol=1e-5, rtol=0, msg=route
+        )
 
 
 def test_attention_heatmaps_lay_the_query_attention_on_each_frame_patch_grid():
@@ -169,7 +190,9 @@ def test_the_demo_gets_attention_from_the_forward_pass_that_scores(model_folder,
     pixel_values = processor(str(video), return_tensors="pt")["pixel_values"]
     with torch.no_grad():
         outputs = model(pixel_values, output_attentions=True)
-    painted, shares = attention_overlays(pixel_values, outputs.decoder_attentions, processor, model.config.spatial_size)
+    painted, shares = attention_overlays(
+        pixel_values, outputs.decoder_attentions, processor, model.config.spatial_size
+    )
     assert result["attention"].shape == result["frames"].shape == (4, 32, 32, 3)
     assert (result["attention"] == painted[0].permute(0, 2, 3, 1).numpy()).all()
     assert result["attention_shares"] == pytest.approx(shares[0].tolist(), abs=1e-6)

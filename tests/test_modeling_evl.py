@@ -201,7 +201,9 @@ def test_decoder_attention_equals_standard_multi_head_attention():
             parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
     reference = torch.nn.MultiheadAttention(32, 2, batch_first=True)
     with torch.no_grad():
-        reference.in_proj_weight.copy_(torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]))
+        reference.in_proj_weight.copy_(
+            torch.cat([attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight])
+        )
         reference.in_proj_bias.copy_(torch.cat([attention.q_proj.bias, attention.k_proj.bias, attention.v_proj.bias]))
         reference.out_proj.load_state_dict(attention.out_proj.state_dict())
     query, context = torch.randn(3, 32, generator=generator), torch.randn(3, 50, 32, generator=generator)
@@ -332,11 +334,21 @@ def test_decoder_heads_default_to_the_backbones():
 
 
 def write_clip_checkpoint(folder, full_clip):
-    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8)
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=32, patch_size=8
+    )
     torch.manual_seed(3)
     if full_clip:
-        text = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=99,
-                    bos_token_id=0, eos_token_id=1, pad_token_id=1)  # fmt: skip
+        text = dict(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=99,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
         model = CLIPModel(CLIPConfig(vision_config=vision, text_config=text))
         vision_model = model.vision_model
     else:
@@ -495,7 +507,9 @@ def test_unfreeze_backbone_leaves_the_unused_final_layer_norm_frozen(model, tmp_
 
 
 @pytest.mark.parametrize("num_frames", [2, 8])
-def test_from_pretrained_with_another_num_frames_interpolates_the_trained_position_embedding(model, tmp_path, num_frames):
+def test_from_pretrained_with_another_num_frames_interpolates_the_trained_position_embedding(
+    model, tmp_path, num_frames
+):
     model.save_pretrained(tmp_path)
     loaded = EVLForVideoClassification.from_pretrained(tmp_path, num_frames=num_frames).eval()
     assert loaded.config.num_frames == num_frames

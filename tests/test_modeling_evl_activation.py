@@ -34,7 +34,9 @@ def test_in_place_quick_gelu_leaves_its_input_alone_while_autograd_records():
 def test_backbone_features_equal_the_stock_clip_encoder_outputs():
     torch.manual_seed(0)
     model = EVLForVideoClassification(tiny_config()).eval()
-    assert all(isinstance(layer.mlp.activation_fn, EVLQuickGELUActivation) for layer in model.evl.vision_model.encoder.layers)
+    assert all(
+        isinstance(layer.mlp.activation_fn, EVLQuickGELUActivation) for layer in model.evl.vision_model.encoder.layers
+    )
     stock = CLIPVisionModel(model.config.vision_config).eval()
     stock.load_state_dict(model.evl.vision_model.state_dict())
     frames = clip().flatten(0, 1)

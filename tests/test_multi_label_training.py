@@ -10,11 +10,11 @@ import pytest
 import torch
 from datasets import ClassLabel, Dataset, Features, Sequence, Value
 from torchcodec.decoders import VideoDecoder
+from training_utils import run_video_classification, train_tiny
 from transformers import TrainingArguments
 
 from evl_hf import EVLConfig
 from evl_hf.testing_utils import encode_video
-from training_utils import run_video_classification, train_tiny
 
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
@@ -55,8 +55,13 @@ def write_csv(path: Path, split: str, labels: list, separator: str = ";") -> Pat
 def run(tmp_path, tiny_clip, clips):
     """Trains on `clips` with the list files `write` makes for both splits; returns the output folder."""
 
-    def run_script(write=write_json_lines, args: str = "--label_column_name labels", train=TRAIN_LABELS,
-                   validation=VALIDATION_LABELS, suffix: str = ".jsonl") -> Path:  # fmt: skip
+    def run_script(
+        write=write_json_lines,
+        args: str = "--label_column_name labels",
+        train=TRAIN_LABELS,
+        validation=VALIDATION_LABELS,
+        suffix: str = ".jsonl",
+    ) -> Path:
         train_file = write(tmp_path / f"train{suffix}", "train", train)
         validation_file = write(tmp_path / f"validation{suffix}", "validation", validation)
         data = f"--train_file {train_file} --validation_file {validation_file} --video_root {clips}"
@@ -108,11 +113,18 @@ def test_a_dataset_column_of_class_label_sequences_trains_a_multi_label_model(tm
     names = ["jump", "run", "swim"]
     features = Features({"video": Value("string"), "tags": Sequence(ClassLabel(names=names))})
     for split, labels in [("train", TRAIN_LABELS), ("validation", VALIDATION_LABELS)]:
-        rows = {"video": [str(clips / split / f"{i}.mp4") for i in range(len(labels))],
-                "tags": [[names.index(name) for name in row] for row in labels]}  # fmt: skip
+        rows = {
+            "video": [str(clips / split / f"{i}.mp4") for i in range(len(labels))],
+            "tags": [[names.index(name) for name in row] for row in labels],
+        }
         Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "hub" / "data" / f"{split}.parquet")
-    output_dir = train_tiny(tiny_clip, f"--dataset_name {tmp_path / 'hub'}", tmp_path / "output", tmp_path / "cache",
-                            "--label_column_name tags")  # fmt: skip
+    output_dir = train_tiny(
+        tiny_clip,
+        f"--dataset_name {tmp_path / 'hub'}",
+        tmp_path / "output",
+        tmp_path / "cache",
+        "--label_column_name tags",
+    )
     assert_multi_label_run(output_dir, names)
 
 
@@ -123,8 +135,10 @@ def test_a_label_names_file_gives_the_label_set_and_its_order(run, tmp_path):
 
 
 def test_metric_for_best_model_can_be_the_map(run):
-    output_dir = run(args="--label_column_name labels --do_train --do_eval --eval_strategy steps --eval_steps 1 "
-                          "--save_strategy steps --save_steps 1 --load_best_model_at_end --metric_for_best_model map")
+    output_dir = run(
+        args="--label_column_name labels --do_train --do_eval --eval_strategy steps --eval_steps 1 "
+        "--save_strategy steps --save_steps 1 --load_best_model_at_end --metric_for_best_model map"
+    )
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert state["best_metric"] == max(entry["eval_map"] for entry in state["log_history"] if "eval_map" in entry)
 
@@ -143,8 +157,9 @@ def test_metrics_on_a_known_case():
     # above 0.5, per label (tp, fp, fn): 0: (2, 1, 0), F1 4/5; 1: (1, 0, 1), F1 2/3; 2: (1, 0, 1), F1 2/3
     expected_f1, expected_micro = (4 / 5 + 2 / 3 + 2 / 3) / 3, 2 * 4 / (2 * 4 + 1 + 2)
     # top label per video: 0 (true), 1 (true), 0 (true), 0 (false)
-    assert metrics == pytest.approx({"map": expected_map, "f1": expected_f1, "f1_micro": expected_micro,
-                                     "top1_any": 3 / 4})  # fmt: skip
+    assert metrics == pytest.approx(
+        {"map": expected_map, "f1": expected_f1, "f1_micro": expected_micro, "top1_any": 3 / 4}
+    )
 
 
 def test_the_threshold_decides_which_labels_are_predicted():
@@ -192,8 +207,11 @@ def test_an_empty_label_cell_of_a_multi_label_csv_is_named(run):
 
 
 def test_a_column_mixing_single_labels_and_lists_is_named(run):
-    with pytest.raises(ValueError, match=r"train.jsonl: 'labels' is a list of labels in some entries and a single "
-                                         r"label in others \(entries \[2, 4\]\)"):  # fmt: skip
+    with pytest.raises(
+        ValueError,
+        match=r"train.jsonl: 'labels' is a list of labels in some entries and a single "
+        r"label in others \(entries \[2, 4\]\)",
+    ):
         run(train=[["run", "jump"], "jump", ["swim"], "run"])
 
 
@@ -226,11 +244,27 @@ def test_synthetic_multi_label_selects_its_dataset_and_settings():
 
 
 def test_the_synthetic_multi_label_dataset_lists_one_or_two_directions_per_clip(tmp_path):
-    folder = generate_synthetic_multi_label_dataset(tmp_path, train_videos_per_label=4, validation_videos_per_label=1,
-                                                    num_frames=8, frame_size=32, min_object_size=6, max_object_size=10)
-    assert generate_synthetic_multi_label_dataset(tmp_path, train_videos_per_label=4, validation_videos_per_label=1,
-                                                  num_frames=8, frame_size=32, min_object_size=6,
-                                                  max_object_size=10) == folder  # cached  # fmt: skip
+    folder = generate_synthetic_multi_label_dataset(
+        tmp_path,
+        train_videos_per_label=4,
+        validation_videos_per_label=1,
+        num_frames=8,
+        frame_size=32,
+        min_object_size=6,
+        max_object_size=10,
+    )
+    assert (
+        generate_synthetic_multi_label_dataset(
+            tmp_path,
+            train_videos_per_label=4,
+            validation_videos_per_label=1,
+            num_frames=8,
+            frame_size=32,
+            min_object_size=6,
+            max_object_size=10,
+        )
+        == folder
+    )  # cached
     rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and len((folder / "validation.jsonl").read_text().splitlines()) == 4
     for row in rows:

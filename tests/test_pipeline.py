@@ -13,6 +13,7 @@ from transformers import AutoImageProcessor, AutoVideoProcessor, pipeline
 from evl_hf import EVLForVideoClassification, EVLImageProcessor, EVLVideoProcessor
 from evl_hf.testing_utils import save_tiny_model
 
+
 LABELS = ["left", "right", "up", "down"]
 
 

@@ -13,12 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from preemption import STAGING_DIR, checkpoint_problem, last_complete_checkpoint  # noqa: E402  (examples/)
 from safetensors.torch import load_file
 
 # Importing it puts examples/ on sys.path; its tiny CLIP and video fixtures are used here too.
 from training_utils import SCRIPT, descendants, logged_steps, run_video_classification, start, wait_for
-
-from preemption import STAGING_DIR, checkpoint_problem, last_complete_checkpoint  # noqa: E402  (examples/)
 
 
 ROOT = SCRIPT.parents[1]

@@ -36,7 +36,9 @@ ODD_VIDEOS = {
     "three_frames.mp4": (["-c:v", "libx264", "-pix_fmt", "yuv420p"], PATTERN, 3, (24, 32)),
     "tiny_8x8.mp4": (["-c:v", "libx264", "-pix_fmt", "yuv420p"], "testsrc2=size=8x8:rate=25", 10, (8, 8)),
     "large_1920x1080.mp4": (
-        ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"], "testsrc2=size=1920x1080:rate=25", 3,
+        ["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"],
+        "testsrc2=size=1920x1080:rate=25",
+        3,
         (1080, 1920),
     ),
     "gray_ffv1.mkv": (["-c:v", "ffv1", "-pix_fmt", "gray"], PATTERN, 10, (24, 32)),
@@ -51,7 +53,9 @@ ODD_VIDEOS = {
     # Frame durations of 40 ms, then a 300 ms gap, then 40 ms again.
     "variable_frame_rate.mkv": (
         ["-vf", "setpts='N*0.04/TB+gte(N,5)*0.3/TB'", "-fps_mode", "vfr", "-c:v", "libx264", "-pix_fmt", "yuv420p"],
-        PATTERN, 10, (24, 32),
+        PATTERN,
+        10,
+        (24, 32),
     ),
 }
 
@@ -63,7 +67,7 @@ def _ffmpeg(*args: str) -> None:
 def _top_level_mp4_box_offset(data: bytes, box_type: bytes) -> int:
     position = 0
     while position + 8 <= len(data):
-        size, found = struct.unpack(">I4s", data[position:position + 8])
+        size, found = struct.unpack(">I4s", data[position : position + 8])
         if found == box_type:
             return position
         position += size
@@ -85,14 +89,34 @@ def corpus(tmp_path_factory):
     (folder / "text.mp4").write_text("This is a text file that only claims to be a video.\n" * 20)
     _ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=0.5", "-c:a", "aac", str(folder / "audio_only.mp4"))
     # An MP4 whose index (`moov`) is at the end, cut in half: the index is lost.
-    _ffmpeg("-f", "lavfi", "-i", f"{PATTERN},trim=end_frame=25", "-c:v", "libx264", "-pix_fmt", "yuv420p",
-            str(folder / "whole.mp4"))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"{PATTERN},trim=end_frame=25",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        str(folder / "whole.mp4"),
+    )
     whole = (folder / "whole.mp4").read_bytes()
     (folder / "truncated_index.mp4").write_bytes(whole[: len(whole) // 2])
     # An MP4 with its index first (`faststart`), cut 200 bytes into the frame data: the index lists frames whose
     # bytes are missing.
-    _ffmpeg("-f", "lavfi", "-i", f"{PATTERN},trim=end_frame=25", "-c:v", "libx264", "-pix_fmt", "yuv420p",
-            "-movflags", "+faststart", str(folder / "whole_faststart.mp4"))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"{PATTERN},trim=end_frame=25",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-movflags",
+        "+faststart",
+        str(folder / "whole_faststart.mp4"),
+    )
     faststart = (folder / "whole_faststart.mp4").read_bytes()
     (folder / "truncated_data.mp4").write_bytes(faststart[: _top_level_mp4_box_offset(faststart, b"mdat") + 200])
     (folder / "a_folder.mp4").mkdir()

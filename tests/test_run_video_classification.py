@@ -10,16 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+import video_files  # noqa: E402  (examples/, on the path once training_utils is imported)
 from datasets import Dataset
 from torchcodec.encoders import VideoEncoder
+from training_utils import ROOT, SCRIPT, run_video_classification, train_tiny
 from transformers import TrainingArguments, pipeline
 
 import evl_hf  # noqa: F401  (registers EVL with the Auto classes, for the pipeline)
 from evl_hf.video_processing_evl import EVLVideoProcessor, VideoDecodingError, sample_frame_indices
-
-
-from training_utils import ROOT, SCRIPT, run_video_classification, train_tiny
-import video_files  # noqa: E402  (examples/, on the path once training_utils is imported)
 
 
 @pytest.fixture
@@ -461,8 +459,9 @@ def test_the_embedded_default_does_not_warn_about_its_random_backbone(tmp_path, 
 
 def test_a_broken_video_stored_as_bytes_gets_the_diagnosis_of_a_broken_file():
     rows = Dataset.from_dict({"video": [{"bytes": b"not a video, only text\n" * 50, "path": None}], "labels": [0]})
-    processor = EVLVideoProcessor(num_frames=4, frame_stride=2, size={"shortest_edge": 32},
-                                  crop_size={"height": 32, "width": 32})  # fmt: skip
+    processor = EVLVideoProcessor(
+        num_frames=4, frame_stride=2, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
     dataset = run_video_classification.VideoClipDataset(rows, "video", processor, train=False)
     with pytest.raises(VideoDecodingError, match=r"row 0.*it is a text file"):
         dataset[0]

@@ -190,4 +190,3 @@ def test_tampered_folder_is_live_where_evl_hf_is_not_imported(saved_folder, tmp_
     assert result.returncode != 0
     assert "the copied module file was executed" in result.stderr
     assert list((tmp_path / "modules").rglob("*_evl.py")), "remote code is imported from the module cache"
-

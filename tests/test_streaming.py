@@ -12,11 +12,10 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from preemption import checkpoint_problem  # examples/
 
 # training_utils puts examples/ on sys.path; the tiny CLIP and video fixtures come from conftest.py
 from training_utils import SCRIPT, logged_steps, run_video_classification, start, wait_for
-
-from preemption import checkpoint_problem  # examples/
 
 
 ROOT = SCRIPT.parents[1]
@@ -88,8 +87,11 @@ def final_step_and_loss(output_dir: Path):
 
 def test_trains_from_shards_and_evaluates_every_validation_clip(tmp_path, tiny_clip, shards):
     output_dir = tmp_path / "output"
-    run_video_classification.main(stream_args(tiny_clip, output_dir, shard_data(shards),
-                                              "--max_steps 6 --save_strategy no --dataloader_num_workers 0"))
+    run_video_classification.main(
+        stream_args(
+            tiny_clip, output_dir, shard_data(shards), "--max_steps 6 --save_strategy no --dataloader_num_workers 0"
+        )
+    )
     assert final_step_and_loss(output_dir)[0] == 6  # 6 steps of 2 from 8 clips: the stream's second epoch too
     confusion = json.loads((output_dir / "confusion_matrix.json").read_text())
     assert sorted(confusion["labels"]) == ["down", "left", "right", "up"]
@@ -127,8 +129,9 @@ def test_a_broken_video_inside_a_shard_is_skipped_named_and_counted(tmp_path, ti
         add_member(archive, "broken.mp4", b"this is not a video")
         add_member(archive, "broken.json", json.dumps({"label": "left"}).encode())
     output_dir = tmp_path / "output"
-    extra = ("--max_steps 3 --per_device_train_batch_size 3 --do_train --max_skipped_fraction 0.5 "
-             "--shuffle_buffer_size 0")
+    extra = (
+        "--max_steps 3 --per_device_train_batch_size 3 --do_train --max_skipped_fraction 0.5 --shuffle_buffer_size 0"
+    )
     run_video_classification.main(stream_args(tiny_clip, output_dir, f"--train_file {path}", extra))
     assert json.loads((output_dir / "train_results.json").read_text())["train_skipped_videos"] == 1
     assert f"Skipping training video {path}:broken" in caplog.text
@@ -141,8 +144,14 @@ def test_too_many_broken_videos_stop_a_streaming_run(tmp_path, tiny_clip, videos
         add_member(archive, "broken.mp4", b"this is not a video")
         add_member(archive, "broken.json", json.dumps({"label": "left"}).encode())
     with pytest.raises(RuntimeError, match="broken"):  # 1 of 9 read: more than the default 5%
-        run_video_classification.main(stream_args(tiny_clip, tmp_path / "output", f"--train_file {path}",
-                                                  "--max_steps 3 --per_device_train_batch_size 3 --do_train"))
+        run_video_classification.main(
+            stream_args(
+                tiny_clip,
+                tmp_path / "output",
+                f"--train_file {path}",
+                "--max_steps 3 --per_device_train_batch_size 3 --do_train",
+            )
+        )
 
 
 def test_each_process_reads_its_own_shards(shards):
@@ -150,14 +159,18 @@ def test_each_process_reads_its_own_shards(shards):
 
     from streaming import StreamingClipDataset, load_streaming_datasets
 
-    data_args = SimpleNamespace(dataset_name=None, train_file=f"{shards}/train-*.tar", validation_file=None,
-                                label_column_name="label", video_column_name="video")  # fmt: skip
+    data_args = SimpleNamespace(
+        dataset_name=None,
+        train_file=f"{shards}/train-*.tar",
+        validation_file=None,
+        label_column_name="label",
+        video_column_name="video",
+    )
     streams, _ = load_streaming_datasets(data_args, None, None, None, run_video_classification.encode_labels)
     processor = run_video_classification.EVLVideoProcessor(num_frames=4)
     clips = run_video_classification.VideoClipDataset(streams["train"], "video", processor, train=True)
     urls = [{row["__url__"] for row in StreamingClipDataset(clips, rank=rank, world_size=2).rows} for rank in (0, 1)]
     assert urls == [{f"{shards}/train-00000.tar"}, {f"{shards}/train-00001.tar"}]
-
 
 
 def test_the_streams_epoch_is_set_once_in_the_main_process_and_only_read_by_the_workers(shards):
@@ -168,11 +181,17 @@ def test_the_streams_epoch_is_set_once_in_the_main_process_and_only_read_by_the_
     from streaming import StreamingClipDataset, load_streaming_datasets
     from torch.utils.data import DataLoader
 
-    data_args = SimpleNamespace(dataset_name=None, train_file=f"{shards}/train-*.tar", validation_file=None,
-                                label_column_name="label", video_column_name="video")  # fmt: skip
+    data_args = SimpleNamespace(
+        dataset_name=None,
+        train_file=f"{shards}/train-*.tar",
+        validation_file=None,
+        label_column_name="label",
+        video_column_name="video",
+    )
     streams, _ = load_streaming_datasets(data_args, None, None, None, run_video_classification.encode_labels)
-    processor = run_video_classification.EVLVideoProcessor(num_frames=4, size={"shortest_edge": 32},
-                                                           crop_size={"height": 32, "width": 32})  # fmt: skip
+    processor = run_video_classification.EVLVideoProcessor(
+        num_frames=4, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
     clips = run_video_classification.VideoClipDataset(streams["train"], "video", processor, train=True)
     dataset = StreamingClipDataset(clips, shuffle_buffer_size=4)
     dataset.set_epoch(1)
@@ -183,6 +202,7 @@ def test_the_streams_epoch_is_set_once_in_the_main_process_and_only_read_by_the_
     dataset.rows.set_epoch(2)  # set behind the dataset's back: its workers refuse to read a stream of another epoch
     with pytest.raises(RuntimeError, match="call `set_epoch` in the main process"):
         next(iter(DataLoader(dataset, batch_size=2, num_workers=0)))
+
 
 # ---- Bad input --------------------------------------------------------------------------------------------------
 
@@ -195,14 +215,16 @@ def test_streaming_without_max_steps_is_refused(tmp_path, tiny_clip, shards):
 def test_a_glob_that_matches_nothing_is_named(tmp_path, tiny_clip):
     pattern = f"{tmp_path}/nothing-*.tar"
     with pytest.raises(FileNotFoundError, match=re.escape(f"--train_file '{pattern}' matches no file")):
-        run_video_classification.main(stream_args(tiny_clip, tmp_path / "output", f"--train_file {pattern}",
-                                                  "--max_steps 2"))
+        run_video_classification.main(
+            stream_args(tiny_clip, tmp_path / "output", f"--train_file {pattern}", "--max_steps 2")
+        )
 
 
 def test_a_list_file_with_streaming_says_to_make_shards(tmp_path, tiny_clip):
     with pytest.raises(ValueError, match="prepare-videos INPUT OUTPUT_DIR --format webdataset"):
-        run_video_classification.main(stream_args(tiny_clip, tmp_path / "output", "--train_file train.csv",
-                                                  "--max_steps 2"))
+        run_video_classification.main(
+            stream_args(tiny_clip, tmp_path / "output", "--train_file train.csv", "--max_steps 2")
+        )
 
 
 @pytest.mark.parametrize(
@@ -220,18 +242,23 @@ def test_a_shard_sample_without_video_or_label_is_named(tmp_path, tiny_clip, vid
         for name, data in members.items():
             add_member(archive, name, video if data is None else data)
     with pytest.raises(ValueError, match=problem):
-        run_video_classification.main(stream_args(tiny_clip, tmp_path / "output", f"--train_file {path}",
-                                                  "--max_steps 2"))
+        run_video_classification.main(
+            stream_args(tiny_clip, tmp_path / "output", f"--train_file {path}", "--max_steps 2")
+        )
 
 
 def test_shards_with_mixed_label_fields_are_refused(tmp_path, tiny_clip, videos):
     write_shards(tmp_path / "a", videos / "train", "train", 1)
     write_shards(tmp_path / "b", videos / "train", "train", 1, label_field="cls")
     (tmp_path / "b" / "train-00000.tar").rename(tmp_path / "a" / "train-00001.tar")
-    with pytest.raises(ValueError, match=r"mixed label fields: \S*train-00000.tar labels its samples with .json, "
-                                         r"\S*train-00001.tar with .cls"):
-        run_video_classification.main(stream_args(tiny_clip, tmp_path / "output",
-                                                  f"--train_file {tmp_path}/a/train-*.tar", "--max_steps 2"))
+    with pytest.raises(
+        ValueError,
+        match=r"mixed label fields: \S*train-00000.tar labels its samples with .json, "
+        r"\S*train-00001.tar with .cls",
+    ):
+        run_video_classification.main(
+            stream_args(tiny_clip, tmp_path / "output", f"--train_file {tmp_path}/a/train-*.tar", "--max_steps 2")
+        )
 
 
 # ---- Resuming ---------------------------------------------------------------------------------------------------
@@ -243,16 +270,21 @@ def test_a_resumed_streaming_run_takes_the_same_samples_and_ends_with_the_same_l
 ):
     # 8 clips in 2 shards, batches of 3 through a shuffle buffer of 4: the checkpoint at step 2 is inside the first
     # epoch with rows in the buffer, and the resumed run crosses into the second epoch.
-    args = (f"--max_steps 5 --per_device_train_batch_size 3 --save_strategy steps --save_steps 2 --do_train "
-            f"--shuffle_buffer_size 4 --dataloader_num_workers {workers}")
+    args = (
+        f"--max_steps 5 --per_device_train_batch_size 3 --save_strategy steps --save_steps 2 --do_train "
+        f"--shuffle_buffer_size 4 --dataloader_num_workers {workers}"
+    )
     straight = tmp_path / "straight"
     run_video_classification.main(stream_args(tiny_clip, straight, f"--train_file {shards}/train-*.tar", args))
     resumed = tmp_path / "resumed"
     shutil.copytree(straight / "checkpoint-2", resumed / "checkpoint-2")
     saved = (resumed / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns
-    run_video_classification.main(stream_args(tiny_clip, resumed, f"--train_file {shards}/train-*.tar",
-                                              f"{args} --resume_from_checkpoint last"))
-    history = [json.loads((folder / "trainer_state.json").read_text())["log_history"] for folder in (straight, resumed)]
+    run_video_classification.main(
+        stream_args(tiny_clip, resumed, f"--train_file {shards}/train-*.tar", f"{args} --resume_from_checkpoint last")
+    )
+    history = [
+        json.loads((folder / "trainer_state.json").read_text())["log_history"] for folder in (straight, resumed)
+    ]
     losses = [{entry["step"]: entry["loss"] for entry in log if "loss" in entry} for log in history]
     assert (resumed / "checkpoint-2" / "trainer_state.json").stat().st_mtime_ns == saved  # resumed, not restarted
     assert sorted(losses[1]) == [1, 2, 3, 4, 5]  # steps 1 and 2 from the checkpoint's state
@@ -265,20 +297,25 @@ def test_a_resumed_streaming_run_takes_the_same_samples_and_ends_with_the_same_l
 
 def launch_two_processes(args: list[str]) -> list[str]:
     # accelerate's torchrun launcher with the Trainer's --use_cpu: two CPU processes talking through gloo.
-    return f"""
+    return (
+        f"""
         {sys.executable} -m accelerate.commands.launch --multi_gpu --num_processes 2 --num_machines 1
         --mixed_precision no --dynamo_backend no {SCRIPT} --use_cpu True --ddp_timeout 120
-    """.split() + args
+    """.split()
+        + args
+    )
 
 
 @pytest.mark.slow
-def test_two_processes_train_on_their_own_shards_and_evaluate_every_clip_once(
-    tmp_path, tiny_clip, shards
-):
+def test_two_processes_train_on_their_own_shards_and_evaluate_every_clip_once(tmp_path, tiny_clip, shards):
     output_dir, log = tmp_path / "output", tmp_path / "log.txt"
-    args = stream_args(tiny_clip, output_dir, shard_data(shards),
-                       "--max_steps 4 --do_train --do_eval --eval_strategy steps --eval_steps 2 --save_strategy no "
-                       "--dataloader_num_workers 1")  # fmt: skip
+    args = stream_args(
+        tiny_clip,
+        output_dir,
+        shard_data(shards),
+        "--max_steps 4 --do_train --do_eval --eval_strategy steps --eval_steps 2 --save_strategy no "
+        "--dataloader_num_workers 1",
+    )
     process = start(launch_two_processes(args), log)
     assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
     text = log.read_text()
@@ -292,19 +329,24 @@ def test_two_processes_train_on_their_own_shards_and_evaluate_every_clip_once(
 
 
 @pytest.mark.slow
-def test_a_streaming_run_stopped_by_sigterm_and_sigkill_resumes_to_the_straight_runs_loss(
-    tmp_path, tiny_clip, shards
-):
-    args = ("--max_steps 24 --save_strategy steps --save_steps 3 --do_train --dataloader_num_workers 1 "
-            "--shuffle_buffer_size 3")
+def test_a_streaming_run_stopped_by_sigterm_and_sigkill_resumes_to_the_straight_runs_loss(tmp_path, tiny_clip, shards):
+    args = (
+        "--max_steps 24 --save_strategy steps --save_steps 3 --do_train --dataloader_num_workers 1 "
+        "--shuffle_buffer_size 3"
+    )
     data = f"--train_file {shards}/train-*.tar"
     straight, log = tmp_path / "straight", tmp_path / "straight.txt"
     process = start([sys.executable, str(SCRIPT), *stream_args(tiny_clip, straight, data, args)], log)
     assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
 
     output_dir = tmp_path / "output"
-    resume = [sys.executable, str(SCRIPT), *stream_args(tiny_clip, output_dir, data, args),
-              "--resume_from_checkpoint", "last"]  # fmt: skip
+    resume = [
+        sys.executable,
+        str(SCRIPT),
+        *stream_args(tiny_clip, output_dir, data, args),
+        "--resume_from_checkpoint",
+        "last",
+    ]
     # SIGTERM (the main process: it saves at the step it is in and exits 143), then SIGKILL of the whole group once a
     # checkpoint after the first exists (a resumed run, killed, loses only the steps since its last checkpoint).
     log = tmp_path / "sigterm.txt"

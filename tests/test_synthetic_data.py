@@ -133,8 +133,10 @@ def test_an_interrupted_generation_leaves_no_dataset_behind(tmp_path, monkeypatc
 def test_the_same_settings_give_byte_identical_files_in_another_process(tmp_path):
     # Two processes, as two users' runs are: x264's macroblock tree made about one clip in ten differ between them.
     config = dict(train_videos_per_label=12, validation_videos_per_label=3, num_frames=16, frame_size=48)
-    script = (f"import sys; sys.path.insert(0, {str(Path(synthetic_data.__file__).parent)!r}); import synthetic_data; "
-              f"print(synthetic_data.generate_synthetic_motion_dataset(sys.argv[1], **{config!r}))")  # fmt: skip
+    script = (
+        f"import sys; sys.path.insert(0, {str(Path(synthetic_data.__file__).parent)!r}); import synthetic_data; "
+        f"print(synthetic_data.generate_synthetic_motion_dataset(sys.argv[1], **{config!r}))"
+    )
     folders = []
     for name in ("first", "second"):
         done = subprocess.run([sys.executable, "-c", script, str(tmp_path / name)], capture_output=True, text=True)

@@ -27,7 +27,11 @@ def test_concurrent_calls_on_one_model_equal_sequential_calls():
     model = randomize_zero_initialised(EVLForVideoClassification(tiny_config())).eval()
     num_threads, calls_per_thread = 8, 6
     # every call its own clip; even threads also ask for hidden states and attentions, which are recorded per call
-    inputs = {(t, c): clip(batch_size=1 + (t + c) % 3, seed=100 * t + c) for t in range(num_threads) for c in range(calls_per_thread)}
+    inputs = {
+        (t, c): clip(batch_size=1 + (t + c) % 3, seed=100 * t + c)
+        for t in range(num_threads)
+        for c in range(calls_per_thread)
+    }
     with_outputs = lambda t: t % 2 == 0
     with torch.no_grad():
         expected = {

@@ -45,8 +45,17 @@ def video_dir(tmp_path_factory):
 def video_path(video_dir):
     """H.264 MP4, 160 frames of 40x32 at 25 fps, a test pattern whose hue turns with every frame."""
     path = video_dir / "pattern.mp4"
-    _ffmpeg("-f", "lavfi", "-i", f"testsrc2=size=40x32:rate=25,hue=h=n*7,trim=end_frame={NUM_VIDEO_FRAMES}",
-            "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size=40x32:rate=25,hue=h=n*7,trim=end_frame={NUM_VIDEO_FRAMES}",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        str(path),
+    )
     return path
 
 
@@ -54,8 +63,17 @@ def video_path(video_dir):
 def short_video_path(video_dir):
     """H.264 MP4 with 20 frames, shorter than an 8 x 16 dense clip."""
     path = video_dir / "short.mp4"
-    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=40x32:rate=25,hue=h=n*7,trim=end_frame=20",
-            "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path))
+    _ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "testsrc2=size=40x32:rate=25,hue=h=n*7,trim=end_frame=20",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        str(path),
+    )
     return path
 
 
@@ -177,8 +195,10 @@ def test_dense_indices_keep_the_stride_until_the_video_ends(num_video_frames, nu
     indices = sample_frame_indices(num_video_frames, num_frames, frame_stride=frame_stride)
     steps = [b - a for a, b in zip(indices, indices[1:])]
     # Exactly `frame_stride` apart, except where a short video has run out and its last frame repeats.
-    assert all(step == frame_stride or (step < frame_stride and b == num_video_frames - 1)
-               for step, b in zip(steps, indices[1:]))
+    assert all(
+        step == frame_stride or (step < frame_stride and b == num_video_frames - 1)
+        for step, b in zip(steps, indices[1:])
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -218,25 +238,41 @@ def test_only_the_sampled_frames_are_decoded(video_dir):
     path = video_dir / "intra.mov"
     _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=32x32:rate=25,hue=h=n*7,trim=end_frame=16", "-c:v", "mjpeg", str(path))
     probe = subprocess.run(
-        ["ffprobe", "-v", "error", "-select_streams", "v:0", "-show_entries", "packet=pos,size", "-of", "json",
-         str(path)],
-        capture_output=True, text=True, check=True, timeout=60,
+        [
+            "ffprobe",
+            "-v",
+            "error",
+            "-select_streams",
+            "v:0",
+            "-show_entries",
+            "packet=pos,size",
+            "-of",
+            "json",
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     packets = [(int(p["pos"]), int(p["size"])) for p in json.loads(probe.stdout)["packets"]]
     assert len(packets) == 16
-    processor = EVLVideoProcessor(num_frames=4, frame_stride=4, size={"shortest_edge": 32},
-                                  crop_size={"height": 32, "width": 32})
+    processor = EVLVideoProcessor(
+        num_frames=4, frame_stride=4, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
     sampled = sample_frame_indices(16, 4, frame_stride=4)
     data = bytearray(path.read_bytes())
     for index, (position, size) in enumerate(packets):
         if index not in sampled:
-            data[position:position + size] = bytes(size)
+            data[position : position + size] = bytes(size)
     damaged = video_dir / "intra_damaged.mov"
     damaged.write_bytes(bytes(data))
 
     assert torch.equal(read_video_frames(damaged, sampled), _decode_all_frames(path)[sampled])
-    assert torch.equal(processor(str(damaged), return_tensors="pt")["pixel_values"],
-                       processor(str(path), return_tensors="pt")["pixel_values"])
+    assert torch.equal(
+        processor(str(damaged), return_tensors="pt")["pixel_values"],
+        processor(str(path), return_tensors="pt")["pixel_values"],
+    )
     with pytest.raises(VideoDecodingError, match="intra_damaged.mov"):
         read_video_frames(damaged, range(16))
 
@@ -351,8 +387,9 @@ def test_training_augmentation_is_identical_on_every_frame_of_a_clip():
     frame = torch.randint(0, 256, (1, 3, 48, 40), dtype=torch.uint8)
     torch.manual_seed(0)
     for _ in range(10):
-        clip = processor(frame.expand(8, -1, -1, -1), do_augment=True, horizontal_flip=True, rand_augment=True,
-                         return_tensors="pt")["pixel_values"][0]
+        clip = processor(
+            frame.expand(8, -1, -1, -1), do_augment=True, horizontal_flip=True, rand_augment=True, return_tensors="pt"
+        )["pixel_values"][0]
         assert clip.shape == (8, 3, 32, 32)
         assert torch.equal(clip, clip[:1].expand_as(clip))
 

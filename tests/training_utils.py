@@ -19,6 +19,7 @@ _spec = importlib.util.spec_from_file_location("run_video_classification", SCRIP
 run_video_classification = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(run_video_classification)
 
+
 def train_tiny(tiny_clip: str, data: str, output_dir: Path, cache_dir: Path, args: str = "") -> Path:
     """Runs the script in this process on `data` (its data arguments) with small settings; returns the output folder."""
     run_video_classification.main(
@@ -34,9 +35,13 @@ def train_tiny(tiny_clip: str, data: str, output_dir: Path, cache_dir: Path, arg
 
 # 8 training and 8 validation clips of 10 frames, 32x32
 TINY_VIDEOS = SyntheticMotionConfig(
-    train_videos_per_label=2, validation_videos_per_label=2, num_frames=10, frame_size=32, min_object_size=6,
+    train_videos_per_label=2,
+    validation_videos_per_label=2,
+    num_frames=10,
+    frame_size=32,
+    min_object_size=6,
     max_object_size=10,
-)  # fmt: skip
+)
 
 
 # ---- Real processes and signals ---------------------------------------------------------------------------------
@@ -51,15 +56,21 @@ STARTED = []  # the processes `start` started, ended by `end_started_processes` 
 def start(command: list[str], log: Path) -> subprocess.Popen:
     """Starts `command` in its own process group (as a batch scheduler does), its output going to `log`."""
     with open(log, "w") as file:
-        STARTED.append(subprocess.Popen(command, stdout=file, stderr=subprocess.STDOUT, env=ENVIRONMENT, cwd=ROOT,
-                                        start_new_session=True))  # fmt: skip
+        STARTED.append(
+            subprocess.Popen(
+                command, stdout=file, stderr=subprocess.STDOUT, env=ENVIRONMENT, cwd=ROOT, start_new_session=True
+            )
+        )
     return STARTED[-1]
 
 
 def descendants(pid: int) -> list[int]:
     try:  # the children of each of its threads
-        children = [int(child) for task in Path(f"/proc/{pid}/task").iterdir()
-                    for child in (task / "children").read_text().split()]  # fmt: skip
+        children = [
+            int(child)
+            for task in Path(f"/proc/{pid}/task").iterdir()
+            for child in (task / "children").read_text().split()
+        ]
     except OSError:  # it has ended
         return []
     return children + [grandchild for child in children for grandchild in descendants(child)]

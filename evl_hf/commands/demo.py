@@ -115,8 +115,9 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
     with torch.inference_mode():
         outputs = model(pixel_values=pixel_values.to(model.device), output_attentions=True)
     best = top_k_labels(postprocess_logits(outputs.logits, model.config).cpu(), model.config, top_k)[0]
-    attention, shares = attention_overlays(pixel_values, outputs.decoder_attentions, video_processor,
-                                           model.config.spatial_size)  # fmt: skip
+    attention, shares = attention_overlays(
+        pixel_values, outputs.decoder_attentions, video_processor, model.config.spatial_size
+    )
     # The processor decoded only its sampled frames and does not return their positions: ask its sampler again.
     frame_indices = video_processor.sample_frames(VideoMetadata(total_num_frames=num_video_frames, fps=fps))
     stride = video_processor.frame_stride
@@ -278,7 +279,9 @@ def build_demo(
         fps = result["fps"]
         captions = [f"frame {i}" + (f" · {i / fps:.2f} s" if fps else "") for i in result["frame_indices"]]
         best_label, best_score = next(iter(result["scores"].items()))
-        length = f"{result['num_video_frames']} frames" + (f", {result['num_video_frames'] / fps:.1f} s" if fps else "")
+        length = f"{result['num_video_frames']} frames" + (
+            f", {result['num_video_frames'] / fps:.1f} s" if fps else ""
+        )
         shown_score = f"{best_score:.3g}" if result["function_to_apply"] == "none" else f"{best_score:.1%}"
         status = _status(f"{name} ({length}): {best_label} ({shown_score})", "ok")
         frames = [save_png(encode_png(frame), results_folder) for frame in result["frames"]]
@@ -291,8 +294,13 @@ def build_demo(
             if timeline is not None
             else gr.update(value=None, visible=False)
         )
-        return (status, result["scores"], list(zip(frames, captions)), list(zip(attention, attention_captions)),
-                timeline_update)  # fmt: skip
+        return (
+            status,
+            result["scores"],
+            list(zip(frames, captions)),
+            list(zip(attention, attention_captions)),
+            timeline_update,
+        )
 
     limit = f" Videos up to {format_file_size(max_file_size)}." if max_file_size is not None else ""
     with gr.Blocks(title=f"EVL demo: {title}", analytics_enabled=False, delete_cache=delete_cache) as demo:
@@ -315,10 +323,17 @@ def build_demo(
             with gr.Column(scale=1):
                 status = gr.HTML(_status(IDLE_STATUS, "idle"), elem_id="status")
                 scores = gr.Label(label="Top-5 labels", num_top_classes=5, elem_id="scores")
+
         def frame_gallery(label: str, elem_id: str):
             # One row of 8 to 16 thumbnails: small enough to see the clip at a glance, large enough to see a frame.
-            return gr.Gallery(label=label, columns=min(max(config.num_frames, 8), 16), height="auto",
-                              object_fit="contain", allow_preview=False, elem_id=elem_id)  # fmt: skip
+            return gr.Gallery(
+                label=label,
+                columns=min(max(config.num_frames, 8), 16),
+                height="auto",
+                object_fit="contain",
+                allow_preview=False,
+                elem_id=elem_id,
+            )
 
         frames = frame_gallery("Frames the model saw (sampled, resized and cropped)", "frames")
         attention = frame_gallery(
@@ -409,7 +424,9 @@ def run(args: argparse.Namespace) -> int:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             probe.bind((args.host, args.port))
     except OSError as error:
-        raise UsageError(f"cannot serve on {args.host}:{args.port} ({error}); pick another --port or --host.") from None
+        raise UsageError(
+            f"cannot serve on {args.host}:{args.port} ({error}); pick another --port or --host."
+        ) from None
     # Gradio reads this when it starts: no usage statistics and no version check go out.
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     try:

@@ -57,8 +57,10 @@ def find_videos(inputs: list[str]) -> list[str]:
         elif os.path.exists(item):
             videos.append(item)
         else:
-            raise UsageError(f"INPUT {item!r} does not exist; pass video files, folders or lists of videos "
-                             f"({', '.join(VIDEO_LIST_EXTENSIONS)}).")  # fmt: skip
+            raise UsageError(
+                f"INPUT {item!r} does not exist; pass video files, folders or lists of videos "
+                f"({', '.join(VIDEO_LIST_EXTENSIONS)})."
+            )
     return list(dict.fromkeys(videos))
 
 
@@ -92,8 +94,9 @@ def read_records(path: str, *, truncate: bool = False) -> tuple[list[str] | None
             record = json.loads(line)
             records.append((record["video"], "error" in record, line))
         except (ValueError, KeyError, TypeError):
-            raise UsageError(f"--output {path!r}: line {number} is not a record of evl-hf predict; choose another "
-                             "file.") from None  # fmt: skip
+            raise UsageError(
+                f"--output {path!r}: line {number} is not a record of evl-hf predict; choose another file."
+            ) from None
     return None, records
 
 
@@ -258,7 +261,9 @@ def embedded_videos(folder: str) -> set[str]:
     """The videos whose embeddings the Parquet shards in `folder` hold."""
     import pyarrow.parquet as pq
 
-    shards = [name for name in sorted(os.listdir(folder)) if name.endswith(".parquet")] if os.path.isdir(folder) else []
+    shards = (
+        [name for name in sorted(os.listdir(folder)) if name.endswith(".parquet")] if os.path.isdir(folder) else []
+    )
     tables = [pq.read_table(os.path.join(folder, name), columns=["video"]) for name in shards]
     return {video for table in tables for video in table["video"].to_pylist()}
 
@@ -279,7 +284,9 @@ class VideoClips:
         video = self.videos[index]
         try:
             # the arguments the video-classification pipeline passes, so that the clips are the same
-            inputs = self.video_processor(video, num_frames=self.num_frames, do_sample_frames=True, return_tensors="pt")
+            inputs = self.video_processor(
+                video, num_frames=self.num_frames, do_sample_frames=True, return_tensors="pt"
+            )
             return {"video": video, "pixel_values": inputs["pixel_values"][0]}
         except Exception as error:  # any failure is this video's, not the run's
             message = " ".join(str(error).split()) or "no message"
@@ -418,12 +425,16 @@ def run(args: argparse.Namespace) -> int:
         results = ResultsFile(part_file(args.output, rank), args.top_k, multi_label=multi_label)
     embeddings = EmbeddingShards(args.embeddings, rank) if args.embeddings else None
     # a video is done once it has its record, and its embedding when asked for (an error record needs none)
-    done = {video: failed for video, failed in done.items() if failed or embeddings is None or video in embeddings.done}
+    done = {
+        video: failed for video, failed in done.items() if failed or embeddings is None or video in embeddings.done
+    }
     todo = [video for video in videos if video not in done]  # a resumed run skips what is recorded
     skipped = len(videos) - len(todo)
     if skipped and rank == 0:
-        print(f"evl-hf predict: {skipped} of {len(videos)} videos already in {args.output}; skipping them",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"evl-hf predict: {skipped} of {len(videos)} videos already in {args.output}; skipping them",
+            file=sys.stderr,
+        )
     if world_size > 1:
         with state.split_between_processes(todo) as share:
             todo = list(share)
@@ -438,8 +449,12 @@ def run(args: argparse.Namespace) -> int:
     failed = []
     bar_name = f"process {rank} of {world_size}" if world_size > 1 else None
     try:
-        with torch.inference_mode(), tqdm(total=len(todo), unit="video", file=sys.stderr, dynamic_ncols=True,
-                                          desc=bar_name, position=rank) as bar:  # fmt: skip
+        with (
+            torch.inference_mode(),
+            tqdm(
+                total=len(todo), unit="video", file=sys.stderr, dynamic_ncols=True, desc=bar_name, position=rank
+            ) as bar,
+        ):
             for items in loader:
                 clips = [item for item in items if "error" not in item]
                 if clips:
@@ -455,15 +470,17 @@ def run(args: argparse.Namespace) -> int:
                     for item, best, row in zip(clips, top_k_labels(scores, model.config, args.top_k), scores.tolist()):
                         item.update(best)
                         if multi_label:
-                            item["above_threshold"] = [model.config.id2label[i] for i, score in enumerate(row)
-                                                       if score > args.threshold]  # fmt: skip
+                            item["above_threshold"] = [
+                                model.config.id2label[i] for i, score in enumerate(row) if score > args.threshold
+                            ]
                 for item in items:
                     if "error" in item:
                         failed.append(item)
                         results.write({"video": item["video"], "error": item["error"]})
                     elif item["video"] not in results.done:  # recomputed only for its missing embedding
-                        results.write({key: item[key] for key in ("video", "labels", "scores", "above_threshold")
-                                       if key in item})  # fmt: skip
+                        results.write(
+                            {key: item[key] for key in ("video", "labels", "scores", "above_threshold") if key in item}
+                        )
                 bar.update(len(items))
     finally:
         results.close()

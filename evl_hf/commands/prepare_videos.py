@@ -211,21 +211,56 @@ def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
 def encode_command(ffmpeg: str, source: Path, target: Path, size: tuple[int, int], settings: dict) -> list[str]:
     gop = str(settings["keyframe_interval"])
     return [
-        ffmpeg, "-nostdin", "-hide_banner", "-loglevel", "error", "-y",
-        "-threads", "1", "-i", str(source),
-        "-map", "0:v:0", "-an", "-sn", "-dn",
+        ffmpeg,
+        "-nostdin",
+        "-hide_banner",
+        "-loglevel",
+        "error",
+        "-y",
+        "-threads",
+        "1",
+        "-i",
+        str(source),
+        "-map",
+        "0:v:0",
+        "-an",
+        "-sn",
+        "-dn",
         # One thread for the filter and the encoder too: the parallelism is over files.
-        "-filter_threads", "1", "-vf", f"scale={size[0]}:{size[1]}:flags=bilinear",
+        "-filter_threads",
+        "1",
+        "-vf",
+        f"scale={size[0]}:{size[1]}:flags=bilinear",
         # Every decoded frame is encoded once with its timestamp: no frame dropped or duplicated to fit a rate.
-        "-fps_mode", "passthrough",
-        "-c:v", "libx264", "-crf", str(settings["crf"]), "-pix_fmt", "yuv420p", "-threads", "1",
+        "-fps_mode",
+        "passthrough",
+        "-c:v",
+        "libx264",
+        "-crf",
+        str(settings["crf"]),
+        "-pix_fmt",
+        "yuv420p",
+        "-threads",
+        "1",
         # Cheaper frames to decode: no CABAC, deblocking or weighted prediction (x264's fastdecode tuning), and no
         # B-frames, so that a frame needs only the frames from the keyframe before it up to itself.
-        "-tune", "fastdecode", "-bf", "0",
+        "-tune",
+        "fastdecode",
+        "-bf",
+        "0",
         # A keyframe exactly every `gop` frames: no scene-cut keyframes in between, closed GOPs (x264's default).
-        "-g", gop, "-keyint_min", gop, "-sc_threshold", "0",
-        "-movflags", "+faststart", "-f", "mp4", str(target),
-    ]  # fmt: skip
+        "-g",
+        gop,
+        "-keyint_min",
+        gop,
+        "-sc_threshold",
+        "0",
+        "-movflags",
+        "+faststart",
+        "-f",
+        "mp4",
+        str(target),
+    ]
 
 
 def count_decoded_frames(path: Path) -> int:
@@ -451,16 +486,21 @@ def write_shards(ffmpeg: str, source: Path, output_dir: Path, by_output: dict, l
             f"two videos would get the WebDataset key {duplicate!r} (dots become underscores): rename one."
         )
     size, work_dir = settings["shard_size"], output_dir / WORK_DIR
-    shards = [(output_dir / f"{source.stem}-{number:06d}.tar", items[start : start + size])
-              for number, start in enumerate(range(0, len(items), size))]  # fmt: skip
+    shards = [
+        (output_dir / f"{source.stem}-{number:06d}.tar", items[start : start + size])
+        for number, start in enumerate(range(0, len(items), size))
+    ]
     pending = [(path, members) for path, members in shards if not path.exists()]
     work = [(ffmpeg, path, work_dir / relative, settings) for _, members in pending for relative, path in members]
     results = {result["output"]: result for result in run_jobs(work, args.num_workers)}
 
     failed = [r for r in results.values() if r["status"] == "failed"]
     for path, members in pending:
-        done = [(relative, work_dir / relative) for relative, _ in members
-                if results[str(work_dir / relative)]["status"] != "failed"]  # fmt: skip
+        done = [
+            (relative, work_dir / relative)
+            for relative, _ in members
+            if results[str(work_dir / relative)]["status"] != "failed"
+        ]
         if not done:
             continue  # every video of it failed: no empty shard
         partial = path.with_name(f".{path.name}.partial")

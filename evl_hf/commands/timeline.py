@@ -58,7 +58,9 @@ def plot_timeline(result: dict, path, top_classes: int = 5):
     axes.set_xlabel("time (s, window centre)" if fps else "frame (window centre)")
     # a multi-label model's scores are independent probabilities (they need not sum to 1); a regression's are values
     function = result.get("function_to_apply", "softmax")
-    axes.set_ylabel({"softmax": "probability", "sigmoid": "probability (independent per label)"}.get(function, "score"))
+    axes.set_ylabel(
+        {"softmax": "probability", "sigmoid": "probability (independent per label)"}.get(function, "score")
+    )
     if function != "none":
         axes.set_ylim(0, 1)
     if times:
@@ -83,8 +85,9 @@ def write_saliency(model, processor, video, result: dict, folder, num_windows: i
     from ..video_processing_evl import read_video_frames, window_frame_indices
 
     os.makedirs(folder, exist_ok=True)
-    all_frames = window_frame_indices(result["num_video_frames"], result["num_frames"], result["frame_stride"],
-                                      result["stride_frames"])  # fmt: skip
+    all_frames = window_frame_indices(
+        result["num_video_frames"], result["num_frames"], result["frame_stride"], result["stride_frames"]
+    )
     ranked = sorted(range(len(result["windows"])), key=lambda i: result["windows"][i]["scores"][0], reverse=True)
     entries = []
     for index in sorted(ranked[:num_windows]):
@@ -93,13 +96,21 @@ def write_saliency(model, processor, video, result: dict, folder, num_windows: i
         pixel_values = processor(read_video_frames(video, frame_indices), return_tensors="pt")["pixel_values"]
         with torch.inference_mode():
             outputs = model(pixel_values=pixel_values.to(model.device), output_attentions=True)
-        painted, shares = attention_overlays(pixel_values, outputs.decoder_attentions, processor,
-                                             model.config.spatial_size)  # fmt: skip
+        painted, shares = attention_overlays(
+            pixel_values, outputs.decoder_attentions, processor, model.config.spatial_size
+        )
         strip = torch.cat(list(painted[0]), dim=-1).permute(1, 2, 0).numpy()  # frames side by side, (H, T * W, 3)
         name = f"window_{index:05d}_frames_{window['start_frame']}-{window['end_frame']}.png"
         Image.fromarray(strip).save(os.path.join(folder, name))
-        entries.append({"window": index, "image": name, "frames": frame_indices, "labels": window["labels"][:1],
-                        "frame_attention_shares": shares[0].tolist()})  # fmt: skip
+        entries.append(
+            {
+                "window": index,
+                "image": name,
+                "frames": frame_indices,
+                "labels": window["labels"][:1],
+                "frame_attention_shares": shares[0].tolist(),
+            }
+        )
     with open(os.path.join(folder, "saliency.json"), "w") as file:
         json.dump(entries, file, indent=1)
     return entries
@@ -154,8 +165,15 @@ def run(args: argparse.Namespace) -> int:
 
     model, processor = load_model_and_processor(args.model, args.device, args.dtype, args.compile, args.batch_size)
     try:
-        result = classify_windows(model, processor, args.video, stride_frames=args.stride_frames, top_k=args.top_k,
-                                  batch_size=args.batch_size, progress=True)  # fmt: skip
+        result = classify_windows(
+            model,
+            processor,
+            args.video,
+            stride_frames=args.stride_frames,
+            top_k=args.top_k,
+            batch_size=args.batch_size,
+            progress=True,
+        )
     except (OSError, ValueError) as error:
         print(f"evl-hf timeline: cannot read {args.video!r}: {type(error).__name__}: {error}", file=sys.stderr)
         return 1

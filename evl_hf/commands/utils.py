@@ -72,8 +72,9 @@ def load_model_and_processor(
     try:
         dtype_kwargs = from_pretrained_kwargs(dtype)
     except ImportError:
-        raise UsageError(f"--dtype {dtype} quantizes the backbone with torchao, which is not installed: {INSTALL_HINT}"
-                         ) from None  # fmt: skip
+        raise UsageError(
+            f"--dtype {dtype} quantizes the backbone with torchao, which is not installed: {INSTALL_HINT}"
+        ) from None
     try:
         # Quantized weights are made where they will run: torchao picks the kernels of that device.
         placement = {"device_map": torch_device} if "quantization_config" in dtype_kwargs else {}

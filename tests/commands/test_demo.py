@@ -239,13 +239,17 @@ def clip_result(browser, demo_files):
         "listed_labels": [element.text for element in browser.find_elements(By.CSS_SELECTOR, "#scores dt")],
         "thumbnails": len(browser.find_elements(By.CSS_SELECTOR, "#frames img")),
         "timeline_images": len(browser.find_elements(By.CSS_SELECTOR, "#timeline img")),
-        "frame_sources": [image.get_attribute("src") for image in browser.find_elements(By.CSS_SELECTOR, "#frames img")
-                          ],  # fmt: skip
-        "attention_sources": [image.get_attribute("src")
-                              for image in browser.find_elements(By.CSS_SELECTOR, "#attention img")],  # fmt: skip
+        "frame_sources": [
+            image.get_attribute("src") for image in browser.find_elements(By.CSS_SELECTOR, "#frames img")
+        ],
+        "attention_sources": [
+            image.get_attribute("src") for image in browser.find_elements(By.CSS_SELECTOR, "#attention img")
+        ],
         # textContent, not text: a caption can lie outside the window
-        "attention_captions": [caption.get_attribute("textContent").strip()
-                               for caption in browser.find_elements(By.CSS_SELECTOR, "#attention .caption-label")],
+        "attention_captions": [
+            caption.get_attribute("textContent").strip()
+            for caption in browser.find_elements(By.CSS_SELECTOR, "#attention .caption-label")
+        ],
         "attention_box": browser.find_element(By.CSS_SELECTOR, "#attention").rect,
         "frames_box": browser.find_element(By.CSS_SELECTOR, "#frames").rect,
         "pipeline": classifier(str(clip), top_k=5),
@@ -318,6 +322,7 @@ def test_screenshot_of_the_result_is_saved(clip_result):
     # The overlays are in the picture: the two galleries are laid out alike, and where the attention gallery differs
     # from the frames' it is painted, redder and less green (text and borders differ by turning darker or lighter).
     screenshot = np.asarray(Image.open(clip_result["screenshot"]).convert("RGB")).astype(int)
+
     def crop(box):
         return screenshot[int(box["y"]) : int(box["y"] + box["height"]), int(box["x"]) : int(box["x"] + box["width"])]
 
@@ -372,6 +377,7 @@ def test_an_upload_over_the_size_limit_gets_a_message_and_the_page_keeps_serving
     with open(big, "wb") as file:
         file.truncate(200 * 1024**2 + 1)  # one byte over the default --max_file_size, sparse: it takes no disk space
     upload(browser, big)
+
     def shown_message(driver):
         # Selenium's `text` is what is shown: empty while the toast fades in.
         elements = driver.find_elements(By.XPATH, "//*[contains(text(), 'exceed the maximum allowed size')]")

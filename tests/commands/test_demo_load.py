@@ -53,8 +53,9 @@ def folder_contents(folder: Path) -> tuple[int, int]:
 @pytest.fixture(scope="module")
 def load_files(tmp_path_factory):
     """The tiny model, the clips, the pipeline's top label for each, and the folder the server's cache goes to."""
-    import evl_hf  # noqa: F401  (registers EVL with the Auto classes the pipeline uses)
     from transformers import pipeline
+
+    import evl_hf  # noqa: F401  (registers EVL with the Auto classes the pipeline uses)
 
     root = tmp_path_factory.mktemp("demo_load")
     model = save_tiny_model(root / "tiny-evl")
@@ -72,11 +73,14 @@ def load_server(load_files):
         with serve_demo(
             load_files["model"],
             load_files["root"] / "server.log",
-            "--max_file_size", "1MB",
-            "--max_queue_size", MAX_QUEUE_SIZE,
-            "--delete_cache", *DELETE_CACHE,
+            "--max_file_size",
+            "1MB",
+            "--max_queue_size",
+            MAX_QUEUE_SIZE,
+            "--delete_cache",
+            *DELETE_CACHE,
             env={"GRADIO_TEMP_DIR": str(load_files["cache"])},
-        ) as server:  # fmt: skip
+        ) as server:
             yield server
 
 
@@ -157,15 +161,17 @@ def load_run(load_server, load_files):
             start = time.monotonic()
             answers = [answer for answers in pool.map(visitor, range(CLIENTS), [wave] * CLIENTS) for answer in answers]
             files, size = folder_contents(load_files["cache"])
-            waves.append({
-                "requests": len(answers),
-                "errors": sum(answer["error"] is not None for answer in answers),
-                "seconds": round(time.monotonic() - start, 1),
-                "median_latency_s": round(statistics.median(answer["seconds"] for answer in answers), 2),
-                "rss_mib": round(rss_mib(pid)),
-                "cache_files": files,
-                "cache_bytes": size,
-            })  # fmt: skip
+            waves.append(
+                {
+                    "requests": len(answers),
+                    "errors": sum(answer["error"] is not None for answer in answers),
+                    "seconds": round(time.monotonic() - start, 1),
+                    "median_latency_s": round(statistics.median(answer["seconds"] for answer in answers), 2),
+                    "rss_mib": round(rss_mib(pid)),
+                    "cache_files": files,
+                    "cache_bytes": size,
+                }
+            )
             requests += answers
         for client, http in zip(clients, https):
             client.close()

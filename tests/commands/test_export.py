@@ -73,8 +73,9 @@ def test_the_onnx_benchmark_runs_and_reports_parity():
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "onnx", "--quick"], capture_output=True, text=True,
-                          timeout=600, cwd=root)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "onnx", "--quick"], capture_output=True, text=True, timeout=600, cwd=root
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     assert result["max_logit_difference"] < 1e-4

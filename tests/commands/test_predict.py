@@ -65,7 +65,9 @@ def test_a_folder_with_broken_files_gives_error_records_and_status_1(model_folde
     records = {os.path.basename(r["video"]): r for r in read_records(output)}
     assert set(records) == {"good.mp4", "empty.mp4", "text.mp4", "truncated.mp4"}
     assert set(records["good.mp4"]) == {"video", "labels", "scores"} and records["good.mp4"]["video"] == str(good)
-    assert records["empty.mp4"]["error"].startswith("VideoDecodingError: ") and "empty" in records["empty.mp4"]["error"]
+    assert (
+        records["empty.mp4"]["error"].startswith("VideoDecodingError: ") and "empty" in records["empty.mp4"]["error"]
+    )
     assert "text file" in records["text.mp4"]["error"]
     assert records["truncated.mp4"]["error"].startswith("VideoDecodingError: ")
     summary = capsys.readouterr().err
@@ -155,8 +157,21 @@ def test_an_interrupted_run_resumes_without_recomputing(model_folder, videos, tm
     for i in range(60):
         os.symlink(videos[i % 3], folder / f"v{i:02d}.mp4")
     output = tmp_path / "out.jsonl"
-    command = [sys.executable, "-m", "evl_hf", "predict", "--model", str(model_folder), str(folder),
-               "--output", str(output), "--batch_size", "1", "--num_workers", "1"]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "evl_hf",
+        "predict",
+        "--model",
+        str(model_folder),
+        str(folder),
+        "--output",
+        str(output),
+        "--batch_size",
+        "1",
+        "--num_workers",
+        "1",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.monotonic() + 120

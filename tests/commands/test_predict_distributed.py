@@ -33,11 +33,22 @@ def many_videos(tmp_path_factory):
 
 
 def torchrun(*arguments: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "evl_hf", "predict", *arguments]  # fmt: skip
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc-per-node",
+        "2",
+        "-m",
+        "evl_hf",
+        "predict",
+        *arguments,
+    ]
     environment = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    return subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True, text=True)  # fmt: skip
+    return subprocess.Popen(
+        command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True
+    )
 
 
 def count_part_records(output) -> int:
@@ -57,8 +68,12 @@ def read(path):
 @pytest.fixture(scope="module")
 def single_process(model_folder, many_videos, tmp_path_factory):
     output = tmp_path_factory.mktemp("single") / "out.jsonl"
-    assert main(["predict", "--model", str(model_folder), str(many_videos), "--output", str(output),
-                 "--num_workers", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            ["predict", "--model", str(model_folder), str(many_videos), "--output", str(output), "--num_workers", "0"]
+        )
+        == 0
+    )
     return read(output)
 
 
@@ -66,14 +81,24 @@ def assert_equal_records(records, expected):
     assert [record["video"] for record in records] == [record["video"] for record in expected]  # once each, in order
     for record, reference in zip(records, expected):
         assert record["labels"] == reference["labels"], record["video"]
-        torch.testing.assert_close(torch.tensor(record["scores"]), torch.tensor(reference["scores"]), atol=1e-5,
-                                   rtol=0)  # fmt: skip
+        torch.testing.assert_close(
+            torch.tensor(record["scores"]), torch.tensor(reference["scores"]), atol=1e-5, rtol=0
+        )
 
 
 def test_two_processes_write_what_one_process_writes(model_folder, many_videos, single_process, tmp_path):
     output, embeddings = tmp_path / "out.jsonl", tmp_path / "embeddings"
-    process = torchrun("--model", str(model_folder), str(many_videos), "--output", str(output), "--num_workers", "1",
-                       "--embeddings", str(embeddings))  # fmt: skip
+    process = torchrun(
+        "--model",
+        str(model_folder),
+        str(many_videos),
+        "--output",
+        str(output),
+        "--num_workers",
+        "1",
+        "--embeddings",
+        str(embeddings),
+    )
     log, _ = process.communicate(timeout=300)
     assert process.returncode == 0, log
     assert_equal_records(read(output), single_process)
@@ -86,8 +111,17 @@ def test_two_processes_write_what_one_process_writes(model_folder, many_videos, 
 
 def test_a_group_killed_mid_run_resumes_with_every_video_once(model_folder, many_videos, single_process, tmp_path):
     output = tmp_path / "out.jsonl"
-    arguments = ("--model", str(model_folder), str(many_videos), "--output", str(output), "--num_workers", "0",
-                 "--batch_size", "1")  # fmt: skip
+    arguments = (
+        "--model",
+        str(model_folder),
+        str(many_videos),
+        "--output",
+        str(output),
+        "--num_workers",
+        "0",
+        "--batch_size",
+        "1",
+    )
     process = torchrun(*arguments)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None and count_part_records(output) < 4:
@@ -117,8 +151,9 @@ def test_processes_given_different_inputs_are_refused(model_folder, many_videos,
         f"os.path.join({str(many_videos)!r}, 'part' + os.environ['RANK']), '--output', {str(tmp_path / 'o.jsonl')!r}]))\n"
     )
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(script)]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300,
-                            env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert result.returncode != 0
     assert "were given different" in result.stdout + result.stderr
     assert not (tmp_path / "o.jsonl").exists()

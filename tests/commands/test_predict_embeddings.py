@@ -23,9 +23,8 @@ CLIPS_PER_LABEL = 24
 @pytest.fixture(scope="module")
 def trained(tiny_clip, tmp_path_factory):
     """The synthetic-motion training clips and a tiny model trained on them for 250 steps (about 20 s on 2 cores)."""
-    from training_utils import TINY_VIDEOS, run_video_classification  # puts examples/ on the path
-
     from synthetic_data import generate_synthetic_motion_dataset
+    from training_utils import TINY_VIDEOS, run_video_classification  # puts examples/ on the path
 
     root = tmp_path_factory.mktemp("embeddings")
     config = dataclasses.replace(TINY_VIDEOS, train_videos_per_label=CLIPS_PER_LABEL, validation_videos_per_label=1)
@@ -33,8 +32,8 @@ def trained(tiny_clip, tmp_path_factory):
     # No crop augmentation: at 32x32 a small crop can cut the object out of the clip. No dropout: fit them fast.
     run_video_classification.main(
         f"""
-        --model_name_or_path {tiny_clip} --train_dir {videos / 'train'} --output_dir {root / 'model'}
-        --cache_dir {root / 'cache'} --num_frames 4 --frame_stride 2 --decoder_num_layers 2 --min_crop_scale 1.0
+        --model_name_or_path {tiny_clip} --train_dir {videos / "train"} --output_dir {root / "model"}
+        --cache_dir {root / "cache"} --num_frames 4 --frame_stride 2 --decoder_num_layers 2 --min_crop_scale 1.0
         --decoder_mlp_dropout 0 --classifier_dropout 0 --max_steps 250 --learning_rate 3e-3
         --per_device_train_batch_size 8 --save_strategy no --dataloader_num_workers 0 --disable_tqdm True
         --report_to none --seed 0 --do_train
@@ -75,8 +74,23 @@ def test_a_clip_nearest_neighbour_shares_its_label_far_more_often_than_chance(tr
     """
     folder = trained["root"] / "embeddings"
     output = trained["root"] / "predictions.jsonl"
-    assert main(["predict", "--model", str(trained["model"]), str(trained["videos"]), "--output", str(output),
-                 "--embeddings", str(folder), "--num_workers", "0"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "predict",
+                "--model",
+                str(trained["model"]),
+                str(trained["videos"]),
+                "--output",
+                str(output),
+                "--embeddings",
+                str(folder),
+                "--num_workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     rate, chance = nearest_neighbour_label_rate(folder)
     assert chance == pytest.approx(23 / 95)
     assert rate >= 2 * chance, f"nearest neighbour shares the label for {rate:.2f} of clips; chance is {chance:.2f}"

@@ -186,9 +186,7 @@ def test_txt_list_gets_a_new_list_with_the_new_paths_and_the_same_labels(tree, t
     for line in (out / "train.txt").read_text().splitlines():
         assert video_facts(out / line.split()[0])["codec"] == "h264"
     report = out / f"train.txt.{REPORT_NAME}"
-    assert [json.loads(line)["input"] for line in report.read_text().splitlines()] == [
-        str(tree / "left/text.mp4")
-    ]
+    assert [json.loads(line)["input"] for line in report.read_text().splitlines()] == [str(tree / "left/text.mp4")]
 
 
 def test_csv_list_keeps_every_column(tree, tmp_path):
@@ -295,11 +293,16 @@ def test_webdataset_shards_hold_each_prepared_video_with_its_label(tree, tmp_pat
     out = tmp_path / "shards"
     assert prepare(tree, out, "--format", "webdataset", "--shard_size", 1, "--short_side", 32) == 0
     assert sorted(path.name for path in out.iterdir()) == [
-        "prepare_settings.json", "videos-000000.tar", "videos-000001.tar", f"videos.{REPORT_NAME}"
-    ]  # fmt: skip
+        "prepare_settings.json",
+        "videos-000000.tar",
+        "videos-000001.tar",
+        f"videos.{REPORT_NAME}",
+    ]
     first, second = shard_members(out / "videos-000000.tar"), shard_members(out / "videos-000001.tar")
     assert list(first) == ["left/a.mp4", "left/a.json"] and list(second) == ["right/b.mp4", "right/b.json"]
-    assert json.loads(first["left/a.json"]) == {"label": "left"} and json.loads(second["right/b.json"]) == {"label": "right"}
+    assert json.loads(first["left/a.json"]) == {"label": "left"} and json.loads(second["right/b.json"]) == {
+        "label": "right"
+    }
     decoder = VideoDecoder(second["right/b.mp4"])
     assert (len(decoder), decoder.metadata.width, decoder.metadata.height) == (37, 42, 32)  # every frame, prepared
     assert "2 shard(s) written" in capsys.readouterr().out
@@ -326,8 +329,10 @@ def test_webdataset_leaves_broken_videos_out_and_reports_them(tree, tmp_path, ca
     add_broken_files(tree)
     out = tmp_path / "shards"
     assert prepare(tree, out, "--format", "webdataset", "--shard_size", 10) == 1
-    assert [name for name in shard_members(out / "videos-000000.tar") if name.endswith(".mp4")] == ["left/a.mp4",
-                                                                                                    "right/b.mp4"]
+    assert [name for name in shard_members(out / "videos-000000.tar") if name.endswith(".mp4")] == [
+        "left/a.mp4",
+        "right/b.mp4",
+    ]
     reported = [json.loads(line)["input"] for line in (out / f"videos.{REPORT_NAME}").read_text().splitlines()]
     assert len(reported) == 3 and all("empty" in p or "text" in p or "truncated" in p for p in reported)
 
@@ -359,16 +364,26 @@ def test_webdataset_output_trains_directly(tmp_path):
         assert prepare(videos / split, shards, "--format", "webdataset", "--shard_size", 4, "--short_side", 32) == 0
     torch.manual_seed(0)
     clip = tmp_path / "clip"
-    CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                                     image_size=32, patch_size=8)).save_pretrained(clip)  # fmt: skip
+    CLIPVisionModel(
+        CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            image_size=32,
+            patch_size=8,
+        )
+    ).save_pretrained(clip)
     output_dir = tmp_path / "output"
-    run_video_classification.main(f"""
+    run_video_classification.main(
+        f"""
         --model_name_or_path {clip} --streaming --train_file {shards}/train-*.tar
         --validation_file {shards}/validation-*.tar --output_dir {output_dir} --cache_dir {tmp_path / "cache"}
         --num_frames 4 --frame_stride 2 --decoder_num_layers 2 --max_steps 3 --per_device_train_batch_size 2
         --per_device_eval_batch_size 2 --save_strategy no --dataloader_num_workers 0 --disable_tqdm True
         --report_to none
-    """.split())  # fmt: skip
+    """.split()
+    )
     assert json.loads((output_dir / "train_results.json").read_text())["train_skipped_videos"] == 0
     confusion = json.loads((output_dir / "confusion_matrix.json").read_text())
     assert sorted(confusion["labels"]) == ["down", "left", "right", "up"]

@@ -20,8 +20,21 @@ def videos(tmp_path_factory):
 
 
 def predict(model_folder, videos, output, *arguments) -> list[dict]:
-    status = main(["predict", "--model", str(model_folder), "--num_workers", "0", "--output", str(output),
-                   "--top_k", "5", *map(str, videos), *arguments])  # fmt: skip
+    status = main(
+        [
+            "predict",
+            "--model",
+            str(model_folder),
+            "--num_workers",
+            "0",
+            "--output",
+            str(output),
+            "--top_k",
+            "5",
+            *map(str, videos),
+            *arguments,
+        ]
+    )
     assert status == 0
     return [json.loads(line) for line in output.read_text().splitlines()]
 
@@ -43,8 +56,10 @@ def test_timeline_with_an_int8_backbone_agrees_with_float32(model_folder, videos
     results = {}
     for dtype in ("float32", "int8"):
         output = tmp_path / f"{dtype}.json"
-        assert main(["timeline", "--model", str(model_folder), str(videos[0]), "--dtype", dtype, "--output",
-                     str(output)]) == 0  # fmt: skip
+        assert (
+            main(["timeline", "--model", str(model_folder), str(videos[0]), "--dtype", dtype, "--output", str(output)])
+            == 0
+        )
         results[dtype] = json.loads(output.read_text())
     windows = [result["windows"] for result in results.values()]
     assert len(windows[0]) == len(windows[1]) > 1
@@ -74,7 +89,9 @@ def test_export_of_a_quantized_model_says_what_it_supports(model_folder, tmp_pat
     from evl_hf.quantization import from_pretrained_kwargs
 
     quantized = tmp_path / "int8"
-    EVLForVideoClassification.from_pretrained(model_folder, **from_pretrained_kwargs("int8")).save_pretrained(quantized)
+    EVLForVideoClassification.from_pretrained(model_folder, **from_pretrained_kwargs("int8")).save_pretrained(
+        quantized
+    )
     EVLVideoProcessor.from_pretrained(model_folder).save_pretrained(quantized)
     with pytest.raises(SystemExit, match="2"):
         main(["export", "--model", str(quantized), "--output", str(tmp_path / "model.onnx")])
@@ -86,8 +103,9 @@ def test_export_of_a_quantized_model_says_what_it_supports(model_folder, tmp_pat
 @pytest.mark.slow
 def test_predict_compiled_int8_equals_eager_int8(model_folder, videos, tmp_path):
     expected = predict(model_folder, videos, tmp_path / "eager.jsonl", "--dtype", "int8", "--batch_size", "3")
-    records = predict(model_folder, videos, tmp_path / "compiled.jsonl", "--dtype", "int8", "--batch_size", "3",
-                      "--compile")  # fmt: skip
+    records = predict(
+        model_folder, videos, tmp_path / "compiled.jsonl", "--dtype", "int8", "--batch_size", "3", "--compile"
+    )
     for record, reference in zip(records, expected, strict=True):
         assert record["labels"][0] == reference["labels"][0]
         assert scores_by_label(record) == pytest.approx(scores_by_label(reference), abs=1e-3)

@@ -8,8 +8,7 @@ import torch
 from evl_hf import EVLForVideoClassification, EVLVideoProcessor
 from evl_hf.commands import main
 from evl_hf.inference import classify_windows
-from evl_hf.video_processing_evl import window_frame_indices
-from evl_hf.video_processing_evl import read_video_frames
+from evl_hf.video_processing_evl import read_video_frames, window_frame_indices
 
 from .conftest import LABELS, encode_video, save_tiny_model
 
@@ -130,7 +129,18 @@ def test_command_writes_json_and_a_plot(model_folder, tmp_path):
     video = encode_video(tmp_path / "clip.mp4", 40)
     output, plot = tmp_path / "timeline.json", tmp_path / "timeline.png"
     status = main(
-        ["timeline", "--model", str(model_folder), str(video), "--output", str(output), "--plot", str(plot), "--top_k", "2"]
+        [
+            "timeline",
+            "--model",
+            str(model_folder),
+            str(video),
+            "--output",
+            str(output),
+            "--plot",
+            str(plot),
+            "--top_k",
+            "2",
+        ]
     )
     assert status == 0
     result = json.loads(output.read_text())
@@ -161,8 +171,13 @@ def test_the_benchmark_runs_and_matches_the_per_window_model(tmp_path):
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    done = subprocess.run([sys.executable, "-m", "benchmarks", "timeline", "--quick", "--video-dir", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600, cwd=root)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "timeline", "--quick", "--video-dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=root,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout)
     assert result["num_windows"] == (300 - 113) // 16 + 1
