@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import video_files  # noqa: E402  (examples/, on the path once training_utils is imported)
 from datasets import Dataset
 from torchcodec.encoders import VideoEncoder
 from training_utils import ROOT, SCRIPT, run_video_classification, train_tiny
@@ -18,6 +17,10 @@ from transformers import TrainingArguments, pipeline
 
 import evl_hf  # noqa: F401  (registers EVL with the Auto classes, for the pipeline)
 from evl_hf.video_processing_evl import EVLVideoProcessor, VideoDecodingError, sample_frame_indices
+
+
+# isort: split
+import video_files  # examples/, on sys.path once training_utils is imported (above, hence the split)
 
 
 @pytest.fixture
