@@ -45,10 +45,11 @@ SHAPES = {
 
 
 def options(parser, **defaults) -> None:
-    """`--dashed-name` options typed by their default (bool: a switch, None: str), or `(default, help[, choices])`."""
+    """`--snake_case` options, as every evl_hf command and example script spells them, typed by their default (bool: a
+    switch, None: str), or `(default, help[, choices])`."""
     for name, value in defaults.items():
         default, help, choices = (value + (None,) * 3)[:3] if isinstance(value, tuple) else (value, None, None)
-        flag = "--" + name.replace("_", "-")
+        flag = f"--{name}"
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=help)
         else:

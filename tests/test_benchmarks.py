@@ -182,7 +182,7 @@ def run_suite(*args: str, timeout: int = 600) -> dict:
 @pytest.mark.slow  # a subprocess importing torch, a generated 10 s video, the tiny model: 20-60 s on 2 busy cores
 def test_a_quick_timeline_run_writes_a_result_the_generator_reads(tmp_path):
     result = run_suite(
-        "timeline", "--quick", "--output", str(tmp_path), "--video-dir", str(tmp_path), "--name", "timeline_vit_b16"
+        "timeline", "--quick", "--output", str(tmp_path), "--video_dir", str(tmp_path), "--name", "timeline_vit_b16"
     )
     assert json.loads((tmp_path / "timeline_vit_b16.json").read_text()) == result
     assert result["max_probability_difference"] < 1e-5
