@@ -15,33 +15,21 @@ from pathlib import Path
 import torch
 from torch.utils import benchmark
 
+from evl_hf.testing_utils import TINY_VISION_SHAPE
+
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 RESULTS = ROOT / "docs" / "benchmark_results"
 NUM_LABELS = 400  # Kinetics-400
 # (image_size, patch_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads); vit-s16 has
-# DeiT-S widths with CLIP's patch (a quarter of ViT-B/16's backbone work), tiny is evl_hf.testing_utils' tower
+# DeiT-S widths with CLIP's patch (a quarter of ViT-B/16's backbone work); tiny is the tests' tower
+SHAPE_FIELDS = tuple(TINY_VISION_SHAPE)
 SHAPES = {
-    name: dict(
-        zip(
-            (
-                "image_size",
-                "patch_size",
-                "hidden_size",
-                "intermediate_size",
-                "num_hidden_layers",
-                "num_attention_heads",
-            ),
-            values,
-        )
-    )
-    for name, values in {
-        "vit-b16": (224, 16, 768, 3072, 12, 12),
-        "vit-l14": (224, 14, 1024, 4096, 24, 16),
-        "vit-s16": (224, 16, 384, 1536, 12, 6),
-        "tiny": (32, 8, 32, 64, 2, 2),
-    }.items()
+    "vit-b16": dict(zip(SHAPE_FIELDS, (224, 16, 768, 3072, 12, 12))),
+    "vit-l14": dict(zip(SHAPE_FIELDS, (224, 14, 1024, 4096, 24, 16))),
+    "vit-s16": dict(zip(SHAPE_FIELDS, (224, 16, 384, 1536, 12, 6))),
+    "tiny": dict(TINY_VISION_SHAPE),
 }
 
 
