@@ -68,10 +68,10 @@ $(DOCS_STAMP): $(STAMP) setup.cfg
 	$(BIN)/python -m pip install --quiet -e ".[dev,docs]"
 	touch $(DOCS_STAMP)
 
-# Every ```python block of README.md and docs/*.md, run in page order against a tiny CLIP saved under the Hub ids the
-# pages use (conftest.py), then the pages' other checks: figures quoted once, shell commands that parse.
+# Every ```python block of README.md, DEVELOPMENT.md and docs/*.md, run in page order against a tiny CLIP saved under
+# the Hub ids the pages use (conftest.py), then the pages' other checks: figures quoted once, shell commands that parse.
 test-docs: $(DOCS_STAMP)
-	$(BIN)/python -m pytest --markdown-docs README.md docs/ $(ARGS)
+	$(BIN)/python -m pytest --markdown-docs README.md DEVELOPMENT.md docs/ $(ARGS)
 	$(BIN)/python -m pytest tests/test_docs.py $(ARGS)
 
 # The guides and the API reference generated from the docstrings, into site/; any warning fails the build.

@@ -10,28 +10,38 @@ import sys
 MODULES = ("models", "reference", "data", "inference")
 
 
-def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    suites = {k: v for name in MODULES for k, v in importlib.import_module(f"benchmarks.{name}").SUITES.items()}
-    if not argv or argv[0] in ("--list", "-l", "--help", "-h"):
-        print("suites (python -m benchmarks SUITE --help for a suite's options):")
-        print("\n".join(f"  {name:12} {description}" for name, (description, _, _) in suites.items()))
-        return 0 if argv else 2
-    if argv[0] not in suites:
-        print(
-            f"error: unknown suite {argv[0]!r}; `python -m benchmarks --list` lists them: {', '.join(suites)}",
-            file=sys.stderr,
-        )
-        return 2
-    description, add_arguments, run = suites[argv[0]]
-    parser = argparse.ArgumentParser(prog=f"python -m benchmarks {argv[0]}", description=description)
+def suites() -> dict:
+    return {k: v for name in MODULES for k, v in importlib.import_module(f"benchmarks.{name}").SUITES.items()}
+
+
+def build_parser(suite: str) -> argparse.ArgumentParser:
+    """`suite`'s parser: the options every suite has, then its own."""
+    description, add_arguments, _ = suites()[suite]
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks {suite}", description=description)
     parser.add_argument(
         "--quick", action="store_true", help="small shapes and few rounds: the code paths, not numbers"
     )
     parser.add_argument("--output", help="folder to write the result JSON into (docs/benchmark_results for the docs)")
     parser.add_argument("--name", help="the result's name, <output>/<name>.json (default: the suite's own)")
     add_arguments(parser)
-    run(parser.parse_args(argv[1:]))
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    known = suites()
+    if not argv or argv[0] in ("--list", "-l", "--help", "-h"):
+        print("suites (python -m benchmarks SUITE --help for a suite's options):")
+        print("\n".join(f"  {name:12} {description}" for name, (description, _, _) in known.items()))
+        return 0 if argv else 2
+    if argv[0] not in known:
+        print(
+            f"error: unknown suite {argv[0]!r}; `python -m benchmarks --list` lists them: {', '.join(known)}",
+            file=sys.stderr,
+        )
+        return 2
+    run = known[argv[0]][2]
+    run(build_parser(argv[0]).parse_args(argv[1:]))
     return 0
 
 

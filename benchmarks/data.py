@@ -86,7 +86,7 @@ def training_sampler(video: int, clip: int, args):
 
 
 def training_clips(method: str, paths, processor, args):
-    """`--clips-per-video` training clips of every video, file path to `pixel_values`."""
+    """`--clips_per_video` training clips of every video, file path to `pixel_values`."""
     for video, path in enumerate(paths):
         for clip in range(args.clips_per_video):
             sampler = training_sampler(video, clip, args)

@@ -3,6 +3,7 @@ alternate the systems (`torch.utils.benchmark.Timer`; on a shared machine a rati
 not), and the JSON written."""
 
 import json
+import math
 import os
 import resource
 import statistics
@@ -14,41 +15,30 @@ from pathlib import Path
 import torch
 from torch.utils import benchmark
 
+from evl_hf.testing_utils import TINY_VISION_SHAPE
+
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 RESULTS = ROOT / "docs" / "benchmark_results"
 NUM_LABELS = 400  # Kinetics-400
 # (image_size, patch_size, hidden_size, intermediate_size, num_hidden_layers, num_attention_heads); vit-s16 has
-# DeiT-S widths with CLIP's patch (a quarter of ViT-B/16's backbone work), tiny is evl_hf.testing_utils' tower
+# DeiT-S widths with CLIP's patch (a quarter of ViT-B/16's backbone work); tiny is the tests' tower
+SHAPE_FIELDS = tuple(TINY_VISION_SHAPE)
 SHAPES = {
-    name: dict(
-        zip(
-            (
-                "image_size",
-                "patch_size",
-                "hidden_size",
-                "intermediate_size",
-                "num_hidden_layers",
-                "num_attention_heads",
-            ),
-            values,
-        )
-    )
-    for name, values in {
-        "vit-b16": (224, 16, 768, 3072, 12, 12),
-        "vit-l14": (224, 14, 1024, 4096, 24, 16),
-        "vit-s16": (224, 16, 384, 1536, 12, 6),
-        "tiny": (32, 8, 32, 64, 2, 2),
-    }.items()
+    "vit-b16": dict(zip(SHAPE_FIELDS, (224, 16, 768, 3072, 12, 12))),
+    "vit-l14": dict(zip(SHAPE_FIELDS, (224, 14, 1024, 4096, 24, 16))),
+    "vit-s16": dict(zip(SHAPE_FIELDS, (224, 16, 384, 1536, 12, 6))),
+    "tiny": dict(TINY_VISION_SHAPE),
 }
 
 
 def options(parser, **defaults) -> None:
-    """`--dashed-name` options typed by their default (bool: a switch, None: str), or `(default, help[, choices])`."""
+    """`--snake_case` options, as every evl_hf command and example script spells them, typed by their default (bool: a
+    switch, None: str), or `(default, help[, choices])`."""
     for name, value in defaults.items():
         default, help, choices = (value + (None,) * 3)[:3] if isinstance(value, tuple) else (value, None, None)
-        flag = "--" + name.replace("_", "-")
+        flag = f"--{name}"
         if isinstance(default, bool):
             parser.add_argument(flag, action="store_true", help=help)
         else:
@@ -99,12 +89,123 @@ def machine() -> dict:
     }
 
 
+# What a result must agree with before it is written. For each suite, `(path, expected)` for every figure derived
+# from others in the same result (a ratio of two medians, a median of its runs, a rate of its time: equal to what its
+# inputs give), and `(path, slice(low, high))` for a value that must lie in that range (a part within its whole, the
+# reference suite's parity).
+
+
+def _cpu_models(result):
+    systems = result["systems"]
+    if "evl" not in systems:  # `--systems` without it: the ratios are all None
+        return
+    evl = systems["evl"]
+    for baseline in ("timesformer", "videomae"):
+        if baseline in systems:
+            for key, figure in (("train_step", "train_step_s"), ("train_peak_rss", "peak_rss_train_mb")):
+                yield ("ratios", f"evl_{key}_over_{baseline}"), ratio(evl[figure], systems[baseline][figure])
+    yield ("systems", "evl", "train_step_s"), median(evl["runs"]["train_step_s"])
+    gflops_per_s = ratio(evl["backbone_inference_flops"] / 1e9, evl["backbone_inference_s"])
+    yield ("ratios", "evl_backbone_gflops_over_matmul"), ratio(gflops_per_s, result["matmul_gflops_per_s"])
+
+
+def _reference(result):
+    times, runs, base = result["times"], result["runs"], result["runs"]["reference_fp32"]
+    for key in result["ratios"]:
+        system, mode = key.removesuffix("_speedup").rsplit("_", 1)
+        yield ("times", system, f"{mode}_s"), median(runs[system][f"{mode}_s"])
+        yield ("ratios", key), ratio(times["reference_fp32"][f"{mode}_s"], times[system][f"{mode}_s"])
+        if "median_of_round_ratios" in result:  # each round's own ratio: both sides at that round's load
+            rounds = list(map(ratio, base[f"{mode}_s"], runs[system][f"{mode}_s"]))
+            yield ("median_of_round_ratios", key), median(rounds)
+    yield ("max_abs_logit_diff", "evl_hf_fp32"), slice(0, 1e-4)  # parity: one set of weights in both
+
+
+def _timeline(result):
+    for key, seconds in (("speedup", "whole_video_seconds"), ("cpu_speedup", "whole_video_cpu_seconds")):
+        yield (key,), ratio(median(result[seconds]["per_window"]), median(result[seconds]["timeline"]))
+
+
+def _data_path(result):
+    settings = result["settings"]
+    gpu = settings["gpu_clips_per_s"]
+    yield ("settings", "gpu_clips_per_s"), settings["gpu_tflops"] * 1e3 / settings["gflop_per_clip"]
+    for size, video in result["videos"].items():
+        methods = video["methods"]
+        for name, method in methods.items():
+            yield ("videos", size, "methods", name, "cores_per_gpu"), ratio(gpu, method["clips_per_s"])
+            yield ("videos", size, "methods", name, "seconds_per_clip"), ratio(1, method["clips_per_s"])
+        for interval in settings["prepare_videos"]["keyframe_intervals"]:
+            prepared, sampled = methods[f"torchcodec_prepared_g{interval}"], methods["torchcodec_sampled"]
+            key = f"training_{size}_prepared_g{interval}_over_torchcodec_sampled"
+            yield ("ratios", key), ratio(prepared["clips_per_s"], sampled["clips_per_s"])
+    for key, preparation in result["preparation"].items():
+        yield ("preparation", key, "size_ratio"), ratio(preparation["bytes_after"], preparation["bytes_before"])
+    for views, evaluation in result["evaluation"].items():
+        for name, method in evaluation["methods"].items():
+            yield ("evaluation", views, "methods", name, "clips_per_s"), int(views[6:]) * method["videos_per_s"]
+
+
+def _data_wait(result):
+    for name, run in result["runs"].items():
+        yield ("runs", name, "data_wait_fraction"), ratio(run["data_wait_s"], run["train_loop_s"])
+        yield ("runs", name, "data_wait_s"), slice(run["first_batch_of_epoch_wait_s"], run["train_loop_s"])
+
+
+def _streaming(result):
+    for name, entry in result["results"].items():
+        yield ("results", name, "streamed", "clips_per_s"), median(entry["streamed"]["runs"])
+        yield ("results", name, "map-style", "clips_per_s"), median(entry["map-style"]["runs"])
+        streamed, map_style = entry["streamed"]["clips_per_s"], entry["map-style"]["clips_per_s"]
+        yield ("results", name, "streamed_over_map_style"), ratio(streamed, map_style)
+
+
+def _onnx(result):
+    medians = result["median_seconds"]
+    for name, seconds in result["seconds"].items():
+        yield ("median_seconds", name), median(seconds)
+    yield ("speedup_onnxruntime_vs_pytorch",), ratio(medians["pytorch"], medians["onnxruntime"])
+
+
+DERIVED = {
+    "cpu_models": _cpu_models,
+    "reference": _reference,
+    "timeline": _timeline,
+    "data_path": _data_path,
+    "data_wait": _data_wait,
+    "streaming": _streaming,
+    "onnx": _onnx,
+}
+
+
+def inconsistencies(kind: str, result: dict) -> list[str]:
+    """What of a `kind` result disagrees with the values it is derived from, one line each (empty: all agree)."""
+    found = []
+    for path, expected in DERIVED.get(kind, lambda _: ())(result):
+        value = result
+        for key in path:
+            value = value[key]
+        where = ".".join(path)
+        if isinstance(expected, slice):
+            if value is None or not expected.start <= value <= expected.stop:
+                found.append(f"{where} is {value}, outside [{expected.start}, {expected.stop}]")
+        elif (value is None) != (expected is None) or (
+            value is not None and not math.isclose(value, expected, rel_tol=1e-6)
+        ):
+            found.append(f"{where} is {value} but its inputs give {expected}")
+    return found
+
+
 def write(kind: str, result: dict, args, file: str | None = None, **settings) -> dict:
     """Suite `kind`'s result, options, `settings` and machine: printed, and with `--output` in DIR/<name>.json (name:
-    `--name`, else `file`, else `kind`)."""
+    `--name`, else `file`, else `kind`). A result whose derived figures disagree with their inputs
+    ([`inconsistencies`]) is refused with a `ValueError` and written nowhere: the suite computed it wrongly."""
     given = {k: v for k, v in vars(args).items() if k not in ("output", "worker")}
     name, settings = args.name or file or kind, {**given, **settings}
-    result = {"benchmark": kind, "settings": settings, **result, "machine": {**machine(), **result.get("machine", {})}}
+    result = {"benchmark": kind, "settings": settings, **result}
+    if found := inconsistencies(kind, result):
+        raise ValueError(f"the {kind} result disagrees with itself, so it is not written:\n" + "\n".join(found))
+    result["machine"] = {**machine(), **result.get("machine", {})}
     print(json.dumps(result, indent=2))
     if args.output:
         Path(args.output).mkdir(parents=True, exist_ok=True)

@@ -80,7 +80,7 @@ def testsrc_video(folder: Path, seconds: float, width: int, height: int, fps: in
 
 
 def timeline(args):
-    """`classify_windows` against the model once per window, on `--baseline-windows` windows spread over the video
+    """`classify_windows` against the model once per window, on `--baseline_windows` windows spread over the video
     and scaled to all of them (every window is the same work)."""
     if args.quick:
         args.shape, args.seconds, args.repeats, args.baseline_windows = "tiny", 10.0, 1, 4

@@ -143,12 +143,12 @@ def run(args):
         "cpu_models",
         "--threads",
         str(args.threads),
-        "--batch-size",
+        "--batch_size",
         str(args.batch_size),
-        "--num-frames",
+        "--num_frames",
         str(args.num_frames),
     ] + ["--quick"] * args.quick
-    command += ["--compile-backbone"] * args.compile_backbone
+    command += ["--compile_backbone"] * args.compile_backbone
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "PYTHONPATH": str(ROOT)}
     runs, matmul = {s: [] for s in systems}, []
     for index in range(repeats):

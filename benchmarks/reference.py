@@ -1,6 +1,6 @@
 """evl_hf against the reference implementation (`reference`), and what a bf16 or int8 backbone changes (`precision`).
 
-The reference (OpenGVLab/efficient-video-recognition) is cloned at run time into `--reference-dir`; nothing of it is
+The reference (OpenGVLab/efficient-video-recognition) is cloned at run time into `--reference_dir`; nothing of it is
 kept here. Its random weights go into `EVLForVideoClassification`, which is also loaded the user's way with a bf16 or
 int8 backbone, compiled or not. In this process only, its temporal cross attention allocates on the input's device
 (it hard-codes cuda), and its backbone loader returns random weights instead of reading an OpenAI CLIP file.
@@ -78,7 +78,7 @@ def checkout(reference_dir) -> Path:
             subprocess.run(["git", "-C", str(folder), "checkout", "--quiet", COMMIT], check=True)
         except (OSError, subprocess.CalledProcessError) as error:
             raise SystemExit(
-                f"error: --reference-dir {folder} has no model.py and cloning {URL} there failed "
+                f"error: --reference_dir {folder} has no model.py and cloning {URL} there failed "
                 f"({error}): clone it yourself (git clone {URL}.git) and pass its folder."
             )
     return folder
@@ -334,7 +334,7 @@ def precision(args):
         clips = [p for p in sorted(Path(args.validation_dir).glob("*/*.mp4")) if p.parent.name in label2id]
         if not clips:
             raise SystemExit(
-                f"error: no <label>/*.mp4 with labels {sorted(label2id)} under --validation-dir "
+                f"error: no <label>/*.mp4 with labels {sorted(label2id)} under --validation_dir "
                 f"{args.validation_dir}: pass the validation folder of the model's dataset."
             )
         labels = torch.tensor([label2id[p.parent.name] for p in clips])
@@ -364,7 +364,7 @@ def precision(args):
         )
         models["random_clip"]["shape"] = args.random_shape
     if not models:
-        raise SystemExit("error: nothing to measure: pass --model and/or a positive --random-clips.")
+        raise SystemExit("error: nothing to measure: pass --model and/or a positive --random_clips.")
     scratch.cleanup()
     name = "precision" if args.dtype == "bfloat16" else f"precision_{args.dtype}"
     return write("precision", {"seconds": time.perf_counter() - start, "models": models}, args, name)

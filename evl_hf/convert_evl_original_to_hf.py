@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import re
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -127,20 +128,43 @@ def infer_config_kwargs(state_dict: dict[str, torch.Tensor]) -> dict:
 
 
 def read_labels(labels_file: str | os.PathLike, num_labels: int) -> dict[int, str]:
-    """A JSON list of class names in index order (as the official `k400_class_mappings.json`), or a JSON object
-    mapping indices to names."""
-    with open(labels_file) as file:
-        labels = json.load(file)
-    if isinstance(labels, dict):
-        if set(labels) != {str(index) for index in range(len(labels))}:
+    """
+    The class names of `labels_file` by index. A `.json` file holds a list of names in index order (as the official
+    `k400_class_mappings.json`) or an object mapping the indices `"0"`, `"1"`, ... to names; any other file is text
+    with one name a line, line i naming index i (the `--label_names_file` of the training script).
+    """
+    text = Path(labels_file).read_text(encoding="utf-8")
+    if Path(labels_file).suffix.lower() != ".json":
+        labels = [name.strip() for name in text.strip().splitlines()]
+        if "" in labels:
             raise CheckpointMismatchError(
-                f"{labels_file} must be a JSON list of class names in index order, or an object whose keys are the "
-                f"indices '0' to '{len(labels) - 1}'."
+                f"{labels_file} has a blank line between class names; write one name a line, line i naming index i."
             )
-        labels = [labels[str(index)] for index in range(len(labels))]
+    else:
+        try:
+            labels = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise CheckpointMismatchError(
+                f"{labels_file} is not JSON ({error}); name it .txt if it holds one class name a line."
+            ) from None
+        if isinstance(labels, dict):
+            if set(labels) != {str(index) for index in range(len(labels))}:
+                raise CheckpointMismatchError(
+                    f"{labels_file} must be a JSON list of class names in index order, or an object whose keys are "
+                    f"the indices '0' to '{len(labels) - 1}'."
+                )
+            labels = [labels[str(index)] for index in range(len(labels))]
+        if not isinstance(labels, list) or not all(isinstance(name, str) for name in labels):
+            raise CheckpointMismatchError(
+                f"{labels_file} must be a JSON list of class names (strings) in index order."
+            )
     if len(labels) != num_labels:
         raise CheckpointMismatchError(
             f"{labels_file} names {len(labels)} classes but the checkpoint's head has {num_labels}."
+        )
+    if repeated := sorted(name for name, count in Counter(labels).items() if count > 1):
+        raise CheckpointMismatchError(
+            f"{labels_file} names {repeated[:5]} more than once; every class needs its name."
         )
     return dict(enumerate(labels))
 
@@ -213,7 +237,10 @@ def main(argv=None):
     parser.add_argument("--clip_model", required=True, help="CLIP checkpoint (Hub id or folder) of the backbone.")
     parser.add_argument("--num_frames", type=int, help="Frames per clip the checkpoint was trained with.")
     parser.add_argument("--output_dir", required=True, help="Folder to write the model and processors to.")
-    parser.add_argument("--labels_file", help="JSON list of class names, in index order.")
+    parser.add_argument(
+        "--labels_file",
+        help="Class names in index order: text with one name a line, or a JSON list (or object keyed by index).",
+    )
     parser.add_argument("--decoder_num_heads", type=int, help="Decoder heads, when not the backbone's (rare).")
     parser.add_argument("--push_to_hub", metavar="REPO_ID", help="Also upload the folder to this Hub repository.")
     args = parser.parse_args(argv)

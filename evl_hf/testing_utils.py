@@ -32,12 +32,16 @@ LABELS = ["left", "right", "up", "down", "still"]
 ZERO_INITIALISED = ("temporal_cross_attention", "temporal_pos_embed", "query_token")
 
 
+# The tiny CLIP vision tower: 32x32 images in 8x8 patches, 32 wide, a forward pass in milliseconds (also the
+# benchmarks' `tiny` shape)
+TINY_VISION_SHAPE = dict(
+    image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2
+)
+
+
 def tiny_vision_config(**overrides) -> CLIPVisionConfig:
-    """A CLIP vision tower of 32x32 images in 8x8 patches, 32 wide: a forward pass in milliseconds."""
-    values = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=32, patch_size=8
-    )
-    return CLIPVisionConfig(**{**values, **overrides})
+    """A `CLIPVisionConfig` of [`TINY_VISION_SHAPE`], with `overrides`."""
+    return CLIPVisionConfig(**{**TINY_VISION_SHAPE, **overrides})
 
 
 def tiny_config(**overrides) -> EVLConfig:

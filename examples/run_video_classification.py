@@ -365,10 +365,11 @@ def collate_fn(examples: list[dict]) -> dict:
 
 def build_model(
     model_args: ModelArguments, checkpoint_config, label_names: list[str], multi_label: bool = False
-) -> EVLForVideoClassification:
+) -> tuple[EVLForVideoClassification, dict[str, torch.Tensor] | None]:
     """From an EVL checkpoint (training continues), around a CLIP checkpoint, or, without --model_name_or_path,
     around a small randomly initialised CLIP. The backbone is in --backbone_dtype, the decoder and head in float32.
-    `multi_label`: the config's problem_type is multi-label classification (sigmoids and a binary cross-entropy)."""
+    `multi_label`: the config's problem_type is multi-label classification (sigmoids and a binary cross-entropy).
+    Returns the model and, for a quantized backbone, the float32 backbone weights it was quantized from (else None)."""
     labels = {
         "id2label": dict(enumerate(label_names)),
         "label2id": {name: i for i, name in enumerate(label_names)},
@@ -412,11 +413,12 @@ def build_model(
         # The frozen backbone never changes: checkpoints are written with the float32 weights it is quantized from
         # (save_pretrained cannot write torchao tensors of a model quantized in memory), so they load anywhere.
         prefix = f"{model.base_model_prefix}.vision_model."
-        model.float32_backbone = {
+        float32_backbone = {
             prefix + name: tensor.clone() for name, tensor in model.base_model.vision_model.state_dict().items()
         }
         quantize_backbone(model, model_args.backbone_dtype)
-    return model
+        return model, float32_backbone
+    return model, None
 
 
 def build_video_processor(model, model_args: ModelArguments, data_args: DataTrainingArguments, checkpoint_config):
@@ -445,11 +447,20 @@ class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, 
     """The Trainer, plus: complete-or-absent checkpoints; streamed training data (examples/streaming.py); views of an
     evaluation clip (`pixel_values` `(B, views, T, 3, H, W)`) scored by mean probabilities; undecodable training videos
     counted over all processes at each logging step (each step on one process), stopping the run past
-    `max_skipped_fraction`; the model card's extras."""
+    `max_skipped_fraction`; the model card's extras; `float32_backbone`, the weights a quantized backbone was made
+    from, saved in its place (`build_model` returns them)."""
 
-    def __init__(self, *args, max_skipped_fraction: float = 0.05, model_card_text: str = "", **kwargs):
+    def __init__(
+        self,
+        *args,
+        max_skipped_fraction: float = 0.05,
+        model_card_text: str = "",
+        float32_backbone: dict[str, torch.Tensor] | None = None,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.max_skipped_fraction, self.model_card_text = max_skipped_fraction, model_card_text
+        self.float32_backbone = float32_backbone
         self.skipped_videos, self._new_skipped = set(), []  # over all processes; on this one, not yet shared
         self.videos_read, self._new_read = 0, 0  # clips and skipped videos: a stream's size so far
 
@@ -500,9 +511,8 @@ class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, 
         return (loss, ImageClassifierOutput(loss=loss, logits=scores)) if return_outputs else loss
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None):
-        float32_backbone = getattr(self.model, "float32_backbone", None)  # set for a quantized backbone
-        if float32_backbone is not None:
-            state_dict = {**(self.model.state_dict() if state_dict is None else state_dict), **float32_backbone}
+        if self.float32_backbone is not None:
+            state_dict = {**(self.model.state_dict() if state_dict is None else state_dict), **self.float32_backbone}
         super()._save(output_dir, state_dict)
 
     def create_model_card(self, **kwargs):
@@ -591,7 +601,7 @@ def main(args: list[str] | None = None):
 
     # ---- Model and transforms ----
     transformers.set_seed(training_args.seed)  # the decoder's (and a random backbone's) initialisation
-    model = build_model(model_args, checkpoint_config, label_names, multi_label)
+    model, float32_backbone = build_model(model_args, checkpoint_config, label_names, multi_label)
     if base is None and not embedded:
         logger.warning(
             "No --model_name_or_path: training a small randomly initialised CLIP backbone. For real videos "
@@ -674,6 +684,7 @@ def main(args: list[str] | None = None):
         compute_metrics=compute_metrics,
         max_skipped_fraction=data_args.max_skipped_fraction,
         model_card_text="\n".join(f"- {line}" for line in description),
+        float32_backbone=float32_backbone,
     )
     if training_args.do_train:
         checkpoint = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)

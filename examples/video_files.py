@@ -20,8 +20,7 @@ from pathlib import Path
 from datasets import Dataset, load_dataset
 from datasets.packaged_modules.videofolder.videofolder import VIDEO_EXTENSIONS as VIDEOFOLDER_EXTENSIONS
 
-from evl_hf.video_utils import VIDEO_EXTENSIONS, resolve_video_path
-from evl_hf.video_utils import read_video_list as read_list
+from evl_hf.video_utils import VIDEO_EXTENSIONS, read_video_list, resolve_video_path
 
 
 # The video extensions of evl_hf that datasets' videofolder builder also loads (it has no .webm, .m4v, ...).
@@ -46,10 +45,14 @@ def check_video_folder(path: str, argument: str):
     return path
 
 
-def read_video_list(path: str, video_root: str | None, video_column: str, label_column: str) -> Dataset:
-    """A Kinetics-style list, `relative/path.mp4 label_index` per line (`#` comments), as paths and integer labels."""
+def load_video_list(path: str, video_root: str | None, video_column: str, label_column: str) -> Dataset:
+    """
+    A Kinetics-style list, `relative/path.mp4 label_index` per line (`#` comments), read with
+    [`~evl_hf.video_utils.read_video_list`], as a dataset of resolved paths (from `video_root`, or else the list's
+    folder) and integer labels.
+    """
     root = video_root or os.path.dirname(os.path.abspath(path))
-    rows = read_list(path, video_column=video_column, label_column=label_column, require_labels=True).rows
+    rows = read_video_list(path, video_column=video_column, label_column=label_column, require_labels=True).rows
     return Dataset.from_dict(
         {
             video_column: [resolve_video_path(row[video_column], root) for row in rows],
@@ -64,11 +67,13 @@ def load_video_file(path: str, argument: str, data_args, cache_dir: str | None) 
         raise FileNotFoundError(f"{argument} {path!r}: no such file.")
     column, root = data_args.video_column_name, data_args.video_root or os.path.dirname(os.path.abspath(path))
     if Path(path).suffix.lower() not in (".csv", ".json", ".jsonl"):
-        return read_video_list(path, root, column, data_args.label_column_name)
+        return load_video_list(path, root, column, data_args.label_column_name)
     # The list parser checks label lists (multi-label) and splits a CSV's joined ones; a CSV of single labels is left
     # to datasets, which reads label indices as integers.
     label_column = data_args.label_column_name
-    rows = read_list(path, video_column=column, label_column=label_column, label_separator=data_args.label_separator)
+    rows = read_video_list(
+        path, video_column=column, label_column=label_column, label_separator=data_args.label_separator
+    )
     if path.lower().endswith(".csv") and not any(isinstance(row.get(label_column), list) for row in rows.rows):
         dataset = load_dataset("csv", data_files=path, cache_dir=cache_dir)["train"]
     else:

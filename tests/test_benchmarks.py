@@ -1,8 +1,10 @@
-"""The benchmark harness: its entry point, the ratios in every result file, and docs/benchmarks.md made from them."""
+"""The benchmark harness: its entry point, its refusal of a result that disagrees with itself, and docs/benchmarks.md
+made from the result files."""
 
+import argparse
 import copy
 import json
-import statistics
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -11,14 +13,11 @@ import pytest
 
 from benchmarks import docs
 from benchmarks.__main__ import main
+from benchmarks.harness import DERIVED, inconsistencies, write
 
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = docs.load()
-
-
-def of_kind(kind: str) -> list:
-    return [pytest.param(result, id=name) for name, result in RESULTS.items() if result.get("benchmark") == kind]
 
 
 def test_the_entry_point_lists_every_suite(capsys):
@@ -64,91 +63,26 @@ def test_a_missing_value_names_its_file_and_path():
         docs.render(RESULTS, "{{ onnx:median_seconds.tensorrt }}")
 
 
-@pytest.mark.parametrize("result", of_kind("cpu_models"))
-def test_cpu_model_ratios_are_those_of_their_systems(result):
-    systems, ratios = result["systems"], result["ratios"]
-    for baseline in ("timesformer", "videomae"):
-        if baseline in systems:
-            evl, other = systems["evl"], systems[baseline]
-            assert ratios[f"evl_train_step_over_{baseline}"] == pytest.approx(
-                evl["train_step_s"] / other["train_step_s"]
-            )
-            assert ratios[f"evl_train_peak_rss_over_{baseline}"] == pytest.approx(
-                evl["peak_rss_train_mb"] / other["peak_rss_train_mb"]
-            )
-    evl = systems["evl"]
-    assert evl["train_step_s"] == pytest.approx(statistics.median(evl["runs"]["train_step_s"]))
-    assert ratios["evl_backbone_gflops_over_matmul"] == pytest.approx(
-        evl["backbone_inference_flops"] / 1e9 / evl["backbone_inference_s"] / result["matmul_gflops_per_s"]
-    )
+@pytest.mark.parametrize("name", [name for name, result in RESULTS.items() if result["benchmark"] in DERIVED])
+def test_the_harness_refuses_a_result_whose_derived_figure_disagrees_with_its_inputs(name, tmp_path):
+    result = copy.deepcopy(RESULTS[name])
+    kind = result["benchmark"]
+    assert inconsistencies(kind, result) == []  # as its suite wrote it
+    path, expected = next((p, e) for p, e in DERIVED[kind](result) if isinstance(e, float) and e)
+    parent = result
+    for key in path[:-1]:
+        parent = parent[key]
+    parent[path[-1]] = 1.5 * expected
+    with pytest.raises(ValueError, match=re.escape(f"{'.'.join(path)} is {1.5 * expected} but its inputs give")):
+        write(kind, result, argparse.Namespace(output=str(tmp_path), name=name))
+    assert not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("result", of_kind("reference"))
-def test_reference_speedups_are_the_reference_time_over_the_row_time(result):
-    times, runs = result["times"], result["runs"]
-    for key, value in result["ratios"].items():
-        system, mode = key.removesuffix("_speedup").rsplit("_", 1)
-        if mode not in result["settings"].get("modes", ["inference", "train"]):
-            assert value is None and times[system][f"{mode}_s"] is None  # the older files' untimed mode
-            continue
-        assert value == pytest.approx(times["reference_fp32"][f"{mode}_s"] / times[system][f"{mode}_s"])
-        assert times[system][f"{mode}_s"] == pytest.approx(statistics.median(runs[system][f"{mode}_s"]))
-        per_round = [b / t for b, t in zip(runs["reference_fp32"][f"{mode}_s"], runs[system][f"{mode}_s"])]
-        assert result["median_of_round_ratios"][key] == pytest.approx(statistics.median(per_round))
-    assert result["max_abs_logit_diff"]["evl_hf_fp32"] < 1e-4  # parity: one set of weights in both
-
-
-@pytest.mark.parametrize("result", of_kind("timeline"))
-def test_timeline_speedups_are_those_of_the_median_times(result):
-    for key, seconds in (("speedup", "whole_video_seconds"), ("cpu_speedup", "whole_video_cpu_seconds")):
-        times = result[seconds]
-        assert result[key] == pytest.approx(
-            statistics.median(times["per_window"]) / statistics.median(times["timeline"])
-        )
-        if "targets" in result:  # the older files also stored the ratio itself
-            assert result[key] == pytest.approx(result["targets"][f"{key}_timeline_vs_per_window"]["value"])
-
-
-@pytest.mark.parametrize("result", of_kind("data_path"))
-def test_data_path_rates_and_ratios_follow_from_the_timed_clips(result):
-    gpu = result["settings"]["gpu_clips_per_s"]
-    assert gpu == pytest.approx(result["settings"]["gpu_tflops"] * 1e3 / result["settings"]["gflop_per_clip"])
-    for size, video in result["videos"].items():
-        methods = video["methods"]
-        for method in methods.values():
-            assert method["cores_per_gpu"] == pytest.approx(gpu / method["clips_per_s"])
-            assert method["seconds_per_clip"] == pytest.approx(1 / method["clips_per_s"])
-        for copy_name in result["settings"]["prepare_videos"]["keyframe_intervals"]:
-            prepared = methods[f"torchcodec_prepared_g{copy_name}"]["clips_per_s"]
-            assert result["ratios"][f"training_{size}_prepared_g{copy_name}_over_torchcodec_sampled"] == pytest.approx(
-                prepared / methods["torchcodec_sampled"]["clips_per_s"]
-            )
-    for preparation in result["preparation"].values():
-        assert preparation["size_ratio"] == pytest.approx(preparation["bytes_after"] / preparation["bytes_before"])
-    for views, evaluation in result["evaluation"].items():
-        for method in evaluation["methods"].values():
-            assert method["clips_per_s"] == pytest.approx(int(views.split("_")[1]) * method["videos_per_s"])
-
-
-@pytest.mark.parametrize("result", of_kind("data_wait"))
-def test_data_wait_fractions_are_waits_over_the_loop(result):
-    for run in result["runs"].values():
-        assert run["data_wait_fraction"] == pytest.approx(run["data_wait_s"] / run["train_loop_s"])
-        assert 0 < run["first_batch_of_epoch_wait_s"] <= run["data_wait_s"] < run["train_loop_s"]
-
-
-@pytest.mark.parametrize("result", of_kind("streaming") + of_kind("onnx"))
-def test_streaming_and_onnx_ratios_are_those_of_their_medians(result):
-    if result["benchmark"] == "onnx":
-        medians = result["median_seconds"]
-        assert medians["pytorch"] == pytest.approx(statistics.median(result["seconds"]["pytorch"]))
-        assert result["speedup_onnxruntime_vs_pytorch"] == pytest.approx(medians["pytorch"] / medians["onnxruntime"])
-        return
-    for entry in result["results"].values():
-        assert entry["streamed"]["clips_per_s"] == pytest.approx(statistics.median(entry["streamed"]["runs"]))
-        assert entry["streamed_over_map_style"] == pytest.approx(
-            entry["streamed"]["clips_per_s"] / entry["map-style"]["clips_per_s"]
-        )
+def test_the_harness_refuses_a_reference_result_whose_models_disagree(tmp_path):
+    result = copy.deepcopy(RESULTS["reference"])
+    result["max_abs_logit_diff"]["evl_hf_fp32"] = 0.5
+    with pytest.raises(ValueError, match=r"max_abs_logit_diff.evl_hf_fp32 is 0.5, outside \[0, 0.0001\]"):
+        write("reference", result, argparse.Namespace(output=str(tmp_path), name="reference"))
 
 
 def test_the_readme_summary_is_rewritten_between_its_markers_only():
@@ -182,7 +116,7 @@ def run_suite(*args: str, timeout: int = 600) -> dict:
 @pytest.mark.slow  # a subprocess importing torch, a generated 10 s video, the tiny model: 20-60 s on 2 busy cores
 def test_a_quick_timeline_run_writes_a_result_the_generator_reads(tmp_path):
     result = run_suite(
-        "timeline", "--quick", "--output", str(tmp_path), "--video-dir", str(tmp_path), "--name", "timeline_vit_b16"
+        "timeline", "--quick", "--output", str(tmp_path), "--video_dir", str(tmp_path), "--name", "timeline_vit_b16"
     )
     assert json.loads((tmp_path / "timeline_vit_b16.json").read_text()) == result
     assert result["max_probability_difference"] < 1e-5

@@ -7,7 +7,7 @@ import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from evl_hf import EVLForVideoClassification, EVLVideoProcessor
-from evl_hf.convert_evl_original_to_hf import CheckpointMismatchError, convert, main
+from evl_hf.convert_evl_original_to_hf import CheckpointMismatchError, convert, main, read_labels
 
 
 WIDTH, GRID, LAYERS, FRAMES, CLASSES = 32, 4, 2, 4, 5
@@ -189,6 +189,38 @@ def test_labels_object_must_be_keyed_by_index(tmp_path, clip_folder):
     labels.write_text(json.dumps({name: i for i, name in enumerate("abcde")}))
     with pytest.raises(CheckpointMismatchError, match="JSON list of class names"):
         convert(save_checkpoint(tmp_path / "ckpt.pth", official_state_dict()), str(clip_folder), FRAMES, labels)
+
+
+def test_a_text_labels_file_names_one_class_a_line_as_training_reads_it(tmp_path):
+    names = ["abseiling", "air drumming", "applauding", "archery", "bartending"]
+    text = tmp_path / "names.txt"
+    text.write_text("abseiling\nair drumming\n applauding \narchery\nbartending\n\n")
+    official = tmp_path / "k400_class_mappings.json"
+    official.write_text(json.dumps(names))
+    assert read_labels(text, CLASSES) == read_labels(official, CLASSES) == dict(enumerate(names))
+
+
+def test_a_blank_line_between_text_labels_is_refused(tmp_path):
+    text = tmp_path / "names.txt"
+    text.write_text("a\nb\n\nc\nd\ne\n")
+    with pytest.raises(CheckpointMismatchError, match="names.txt has a blank line between class names"):
+        read_labels(text, CLASSES)
+
+
+@pytest.mark.parametrize("suffix", [".txt", ".json"])
+def test_a_class_named_twice_is_refused(tmp_path, suffix):
+    labels = tmp_path / f"labels{suffix}"
+    names = ["a", "b", "a", "c", "d"]
+    labels.write_text(json.dumps(names) if suffix == ".json" else "\n".join(names))
+    with pytest.raises(CheckpointMismatchError, match=r"names \['a'\] more than once"):
+        read_labels(labels, CLASSES)
+
+
+def test_a_labels_file_that_is_not_json_says_to_name_a_text_one_txt(tmp_path):
+    labels = tmp_path / "labels.json"
+    labels.write_text("a\nb\nc\nd\ne\n")
+    with pytest.raises(CheckpointMismatchError, match=r"labels.json is not JSON .*name it .txt"):
+        read_labels(labels, CLASSES)
 
 
 def test_command_line_reports_a_backbone_with_too_few_layers_without_a_traceback(tmp_path, clip_folder, capsys):

@@ -1,7 +1,8 @@
 """
 Checks that the pages stay true without running their examples (`make test-docs` runs those): every benchmark figure
 lives in docs/benchmarks.md and at most one other page, and every shell command the pages show parses with the
-parser of the program it names (evl-hf, the training script, the converter, accelerate, torchrun, make).
+parser of the program it names (evl-hf, the training script, the converter, the benchmarks, accelerate, torchrun,
+make).
 """
 
 import contextlib
@@ -18,7 +19,7 @@ import pytest
 
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", ROOT / "DEVELOPMENT.md", *sorted((ROOT / "docs").glob("*.md"))]
 BENCHMARKS = ROOT / "docs" / "benchmarks.md"
 
 # A measured figure: a number with a ratio sign or a unit of time, memory, throughput or share (`1.30x`, `99.5%`,
@@ -135,7 +136,12 @@ def is_checked(words: list[str]) -> bool:
     program = Path(words[0]).name
     return (
         program in ("evl-hf", "make", "accelerate", "torchrun")
-        or (program.startswith("python") and len(words) > 2 and words[1] == "-m" and words[2].startswith("evl_hf"))
+        or (
+            program.startswith("python")
+            and len(words) > 2
+            and words[1] == "-m"
+            and (words[2].startswith("evl_hf") or words[2] == "benchmarks")
+        )
         or (program.startswith("python") and len(words) > 1 and words[1].startswith("examples/"))
     )
 
@@ -175,6 +181,19 @@ def parse_converter(arguments: list[str], tmp_path: Path):
     assert "does not exist" in stderr.getvalue() and "usage:" not in stderr.getvalue(), stderr.getvalue()
 
 
+def parse_benchmarks(arguments: list[str]):
+    """`python -m benchmarks --list`, or a suite and its options; the training suite's words after `--` are the
+    training script's."""
+    from benchmarks.__main__ import build_parser
+
+    if arguments == ["--list"]:
+        return None
+    args = build_parser(arguments[0]).parse_args(arguments[1:])
+    if arguments[0] == "training" and args.script_args:
+        parse_training_script(args.script_args)
+    return args
+
+
 def parse_program(words: list[str], tmp_path: Path):
     """Parses `words` (a script or module and its arguments, as a launcher runs them) with that program's parser."""
     if words[0] == "-m":
@@ -185,6 +204,8 @@ def parse_program(words: list[str], tmp_path: Path):
         return parse_evl_hf(arguments)
     if module == "evl_hf.convert_evl_original_to_hf":
         return parse_converter(arguments, tmp_path)
+    if module == "benchmarks":
+        return parse_benchmarks(arguments)
     if module == "examples/run_video_classification.py":
         return parse_training_script(arguments)
     raise AssertionError(f"no parser known for {module}: add it to tests/test_docs.py")
@@ -231,3 +252,5 @@ def test_a_wrong_argument_fails_the_check(tmp_path):
         parse_training_script(["--no_such_option", "1"])
     with pytest.raises(AssertionError, match="usage"):
         parse_converter(["--checkpoint", "missing.pth", "--clip_model", "c", "--output_dir", "o", "--bad"], tmp_path)
+    with pytest.raises(SystemExit):
+        parse_benchmarks(["timeline", "--baseline-windows", "8"])

@@ -179,7 +179,7 @@ def test_bench_gpu_quick_mode(tmp_path):
         "--quick",
         "--output",
         str(tmp_path),
-        "--video-dir",
+        "--video_dir",
         str(tmp_path / "videos"),
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENVIRONMENT, cwd=ROOT)

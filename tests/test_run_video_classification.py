@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import video_files  # noqa: E402  (examples/, on the path once training_utils is imported)
 from datasets import Dataset
 from torchcodec.encoders import VideoEncoder
 from training_utils import ROOT, SCRIPT, run_video_classification, train_tiny
@@ -18,6 +17,10 @@ from transformers import TrainingArguments, pipeline
 
 import evl_hf  # noqa: F401  (registers EVL with the Auto classes, for the pipeline)
 from evl_hf.video_processing_evl import EVLVideoProcessor, VideoDecodingError, sample_frame_indices
+
+
+# isort: split
+import video_files  # examples/, on sys.path once training_utils is imported (above, hence the split)
 
 
 @pytest.fixture
@@ -179,7 +182,7 @@ def test_a_training_clip_depends_only_on_seed_epoch_and_index(videos):
 def test_kinetics_style_list_is_read_relative_to_the_video_root(tmp_path):
     listing = tmp_path / "train.txt"
     listing.write_text("abseiling/clip one.mp4 0\n\n# a comment\nzumba/clip_2.mp4 399\n")
-    dataset = video_files.read_video_list(str(listing), "/data/k400", "video", "label")
+    dataset = video_files.load_video_list(str(listing), "/data/k400", "video", "label")
     assert dataset["video"] == ["/data/k400/abseiling/clip one.mp4", "/data/k400/zumba/clip_2.mp4"]
     assert dataset["label"] == [0, 399]
 
@@ -188,7 +191,7 @@ def test_a_malformed_line_of_a_list_names_the_file_and_line(tmp_path):
     listing = tmp_path / "val.txt"
     listing.write_text("a.mp4 1\nb.mp4 walking\n")
     with pytest.raises(ValueError, match=r"val.txt, line 2"):
-        video_files.read_video_list(str(listing), None, "video", "label")
+        video_files.load_video_list(str(listing), None, "video", "label")
 
 
 def test_trains_from_a_kinetics_style_list(run, tmp_path, videos):

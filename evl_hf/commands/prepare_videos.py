@@ -165,10 +165,10 @@ def relative_output(video: str, root: Path) -> Path:
     return output_name(relative)
 
 
-def read_list(list_path: Path, root: Path, video_column: str):
+def list_jobs(list_path: Path, root: Path, video_column: str):
     """
-    Reads a `.txt` (one `path label_index` per line) or `.csv` video list with
-    [`~evl_hf.video_utils.read_video_list`].
+    The videos of a `.txt` (one `path label_index` per line) or `.csv` video list, read with
+    [`~evl_hf.video_utils.read_video_list`], and where each goes.
 
     Returns:
         `tuple[list[dict], list[str] | None, list[tuple[Path, Path]]]`: the rows (a `.txt` row has the video column
@@ -369,7 +369,7 @@ def run(args) -> int:
             )
     elif source.suffix.lower() in (".txt", ".csv"):
         root = Path(args.video_root) if args.video_root is not None else source.resolve().parent
-        rows, header, jobs = read_list(source, root, args.video_column_name)
+        rows, header, jobs = list_jobs(source, root, args.video_column_name)
     else:
         raise UsageError(
             f"INPUT {args.input!r}: expected a videofolder tree, or a video list ending in .txt (`path label` per "
