@@ -19,6 +19,7 @@ import os
 import warnings
 from collections.abc import Callable
 from typing import Literal
+from urllib.parse import urlparse
 
 import torch
 from torchvision import tv_tensors
@@ -245,11 +246,14 @@ class EVLVideoProcessor(BaseVideoProcessor):
 
     def fetch_videos(self, video_url_or_urls, sample_indices_fn: Callable | None = None):
         """Reads paths, URLs and torchcodec decoders with [`~video_utils.load_video_frames`] (every frame without
-        `sample_indices_fn`). Returns the frames and their `VideoMetadata` (tuples for a list)."""
-        if isinstance(video_url_or_urls, (list, tuple)):
-            return tuple(zip(*[self.fetch_videos(video, sample_indices_fn) for video in video_url_or_urls]))
-        every_frame = lambda metadata: range(metadata.total_num_frames)
-        return _load_frames(video_url_or_urls, sample_indices_fn or every_frame)
+        `sample_indices_fn`), YouTube pages with transformers' loader. Returns the frames and their `VideoMetadata`
+        (tuples for a list)."""
+        video = video_url_or_urls
+        if isinstance(video, (list, tuple)):
+            return tuple(zip(*[self.fetch_videos(one, sample_indices_fn) for one in video]))
+        if isinstance(video, str) and urlparse(video).netloc in ("youtube.com", "www.youtube.com"):  # through yt_dlp
+            return super().fetch_videos(video, sample_indices_fn=sample_indices_fn)
+        return _load_frames(video, sample_indices_fn or (lambda metadata: range(metadata.total_num_frames)))
 
     def _decode_and_sample_videos(
         self, videos: VideoInput, video_metadata, do_sample_frames=None, sample_indices_fn: Callable | None = None
