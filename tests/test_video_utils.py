@@ -206,3 +206,11 @@ def test_a_server_that_never_answers_times_out_naming_the_url():
         with pytest.raises(TimeoutError, match="video.mp4"):
             open_video(url, timeout=0.5)
         assert time.monotonic() - start < 10
+
+
+def test_a_server_that_refuses_the_connection_raises_connection_error_naming_the_url():
+    with socket.socket() as unused:  # a port nothing listens on once this socket is closed
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]
+    with pytest.raises(ConnectionError, match=rf"127\.0\.0\.1:{port}/video\.mp4"):
+        open_video(f"http://127.0.0.1:{port}/video.mp4", timeout=5)
