@@ -28,7 +28,8 @@ from transformers import Trainer, TrainerCallback
 
 from evl_hf import EVLVideoProcessor
 from evl_hf.commands.prepare_videos import find_ffmpeg, prepare_one
-from evl_hf.video_processing_evl import read_video_frames, sample_frame_indices
+from evl_hf.video_processing_evl import sample_frame_indices
+from evl_hf.video_utils import read_video_frames
 
 from .harness import (
     EXAMPLES,

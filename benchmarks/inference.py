@@ -13,9 +13,10 @@ import torch
 from torchcodec.decoders import VideoDecoder
 
 from evl_hf import quantization
-from evl_hf.inference import classify_windows, postprocess_logits
+from evl_hf.inference import classify_windows, postprocess_logits, window_frame_indices
 from evl_hf.onnx_export import export_onnx
-from evl_hf.video_processing_evl import read_video_frames, sample_frame_indices, window_frame_indices
+from evl_hf.video_processing_evl import sample_frame_indices
+from evl_hf.video_utils import read_video_frames
 
 from .harness import (
     NUM_LABELS,

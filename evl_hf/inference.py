@@ -26,10 +26,33 @@ import torch
 import torch.nn.functional as F
 
 from .modeling_evl import EVLFrameFeatures
-from .video_processing_evl import _is_video_decoder, load_video_frames, open_video, window_frame_indices
+from .video_processing_evl import clip_span, sample_frame_indices
+from .video_utils import is_video_decoder as _is_video_decoder
+from .video_utils import load_video_frames, open_video
 
 
 FUNCTIONS_TO_APPLY = ("softmax", "sigmoid", "none")
+
+
+def window_frame_indices(num_video_frames: int, num_frames: int, frame_stride: int, window_stride: int):
+    """
+    The frames of every window of a long video: `num_frames` frames `frame_stride` apart, one window starting every
+    `window_stride` frames for as long as a window fits in the video. A video shorter than one window gets a single
+    window, made as [`sample_frame_indices`] makes a clip of a short video.
+
+    Returns:
+        `list[list[int]]`: one list of `num_frames` frame indices per window, in time order.
+    """
+    if min(num_video_frames, num_frames, frame_stride, window_stride) < 1:
+        raise ValueError(
+            f"Need at least one video frame, frame and stride, got num_video_frames={num_video_frames}, "
+            f"num_frames={num_frames}, frame_stride={frame_stride}, window_stride={window_stride}"
+        )
+    span = clip_span(num_frames, frame_stride)
+    if num_video_frames < span:
+        return [sample_frame_indices(num_video_frames, num_frames, frame_stride=frame_stride)]
+    starts = range(0, num_video_frames - span + 1, window_stride)
+    return [[start + i * frame_stride for i in range(num_frames)] for start in starts]
 
 
 def default_function_to_apply(config) -> str:
@@ -389,4 +412,5 @@ __all__ = [
     "postprocess_logits",
     "top_k_labels",
     "unnormalize_frames",
+    "window_frame_indices",
 ]

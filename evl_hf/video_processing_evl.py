@@ -11,14 +11,15 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Video processor class for EVL: sampling, decoding, training augmentation, multi-view placement, CLIP preprocessing."""
+"""Video processor class for EVL: frame sampling, training augmentation, multi-view placement, CLIP preprocessing.
+Videos are read by `video_utils`."""
 
-import errno
+import importlib
 import os
-import stat
-import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, BinaryIO, Literal
+import warnings
+from collections.abc import Callable
+from typing import Literal
+from urllib.parse import urlparse
 
 import torch
 from torchvision import tv_tensors
@@ -29,47 +30,22 @@ from transformers.processing_utils import Unpack, VideosKwargs
 from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoInput, VideoMetadata
 
-
-if TYPE_CHECKING:
-    from torchcodec.decoders import VideoDecoder
+# Private names: the old public ones go through the deprecation of `__getattr__` below.
+from .video_utils import is_video_decoder as _is_decoder
+from .video_utils import load_video_frames as _load_frames
 
 
 FRAME_SAMPLING_STRATEGIES = ("dense", "uniform", "segment")
 
 
-class VideoDecodingError(ValueError):
-    """A video file could not be read; the message names the file and says what is wrong with it."""
+def _is_video_source(video) -> bool:
+    """Whether `video` is read from a source (a path, URL or decoder), whose frames are then sampled."""
+    return isinstance(video, (str, os.PathLike)) or _is_decoder(video)
 
 
 def clip_span(num_frames: int, frame_stride: int) -> int:
     """Frames of video that `num_frames` frames `frame_stride` apart cover, from the first to the last."""
     return (num_frames - 1) * frame_stride + 1
-
-
-def _short_video_indices(num_video_frames: int, num_frames: int, frame_stride: int) -> list[int]:
-    # A video shorter than a clip plays from its first frame and repeats its last one, as the reference does.
-    return [min(i * frame_stride, num_video_frames - 1) for i in range(num_frames)]
-
-
-def window_frame_indices(num_video_frames: int, num_frames: int, frame_stride: int, window_stride: int):
-    """
-    The frames of every window of a long video: `num_frames` frames `frame_stride` apart, one window starting every
-    `window_stride` frames for as long as a window fits in the video. A video shorter than one window gets a single
-    window, made as [`sample_frame_indices`] makes a clip of a short video.
-
-    Returns:
-        `list[list[int]]`: one list of `num_frames` frame indices per window, in time order.
-    """
-    if min(num_video_frames, num_frames, frame_stride, window_stride) < 1:
-        raise ValueError(
-            f"Need at least one video frame, frame and stride, got num_video_frames={num_video_frames}, "
-            f"num_frames={num_frames}, frame_stride={frame_stride}, window_stride={window_stride}"
-        )
-    span = clip_span(num_frames, frame_stride)
-    if num_video_frames < span:
-        return [_short_video_indices(num_video_frames, num_frames, frame_stride)]
-    starts = range(0, num_video_frames - span + 1, window_stride)
-    return [[start + i * frame_stride for i in range(num_frames)] for start in starts]
 
 
 def sample_frame_indices(
@@ -111,7 +87,8 @@ def sample_frame_indices(
 
     step = frame_stride if strategy == "dense" else 1
     if num_video_frames < clip_span(num_frames, step):
-        return _short_video_indices(num_video_frames, num_frames, step)
+        # A video shorter than a clip plays from its first frame and repeats its last one, as the reference does.
+        return [min(i * step, num_video_frames - 1) for i in range(num_frames)]
 
     if strategy == "dense":
         slack = num_video_frames - (num_frames - 1) * frame_stride - 1
@@ -139,137 +116,6 @@ def sample_frame_indices(
         (2 * num_clips * i + 2 * clip_index + 1) * num_video_frames // (2 * num_clips * num_frames)
         for i in range(num_frames)
     ]
-
-
-def _is_video_decoder(obj) -> bool:
-    # A torchcodec VideoDecoder exists only once torchcodec is imported: this keeps importing this module free of it.
-    decoders = sys.modules.get("torchcodec.decoders")
-    return decoders is not None and isinstance(obj, decoders.VideoDecoder)
-
-
-def _diagnose_unopenable_video(source, head: bytes) -> str:
-    """Says, as precisely as cheap checks allow, why FFmpeg could not open `source` (whose first bytes are `head`)
-    as a video."""
-    from torchcodec.decoders import AudioDecoder
-
-    try:
-        if head.decode("utf-8") and b"\x00" not in head:
-            return "it is a text file, not a video"
-    except UnicodeDecodeError:
-        pass
-    try:
-        if hasattr(source, "seek"):
-            source.seek(0)
-        AudioDecoder(source)
-        return "it has an audio stream but no video stream"
-    except (RuntimeError, ValueError):
-        pass
-    return "its data is not a video container FFmpeg recognises (the file is corrupted or truncated)"
-
-
-def open_video(
-    video: "str | os.PathLike | bytes | BinaryIO", num_ffmpeg_threads: int = 1, *, name: str | None = None
-) -> "VideoDecoder":
-    """
-    A torchcodec `VideoDecoder` of a video file, of its bytes (a `datasets` row with stored bytes) or of a binary
-    file object, counting frames exactly, with `num_ffmpeg_threads` threads (0: FFmpeg chooses). Every failure is a
-    `FileNotFoundError`, `IsADirectoryError` or [`VideoDecodingError`] that names the video (`name`, by default its
-    path) and says what is wrong with it: the one way a video is opened, for reading it once or many times.
-    """
-    from torchcodec.decoders import VideoDecoder
-
-    if isinstance(video, (bytes, bytearray, memoryview)):
-        source, head = bytes(video), bytes(video[:4096])
-        label = repr(name) if name else f"({len(source)} bytes)"
-        if not source:
-            raise VideoDecodingError(f"Cannot read video {label}: its data is empty (0 bytes)")
-    elif hasattr(video, "read"):
-        source, label = video, repr(name or getattr(video, "name", None) or "the given file object")
-        head = source.read(4096)
-        source.seek(0)
-        if not head:
-            raise VideoDecodingError(f"Cannot read video {label}: its data is empty (0 bytes)")
-    else:
-        source = os.fspath(video)
-        label = repr(name or source)
-        if not os.path.exists(source):
-            raise FileNotFoundError(errno.ENOENT, "Video file not found", source)
-        if os.path.isdir(source):
-            raise IsADirectoryError(errno.EISDIR, "Expected a video file but got a directory", source)
-        file_stat = os.stat(source)
-        # FFmpeg would block forever on a pipe with no writer, or read a device without end.
-        if not stat.S_ISREG(file_stat.st_mode):
-            raise VideoDecodingError(f"Cannot read video {label}: it is not a regular file (a pipe or a device)")
-        if file_stat.st_size == 0:
-            raise VideoDecodingError(f"Cannot read video {label}: the file is empty (0 bytes)")
-        with open(source, "rb") as file:
-            head = file.read(4096)
-    try:
-        decoder = VideoDecoder(source, seek_mode="exact", num_ffmpeg_threads=num_ffmpeg_threads)
-    except (RuntimeError, ValueError) as error:
-        raise VideoDecodingError(f"Cannot read video {label}: {_diagnose_unopenable_video(source, head)}") from error
-    if len(decoder) == 0:
-        raise VideoDecodingError(f"Cannot read video {label}: its video stream has no frames (truncated?)")
-    return decoder
-
-
-def load_video_frames(
-    video: "str | os.PathLike | VideoDecoder", sample_indices_fn: Callable[..., Sequence[int]]
-) -> tuple[torch.Tensor, VideoMetadata]:
-    """
-    Decodes the frames `sample_indices_fn(metadata=...)` picks, and no other, with torchcodec (a path is opened with
-    [`open_video`]). Every failure names the video and its problem.
-
-    Returns:
-        `tuple[torch.Tensor, VideoMetadata]`: uint8 RGB frames `(T, 3, H, W)` in the order of the indices, and the
-        video's metadata with `frames_indices` set.
-    """
-    if _is_video_decoder(video):
-        name = "the given VideoDecoder"
-    else:
-        # As many FFmpeg threads as torch uses: all cores in the main process, one in a DataLoader worker, where the
-        # workers are the parallelism (a few sampled frames decode fastest on one thread: no frame-thread pipeline)
-        name, video = repr(os.fspath(video)), open_video(video, num_ffmpeg_threads=torch.get_num_threads())
-    info = video.metadata
-    metadata = VideoMetadata(
-        total_num_frames=len(video),
-        fps=info.average_fps,
-        width=info.width,
-        height=info.height,
-        duration=info.duration_seconds,
-        video_backend="torchcodec",
-    )
-    if metadata.total_num_frames == 0:
-        raise VideoDecodingError(f"Cannot read video {name}: its video stream has no frames (truncated?)")
-    indices = [int(index) for index in sample_indices_fn(metadata=metadata)]
-    if not indices:
-        raise ValueError(f"No frame indices given for video {name}")
-    if out_of_range := [index for index in indices if not 0 <= index < metadata.total_num_frames]:
-        raise IndexError(
-            f"Frame indices {out_of_range} are out of range for video {name} with {metadata.total_num_frames} frames"
-        )
-    metadata.frames_indices = indices
-    try:
-        frames = video.get_frames_at(indices).data
-    except (RuntimeError, ValueError, IndexError) as error:
-        raise VideoDecodingError(
-            f"Cannot decode frames {sorted(set(indices))} of video {name}: the file is truncated or its data is "
-            "corrupted"
-        ) from error
-    if frames.shape[-1] == 3 and frames.shape[1] != 3:  # a decoder opened with dimension_order="NHWC"
-        frames = frames.permute(0, 3, 1, 2)
-    return frames.contiguous(), metadata
-
-
-def read_video_frames(video: "str | os.PathLike | VideoDecoder", indices_or_fn) -> torch.Tensor:
-    """
-    Decodes some frames of a video (a path, or a torchcodec decoder as a `datasets` `Video` column gives) as uint8
-    RGB `(T, 3, H, W)`. `indices_or_fn`: frame indices (repeats allowed) or a function from the video's frame count
-    to them, e.g. `lambda n: sample_frame_indices(n, 8)`. Raises `FileNotFoundError` or `IsADirectoryError` for a
-    wrong path, `VideoDecodingError` for a file that cannot be decoded, `IndexError` for an index outside the video.
-    """
-    indices_fn = indices_or_fn if callable(indices_or_fn) else lambda num_video_frames: indices_or_fn
-    return load_video_frames(video, lambda metadata: indices_fn(metadata.total_num_frames))[0]
 
 
 class EVLVideoProcessorKwargs(VideosKwargs, total=False):
@@ -348,14 +194,10 @@ class EVLVideoProcessor(BaseVideoProcessor):
         `pixel_values` `(batch_size, num_frames, 3, height, width)`, or `(batch_size, views, num_frames, 3, height,
         width)` for several views (a list of per-video tensors without `return_tensors`).
         """
-        if isinstance(videos, os.PathLike):
-            videos = os.fspath(videos)
-        elif isinstance(videos, (list, tuple)) and videos and isinstance(videos[0], os.PathLike):
-            videos = [os.fspath(video) for video in videos]
         if kwargs.get("do_sample_frames", self.do_sample_frames) is None:
             # files and decoders are sampled, frames are the clip
             first = videos[0] if isinstance(videos, (list, tuple)) and videos else videos
-            kwargs["do_sample_frames"] = isinstance(first, str) or _is_video_decoder(first)
+            kwargs["do_sample_frames"] = _is_video_source(first)
         if kwargs.get("fps") is not None and "num_frames" not in kwargs:
             kwargs["num_frames"] = None  # `fps` given for this call replaces the processor's `num_frames`
         batch = super().preprocess(videos, **kwargs)
@@ -403,24 +245,24 @@ class EVLVideoProcessor(BaseVideoProcessor):
         ]
 
     def fetch_videos(self, video_url_or_urls, sample_indices_fn: Callable | None = None):
-        """Decodes paths and torchcodec decoders with [`load_video_frames`] (all frames without `sample_indices_fn`),
-        URLs with transformers' loader. Returns the frames and their `VideoMetadata` (tuples for a list)."""
-        if isinstance(video_url_or_urls, (list, tuple)):
-            return tuple(zip(*[self.fetch_videos(video, sample_indices_fn) for video in video_url_or_urls]))
-        if isinstance(video_url_or_urls, str) and video_url_or_urls.startswith(("http://", "https://")):
-            return super().fetch_videos(video_url_or_urls, sample_indices_fn=sample_indices_fn)
-        every_frame = lambda metadata: range(metadata.total_num_frames)  # noqa: E731
-        return load_video_frames(video_url_or_urls, sample_indices_fn or every_frame)
+        """Reads paths, URLs and torchcodec decoders with [`~video_utils.load_video_frames`] (every frame without
+        `sample_indices_fn`), YouTube pages with transformers' loader. Returns the frames and their `VideoMetadata`
+        (tuples for a list)."""
+        video = video_url_or_urls
+        if isinstance(video, (list, tuple)):
+            return tuple(zip(*[self.fetch_videos(one, sample_indices_fn) for one in video]))
+        if isinstance(video, str) and urlparse(video).netloc in ("youtube.com", "www.youtube.com"):  # through yt_dlp
+            return super().fetch_videos(video, sample_indices_fn=sample_indices_fn)
+        return _load_frames(video, sample_indices_fn or (lambda metadata: range(metadata.total_num_frames)))
 
     def _decode_and_sample_videos(
         self, videos: VideoInput, video_metadata, do_sample_frames=None, sample_indices_fn: Callable | None = None
     ):
-        # transformers' batching helpers do not know torchcodec decoders (what a `datasets` `Video` column holds):
-        # they are read like paths, decoding only the sampled frames.
-        if _is_video_decoder(videos):
-            videos = [videos]
-        if isinstance(videos, (list, tuple)) and videos and _is_video_decoder(videos[0]):
-            return self.fetch_videos(list(videos), sample_indices_fn=sample_indices_fn)
+        # Paths, URLs and torchcodec decoders (what a `datasets` `Video` column holds) are read by `fetch_videos`,
+        # decoding only the sampled frames: transformers' batching helpers know neither decoders nor `os.PathLike`.
+        batch = list(videos) if isinstance(videos, (list, tuple)) else [videos]
+        if batch and _is_video_source(batch[0]):
+            return self.fetch_videos(batch, sample_indices_fn=sample_indices_fn)
         return super()._decode_and_sample_videos(videos, video_metadata, do_sample_frames, sample_indices_fn)
 
     def augment(
@@ -501,15 +343,35 @@ class EVLVideoProcessor(BaseVideoProcessor):
         return BatchFeature(data={"pixel_values_videos": processed}, tensor_type=return_tensors)
 
 
+# Reading videos moved to `video_utils` and windows to `inference`: the old names keep working, with a warning, for
+# one release.
+_MOVED = {
+    "VideoDecodingError": "video_utils.VideoDecodingError",
+    "_diagnose_unopenable_video": "video_utils._diagnose_unopenable_video",
+    "_is_video_decoder": "video_utils.is_video_decoder",
+    "load_video_frames": "video_utils.load_video_frames",
+    "open_video": "video_utils.open_video",
+    "read_video_frames": "video_utils.read_video_frames",
+    "window_frame_indices": "inference.window_frame_indices",
+}
+
+
+def __getattr__(name: str):
+    if name not in _MOVED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    new_place = f"{__package__}.{_MOVED[name]}"
+    warnings.warn(
+        f"`{__name__}.{name}` moved to `{new_place}`; the old name goes in the next release.", FutureWarning, 2
+    )
+    # `importlib` rather than `from .inference import`: a saved processor's copied files then do not include it.
+    module, new_name = new_place.rsplit(".", 1)
+    return getattr(importlib.import_module(module), new_name)
+
+
 __all__ = [
     "EVLVideoProcessor",
     "EVLVideoProcessorKwargs",
-    "VideoDecodingError",
-    "load_video_frames",
-    "open_video",
-    "read_video_frames",
-    "sample_frame_indices",
-    "window_frame_indices",
-    "clip_span",
     "FRAME_SAMPLING_STRATEGIES",
+    "clip_span",
+    "sample_frame_indices",
 ]

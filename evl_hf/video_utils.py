@@ -11,14 +11,35 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""Finding videos: the video file extensions, folders searched for them, and lists of videos (Kinetics-style `.txt`,
-CSV, JSON lines), as training, `evl-hf predict` and `evl-hf prepare-videos` read them."""
+"""
+Reading videos and finding them.
+
+- Reading: [`open_video`] opens a file, its bytes, a binary file object or an http(s) URL with torchcodec and says
+  what is wrong with a video that does not open; [`load_video_frames`] and [`read_video_frames`] decode only the
+  frames asked for; [`read_video_metadata`] gives a video's `VideoMetadata`. Every reader of a video (the video
+  processor, training, the `evl-hf` commands) comes through here.
+- Finding: the video file extensions, folders searched for them, and lists of videos (Kinetics-style `.txt`, CSV,
+  JSON lines), as training, `evl-hf predict` and `evl-hf prepare-videos` read them.
+"""
 
 import csv
+import errno
 import json
 import os
+import stat
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+
+import torch
+from transformers.video_utils import VideoMetadata
+
+
+if TYPE_CHECKING:
+    from torchcodec.decoders import VideoDecoder
 
 
 # The containers FFmpeg reads that video datasets use: what folders are searched for.
@@ -39,6 +60,202 @@ VIDEO_EXTENSIONS = (
 )
 # Files read as lists of videos rather than as videos.
 VIDEO_LIST_EXTENSIONS = (".txt", ".csv", ".json", ".jsonl")
+
+
+class VideoDecodingError(ValueError):
+    """A video could not be read; the message names the video and says what is wrong with it."""
+
+
+def is_video_decoder(obj) -> bool:
+    """Whether `obj` is a torchcodec `VideoDecoder` (what a `datasets` `Video` column holds)."""
+    # The class exists only once torchcodec is imported: this keeps importing this module free of it.
+    decoders = sys.modules.get("torchcodec.decoders")
+    return decoders is not None and isinstance(obj, decoders.VideoDecoder)
+
+
+def _diagnose_unopenable_video(source, head: bytes) -> str:
+    """Says, as precisely as cheap checks allow, why FFmpeg could not open `source` (whose first bytes are `head`)
+    as a video."""
+    from torchcodec.decoders import AudioDecoder
+
+    try:
+        if head.decode("utf-8") and b"\x00" not in head:
+            return "it is a text file, not a video"
+    except UnicodeDecodeError:
+        pass
+    try:
+        if hasattr(source, "seek"):
+            source.seek(0)
+        AudioDecoder(source)
+        return "it has an audio stream but no video stream"
+    except (RuntimeError, ValueError):
+        pass
+    return "its data is not a video container FFmpeg recognises (the file is corrupted or truncated)"
+
+
+def _download(url: str, label: str, timeout: float) -> bytes:
+    # Read here rather than by FFmpeg, whose reads from a server that stops answering never time out.
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read()
+    except urllib.error.HTTPError as error:
+        if error.code in (404, 410):
+            raise FileNotFoundError(errno.ENOENT, f"Video not found (the server answered {error.code})", url) from None
+        raise ConnectionError(
+            f"Cannot download video {label}: the server answered {error.code} {error.reason}"
+        ) from None
+    except OSError as error:  # URLError, or a timeout or reset while reading
+        reason = getattr(error, "reason", error)
+        if isinstance(reason, TimeoutError):
+            raise TimeoutError(f"Cannot download video {label}: the server sent nothing for {timeout} s") from None
+        raise ConnectionError(f"Cannot download video {label}: {reason}") from None
+
+
+def _label(video, name: str | None = None) -> str:
+    """How messages name `video`: `name` when given, else its path or URL, or what kind of object it is."""
+    if name:
+        return repr(name)
+    if is_video_decoder(video):
+        return "the given VideoDecoder"
+    if isinstance(video, (bytes, bytearray, memoryview)):
+        return f"({len(video)} bytes)"
+    if hasattr(video, "read"):
+        return repr(getattr(video, "name", None) or "the given file object")
+    return repr(os.fspath(video))
+
+
+def open_video(
+    video: "str | os.PathLike | bytes | BinaryIO",
+    num_ffmpeg_threads: int = 1,
+    *,
+    name: str | None = None,
+    timeout: float = 60.0,
+) -> "VideoDecoder":
+    """
+    A torchcodec `VideoDecoder` of a video: a file, its bytes (a `datasets` row with stored bytes), a binary file
+    object or an http(s) URL, counting frames exactly, with `num_ffmpeg_threads` threads (0: FFmpeg chooses). The one
+    way a video is opened, for reading it once or many times.
+
+    A URL is downloaded whole (as transformers' own video loader does), giving up when the server sends nothing for
+    `timeout` seconds.
+
+    Raises:
+        `FileNotFoundError` (also for a URL the server does not have), `IsADirectoryError`, `ConnectionError` or
+        `TimeoutError` (a URL that cannot be downloaded), or [`VideoDecodingError`] (the data is not a video): every
+        message names the video (`name`, by default its path or URL) and says what is wrong.
+    """
+    from torchcodec.decoders import VideoDecoder
+
+    label = _label(video, name)
+    if isinstance(video, str) and video.startswith(("http://", "https://")):
+        video = _download(video, label, timeout)
+    if isinstance(video, (bytes, bytearray, memoryview)):
+        source, head = bytes(video), bytes(video[:4096])
+        if not source:
+            raise VideoDecodingError(f"Cannot read video {label}: its data is empty (0 bytes)")
+    elif hasattr(video, "read"):
+        source, head = video, video.read(4096)
+        source.seek(0)
+        if not head:
+            raise VideoDecodingError(f"Cannot read video {label}: its data is empty (0 bytes)")
+    else:
+        source = os.fspath(video)
+        if not os.path.exists(source):
+            raise FileNotFoundError(errno.ENOENT, "Video file not found", source)
+        if os.path.isdir(source):
+            raise IsADirectoryError(errno.EISDIR, "Expected a video file but got a directory", source)
+        file_stat = os.stat(source)
+        # FFmpeg would block forever on a pipe with no writer, or read a device without end.
+        if not stat.S_ISREG(file_stat.st_mode):
+            raise VideoDecodingError(f"Cannot read video {label}: it is not a regular file (a pipe or a device)")
+        if file_stat.st_size == 0:
+            raise VideoDecodingError(f"Cannot read video {label}: the file is empty (0 bytes)")
+        with open(source, "rb") as file:
+            head = file.read(4096)
+    try:
+        decoder = VideoDecoder(source, seek_mode="exact", num_ffmpeg_threads=num_ffmpeg_threads)
+    except (RuntimeError, ValueError) as error:
+        raise VideoDecodingError(f"Cannot read video {label}: {_diagnose_unopenable_video(source, head)}") from error
+    if len(decoder) == 0:
+        raise VideoDecodingError(f"Cannot read video {label}: its video stream has no frames (truncated?)")
+    return decoder
+
+
+def _open_for_reading(video) -> "tuple[VideoDecoder, str]":
+    """
+    The reader of `video` and the name messages give it: the one place that tells the kinds of video apart, so that
+    [`load_video_frames`], [`read_video_frames`] and [`read_video_metadata`] read each kind alike. A reader has
+    `metadata`, `len` and `get_frames_at` as torchcodec's `VideoDecoder` has (another storage, such as archives of
+    JPEG frames, is read by recognising it here and giving such an object).
+    """
+    if is_video_decoder(video):
+        return video, _label(video)
+    # As many FFmpeg threads as torch uses: all cores in the main process, one in a DataLoader worker, where the
+    # workers are the parallelism (a few sampled frames decode fastest on one thread: no frame-thread pipeline)
+    return open_video(video, num_ffmpeg_threads=torch.get_num_threads()), _label(video)
+
+
+def read_video_metadata(video: "str | os.PathLike | bytes | BinaryIO | VideoDecoder") -> VideoMetadata:
+    """
+    The `VideoMetadata` of a video (anything [`load_video_frames`] reads, a decoder without reopening it): its frame
+    count (exact), frame rate (`None` when the container does not say), width, height and duration in seconds.
+    """
+    reader, _ = _open_for_reading(video)
+    info = reader.metadata
+    return VideoMetadata(
+        total_num_frames=len(reader),
+        fps=info.average_fps,
+        width=info.width,
+        height=info.height,
+        duration=info.duration_seconds,
+        video_backend="torchcodec",
+    )
+
+
+def load_video_frames(
+    video: "str | os.PathLike | bytes | BinaryIO | VideoDecoder", sample_indices_fn: Callable[..., Sequence[int]]
+) -> tuple[torch.Tensor, VideoMetadata]:
+    """
+    Decodes the frames `sample_indices_fn(metadata=...)` picks, and no other, of a video: a path, URL, bytes or file
+    object ([`open_video`]) or an open torchcodec decoder. Every failure names the video and its problem.
+
+    Returns:
+        `tuple[torch.Tensor, VideoMetadata]`: uint8 RGB frames `(T, 3, H, W)` in the order of the indices, and the
+        video's metadata with `frames_indices` set.
+    """
+    reader, name = _open_for_reading(video)
+    metadata = read_video_metadata(reader)
+    if metadata.total_num_frames == 0:
+        raise VideoDecodingError(f"Cannot read video {name}: its video stream has no frames (truncated?)")
+    indices = [int(index) for index in sample_indices_fn(metadata=metadata)]
+    if not indices:
+        raise ValueError(f"No frame indices given for video {name}")
+    if out_of_range := [index for index in indices if not 0 <= index < metadata.total_num_frames]:
+        raise IndexError(
+            f"Frame indices {out_of_range} are out of range for video {name} with {metadata.total_num_frames} frames"
+        )
+    metadata.frames_indices = indices
+    try:
+        frames = reader.get_frames_at(indices).data
+    except (RuntimeError, ValueError, IndexError) as error:
+        raise VideoDecodingError(
+            f"Cannot decode frames {sorted(set(indices))} of video {name}: the file is truncated or its data is "
+            "corrupted"
+        ) from error
+    if frames.shape[-1] == 3 and frames.shape[1] != 3:  # a decoder opened with dimension_order="NHWC"
+        frames = frames.permute(0, 3, 1, 2)
+    return frames.contiguous(), metadata
+
+
+def read_video_frames(video: "str | os.PathLike | bytes | BinaryIO | VideoDecoder", indices_or_fn) -> torch.Tensor:
+    """
+    Decodes some frames of a video (anything [`load_video_frames`] reads) as uint8 RGB `(T, 3, H, W)`.
+    `indices_or_fn`: frame indices (repeats allowed) or a function from the video's frame count to them, e.g.
+    `lambda n: sample_frame_indices(n, 8)`. Raises `FileNotFoundError` or `IsADirectoryError` for a wrong path,
+    `VideoDecodingError` for a file that cannot be decoded, `IndexError` for an index outside the video.
+    """
+    indices_fn = indices_or_fn if callable(indices_or_fn) else lambda num_video_frames: indices_or_fn
+    return load_video_frames(video, lambda metadata: indices_fn(metadata.total_num_frames))[0]
 
 
 def is_video_file(path: "str | os.PathLike") -> bool:
@@ -168,6 +385,12 @@ def resolve_video_path(video: str, root: "str | os.PathLike") -> str:
 
 __all__ = [
     "VIDEO_EXTENSIONS",
+    "VideoDecodingError",
+    "is_video_decoder",
+    "load_video_frames",
+    "open_video",
+    "read_video_frames",
+    "read_video_metadata",
     "VIDEO_LIST_EXTENSIONS",
     "VideoList",
     "is_video_file",

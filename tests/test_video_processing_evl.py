@@ -1,9 +1,8 @@
-"""Tests of EVL's frame sampling, torchcodec decoding and video processor."""
+"""Tests of EVL's frame sampling and video processor, and of the old import paths of what moved out of its module."""
 
+import importlib
 import json
 import pathlib
-import shutil
-import subprocess
 
 import pytest
 import torch
@@ -11,23 +10,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
-from evl_hf.video_processing_evl import (
-    EVLVideoProcessor,
-    VideoDecodingError,
-    read_video_frames,
-    sample_frame_indices,
-)
+import evl_hf.video_processing_evl
+from evl_hf.testing_utils import encode_video
+from evl_hf.video_processing_evl import EVLVideoProcessor, sample_frame_indices
+from evl_hf.video_utils import read_video_frames
 
 
 torchcodec_decoders = pytest.importorskip("torchcodec.decoders")
 
 NUM_VIDEO_FRAMES = 160  # long enough for a centred 8 x 16 dense clip (113 frames) with room to move
-
-
-def _ffmpeg(*args: str) -> None:
-    if shutil.which("ffmpeg") is None:
-        pytest.skip("the ffmpeg command line tool is needed to generate test videos")
-    subprocess.run(["ffmpeg", "-hide_banner", "-loglevel", "error", "-y", *args], check=True, timeout=60)
 
 
 def _decode_all_frames(path) -> torch.Tensor:
@@ -37,44 +28,17 @@ def _decode_all_frames(path) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def video_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("videos")
-
-
-@pytest.fixture(scope="module")
-def video_path(video_dir):
-    """H.264 MP4, 160 frames of 40x32 at 25 fps, a test pattern whose hue turns with every frame."""
-    path = video_dir / "pattern.mp4"
-    _ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        f"testsrc2=size=40x32:rate=25,hue=h=n*7,trim=end_frame={NUM_VIDEO_FRAMES}",
-        "-c:v",
-        "libx264",
-        "-pix_fmt",
-        "yuv420p",
-        str(path),
+def video_path(tmp_path_factory):
+    """H.264 MP4, 160 frames of 40x32 at 25 fps, every frame different."""
+    return encode_video(
+        tmp_path_factory.mktemp("videos") / "pattern.mp4", NUM_VIDEO_FRAMES, height=32, width=40, fps=25
     )
-    return path
 
 
 @pytest.fixture(scope="module")
-def short_video_path(video_dir):
+def short_video_path(tmp_path_factory):
     """H.264 MP4 with 20 frames, shorter than an 8 x 16 dense clip."""
-    path = video_dir / "short.mp4"
-    _ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        "testsrc2=size=40x32:rate=25,hue=h=n*7,trim=end_frame=20",
-        "-c:v",
-        "libx264",
-        "-pix_fmt",
-        "yuv420p",
-        str(path),
-    )
-    return path
+    return encode_video(tmp_path_factory.mktemp("videos") / "short.mp4", 20, height=32, width=40, fps=25)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -199,82 +163,6 @@ def test_dense_indices_keep_the_stride_until_the_video_ends(num_video_frames, nu
         step == frame_stride or (step < frame_stride and b == num_video_frames - 1)
         for step, b in zip(steps, indices[1:])
     )
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# read_video_frames
-
-
-def test_read_video_frames_returns_the_requested_frames_as_uint8_rgb(video_path):
-    indices = [3, 40, 40, 159, 7]  # repeats and any order are allowed
-    frames = read_video_frames(video_path, indices)
-    assert frames.dtype == torch.uint8
-    assert frames.shape == (5, 3, 32, 40)
-    assert torch.equal(frames, _decode_all_frames(video_path)[indices])
-    assert not torch.equal(frames[0], frames[4])  # neighbouring frames differ, so a wrong index would show
-
-
-def test_read_video_frames_accepts_a_sampling_function(video_path):
-    frames = read_video_frames(str(video_path), lambda n: sample_frame_indices(n, 8, frame_stride=16))
-    expected = _decode_all_frames(video_path)[sample_frame_indices(NUM_VIDEO_FRAMES, 8, frame_stride=16)]
-    assert torch.equal(frames, expected)
-
-
-def test_read_video_frames_accepts_a_torchcodec_decoder(video_path):
-    decoder = torchcodec_decoders.VideoDecoder(str(video_path), dimension_order="NHWC")
-    frames = read_video_frames(decoder, [0, 80])
-    assert frames.shape == (2, 3, 32, 40)
-    assert torch.equal(frames, _decode_all_frames(video_path)[[0, 80]])
-
-
-def test_read_video_frames_rejects_out_of_range_indices_naming_the_file(video_path):
-    with pytest.raises(IndexError, match=r"\[160\].*pattern\.mp4.*160 frames"):
-        read_video_frames(video_path, [0, 160])
-
-
-def test_only_the_sampled_frames_are_decoded(video_dir):
-    # In an intra-only MJPEG MOV each frame is one self-contained packet. Destroying the packets of every frame the
-    # clip does not use leaves a file that still decodes at the sampled frames, and only there.
-    path = video_dir / "intra.mov"
-    _ffmpeg("-f", "lavfi", "-i", "testsrc2=size=32x32:rate=25,hue=h=n*7,trim=end_frame=16", "-c:v", "mjpeg", str(path))
-    probe = subprocess.run(
-        [
-            "ffprobe",
-            "-v",
-            "error",
-            "-select_streams",
-            "v:0",
-            "-show_entries",
-            "packet=pos,size",
-            "-of",
-            "json",
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    )
-    packets = [(int(p["pos"]), int(p["size"])) for p in json.loads(probe.stdout)["packets"]]
-    assert len(packets) == 16
-    processor = EVLVideoProcessor(
-        num_frames=4, frame_stride=4, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    )
-    sampled = sample_frame_indices(16, 4, frame_stride=4)
-    data = bytearray(path.read_bytes())
-    for index, (position, size) in enumerate(packets):
-        if index not in sampled:
-            data[position : position + size] = bytes(size)
-    damaged = video_dir / "intra_damaged.mov"
-    damaged.write_bytes(bytes(data))
-
-    assert torch.equal(read_video_frames(damaged, sampled), _decode_all_frames(path)[sampled])
-    assert torch.equal(
-        processor(str(damaged), return_tensors="pt")["pixel_values"],
-        processor(str(path), return_tensors="pt")["pixel_values"],
-    )
-    with pytest.raises(VideoDecodingError, match="intra_damaged.mov"):
-        read_video_frames(damaged, range(16))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -443,3 +331,46 @@ def test_without_sampling_a_path_gives_every_frame(video_path):
     processor = EVLVideoProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     pixel_values = processor(str(video_path), do_sample_frames=False, return_tensors="pt")["pixel_values"]
     assert pixel_values.shape == (1, NUM_VIDEO_FRAMES, 3, 32, 32)
+
+
+def test_a_saved_processor_carries_the_module_that_reads_videos(tmp_path):
+    # Loading with trust_remote_code imports the copied files: the processor's relative imports must be among them.
+    EVLVideoProcessor().save_pretrained(tmp_path)
+    assert sorted(path.name for path in tmp_path.glob("*.py")) == ["video_processing_evl.py", "video_utils.py"]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Names that moved out of the module
+
+
+@pytest.mark.parametrize(
+    "old_name, new_place",
+    [
+        ("VideoDecodingError", "video_utils.VideoDecodingError"),
+        ("_diagnose_unopenable_video", "video_utils._diagnose_unopenable_video"),
+        ("_is_video_decoder", "video_utils.is_video_decoder"),
+        ("load_video_frames", "video_utils.load_video_frames"),
+        ("open_video", "video_utils.open_video"),
+        ("read_video_frames", "video_utils.read_video_frames"),
+        ("window_frame_indices", "inference.window_frame_indices"),
+    ],
+)
+def test_a_moved_name_still_imports_from_the_old_place_with_a_warning_naming_the_new_one(old_name, new_place):
+    module, new_name = f"evl_hf.{new_place}".rsplit(".", 1)
+    with pytest.warns(
+        FutureWarning, match=rf"`evl_hf\.video_processing_evl\.{old_name}` moved to `{module}\.{new_name}`"
+    ):
+        moved = getattr(evl_hf.video_processing_evl, old_name)
+    assert moved is getattr(importlib.import_module(module), new_name)
+
+
+def test_from_import_of_a_moved_name_warns():
+    with pytest.warns(FutureWarning, match="evl_hf.video_utils.open_video"):
+        from evl_hf.video_processing_evl import open_video
+    assert open_video is importlib.import_module("evl_hf.video_utils").open_video
+
+
+def test_a_name_that_never_existed_is_still_an_attribute_error():
+    with pytest.raises(AttributeError, match="no_such_name"):
+        evl_hf.video_processing_evl.no_such_name
+    assert not hasattr(evl_hf.video_processing_evl, "sample_frame_index")

@@ -103,8 +103,9 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
         postprocess_logits,
         top_k_labels,
         unnormalize_frames,
+        window_frame_indices,
     )
-    from ..video_processing_evl import open_video, window_frame_indices
+    from ..video_utils import open_video
 
     # One decoder for the clip, its frame positions and the timeline: the upload is opened and probed once.
     decoder = open_video(video, num_ffmpeg_threads=torch.get_num_threads())

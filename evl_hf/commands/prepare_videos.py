@@ -288,7 +288,7 @@ def prepare_one(ffmpeg: str, source: Path, target: Path, settings: dict) -> dict
         if source.exists():
             result["input_bytes"] = source.stat().st_size
         return result
-    from ..video_processing_evl import open_video
+    from ..video_utils import open_video
 
     partial = target.with_name(f".{target.name}.partial")
     try:

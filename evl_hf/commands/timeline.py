@@ -81,8 +81,8 @@ def write_saliency(model, processor, video, result: dict, folder, num_windows: i
     import torch
     from PIL import Image
 
-    from ..inference import attention_overlays
-    from ..video_processing_evl import read_video_frames, window_frame_indices
+    from ..inference import attention_overlays, window_frame_indices
+    from ..video_utils import read_video_frames
 
     os.makedirs(folder, exist_ok=True)
     all_frames = window_frame_indices(

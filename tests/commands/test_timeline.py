@@ -7,8 +7,8 @@ import torch
 
 from evl_hf import EVLForVideoClassification, EVLVideoProcessor
 from evl_hf.commands import main
-from evl_hf.inference import classify_windows
-from evl_hf.video_processing_evl import read_video_frames, window_frame_indices
+from evl_hf.inference import classify_windows, window_frame_indices
+from evl_hf.video_utils import read_video_frames
 
 from .conftest import LABELS, encode_video, save_tiny_model
 
