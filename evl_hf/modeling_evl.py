@@ -616,8 +616,8 @@ class EVLModel(EVLPreTrainedModel):
         output_hidden_states (`bool`, *optional*):
             Return the encoder layers read (the tensors the decoder consumes) and the decoder's query states.
         """
-        # Read as transformers' output capturing reads them, and passed on as such: the backbone's own config is not
-        # consulted, and an index selection (meant for the backbone's layers) asks for all the layers read.
+        # Read as transformers' output capturing reads them (the argument, else EVL's config, for the backbone too: its
+        # own config is not consulted); a list of indices (a selection in transformers) returns every layer read.
         output_attentions = kwargs.get("output_attentions", self.config.output_attentions)
         output_hidden_states = bool(kwargs.get("output_hidden_states", self.config.output_hidden_states))
         self._check_pixel_values(pixel_values)
