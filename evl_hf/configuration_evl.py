@@ -65,6 +65,8 @@ class EVLConfig(PreTrainedConfig):
     ```"""
 
     model_type = "evl"
+    # The classifier returns the pooled vector with the logits; the Trainer's predictions are the logits alone.
+    keys_to_ignore_at_inference = ["pooler_output"]
     sub_configs_defaults = {
         "vision_config": SubConfigSpec(
             config_class=AutoConfig,

@@ -26,9 +26,10 @@ from transformers import CLIPVisionModel, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN, QuickGELUActivation
 from transformers.modeling_layers import GradientCheckpointingLayer
-from transformers.modeling_outputs import ImageClassifierOutput
-from transformers.utils import ModelOutput, can_return_tuple
-from transformers.utils.output_capturing import CompileableContextVar
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.processing_utils import Unpack
+from transformers.utils import ModelOutput, TransformersKwargs, can_return_tuple
+from transformers.utils.output_capturing import CompileableContextVar, OutputRecorder, capture_outputs
 
 from .configuration_evl import EVLConfig
 
@@ -59,12 +60,19 @@ class EVLModelOutput(ModelOutput):
 
 
 @dataclass
-class EVLVideoClassifierOutput(ImageClassifierOutput):
+class EVLVideoClassifierOutput(ModelOutput):
     r"""
-    `loss` (when `labels` are given) and `logits` `(batch_size, num_labels)` as for images; the rest as in
-    [`EVLModelOutput`].
+    `loss` (when `labels` are given) and `logits` `(batch_size, num_labels)` as in [`ImageClassifierOutput`], then:
+    pooler_output (`torch.FloatTensor` of shape `(batch_size, hidden_size)`):
+        The query token the head reads ([`EVLModel`]'s `pooler_output`): the clip's embedding. The rest as in
+        [`EVLModelOutput`].
     """
 
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    pooler_output: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
     decoder_hidden_states: tuple[torch.FloatTensor, ...] | None = None
     decoder_attentions: tuple[torch.FloatTensor, ...] | None = None
 
@@ -238,21 +246,14 @@ class EVLDecoderLayer(GradientCheckpointingLayer):
 
     def __init__(self, config: EVLConfig):
         super().__init__()
-        width = config.hidden_size
-        self.temporal_conv = (
-            nn.Conv1d(width, width, kernel_size=3, padding=1, groups=width, dtype=torch.float32)
-            if config.use_temporal_conv
-            else None
-        )
-        self.temporal_pos_embed = (
-            nn.Parameter(torch.zeros(config.num_frames, width, dtype=torch.float32))
-            if config.use_temporal_pos_embed
-            else None
-        )
-        self.temporal_cross_attention = (
-            EVLTemporalCrossAttention(config) if config.use_temporal_cross_attention else None
-        )
-        eps = config.vision_config.layer_norm_eps
+        width, eps = config.hidden_size, config.vision_config.layer_norm_eps
+        self.temporal_conv = self.temporal_pos_embed = self.temporal_cross_attention = None  # each one optional
+        if config.use_temporal_conv:
+            self.temporal_conv = nn.Conv1d(width, width, kernel_size=3, padding=1, groups=width, dtype=torch.float32)
+        if config.use_temporal_pos_embed:
+            self.temporal_pos_embed = nn.Parameter(torch.zeros(config.num_frames, width, dtype=torch.float32))
+        if config.use_temporal_cross_attention:
+            self.temporal_cross_attention = EVLTemporalCrossAttention(config)
         self.layer_norm1 = nn.LayerNorm(width, eps=eps, dtype=torch.float32)
         self.layer_norm2 = nn.LayerNorm(width, eps=eps, dtype=torch.float32)
         self.layer_norm3 = nn.LayerNorm(width, eps=eps, dtype=torch.float32)
@@ -272,14 +273,13 @@ class EVLDecoderLayer(GradientCheckpointingLayer):
         attention_queries: torch.Tensor | None = None,
         attention_keys: torch.Tensor | None = None,
         temporal_cross_attention_output: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    ) -> torch.Tensor:
         """
         The video query token `(batch_size, hidden_size)` reads `hidden_states` `(batch_size, num_frames, 1 +
         num_patches, hidden_size)`, one encoder layer's output. The temporal cross attention takes that layer's
         `attention_queries` and `attention_keys` `(batch_size, num_frames, 1 + num_patches, heads, head_dim)`, or its
         `temporal_cross_attention_output`, shaped as `hidden_states`, when already known (overlapping clips share it).
-        Returns the query after this layer and its attention weights `(batch_size, num_heads, 1, num_frames * (1 +
-        num_patches))`.
+        Returns the query after this layer.
         """
         batch_size, num_frames, num_tokens, width = hidden_states.shape
         features = hidden_states
@@ -296,17 +296,9 @@ class EVLDecoderLayer(GradientCheckpointingLayer):
             features = features + temporal_cross_attention_output
         features = features.reshape(batch_size, num_frames * num_tokens, width)
 
-        attention_output, attention_weights = self.attn(self.layer_norm1(query), self.layer_norm3(features))
+        attention_output, _ = self.attn(self.layer_norm1(query), self.layer_norm3(features))
         query = query + attention_output
-        query = query + self.mlp(self.layer_norm2(query))
-        return query, attention_weights
-
-
-class EVLDecoder(nn.Module):
-    def __init__(self, config: EVLConfig):
-        super().__init__()
-        self.query_token = nn.Parameter(torch.zeros(config.hidden_size, dtype=torch.float32))
-        self.layers = nn.ModuleList([EVLDecoderLayer(config) for _ in range(config.decoder_num_layers)])
+        return query + self.mlp(self.layer_norm2(query))
 
 
 class EVLPreTrainedModel(PreTrainedModel):
@@ -353,10 +345,6 @@ class EVLPreTrainedModel(PreTrainedModel):
             init.zeros_(module.temporal_pos_embed)
         elif isinstance(module, EVLDecoder):
             init.zeros_(module.query_token)
-
-    def post_init(self):
-        super().post_init()
-        self._apply_backbone_freezing()
 
     def _apply_backbone_freezing(self):
         """Set the backbone's `requires_grad` from `config.freeze_backbone`. `post_layernorm` never trains: EVL reads
@@ -444,6 +432,44 @@ class EVLPreTrainedModel(PreTrainedModel):
         return model
 
 
+class EVLDecoder(EVLPreTrainedModel):
+    """The query token and the decoder layers, shallow to deep: a sub-model, as BART's decoder, so that transformers
+    records its hidden states (the query before the first layer and after each) and attention weights."""
+
+    _can_record_outputs = {
+        "hidden_states": OutputRecorder(EVLDecoderLayer, num_hidden_layers_key="decoder_num_layers"),
+        "attentions": EVLDecoderAttention,
+    }
+
+    def __init__(self, config: EVLConfig):
+        super().__init__(config)
+        self.query_token = nn.Parameter(torch.zeros(config.hidden_size, dtype=torch.float32))
+        self.layers = nn.ModuleList([EVLDecoderLayer(config) for _ in range(config.decoder_num_layers)])
+        self.post_init()
+
+    def get_input_embeddings(self) -> None:
+        """`None`: the decoder reads the backbone's features; it embeds no input of its own."""
+        return None
+
+    @capture_outputs
+    def forward(
+        self,
+        hidden_states: list[torch.Tensor],
+        queries: list[torch.Tensor] | None = None,
+        keys: list[torch.Tensor] | None = None,
+        temporal_cross_attention_outputs: list[torch.Tensor] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutput:
+        """The [`EVLDecoderLayer`] inputs, one per layer read (shallow to deep), per clip. Returns the query after the
+        last layer as `last_hidden_state`, `(batch_size, hidden_size)`."""
+        query = self.query_token.expand(hidden_states[0].shape[0], -1)
+        pick = lambda tensors, index: None if tensors is None else tensors[index]
+        for index, layer in enumerate(self.layers):
+            layer_inputs = (pick(tensors, index) for tensors in (queries, keys, temporal_cross_attention_outputs))
+            query = layer(query, hidden_states[index], *layer_inputs)
+        return BaseModelOutput(last_hidden_state=query)
+
+
 class EVLModel(EVLPreTrainedModel):
     """The CLIP encoder and the EVL decoder, without a classification head: one vector per clip."""
 
@@ -467,6 +493,7 @@ class EVLModel(EVLPreTrainedModel):
                 for name in ("q_proj", "k_proj"):
                     getattr(layer.self_attn, name).register_forward_hook(partial(_record_projection, (index, name)))
         self.post_init()
+        self._apply_backbone_freezing()
 
     def _check_pixel_values(self, pixel_values: torch.Tensor):
         # Shapes only: a value check would cost a device-to-host synchronisation on every forward pass.
@@ -496,15 +523,11 @@ class EVLModel(EVLPreTrainedModel):
 
     def get_frame_features(self, frames: torch.Tensor, output_attentions: bool = False) -> EVLFrameFeatures:
         r"""
-        Run the CLIP encoder on each frame on its own and keep what the decoder reads. A frame's features can thus be
-        shared by every clip that uses it (overlapping windows of a long video); [`decode_frame_features`] then gives
-        what `forward` gives for the clip made of those frames.
-
-        Args:
-            frames (`torch.FloatTensor` of shape `(num_images, num_channels, height, width)`):
-                Normalised frames, from any number of clips.
-            output_attentions (`bool`, *optional*, defaults to `False`):
-                Also return the self-attention maps of the layers read (eager attention only).
+        Run the CLIP encoder on each of the normalised `frames` `(num_images, num_channels, height, width)`, from any
+        number of clips, on its own and keep what the decoder reads, with the self-attention maps of the layers read
+        if `output_attentions` (eager attention only). A frame's features can thus be shared by every clip that uses it
+        (overlapping windows of a long video); [`decode_frame_features`] then gives what `forward` gives for the clip
+        made of those frames.
         """
         num_layers, num_read = self.config.vision_config.num_hidden_layers, self.config.decoder_num_layers
         # hidden state i is the output of encoder layer i - 1 (0 is the embeddings): the last num_read layers
@@ -540,34 +563,14 @@ class EVLModel(EVLPreTrainedModel):
         attentions = tuple(outputs.attentions[-num_read:]) if output_attentions and outputs.attentions else None
         return EVLFrameFeatures(hidden_states=hidden_states, queries=queries, keys=keys, attentions=attentions)
 
-    def _decode(self, hidden_states, queries, keys, cross_attention_outputs=None) -> tuple[torch.Tensor, tuple, tuple]:
-        """The decoder on per-clip features (`(batch_size, num_frames, ...)` tensors, one per layer read): the query
-        after the last layer, the query before and after each layer, and each layer's attention weights."""
-        query = self.decoder.query_token.expand(hidden_states[0].shape[0], -1)
-        decoder_hidden_states, decoder_attentions = [query], []
-        pick = lambda tensors, index: None if tensors is None else tensors[index]
-        for index, layer in enumerate(self.decoder.layers):
-            layer_inputs = (pick(tensors, index) for tensors in (queries, keys, cross_attention_outputs))
-            query, attention_weights = layer(query, hidden_states[index], *layer_inputs)
-            decoder_hidden_states.append(query)
-            decoder_attentions.append(attention_weights)
-        return query, tuple(decoder_hidden_states), tuple(decoder_attentions)
-
     def get_neighbour_cross_attention(self, queries: tuple, keys: tuple) -> tuple[torch.Tensor, ...]:
         r"""
         The temporal cross attention between pairs of neighbouring frames, which depends on those two frames only: a
-        long video's overlapping clips can share it (see [`decode_frame_features`]).
-
-        Args:
-            queries (`tuple(torch.FloatTensor)`):
-                Per layer read, the [`get_frame_features`] queries of `num_pairs` pairs of frames, a frame and the next
-                one, `(num_pairs, 2, 1 + num_patches, num_heads, head_dim)`.
-            keys (`tuple(torch.FloatTensor)`):
-                The keys of the same frames, in the same shape.
-
-        Returns:
-            `tuple(torch.FloatTensor)`: per decoder layer `(num_pairs, 2, 1 + num_patches, hidden_size)`, at index 0
-            what the first frame of a pair collects looking ahead, at index 1 what the second collects looking back.
+        long video's overlapping clips can share it (see [`decode_frame_features`]). `queries` and `keys` hold, per
+        layer read, the [`get_frame_features`] queries and keys of `num_pairs` pairs of frames, a frame and the next
+        one, `(num_pairs, 2, 1 + num_patches, num_heads, head_dim)`. Returns per decoder layer `(num_pairs, 2, 1 +
+        num_patches, hidden_size)`: at index 0 what the first frame of a pair collects looking ahead, at index 1 what
+        the second collects looking back.
         """
         if not self.config.use_temporal_cross_attention:
             raise ValueError("This model has no temporal cross attention (config.use_temporal_cross_attention=False).")
@@ -581,6 +584,7 @@ class EVLModel(EVLPreTrainedModel):
     ) -> tuple[torch.Tensor, tuple]:
         r"""
         Run the decoder on the [`get_frame_features`] of `batch_size` clips of `num_frames` frames, clip after clip.
+        Returns the query after the last layer, `(batch_size, hidden_size)`, and the query before and after each layer.
 
         Args:
             features ([`EVLFrameFeatures`]):
@@ -592,29 +596,18 @@ class EVLModel(EVLPreTrainedModel):
                 Per decoder layer, the [`get_neighbour_cross_attention`] of each clip's pairs of neighbouring frames, in
                 order, `(batch_size, num_frames - 1, 2, 1 + num_patches, hidden_size)`: it stands for the temporal
                 cross attention, whose output at a frame is what it collects from both neighbours.
-
-        Returns:
-            The query after the last decoder layer, `(batch_size, hidden_size)`, and the query before and after each.
         """
         cross_attention_outputs = None
         if neighbour_cross_attention is not None:
             combine = EVLTemporalCrossAttention.combine
             cross_attention_outputs = [combine(pairs[:, :, 0], pairs[:, :, 1]) for pairs in neighbour_cross_attention]
         tensors = (features.hidden_states, features.queries, features.keys)
-        query, decoder_hidden_states, _ = self._decode(
-            *(_unfold_clips(t, num_frames) for t in tensors), cross_attention_outputs
-        )
-        return query, decoder_hidden_states
+        clips = (_unfold_clips(t, num_frames) for t in tensors)
+        outputs = self.decoder(*clips, cross_attention_outputs, output_hidden_states=True, return_dict=True)
+        return outputs.last_hidden_state, outputs.hidden_states
 
     @can_return_tuple
-    def forward(
-        self,
-        pixel_values: torch.Tensor,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
-    ) -> EVLModelOutput:
+    def forward(self, pixel_values: torch.Tensor, **kwargs: Unpack[TransformersKwargs]) -> EVLModelOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_channels, height, width)`):
             Normalised frames, as [`EVLVideoProcessor`] returns them.
@@ -623,10 +616,10 @@ class EVLModel(EVLPreTrainedModel):
         output_hidden_states (`bool`, *optional*):
             Return the encoder layers read (the tensors the decoder consumes) and the decoder's query states.
         """
-        if output_attentions is None:
-            output_attentions = self.config.output_attentions
-        if output_hidden_states is None:
-            output_hidden_states = self.config.output_hidden_states
+        # Read as transformers' output capturing reads them (the argument, else EVL's config, for the backbone too: its
+        # own config is not consulted); a list of indices (a selection in transformers) returns every layer read.
+        output_attentions = kwargs.get("output_attentions", self.config.output_attentions)
+        output_hidden_states = bool(kwargs.get("output_hidden_states", self.config.output_hidden_states))
         self._check_pixel_values(pixel_values)
         num_frames = pixel_values.shape[1]
         # Frames are folded into the batch: (B, T, 3, H, W) -> (B * T, 3, H, W).
@@ -637,13 +630,14 @@ class EVLModel(EVLPreTrainedModel):
             # decoder's graph, so that gradients at what the decoder consumes can be read (saliency, attribution).
             hidden_states = [hidden.detach().requires_grad_() for hidden in hidden_states]
         queries, keys = (_unfold_clips(tensors, num_frames) for tensors in (features.queries, features.keys))
-        query, decoder_hidden_states, decoder_attentions = self._decode(hidden_states, queries, keys)
+        flags = {"output_attentions": output_attentions, "output_hidden_states": output_hidden_states}
+        decoder_outputs = self.decoder(hidden_states, queries, keys, return_dict=True, **flags)
         return EVLModelOutput(
-            pooler_output=query,
+            pooler_output=decoder_outputs.last_hidden_state,
             hidden_states=tuple(hidden_states) if output_hidden_states else None,
             attentions=features.attentions,
-            decoder_hidden_states=decoder_hidden_states if output_hidden_states else None,
-            decoder_attentions=decoder_attentions if output_attentions else None,
+            decoder_hidden_states=decoder_outputs.hidden_states,
+            decoder_attentions=decoder_outputs.attentions,
         )
 
 
@@ -670,13 +664,7 @@ class EVLForVideoClassification(EVLPreTrainedModel):
 
     @can_return_tuple
     def forward(
-        self,
-        pixel_values: torch.Tensor,
-        labels: torch.LongTensor | None = None,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        **kwargs,
+        self, pixel_values: torch.Tensor, labels: torch.LongTensor | None = None, **kwargs: Unpack[TransformersKwargs]
     ) -> EVLVideoClassifierOutput:
         r"""
         pixel_values (`torch.FloatTensor` of shape `(batch_size, num_frames, num_channels, height, width)`):
@@ -703,19 +691,10 @@ class EVLForVideoClassification(EVLPreTrainedModel):
         torch.Size([1, 4])
         ```
         """
-        outputs = self.evl(
-            pixel_values, output_attentions=output_attentions, output_hidden_states=output_hidden_states
-        )
+        outputs = self.evl(pixel_values, return_dict=True, **kwargs)
         logits = self.compute_logits(outputs.pooler_output)
         loss = None if labels is None else self.loss_function(labels, logits, self.config, **kwargs)
-        return EVLVideoClassifierOutput(
-            loss=loss,
-            logits=logits,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            decoder_hidden_states=outputs.decoder_hidden_states,
-            decoder_attentions=outputs.decoder_attentions,
-        )
+        return EVLVideoClassifierOutput(loss=loss, logits=logits, **outputs)
 
 
 __all__ = ["EVLPreTrainedModel", "EVLModel", "EVLForVideoClassification"]

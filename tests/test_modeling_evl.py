@@ -59,7 +59,7 @@ def test_hidden_states_carry_the_gradient_of_the_features_the_decoder_consumes_w
     with torch.no_grad():
         frame_features = model.evl.get_frame_features(clip().flatten(0, 1))
     unfold = lambda tensors: [t.unflatten(0, (2, 4)) for t in tensors]
-    query = model.evl._decode(features, unfold(frame_features.queries), unfold(frame_features.keys))[0]
+    query = model.evl.decoder(features, unfold(frame_features.queries), unfold(frame_features.keys)).last_hidden_state
     model.classifier(model.dropout(model.fc_norm(query)))[:, 1].sum().backward()
     for hidden, feature in zip(outputs.hidden_states, features):
         assert torch.allclose(hidden.grad, feature.grad, atol=1e-6)
@@ -248,9 +248,33 @@ def test_hidden_states_are_the_encoder_layers_the_decoder_reads(model):
     assert torch.allclose(outputs.hidden_states[-1].flatten(0, 1), expected, atol=1e-5)
 
 
-def test_return_dict_false_gives_a_tuple(model):
-    outputs = model(clip(), labels=torch.tensor([0, 1]), return_dict=False)
-    assert isinstance(outputs, tuple) and outputs[1].shape == (2, 3)
+def test_classifier_output_carries_the_base_models_pooled_vector_and_the_logits_of_it(model):
+    outputs = model(clip())
+    assert outputs.pooler_output.shape == (2, 32)
+    assert torch.equal(outputs.pooler_output, model.evl(clip()).pooler_output)
+    assert torch.equal(outputs.logits, model.compute_logits(outputs.pooler_output))
+
+
+def test_return_dict_false_gives_the_fields_in_order_loss_logits_pooler_output_then_the_recorded_ones(model):
+    labels = torch.tensor([0, 1])
+    outputs = model(clip(), labels=labels, output_hidden_states=True)
+    assert list(outputs.keys()) == ["loss", "logits", "pooler_output", "hidden_states", "decoder_hidden_states"]
+    as_tuple = model(clip(), labels=labels, output_hidden_states=True, return_dict=False)
+    assert isinstance(as_tuple, tuple) and len(as_tuple) == 5
+    for value, expected in zip(as_tuple, outputs.values()):
+        torch.testing.assert_close(value, expected, rtol=0, atol=0)
+    # without labels the logits come first, as in transformers' classifier outputs
+    logits, pooler_output = model(clip(), return_dict=False)
+    assert logits.shape == (2, 3) and torch.equal(pooler_output, outputs.pooler_output)
+
+
+def test_config_return_dict_false_gives_tuples_and_leaves_the_inner_calls_working(model):
+    model.config.return_dict = False
+    logits, pooler_output = model(clip())
+    assert torch.equal(pooler_output, model.evl(clip(), return_dict=True).pooler_output)
+    features = model.evl.get_frame_features(clip().flatten(0, 1))
+    pooled, decoder_hidden_states = model.evl.decode_frame_features(features, num_frames=4)
+    assert torch.equal(pooled, pooler_output) and len(decoder_hidden_states) == 3
 
 
 def test_models_loaded_with_eager_and_sdpa_attention_agree(tmp_path, model):
@@ -523,3 +547,42 @@ def test_from_pretrained_with_another_num_frames_interpolates_the_trained_positi
     # and it saves and reloads at its new length
     loaded.save_pretrained(tmp_path / "again")
     assert EVLForVideoClassification.from_pretrained(tmp_path / "again").config.num_frames == num_frames
+
+
+def test_decoder_hidden_states_are_the_query_before_and_after_each_decoder_layer(model):
+    outputs = model(clip(), output_hidden_states=True)
+    states = outputs.decoder_hidden_states
+    assert len(states) == 3 and all(state.shape == (2, 32) for state in states)
+    assert torch.equal(states[0], model.evl.decoder.query_token.expand(2, -1))
+    assert torch.equal(states[-1], outputs.pooler_output)
+    features = model.evl.get_frame_features(clip().flatten(0, 1))
+    for index, layer in enumerate(model.evl.decoder.layers):
+        queries, keys = (tensors[index].unflatten(0, (2, 4)) for tensors in (features.queries, features.keys))
+        expected = layer(states[index], outputs.hidden_states[index], queries, keys)
+        torch.testing.assert_close(states[index + 1], expected, rtol=0, atol=1e-6)
+
+
+def test_decoder_attentions_are_the_weights_each_decoder_attention_computed(model):
+    computed = []
+    for layer in model.evl.decoder.layers:
+        layer.attn.register_forward_hook(lambda module, args, output: computed.append(output[1]))
+    outputs = model(clip(), output_attentions=True)
+    assert len(outputs.decoder_attentions) == 2
+    assert all(recorded is weights for recorded, weights in zip(outputs.decoder_attentions, computed))
+
+
+def test_config_output_flags_turn_every_output_on_and_an_explicit_flag_wins(model):
+    model.set_attn_implementation("eager")
+    model.config.output_attentions = model.config.output_hidden_states = True
+    outputs = model(clip())
+    recorded = ("hidden_states", "attentions", "decoder_hidden_states", "decoder_attentions")
+    lengths = {name: len(outputs[name]) for name in recorded}
+    assert lengths == {"hidden_states": 2, "attentions": 2, "decoder_hidden_states": 3, "decoder_attentions": 2}
+    outputs = model(clip(), output_attentions=False, output_hidden_states=False)
+    assert all(outputs.get(name) is None for name in recorded)
+
+
+def test_recorded_outputs_are_per_call_and_absent_when_not_asked_for(model):
+    assert model(clip(), output_hidden_states=True, output_attentions=True).decoder_attentions is not None
+    outputs = model(clip())
+    assert list(outputs.keys()) == ["logits", "pooler_output"]
