@@ -40,7 +40,7 @@ from pathlib import Path
 
 from ..video_utils import VIDEO_EXTENSIONS, read_video_list, walk_videos
 from . import UsageError
-from .utils import atomic_write, int_at_least, int_between
+from .utils import atomic_write, int_at_least, int_between, positive_int
 
 
 REPORT_NAME = "prepare_report.jsonl"
@@ -87,7 +87,7 @@ def register(subparsers):
     )
     parser.add_argument(
         "--num_workers",
-        type=int_at_least(1),
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="Videos encoded at the same time, one FFmpeg thread each (default: the number of CPU cores).",
     )
