@@ -284,7 +284,8 @@ def classify_windows(
     Returns:
         `dict` with `"video"`, `"num_video_frames"`, `"fps"`, `"num_frames"`, `"frame_stride"`, `"stride_frames"`,
         `"function_to_apply"`, `"labels"` (every label name, in class index order), `"windows"` (per window:
-        `"start_frame"`, `"end_frame"` (its last frame), `"start_time"`, `"end_time"` (in seconds, `frame / fps`;
+        `"frame_indices"` (the positions of its `num_frames` frames in the video), `"start_frame"`, `"end_frame"` (its
+        last frame), `"start_time"`, `"end_time"` (in seconds, `frame / fps`;
         `None` when the video has no frame rate), the top-k `"labels"` and `"scores"`), `"probabilities"` (per window,
         the scores of every label: a softmax for single-label models, independent sigmoids for multi-label ones,
         the logits for regression) and `"max_cached_frames"` (the most frames whose features were held at once).
@@ -372,6 +373,7 @@ def classify_windows(
                 start, end = window[0], window[-1]
                 results.append(
                     {
+                        "frame_indices": window,
                         "start_frame": start,
                         "end_frame": end,
                         "start_time": start / fps if fps else None,
@@ -402,13 +404,170 @@ def classify_windows(
     }
 
 
+# The score above which a multi-label model predicts a label, wherever evl_hf turns scores into predicted labels
+# (`evl-hf predict --threshold`, the training script's F1); a sigmoid of 0.5 is a logit of 0.
+MULTI_LABEL_THRESHOLD = 0.5
+
+
+def labels_above_threshold(scores: torch.Tensor, threshold: float = MULTI_LABEL_THRESHOLD) -> torch.Tensor:
+    r"""
+    The labels a multi-label model predicts: those whose score is above `threshold`.
+
+    Args:
+        scores (`torch.FloatTensor` of shape `(..., num_labels)`):
+            Independent probabilities, [`postprocess_logits`] of a multi-label model's logits.
+        threshold (`float`, *optional*, defaults to `MULTI_LABEL_THRESHOLD` (0.5)):
+            A label is predicted when its score is strictly above it.
+
+    Returns:
+        `torch.BoolTensor` of the shape of `scores`.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from evl_hf.inference import labels_above_threshold
+
+    >>> labels_above_threshold(torch.tensor([[0.2, 0.5, 0.9]]))
+    tensor([[False, False,  True]])
+    ```
+    """
+    return scores > threshold
+
+
+def paper_test_views(num_frames: int) -> tuple[int, int]:
+    """
+    The paper's test views `(num_clips, num_crops)` for clips of `num_frames` frames: 3 temporal clips x 1 centre crop
+    for 8 frames (and fewer), 1 clip x 3 spatial crops for 16 and 32 frames (and more).
+    """
+    return (3, 1) if num_frames <= 8 else (1, 3)
+
+
+def average_view_scores(logits: torch.Tensor, config, function_to_apply: str | None = None) -> torch.Tensor:
+    r"""
+    The multi-view score of each video: the scores of its views ([`postprocess_logits`], by the model's head type)
+    averaged over the views. A single-label model averages its softmax probabilities (the paper's test protocol), a
+    multi-label one its sigmoids, a regression its outputs.
+
+    Args:
+        logits (`torch.FloatTensor` of shape `(batch_size, num_views, num_labels)`):
+            The classifier's logits for every view of every video.
+        config ([`EVLConfig`]):
+            The model's configuration; its `problem_type` picks the function.
+        function_to_apply (`str`, *optional*):
+            `"softmax"`, `"sigmoid"` or `"none"`; by default [`default_function_to_apply`] of `config`.
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch_size, num_labels)`, in float32.
+
+    Example:
+
+    ```python
+    >>> import torch
+    >>> from evl_hf import EVLConfig
+    >>> from evl_hf.inference import average_view_scores
+
+    >>> config = EVLConfig(num_labels=2)
+    >>> logits = torch.tensor([[[0.0, 0.0], [0.0, 2.0]]])  # one video, two views
+    >>> average_view_scores(logits, config).round(decimals=3)  # the mean of [0.5, 0.5] and [0.119, 0.881]
+    tensor([[0.3100, 0.6900]])
+    ```
+    """
+    if logits.ndim != 3:
+        raise ValueError(
+            f"logits of shape {tuple(logits.shape)}: expected (batch_size, num_views, num_labels); a batch of single "
+            "views is logits[:, None]."
+        )
+    return postprocess_logits(logits, config, function_to_apply).mean(dim=1)
+
+
+def multi_view_scores(
+    model,
+    video_processor,
+    videos,
+    *,
+    num_clips: int | None = None,
+    num_crops: int | None = None,
+    function_to_apply: str | None = None,
+    **processor_kwargs,
+) -> torch.Tensor:
+    r"""
+    Classifies videos with several views each and averages their scores ([`average_view_scores`]): the paper's test
+    protocol by default.
+
+    The views are the processor's: `num_clips` temporal clips spread over the video, times `num_crops` crops spread
+    along each frame's longer side ([`EVLVideoProcessorKwargs`]). All views of the batch go through the model in one
+    forward pass.
+
+    Args:
+        model ([`EVLForVideoClassification`]):
+            The classifier, in eval mode.
+        video_processor ([`EVLVideoProcessor`]):
+            Its processor, which decodes, samples and makes the views.
+        videos (`str`, `os.PathLike`, `torchcodec.decoders.VideoDecoder`, `torch.Tensor`, or a list of them):
+            A video or a batch, as the processor takes them. Frames (a uint8 `(num_video_frames, 3, height, width)`
+            tensor of the whole video) need `do_sample_frames=True`, so that the clips are sampled from them.
+        num_clips (`int`, *optional*):
+            Temporal views. With `num_crops`, by default the processor's own `num_clips` and `num_crops` when they
+            ask for several views, else the paper's protocol for `model.config.num_frames` ([`paper_test_views`]).
+        num_crops (`int`, *optional*):
+            Spatial views; see `num_clips`.
+        function_to_apply (`str`, *optional*):
+            As in [`postprocess_logits`]: by default the model's head type decides.
+        processor_kwargs (*optional*):
+            Passed to the processor for this call (`do_sample_frames`, `frame_stride`, ...).
+
+    Returns:
+        `torch.FloatTensor` of shape `(batch_size, num_labels)` on the CPU, in float32: per video, the mean over its
+        `num_clips * num_crops` views of their probabilities (softmax), independent probabilities (sigmoid) or
+        outputs (none).
+
+    Example:
+
+    ```python
+    >>> import tempfile
+    >>> from evl_hf import EVLVideoProcessor
+    >>> from evl_hf.inference import multi_view_scores
+    >>> from evl_hf.testing_utils import encode_video, tiny_model
+
+    >>> model = tiny_model(num_frames=4)  # random weights, 5 labels
+    >>> video_processor = EVLVideoProcessor(
+    ...     num_frames=4, frame_stride=4, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    ... )
+    >>> video = encode_video(f"{tempfile.mkdtemp()}/clip.mp4", num_frames=40)
+    >>> scores = multi_view_scores(model, video_processor, video)  # 4 frames: 3 clips x 1 crop
+    >>> scores.shape, round(scores.sum().item(), 4)
+    (torch.Size([1, 5]), 1.0)
+    ```
+    """
+    if num_clips is None and num_crops is None:
+        own = (video_processor.num_clips, video_processor.num_crops)
+        num_clips, num_crops = own if own != (1, 1) else paper_test_views(model.config.num_frames)
+    num_clips, num_crops = num_clips or 1, num_crops or 1
+    pixel_values = video_processor(
+        videos, num_clips=num_clips, clip_index=None, num_crops=num_crops, return_tensors="pt", **processor_kwargs
+    )["pixel_values"]
+    if num_clips * num_crops == 1:  # (batch_size, num_frames, 3, height, width): one view per video
+        pixel_values = pixel_values[:, None]
+    batch_size, num_views = pixel_values.shape[:2]
+    with torch.inference_mode():
+        # (batch_size * num_views, num_frames, 3, height, width) -> (batch_size, num_views, num_labels)
+        logits = model(pixel_values=pixel_values.flatten(0, 1).to(model.device)).logits
+    return average_view_scores(logits.view(batch_size, num_views, -1), model.config, function_to_apply).cpu()
+
+
 __all__ = [
     "FUNCTIONS_TO_APPLY",
+    "MULTI_LABEL_THRESHOLD",
     "attention_heatmaps",
     "attention_overlays",
+    "average_view_scores",
     "classify_windows",
     "default_function_to_apply",
+    "labels_above_threshold",
+    "multi_view_scores",
     "overlay_attention",
+    "paper_test_views",
     "postprocess_logits",
     "top_k_labels",
     "unnormalize_frames",

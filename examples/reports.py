@@ -35,24 +35,26 @@ CARD_METRICS = (
 
 
 def multi_label_metrics(
-    logits: np.ndarray, references: np.ndarray, config, threshold: float = 0.5
+    logits: np.ndarray, references: np.ndarray, config, threshold: float | None = None
 ) -> dict[str, float]:
     """
     Metrics of a multi-label classifier (`config`, a multi-label model's) from its logits `(videos, num_labels)` and
     multi-hot `references`:
 
     - `map`: mean over labels of the average precision (macro; a label without positives counts 0, as in sklearn);
-    - `f1`, `f1_micro`: F1 of the labels whose probability (sigmoid) is above `threshold`, macro and micro averaged;
+    - `f1`, `f1_micro`: F1 of the labels whose probability (sigmoid) is above `threshold` (by default the library's
+      `MULTI_LABEL_THRESHOLD`), macro and micro averaged;
     - `top1_any`: fraction of videos whose highest-scoring label is one of their labels.
     """
     import torch
     from sklearn.metrics import average_precision_score, f1_score, precision_score
 
-    from evl_hf.inference import postprocess_logits
+    from evl_hf.inference import MULTI_LABEL_THRESHOLD, labels_above_threshold, postprocess_logits
 
     references = references.astype(np.int64)
-    probabilities = postprocess_logits(torch.from_numpy(logits), config).numpy()  # the pipeline's sigmoids
-    predicted = (probabilities > threshold).astype(np.int64)  # `evl-hf predict --threshold` keeps scores above it
+    probabilities = postprocess_logits(torch.from_numpy(logits), config)  # the pipeline's sigmoids
+    threshold = MULTI_LABEL_THRESHOLD if threshold is None else threshold
+    predicted = labels_above_threshold(probabilities, threshold).numpy().astype(np.int64)  # as `evl-hf predict` lists
     top1 = np.zeros_like(references)
     top1[np.arange(len(logits)), logits.argmax(axis=-1)] = 1
     return {

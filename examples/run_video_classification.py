@@ -46,7 +46,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from video_files import check_video_folder, load_video_file
 
 from evl_hf import EVLConfig, EVLForVideoClassification, EVLImageProcessor, EVLVideoProcessor
-from evl_hf.inference import postprocess_logits
+from evl_hf.inference import MULTI_LABEL_THRESHOLD, average_view_scores, default_function_to_apply
 from evl_hf.quantization import DTYPES, QUANTIZED_DTYPES, quantize_backbone
 from evl_hf.video_processing_evl import FRAME_SAMPLING_STRATEGIES
 from evl_hf.video_utils import VideoDecodingError, open_video
@@ -122,7 +122,9 @@ class DataTrainingArguments:
     video_column_name: str = arg("video", "Column holding the videos.")
     label_column_name: str = arg("label", "Column holding the labels (a list of labels each: multi-label training).")
     label_separator: str = arg(";", "Multi-label CSV: the character joining a video's labels (`run;jump`).")
-    threshold: float = arg(0.5, "Multi-label: a label is predicted when its probability is above this (for F1).")
+    threshold: float = arg(
+        MULTI_LABEL_THRESHOLD, "Multi-label: a label is predicted when its probability is above this (for F1)."
+    )
     max_train_samples: int | None = arg(None, "Keep only this many training videos (a random subset).")
     max_eval_samples: int | None = arg(None, "Keep only this many validation videos (a random subset).")
     frame_sampling: str = arg(
@@ -500,13 +502,18 @@ class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, 
             return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
         batch_size, num_views = pixel_values.shape[:2]
         logits = model(pixel_values=pixel_values.flatten(0, 1)).logits  # (B * views, num_labels)
-        # (B, views, num_labels) -> (B, num_labels): the paper's multi-view score, an average of probabilities (the
+        # (B, views, num_labels) -> (B, num_labels): the library's multi-view score, an average of probabilities (the
         # softmax, or a multi-label model's sigmoids), returned as the logits whose probabilities they are: their log
         # (softmax of log p is p), or their logit (clamped: confident views average to 1.0 in float32).
         unwrapped = self.accelerator.unwrap_model(model)
-        probabilities = postprocess_logits(logits.view(batch_size, num_views, -1), unwrapped.config).mean(dim=1)
-        multi_label = unwrapped.config.problem_type == "multi_label_classification"
-        scores = probabilities.logit(eps=1e-6) if multi_label else probabilities.log()
+        probabilities = average_view_scores(logits.view(batch_size, num_views, -1), unwrapped.config)
+        function = default_function_to_apply(unwrapped.config)
+        if function == "softmax":
+            scores = probabilities.log()
+        elif function == "sigmoid":
+            scores = probabilities.logit(eps=1e-6)
+        else:  # a regression's outputs: their mean is the score
+            scores = probabilities
         labels = inputs.get("labels")
         loss = None if labels is None else unwrapped.loss_function(labels, scores, unwrapped.config)
         return (loss, ImageClassifierOutput(loss=loss, logits=scores)) if return_outputs else loss

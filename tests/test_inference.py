@@ -10,8 +10,18 @@ import evl_hf  # noqa: F401  (registers EVL with the pipeline)
 from evl_hf import EVLConfig, EVLForVideoClassification, EVLVideoProcessor
 from evl_hf.commands import main
 from evl_hf.commands.demo import classify_video
-from evl_hf.inference import classify_windows, default_function_to_apply, postprocess_logits, top_k_labels
-from evl_hf.testing_utils import encode_video, save_tiny_model
+from evl_hf.inference import (
+    MULTI_LABEL_THRESHOLD,
+    average_view_scores,
+    classify_windows,
+    default_function_to_apply,
+    labels_above_threshold,
+    multi_view_scores,
+    paper_test_views,
+    postprocess_logits,
+    top_k_labels,
+)
+from evl_hf.testing_utils import encode_video, save_tiny_model, tiny_model
 
 
 HEADS = {
@@ -198,3 +208,147 @@ def test_the_demo_gets_attention_from_the_forward_pass_that_scores(model_folder,
     assert result["attention_shares"] == pytest.approx(shares[0].tolist(), abs=1e-6)
     assert sum(result["attention_shares"]) == pytest.approx(1.0, abs=1e-5)
     assert (result["attention"] != result["frames"]).any()
+
+
+# ---- multi-view scoring ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def wide_video(tmp_path_factory):
+    """A 40-frame 48x72 video: resized to 32x48, a 32x32 crop has 16 columns to move along, so three crops differ."""
+    return encode_video(tmp_path_factory.mktemp("views") / "wide.mp4", 40, height=48, width=72)
+
+
+def tiny_processor(**kwargs):
+    sizes = dict(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    return EVLVideoProcessor(num_frames=4, frame_stride=4, **sizes, **kwargs)
+
+
+def hand_multi_view_scores(model, processor, video, num_clips, num_crops, function):
+    """Each view cut by hand from the processor's uncropped clips, run alone, scored and averaged."""
+    scores = []
+    for clip_index in range(num_clips):
+        frames = processor(
+            video, num_clips=num_clips, clip_index=clip_index, do_center_crop=False, return_tensors="pt"
+        )["pixel_values"]  # (1, 4, 3, 32, 48)
+        room = frames.shape[-1] - 32
+        starts = [room // 2] if num_crops == 1 else [0, room // 2, room]  # the centre; or both ends and the centre
+        for start in starts:
+            with torch.no_grad():
+                logits = model(pixel_values=frames[..., start : start + 32]).logits
+            scores.append(logits.sigmoid() if function == "sigmoid" else logits.softmax(-1))
+    return torch.stack(scores).mean(dim=0)
+
+
+@pytest.mark.parametrize("problem_type", ["single_label_classification", "multi_label_classification"])
+@pytest.mark.parametrize("num_clips,num_crops", [(3, 1), (1, 3), (2, 3)])
+def test_multi_view_scores_average_each_views_scores_by_head_type(wide_video, problem_type, num_clips, num_crops):
+    model = tiny_model(problem_type=problem_type)
+    processor = tiny_processor()
+    function = default_function_to_apply(model.config)
+    expected = hand_multi_view_scores(model, processor, wide_video, num_clips, num_crops, function)
+    scores = multi_view_scores(model, processor, wide_video, num_clips=num_clips, num_crops=num_crops)
+    assert scores.shape == (1, len(model.config.id2label))
+    torch.testing.assert_close(scores, expected, atol=1e-5, rtol=0)
+    if function == "sigmoid":  # independent probabilities: no softmax crept in
+        assert scores.sum() > 1.5
+
+
+def test_one_view_equals_a_plain_forward(wide_video):
+    model, processor = tiny_model(), tiny_processor()
+    with torch.no_grad():
+        logits = model(**processor(wide_video, return_tensors="pt")).logits
+    scores = multi_view_scores(model, processor, wide_video, num_clips=1, num_crops=1)
+    torch.testing.assert_close(scores, logits.softmax(-1), atol=1e-6, rtol=0)
+
+
+def test_the_default_views_are_the_processors_else_the_papers(wide_video):
+    assert [paper_test_views(num_frames) for num_frames in (8, 16, 32)] == [(3, 1), (1, 3), (1, 3)]
+    model = tiny_model()  # 4 frames: the paper's 8-frame protocol, 3 clips x 1 crop
+    torch.testing.assert_close(
+        multi_view_scores(model, tiny_processor(), wide_video),
+        multi_view_scores(model, tiny_processor(), wide_video, num_clips=3, num_crops=1),
+    )
+    declared = tiny_processor(num_crops=3)  # a processor saved with views keeps them
+    torch.testing.assert_close(
+        multi_view_scores(model, declared, wide_video),
+        multi_view_scores(model, tiny_processor(), wide_video, num_clips=1, num_crops=3),
+    )
+
+
+def test_multi_view_scores_take_a_batch_of_videos_and_whole_video_frames(wide_video, tmp_path):
+    from evl_hf.video_processing_evl import read_video_frames
+
+    model, processor = tiny_model(), tiny_processor()
+    other = encode_video(tmp_path / "other.mp4", 30, height=48, width=72, seed=1)
+    batch = multi_view_scores(model, processor, [wide_video, other])
+    assert batch.shape == (2, 5)
+    torch.testing.assert_close(batch[1:], multi_view_scores(model, processor, other))
+    frames = read_video_frames(wide_video, range(40))  # the whole video, sampled like the file
+    torch.testing.assert_close(
+        multi_view_scores(model, processor, frames, do_sample_frames=True), batch[:1], atol=1e-6, rtol=0
+    )
+
+
+def test_average_view_scores_follow_the_head_and_want_a_views_axis():
+    logits = torch.tensor([[[0.0, 2.0], [2.0, 0.0], [1.0, 1.0]]])  # one video, three views
+    for problem_type, expected in [
+        (None, logits.softmax(-1).mean(1)),
+        ("multi_label_classification", logits.sigmoid().mean(1)),
+        ("regression", logits.mean(1)),
+    ]:
+        config = EVLConfig(num_labels=2, problem_type=problem_type)
+        torch.testing.assert_close(average_view_scores(logits, config), expected)
+    with pytest.raises(ValueError, match=r"expected \(batch_size, num_views, num_labels\)"):
+        average_view_scores(logits[0], EVLConfig(num_labels=2))
+
+
+# ---- the multi-label threshold ---------------------------------------------------------------------------------------
+
+
+def test_a_label_is_predicted_strictly_above_the_threshold():
+    scores = torch.tensor([[0.2, MULTI_LABEL_THRESHOLD, 0.9], [0.7, 0.1, 0.6]])
+    assert labels_above_threshold(scores).tolist() == [[False, False, True], [True, False, True]]
+    assert labels_above_threshold(scores, 0.65).tolist() == [[False, False, True], [True, False, False]]
+
+
+def test_predict_and_the_training_script_default_to_the_librarys_threshold():
+    import sys
+    from pathlib import Path
+
+    from evl_hf.commands import build_parser
+
+    args = build_parser().parse_args(["predict", "--model", "m", "video.mp4"])
+    assert args.threshold == MULTI_LABEL_THRESHOLD
+    sys.path.insert(0, str(Path(__file__).parents[1] / "examples"))
+    try:
+        from run_video_classification import DataTrainingArguments
+    finally:
+        sys.path.pop(0)
+    assert DataTrainingArguments.__dataclass_fields__["threshold"].default == MULTI_LABEL_THRESHOLD
+
+
+# ---- windows ---------------------------------------------------------------------------------------------------------
+
+
+def test_each_window_carries_its_frame_positions(wide_video):
+    model, processor = tiny_model(), tiny_processor()
+    result = classify_windows(model, processor, wide_video, stride_frames=8)
+    # 4 frames 4 apart span 13 of the 40 frames: windows start at 0, 8, 16, 24
+    assert [window["frame_indices"] for window in result["windows"]] == [
+        [0, 4, 8, 12],
+        [8, 12, 16, 20],
+        [16, 20, 24, 28],
+        [24, 28, 32, 36],
+    ]
+    assert all(w["frame_indices"][::3] == [w["start_frame"], w["end_frame"]] for w in result["windows"])
+
+
+def test_the_demo_shows_the_frames_the_processor_sampled(model_folder, tmp_path):
+    model = EVLForVideoClassification.from_pretrained(model_folder).eval()
+    processor = EVLVideoProcessor.from_pretrained(model_folder)
+    video = encode_video(tmp_path / "clip.mp4", 40)
+    result = classify_video(model, processor, str(video))
+    assert result["frame_indices"] == [13, 17, 21, 25]  # the centred clip of 4 frames 4 apart in 40
+    assert len(result["timeline"]["windows"]) == 7
+    assert classify_video(model, processor, str(encode_video(tmp_path / "short.mp4", 13)))["timeline"] is None

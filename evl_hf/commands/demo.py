@@ -33,12 +33,19 @@ import os
 import re
 import socket
 import sys
-import tempfile
 from pathlib import Path
 
 from ..video_utils import is_video_file
 from . import UsageError
-from .utils import add_model_arguments, load_model_and_processor
+from ._plot import plot_timeline
+from .utils import (
+    add_model_arguments,
+    atomic_write,
+    int_between,
+    load_model_and_processor,
+    non_negative_int,
+    positive_int,
+)
 
 
 logger = logging.getLogger(__name__)
@@ -94,7 +101,6 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
         `FileNotFoundError`, `IsADirectoryError`, `VideoDecodingError`: from the processor, naming the file.
     """
     import torch
-    from transformers.video_utils import VideoMetadata
 
     from ..inference import (
         attention_overlays,
@@ -110,8 +116,9 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
     # One decoder for the clip, its frame positions and the timeline: the upload is opened and probed once.
     decoder = open_video(video, num_ffmpeg_threads=torch.get_num_threads())
     num_video_frames, fps = len(decoder), decoder.metadata.average_fps or None
-    inputs = video_processor(decoder, return_tensors="pt")  # pixel_values: (1, num_frames, 3, height, width)
-    pixel_values = inputs["pixel_values"]
+    # pixel_values: (1, num_frames, 3, height, width); the metadata says which frames the processor sampled
+    inputs = video_processor(decoder, return_tensors="pt", return_metadata=True)
+    pixel_values, frame_indices = inputs["pixel_values"], inputs["video_metadata"][0].frames_indices
     # The decoder's attention weights come out of the same forward pass as the scores.
     with torch.inference_mode():
         outputs = model(pixel_values=pixel_values.to(model.device), output_attentions=True)
@@ -119,18 +126,17 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
     attention, shares = attention_overlays(
         pixel_values, outputs.decoder_attentions, video_processor, model.config.spatial_size
     )
-    # The processor decoded only its sampled frames and does not return their positions: ask its sampler again.
-    frame_indices = video_processor.sample_frames(VideoMetadata(total_num_frames=num_video_frames, fps=fps))
+    # A video of one clip has no timeline to show: its windows are counted, not classified.
     stride = video_processor.frame_stride
-    windows = window_frame_indices(num_video_frames, model.config.num_frames, stride, stride)
-    timeline = classify_windows(model, video_processor, decoder) if len(windows) > 1 else None
+    num_windows = len(window_frame_indices(num_video_frames, model.config.num_frames, stride, stride))
+    timeline = classify_windows(model, video_processor, decoder) if num_windows > 1 else None
     return {
         "scores": dict(zip(best["labels"], best["scores"])),
         "function_to_apply": default_function_to_apply(model.config),
         "frames": unnormalize_frames(pixel_values[0], video_processor).permute(0, 2, 3, 1).numpy(),
         "attention": attention[0].permute(0, 2, 3, 1).numpy(),
         "attention_shares": shares[0].tolist(),
-        "frame_indices": frame_indices,
+        "frame_indices": list(frame_indices),
         "num_video_frames": num_video_frames,
         "fps": fps,
         "timeline": None if timeline is None else {**timeline, "video": video},
@@ -141,7 +147,7 @@ def classify_video(model, video_processor, video: str, top_k: int = 5) -> dict:
 # (`processing_utils.save_pil_to_cache`: CACHE/<sha256>/image.png) and writes it with `Path.write_bytes` on every
 # request, which truncates the file first. When two requests show the same frame (two visitors trying the same example
 # clip), the second truncates the file while the first visitor is downloading it: that download is empty or cut short.
-# So the page writes its PNG files itself, under a temporary name that `os.replace` then renames into place: a reader
+# So the page writes its PNG files itself, under a temporary name renamed into place (`atomic_write`): a reader
 # keeps the file it opened, the next reader gets the whole new one. Gradio serves a path inside its cache folder as it
 # is (`Block.move_resource_to_block_cache`), and deletes it on the `delete_cache` schedule like its own files. This can
 # go once Gradio writes its cache atomically (its `save_file_to_cache` already does).
@@ -154,14 +160,9 @@ def save_png(data: bytes, folder: str) -> str:
     """
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, hashlib.sha256(data).hexdigest() + ".png")
-    descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=".", suffix=".png.partial")
-    try:
-        with os.fdopen(descriptor, "wb") as file:
-            file.write(data)
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
+    # a name of its own per writer: two requests may write the same picture at once
+    with atomic_write(path, unique=True) as temporary, open(temporary, "wb") as file:
+        file.write(data)
     return path
 
 
@@ -176,13 +177,9 @@ def encode_png(frame) -> bytes:
 
 def render_timeline(timeline: dict, name: str) -> bytes:
     """The timeline drawn by [`plot_timeline`], titled with the upload's own name, as PNG bytes."""
-    from .timeline import plot_timeline
-
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "timeline.png")
-        plot_timeline({**timeline, "video": name}, path)
-        with open(path, "rb") as file:
-            return file.read()
+    buffer = io.BytesIO()
+    plot_timeline({**timeline, "video": name}, buffer)
+    return buffer.getvalue()
 
 
 def _find_malloc_trim():
@@ -378,7 +375,7 @@ def register(subparsers):
     )
     add_model_arguments(parser)
     parser.add_argument("--host", default="127.0.0.1", help="Address to serve on (default: 127.0.0.1, this machine).")
-    parser.add_argument("--port", type=int, default=7860, help="Port to serve on (default: 7860).")
+    parser.add_argument("--port", type=int_between(1, 65535), default=7860, help="Port to serve on (default: 7860).")
     parser.add_argument(
         "--max_file_size",
         type=parse_file_size,
@@ -389,7 +386,7 @@ def register(subparsers):
     )
     parser.add_argument(
         "--max_queue_size",
-        type=int,
+        type=positive_int,
         default=MAX_QUEUE_SIZE,
         metavar="N",
         help="Videos waiting to be classified at most (one is classified at a time); a visitor arriving when the "
@@ -397,7 +394,7 @@ def register(subparsers):
     )
     parser.add_argument(
         "--delete_cache",
-        type=int,
+        type=non_negative_int,
         nargs=2,
         default=DELETE_CACHE,
         metavar=("FREQUENCY", "AGE"),
@@ -408,12 +405,8 @@ def register(subparsers):
 
 
 def run(args: argparse.Namespace) -> int:
-    if not 0 < args.port < 65536:
-        raise UsageError(f"--port must be between 1 and 65535, got {args.port}.")
-    if args.max_queue_size < 1:
-        raise UsageError(f"--max_queue_size must be at least 1, got {args.max_queue_size}.")
     frequency, age = args.delete_cache
-    if frequency < 0 or age < 0 or (frequency == 0) != (age == 0):
+    if (frequency == 0) != (age == 0):
         raise UsageError(
             f"--delete_cache takes two positive numbers of seconds (or 0 0 to keep everything), got {frequency} {age}."
         )

@@ -21,16 +21,15 @@ batch in flight, and running the same command again skips every video already in
 """
 
 import argparse
-import csv
-import io
 import json
 import os
-import re
 import sys
 
+from ..inference import MULTI_LABEL_THRESHOLD
 from ..video_utils import VIDEO_EXTENSIONS, VIDEO_LIST_EXTENSIONS, read_video_list, resolve_video_path, walk_videos
 from . import UsageError
-from .utils import add_model_arguments, load_model_and_processor
+from .records import EmbeddingShards, merge_part_files, open_results
+from .utils import add_model_arguments, load_model_and_processor, non_negative_int, positive_int, probability
 
 
 def find_videos(inputs: list[str]) -> list[str]:
@@ -62,210 +61,6 @@ def find_videos(inputs: list[str]) -> list[str]:
                 f"({', '.join(VIDEO_LIST_EXTENSIONS)})."
             )
     return list(dict.fromkeys(videos))
-
-
-def read_records(path: str, *, truncate: bool = False) -> tuple[list[str] | None, list[tuple[str, bool, object]]]:
-    """
-    The records of an output or part file: its CSV header (`None` for JSON lines or an empty file) and, per record,
-    `(video, whether it is an error, the JSON line or CSV row as written)`. A last line cut short by a stopped run is
-    left out, and with `truncate` cut off the file.
-    """
-    is_csv = path.lower().endswith(".csv")
-    with open(path, "rb") as file:
-        data = file.read()
-    complete = data[: data.rfind(b"\n") + 1]
-    if truncate and len(complete) < len(data):  # a record torn by a kill: its video is predicted again
-        with open(path, "r+b") as file:
-            file.truncate(len(complete))
-    text = complete.decode("utf-8")
-    if is_csv:
-        rows = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
-        header, rows = (rows[0], rows[1:]) if rows else (None, [])
-        if header is not None and "video" not in header:
-            raise UsageError(f"--output {path!r} is a CSV file without a `video` column; choose another.")
-        video = header.index("video") if header else 0
-        error = header.index("error") if header and "error" in header else len(header or [])
-        return header, [(row[video], len(row) > error and bool(row[error]), row) for row in rows]
-    records = []
-    for number, line in enumerate(text.splitlines(keepends=True), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            records.append((record["video"], "error" in record, line))
-        except (ValueError, KeyError, TypeError):
-            raise UsageError(
-                f"--output {path!r}: line {number} is not a record of evl-hf predict; choose another file."
-            ) from None
-    return None, records
-
-
-def write_records(path: str, header: list[str] | None, records: list) -> None:
-    """Writes records as [`read_records`] returns them (the line or row as written), atomically."""
-    partial = f"{path}.partial"
-    with open(partial, "w", encoding="utf-8", newline="") as file:
-        if path.lower().endswith(".csv"):
-            csv.writer(file).writerows([header, *records] if header else records)
-        else:
-            file.writelines(records)
-    os.replace(partial, path)
-
-
-def part_file(output: str, rank: int) -> str:
-    """Where process `rank` of a distributed run writes its records, next to `output`."""
-    return f"{output}.part-{rank:05d}"
-
-
-def part_files(output: str) -> list[str]:
-    """The part files next to `output`, of any earlier distributed run, in rank order."""
-    folder, name = os.path.split(os.path.abspath(output))
-    pattern = re.compile(re.escape(name) + r"\.part-(\d+)$")
-    found = [(int(match.group(1)), entry) for entry in os.listdir(folder) if (match := pattern.match(entry))]
-    return [os.path.join(folder, entry) for _, entry in sorted(found)]
-
-
-def merge_part_files(output: str, order: list[str] | None = None) -> None:
-    """
-    Folds the part files of a distributed run into `output`: one record per video (the first found: `output`'s own,
-    then the parts' in rank order), sorted by `order` (the run's videos; others keep their place at the end) when it
-    is given. `output` is replaced atomically, then the parts are removed, so a run stopped here loses nothing.
-    """
-    parts = part_files(output)
-    if not parts:
-        return
-    header, records = read_records(output) if os.path.exists(output) else (None, [])
-    for part in parts:
-        part_header, part_records = read_records(part)
-        header, records = header or part_header, records + part_records
-    unique = {}
-    for video, _, record in records:
-        unique.setdefault(video, record)
-    videos = list(unique)
-    if order is not None:
-        position = {video: index for index, video in enumerate(order)}
-        videos.sort(key=lambda video: position.get(video, len(order)))
-    write_records(output, header, [unique[video] for video in videos])
-    for part in parts:
-        os.remove(part)
-
-
-class ResultsFile:
-    """
-    The output file: JSON lines, or CSV when its name ends in `.csv` (columns `video`, `label_1`, `score_1`, ...,
-    `error`). Opening it reads the videos it already holds; a last line cut short by a stopped run is removed.
-    """
-
-    def __init__(self, path: str, top_k: int, retry_failed: bool = False, multi_label: bool = False):
-        self.path, self.top_k, self.multi_label = path, top_k, multi_label
-        self.is_csv = path.lower().endswith(".csv")
-        self.done = {}  # video -> whether its record is an error
-        if os.path.exists(path):
-            self._read(retry_failed)
-        self.file = open(path, "a", newline="")
-        self.writer = csv.writer(self.file) if self.is_csv else None
-        if self.is_csv and self.file.tell() == 0:
-            self.writer.writerow(self._csv_header(top_k, multi_label))
-            self.file.flush()
-
-    @staticmethod
-    def _csv_header(top_k: int, multi_label: bool) -> list[str]:
-        ranked = [f"{name}_{i}" for i in range(1, top_k + 1) for name in ("label", "score")]
-        return ["video", *ranked, *(["above_threshold"] if multi_label else []), "error"]
-
-    def _read(self, retry_failed: bool):
-        header, records = read_records(self.path, truncate=True)
-        kept = []
-        for video, failed, record in records:
-            if failed and retry_failed:
-                self.done.pop(video, None)
-            else:
-                self.done[video] = failed
-                kept.append(record)
-        if len(kept) < len(records):  # error records dropped: rewrite the file without them
-            write_records(self.path, header, kept)
-
-    def write(self, record: dict):
-        if self.is_csv:
-            pairs = list(zip(record.get("labels", []), record.get("scores", [])))
-            cells = [value for label, score in pairs for value in (label, score)]
-            cells += [""] * (2 * self.top_k - len(cells))
-            if self.multi_label:
-                cells.append(";".join(record.get("above_threshold", [])))
-            self.writer.writerow([record["video"], *cells, record.get("error", "")])
-        else:
-            self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        self.done[record["video"]] = "error" in record
-
-    def close(self):
-        self.file.close()
-
-
-class _StdoutResults(ResultsFile):
-    """Records on standard output, as JSON lines; nothing to resume."""
-
-    def __init__(self, top_k: int):
-        self.top_k, self.is_csv, self.multi_label, self.done = top_k, False, False, {}
-        self.file, self.writer = sys.stdout, None
-
-    def close(self):
-        self.file.flush()
-
-
-class EmbeddingShards:
-    """
-    Each video's pooled vector (`pooler_output`: the query token after the last decoder layer) in Parquet shards in a
-    folder, with a `video` and an `embedding` column; `datasets.load_dataset("parquet", data_files="FOLDER/*.parquet")`
-    loads them. A shard is written under a temporary name and renamed when complete, every `flush_every` videos and
-    at the end, so a stopped run loses at most the videos since the last shard, which a resumed run computes again.
-    Process `rank` of a distributed run writes shards of its own.
-    """
-
-    def __init__(self, folder: str, rank: int = 0, flush_every: int = 1024):
-        try:
-            import pyarrow  # noqa: F401
-        except ImportError:
-            raise UsageError("--embeddings writes Parquet with pyarrow: pip install 'evl-hf[train]'.") from None
-        if os.path.exists(folder) and not os.path.isdir(folder):
-            raise UsageError(f"--embeddings {folder!r} is a file; give a folder (it is created if missing).")
-        os.makedirs(folder, exist_ok=True)
-        self.folder, self.rank, self.flush_every = folder, rank, flush_every
-        self.done = embedded_videos(folder)
-        mine = [name for name in os.listdir(folder) if re.fullmatch(rf"embeddings-r{rank:05d}-\d+\.parquet", name)]
-        self.next_shard = 1 + max((int(name[-13:-8]) for name in mine), default=-1)
-        self.pending = []
-
-    def add(self, video: str, embedding: list[float]):
-        self.pending.append((video, embedding))
-        self.done.add(video)
-        if len(self.pending) >= self.flush_every:
-            self.flush()
-
-    def flush(self):
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        if not self.pending:
-            return
-        videos, embeddings = zip(*self.pending)
-        table = pa.table({"video": list(videos), "embedding": pa.array(embeddings, type=pa.list_(pa.float32()))})
-        path = os.path.join(self.folder, f"embeddings-r{self.rank:05d}-{self.next_shard:05d}.parquet")
-        pq.write_table(table, f"{path}.partial")
-        os.replace(f"{path}.partial", path)
-        self.next_shard, self.pending = self.next_shard + 1, []
-
-    close = flush
-
-
-def embedded_videos(folder: str) -> set[str]:
-    """The videos whose embeddings the Parquet shards in `folder` hold."""
-    import pyarrow.parquet as pq
-
-    shards = (
-        [name for name in sorted(os.listdir(folder)) if name.endswith(".parquet")] if os.path.isdir(folder) else []
-    )
-    tables = [pq.read_table(os.path.join(folder, name), columns=["video"]) for name in shards]
-    return {video for table in tables for video in table["video"].to_pylist()}
 
 
 class VideoClips:
@@ -319,22 +114,23 @@ def register(subparsers):
         action="store_true",
         help="Resuming: remove the error records from --output and try those videos again (default: keep them).",
     )
-    parser.add_argument("--top_k", type=int, default=5, help="Labels per video (default: 5).")
+    parser.add_argument("--top_k", type=positive_int, default=5, help="Labels per video (default: 5).")
     parser.add_argument(
         "--threshold",
-        type=float,
-        default=0.5,
-        help="Multi-label models: every label scoring above it is listed in `above_threshold` (default: 0.5).",
+        type=probability,
+        default=MULTI_LABEL_THRESHOLD,
+        help="Multi-label models: every label scoring above it is listed in `above_threshold` (default: "
+        f"{MULTI_LABEL_THRESHOLD}).",
     )
     parser.add_argument(
         "--embeddings",
         metavar="FOLDER",
         help="Also write each video's pooled vector (pooler_output) as Parquet shards into this folder; resumable.",
     )
-    parser.add_argument("--batch_size", type=int, default=8, help="Clips per forward pass (default: 8).")
+    parser.add_argument("--batch_size", type=positive_int, default=8, help="Clips per forward pass (default: 8).")
     parser.add_argument(
         "--num_workers",
-        type=int,
+        type=non_negative_int,
         default=min(4, os.cpu_count() or 1),
         help="Decoding worker processes; 0 decodes in the main process (default: min(4, CPUs)).",
     )
@@ -371,17 +167,10 @@ def _check_same_inputs(args: argparse.Namespace, videos: list[str]):
 
 
 def run(args: argparse.Namespace) -> int:
-    for option in ("top_k", "batch_size"):
-        if getattr(args, option) < 1:
-            raise UsageError(f"--{option} must be at least 1, got {getattr(args, option)}.")
-    if args.num_workers < 0:
-        raise UsageError(f"--num_workers must be 0 or more, got {args.num_workers}.")
     if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
         raise UsageError(f"--output {args.output!r}: its folder does not exist; create it first.")
     if args.retry_failed and not args.output:
         raise UsageError("--retry_failed resumes an --output file; give one.")
-    if not 0 < args.threshold < 1:
-        raise UsageError(f"--threshold must be between 0 and 1 (exclusive), got {args.threshold}.")
     videos = find_videos(args.inputs)
     if not videos:
         raise UsageError(
@@ -400,29 +189,20 @@ def run(args: argparse.Namespace) -> int:
             device = str(state.device)  # cuda:LOCAL_RANK
     model, processor = load_model_and_processor(args.model, device, args.dtype, args.compile, args.batch_size)
 
-    import torch
     import torch.distributed as dist
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
 
-    from ..inference import default_function_to_apply, postprocess_logits, top_k_labels
+    from ..inference import default_function_to_apply
 
     multi_label = default_function_to_apply(model.config) == "sigmoid"
-
-    if args.output and rank == 0:
-        merge_part_files(args.output)  # what a stopped distributed run left, so that it counts as done
-    if not args.output:
-        results, done = _StdoutResults(args.top_k), {}
-    elif world_size == 1:
-        # opening it drops a torn line, and the error records of videos to retry
-        results = ResultsFile(args.output, args.top_k, args.retry_failed, multi_label=multi_label)
-        done = dict(results.done)  # what it held before this run
-    else:
-        if rank == 0:
-            ResultsFile(args.output, args.top_k, args.retry_failed, multi_label=multi_label).close()
-        dist.barrier()  # every process reads --output once the first one has tidied it
-        done = {video: failed for video, failed, _ in read_records(args.output)[1]}
-        results = ResultsFile(part_file(args.output, rank), args.top_k, multi_label=multi_label)
+    results, done = open_results(
+        args.output,
+        args.top_k,
+        retry_failed=args.retry_failed,
+        multi_label=multi_label,
+        rank=rank,
+        world_size=world_size,
+        barrier=dist.barrier if world_size > 1 else None,
+    )
     embeddings = EmbeddingShards(args.embeddings, rank) if args.embeddings else None
     # a video is done once it has its record, and its embedding when asked for (an error record needs none)
     done = {
@@ -438,50 +218,8 @@ def run(args: argparse.Namespace) -> int:
     if world_size > 1:
         with state.split_between_processes(todo) as share:
             todo = list(share)
-    device = next(model.parameters()).device
-    loader = DataLoader(
-        VideoClips(todo, processor, model.config.num_frames),
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        collate_fn=_keep_as_list,
-        pin_memory=device.type == "cuda",
-    )
-    failed = []
-    bar_name = f"process {rank} of {world_size}" if world_size > 1 else None
     try:
-        with (
-            torch.inference_mode(),
-            tqdm(
-                total=len(todo), unit="video", file=sys.stderr, dynamic_ncols=True, desc=bar_name, position=rank
-            ) as bar,
-        ):
-            for items in loader:
-                clips = [item for item in items if "error" not in item]
-                if clips:
-                    pixel_values = torch.stack([item["pixel_values"] for item in clips]).to(device)
-                    if embeddings is None:
-                        logits = model(pixel_values=pixel_values).logits
-                    else:  # the same logits, by way of the pooled vector
-                        pooled = model.evl(pixel_values=pixel_values).pooler_output
-                        logits = model.compute_logits(pooled)
-                        for item, vector in zip(clips, pooled.float().cpu().tolist()):
-                            embeddings.add(item["video"], vector)
-                    scores = postprocess_logits(logits, model.config)
-                    for item, best, row in zip(clips, top_k_labels(scores, model.config, args.top_k), scores.tolist()):
-                        item.update(best)
-                        if multi_label:
-                            item["above_threshold"] = [
-                                model.config.id2label[i] for i, score in enumerate(row) if score > args.threshold
-                            ]
-                for item in items:
-                    if "error" in item:
-                        failed.append(item)
-                        results.write({"video": item["video"], "error": item["error"]})
-                    elif item["video"] not in results.done:  # recomputed only for its missing embedding
-                        results.write(
-                            {key: item[key] for key in ("video", "labels", "scores", "above_threshold") if key in item}
-                        )
-                bar.update(len(items))
+        failed = classify(model, processor, todo, results, embeddings, args, rank, world_size)
     finally:
         results.close()
         if embeddings is not None:
@@ -497,14 +235,77 @@ def run(args: argparse.Namespace) -> int:
         dist.barrier()
     earlier_failures = [video for video in videos if done.get(video)]
     if rank == 0:
-        predicted = num_todo - len(failed)
-        print(
-            f"evl-hf predict: {len(videos)} videos: {predicted} predicted now, {skipped} already done, "
-            f"{len(failed)} failed now" + (f", {len(earlier_failures)} failed earlier" if earlier_failures else ""),
-            file=sys.stderr,
-        )
-        for item in failed[:20]:
-            print(f"  {item['video']}: {item['error']}", file=sys.stderr)
-        if len(failed) > 20:
-            print(f"  ... and {len(failed) - 20} more (see the error records)", file=sys.stderr)
+        report(len(videos), num_todo - len(failed), skipped, failed, earlier_failures)
     return 1 if failed or earlier_failures else 0
+
+
+def classify(model, processor, videos: list[str], results, embeddings, args, rank: int, world_size: int) -> list:
+    """
+    Classifies `videos` in batches decoded by DataLoader workers, writing a record per video to `results` (and its
+    pooled vector to `embeddings`), with a progress bar. Returns the `{"video", "error"}` items of the videos that
+    could not be read.
+    """
+    import torch
+    from torch.utils.data import DataLoader
+    from tqdm.auto import tqdm
+
+    from ..inference import default_function_to_apply, labels_above_threshold, postprocess_logits, top_k_labels
+
+    config = model.config
+    multi_label = default_function_to_apply(config) == "sigmoid"
+    device = next(model.parameters()).device
+    loader = DataLoader(
+        VideoClips(videos, processor, config.num_frames),
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        collate_fn=_keep_as_list,
+        pin_memory=device.type == "cuda",
+    )
+    failed = []
+    bar_name = f"process {rank} of {world_size}" if world_size > 1 else None
+    with (
+        torch.inference_mode(),
+        tqdm(
+            total=len(videos), unit="video", file=sys.stderr, dynamic_ncols=True, desc=bar_name, position=rank
+        ) as bar,
+    ):
+        for items in loader:
+            clips = [item for item in items if "error" not in item]
+            if clips:
+                pixel_values = torch.stack([item["pixel_values"] for item in clips]).to(device)
+                if embeddings is None:
+                    logits = model(pixel_values=pixel_values).logits
+                else:  # the same logits, by way of the pooled vector
+                    pooled = model.evl(pixel_values=pixel_values).pooler_output
+                    logits = model.compute_logits(pooled)
+                    for item, vector in zip(clips, pooled.float().cpu().tolist()):
+                        embeddings.add(item["video"], vector)
+                scores = postprocess_logits(logits, config)
+                above = labels_above_threshold(scores, args.threshold).tolist() if multi_label else None
+                for row, (item, best) in enumerate(zip(clips, top_k_labels(scores, config, args.top_k))):
+                    item.update(best)
+                    if multi_label:
+                        item["above_threshold"] = [config.id2label[i] for i, kept in enumerate(above[row]) if kept]
+            for item in items:
+                if "error" in item:
+                    failed.append(item)
+                    results.write({"video": item["video"], "error": item["error"]})
+                elif item["video"] not in results.done:  # recomputed only for its missing embedding
+                    results.write(
+                        {key: item[key] for key in ("video", "labels", "scores", "above_threshold") if key in item}
+                    )
+            bar.update(len(items))
+    return failed
+
+
+def report(num_videos: int, predicted: int, skipped: int, failed: list[dict], earlier_failures: list[str]):
+    """The run's summary on standard error, with the first failures."""
+    print(
+        f"evl-hf predict: {num_videos} videos: {predicted} predicted now, {skipped} already done, "
+        f"{len(failed)} failed now" + (f", {len(earlier_failures)} failed earlier" if earlier_failures else ""),
+        file=sys.stderr,
+    )
+    for item in failed[:20]:
+        print(f"  {item['video']}: {item['error']}", file=sys.stderr)
+    if len(failed) > 20:
+        print(f"  ... and {len(failed) - 20} more (see the error records)", file=sys.stderr)

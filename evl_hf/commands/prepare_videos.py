@@ -40,6 +40,7 @@ from pathlib import Path
 
 from ..video_utils import VIDEO_EXTENSIONS, read_video_list, walk_videos
 from . import UsageError
+from .utils import atomic_write, int_at_least, int_between, positive_int
 
 
 REPORT_NAME = "prepare_report.jsonl"
@@ -67,23 +68,26 @@ def register(subparsers):
     parser.add_argument("output_dir", metavar="OUTPUT_DIR", help="Where the prepared videos (and list) are written.")
     parser.add_argument(
         "--short_side",
-        type=int,
+        type=int_at_least(2, " (320 is the usual choice)"),
         default=320,
         help="Scale frames so that their short side is this many pixels; smaller videos keep their size (default: "
         "320, for 224-pixel crops after the paper's short-side resize).",
     )
     parser.add_argument(
-        "--keyframe_interval", type=int, default=4, help="Frames from one keyframe to the next (default: 4)."
+        "--keyframe_interval",
+        type=int_at_least(1, " (4 is the default)"),
+        default=4,
+        help="Frames from one keyframe to the next (default: 4).",
     )
     parser.add_argument(
         "--crf",
-        type=int,
+        type=int_between(0, 51, " (libx264's range; 18 is the default, lower keeps more detail)"),
         default=18,
         help="libx264 constant rate factor, 0-51: lower is larger and closer to the input (default: 18).",
     )
     parser.add_argument(
         "--num_workers",
-        type=int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="Videos encoded at the same time, one FFmpeg thread each (default: the number of CPU cores).",
     )
@@ -106,7 +110,10 @@ def register(subparsers):
         "(default: files).",
     )
     parser.add_argument(
-        "--shard_size", type=int, default=1000, help="--format webdataset: videos per shard (default: 1000)."
+        "--shard_size",
+        type=int_at_least(1, " (1000 is the default)"),
+        default=1000,
+        help="--format webdataset: videos per shard (default: 1000).",
     )
     parser.add_argument(
         "--label_column_name",
@@ -115,19 +122,6 @@ def register(subparsers):
         "label). A tree's labels are its folder names, a .txt list's its label indices.",
     )
     parser.set_defaults(run=run, parser=parser)
-
-
-def check_arguments(args) -> None:
-    if args.short_side < 2:
-        raise UsageError(f"--short_side {args.short_side}: must be at least 2 pixels (320 is the usual choice).")
-    if args.keyframe_interval < 1:
-        raise UsageError(f"--keyframe_interval {args.keyframe_interval}: must be at least 1 (4 is the default).")
-    if not 0 <= args.crf <= 51:
-        raise UsageError(f"--crf {args.crf}: libx264 takes 0 to 51 (18 is the default; lower keeps more detail).")
-    if args.num_workers < 1:
-        raise UsageError(f"--num_workers {args.num_workers}: must be at least 1.")
-    if args.shard_size < 1:
-        raise UsageError(f"--shard_size {args.shard_size}: must be at least 1 (1000 is the default).")
 
 
 def find_ffmpeg() -> str:
@@ -187,15 +181,13 @@ def list_jobs(list_path: Path, root: Path, video_column: str):
 
 def write_list(list_path: Path, rows: list[dict], header, video_column: str) -> None:
     """Writes the list atomically (a temporary file renamed), so that a killed run never leaves half a list."""
-    partial = list_path.with_name(f".{list_path.name}.partial")
-    with open(partial, "w", encoding="utf-8", newline="") as file:
+    with atomic_write(list_path) as partial, open(partial, "w", encoding="utf-8", newline="") as file:
         if header is not None:
             writer = csv.DictWriter(file, fieldnames=header)
             writer.writeheader()
             writer.writerows(rows)
         else:
             file.writelines(f"{row[video_column]} {row['label']}\n" for row in rows)
-    os.replace(partial, list_path)
 
 
 def scaled_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -290,7 +282,6 @@ def prepare_one(ffmpeg: str, source: Path, target: Path, settings: dict) -> dict
         return result
     from ..video_utils import open_video
 
-    partial = target.with_name(f".{target.name}.partial")
     try:
         try:
             decoder = open_video(source)
@@ -301,24 +292,24 @@ def prepare_one(ffmpeg: str, source: Path, target: Path, settings: dict) -> dict
         size = scaled_size(metadata.width, metadata.height, settings["short_side"])
         result["input_bytes"] = source.stat().st_size
         target.parent.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(encode_command(ffmpeg, source, partial, size, settings), capture_output=True, text=True)
-        if done.returncode != 0:
-            last_lines = " | ".join(done.stderr.strip().splitlines()[-3:])
-            raise ValueError(f"ffmpeg failed (exit status {done.returncode}): {last_lines}")
-        try:
-            output_frames = count_decoded_frames(partial)
-        except (RuntimeError, ValueError) as error:
-            raise ValueError(f"the re-encoded video does not decode: {error}") from None
-        if output_frames != frames:
-            raise ValueError(
-                f"the re-encoded video has {output_frames} frames, the input {frames} (the input is probably "
-                "corrupted part way through)"
-            )
-        result["output_bytes"] = partial.stat().st_size
-        os.replace(partial, target)
+        with atomic_write(target) as partial:
+            command = encode_command(ffmpeg, source, Path(partial), size, settings)
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                last_lines = " | ".join(done.stderr.strip().splitlines()[-3:])
+                raise ValueError(f"ffmpeg failed (exit status {done.returncode}): {last_lines}")
+            try:
+                output_frames = count_decoded_frames(partial)
+            except (RuntimeError, ValueError) as error:
+                raise ValueError(f"the re-encoded video does not decode: {error}") from None
+            if output_frames != frames:
+                raise ValueError(
+                    f"the re-encoded video has {output_frames} frames, the input {frames} (the input is probably "
+                    "corrupted part way through)"
+                )
+            result["output_bytes"] = os.path.getsize(partial)
         result["status"] = "prepared"
     except ValueError as error:
-        partial.unlink(missing_ok=True)
         result.update(status="failed", reason=str(error))
     return result
 
@@ -353,7 +344,6 @@ def report_failures(failed: list[dict], report: Path, outcome: str) -> int:
 
 
 def run(args) -> int:
-    check_arguments(args)
     source = Path(args.input)
     output_dir = Path(args.output_dir).resolve()
     if not source.exists():
@@ -503,8 +493,7 @@ def write_shards(ffmpeg: str, source: Path, output_dir: Path, by_output: dict, l
         ]
         if not done:
             continue  # every video of it failed: no empty shard
-        partial = path.with_name(f".{path.name}.partial")
-        with tarfile.open(partial, "w") as archive:
+        with atomic_write(path) as partial, tarfile.open(partial, "w") as archive:
             for relative, video in done:
                 key = sample_key(relative)
                 archive.add(video, arcname=f"{key}.mp4")
@@ -512,7 +501,6 @@ def write_shards(ffmpeg: str, source: Path, output_dir: Path, by_output: dict, l
                 info = tarfile.TarInfo(f"{key}.json")
                 info.size = len(label)
                 archive.addfile(info, io.BytesIO(label))
-        os.replace(partial, path)
         for _, video in done:
             video.unlink()
     shutil.rmtree(work_dir, ignore_errors=True)

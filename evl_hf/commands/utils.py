@@ -11,11 +11,97 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""What several subcommands share: the model options and loading a model with its video processor."""
+"""
+What several subcommands share: the model options and loading a model with its video processor, argument types that
+check values as they are parsed, and writing a file so that it is either complete or absent.
+"""
 
 import argparse
+import contextlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
 
 from . import UsageError
+
+
+def int_at_least(minimum: int, hint: str = "") -> Callable[[str], int]:
+    """
+    An argparse `type` for whole numbers of at least `minimum`, so that a bad value is a usage error at parse time
+    (`evl-hf CMD: error: argument --flag: must be at least 1, got 0`); `hint` follows the message (say the default).
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number{hint}.") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}{hint}.")
+        return value
+
+    return parse
+
+
+def int_between(minimum: int, maximum: int, hint: str = "") -> Callable[[str], int]:
+    """An argparse `type` for whole numbers from `minimum` to `maximum`, both included; see [`int_at_least`]."""
+    at_least = int_at_least(minimum, hint)
+
+    def parse(text: str) -> int:
+        value = at_least(text)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be between {minimum} and {maximum}, got {value}{hint}.")
+        return value
+
+    return parse
+
+
+positive_int = int_at_least(1)
+non_negative_int = int_at_least(0)
+
+
+def probability(text: str) -> float:
+    """An argparse `type` for a number strictly between 0 and 1 (a score threshold)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number.") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (exclusive), got {value}.")
+    return value
+
+
+@contextlib.contextmanager
+def atomic_write(path: "str | os.PathLike", *, unique: bool = False) -> Iterator[str]:
+    """
+    A temporary path in `path`'s folder to write `path`'s contents to: when the block ends without an error, the file
+    is flushed to disk (`fsync`) and renamed over `path` (`os.replace`), so a reader, or a run stopped part way, sees
+    the old file or the whole new one, never part of it. On an error the temporary file is removed.
+
+    The temporary file is `.<name>.partial`, so a run that writes `path` again replaces what a killed run left; with
+    `unique`, for writers that may write the same `path` at the same time, each gets a name of its own.
+
+    Example: `with atomic_write("out.csv") as temporary, open(temporary, "w") as file: file.write(text)`, or hand the
+    temporary path to a program (FFmpeg, `pyarrow.parquet.write_table`) that writes it.
+    """
+    folder, name = os.path.split(os.path.abspath(path))
+    if unique:
+        descriptor, temporary = tempfile.mkstemp(dir=folder, prefix=f".{name}.", suffix=".partial")
+        os.close(descriptor)
+    else:
+        temporary = os.path.join(folder, f".{name}.partial")
+    try:
+        yield temporary
+        descriptor = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
 
 
 def add_model_arguments(parser: argparse.ArgumentParser, *, device: bool = True, dtype: bool = True):

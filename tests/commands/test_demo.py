@@ -75,7 +75,7 @@ def test_file_sizes_are_read_in_gradio_units():
     "arguments, message",
     [
         (["--max_file_size", "lots"], "argument --max_file_size: 'lots' is not a file size"),
-        (["--max_queue_size", "0"], "--max_queue_size must be at least 1, got 0"),
+        (["--max_queue_size", "0"], "argument --max_queue_size: must be at least 1, got 0"),
         (["--delete_cache", "60", "0"], "--delete_cache takes two positive numbers of seconds"),
     ],
 )

@@ -265,7 +265,7 @@ def test_a_multi_label_csv_has_an_above_threshold_column(multi_label_folder, vid
 def test_a_threshold_outside_0_1_is_a_usage_error(model_folder, videos, capsys, threshold):
     with pytest.raises(SystemExit) as exit_info:
         predict(model_folder, videos[0], "--threshold", threshold)
-    assert exit_info.value.code == 2 and "--threshold must be between 0 and 1" in capsys.readouterr().err
+    assert exit_info.value.code == 2 and "argument --threshold: must be between 0 and 1" in capsys.readouterr().err
 
 
 def test_embeddings_are_the_pooled_output_and_load_with_datasets(model_folder, videos, tmp_path):
@@ -285,7 +285,7 @@ def test_embeddings_are_the_pooled_output_and_load_with_datasets(model_folder, v
 
 
 def test_embeddings_resume_with_every_video_once(model_folder, videos, tmp_path):
-    from evl_hf.commands.predict import embedded_videos
+    from evl_hf.commands.records import embedded_videos
 
     output, folder = tmp_path / "out.jsonl", tmp_path / "emb"
     assert predict(model_folder, videos[0], "--output", output) == 0  # records, but no embeddings yet

@@ -14,7 +14,7 @@ import torch
 from datasets import load_dataset
 
 from evl_hf.commands import main
-from evl_hf.commands.predict import part_files
+from evl_hf.commands.records import part_files
 
 from .conftest import encode_video
 

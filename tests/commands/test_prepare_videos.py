@@ -209,10 +209,10 @@ def test_csv_list_keeps_every_column(tree, tmp_path):
 @pytest.mark.parametrize(
     "arguments, message",
     [
-        (["--keyframe_interval", "0"], "--keyframe_interval 0"),
-        (["--crf", "60"], "--crf 60"),
-        (["--short_side", "1"], "--short_side 1"),
-        (["--num_workers", "0"], "--num_workers 0"),
+        (["--keyframe_interval", "0"], "argument --keyframe_interval: must be at least 1, got 0"),
+        (["--crf", "60"], "argument --crf: must be between 0 and 51, got 60"),
+        (["--short_side", "1"], "argument --short_side: must be at least 2, got 1"),
+        (["--num_workers", "0"], "argument --num_workers: must be at least 1, got 0"),
     ],
 )
 def test_bad_settings_are_usage_errors(tree, tmp_path, capsys, arguments, message):

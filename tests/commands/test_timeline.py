@@ -31,8 +31,7 @@ def logits_from_probabilities(probabilities):
 
 
 def assert_window_matches_model(model, processor, video, window, probabilities):
-    indices = list(range(window["start_frame"], window["end_frame"] + 1, processor.frame_stride))
-    expected = model_logits(model, processor, video, indices)
+    expected = model_logits(model, processor, video, window["frame_indices"])
     torch.testing.assert_close(torch.tensor(probabilities), expected.softmax(-1), atol=1e-5, rtol=0)
     # The log-probabilities are the logits up to a constant: compare those too, at the logits' tolerance.
     log_probabilities = logits_from_probabilities(probabilities)
@@ -50,6 +49,7 @@ def test_every_window_equals_the_model_on_that_windows_frames(model_and_processo
     assert [w["start_frame"] for w in result["windows"]] == list(range(0, 61 - 12, 3))
     assert result["labels"] == LABELS and result["num_video_frames"] == 61 and result["fps"] == pytest.approx(15)
     for window, probabilities in zip(result["windows"], result["probabilities"]):
+        assert window["frame_indices"] == [window["start_frame"] + 4 * i for i in range(4)]  # frame_stride 4 apart
         assert window["end_frame"] == window["start_frame"] + 12
         assert window["start_time"] == pytest.approx(window["start_frame"] / 15)
         assert_window_matches_model(model, processor, video, window, probabilities)
@@ -86,6 +86,7 @@ def test_a_video_shorter_than_one_window_repeats_its_last_frame(model_and_proces
 
     assert len(result["windows"]) == 1
     assert (result["windows"][0]["start_frame"], result["windows"][0]["end_frame"]) == (0, 6)
+    assert result["windows"][0]["frame_indices"] == [0, 4, 6, 6]
     with torch.no_grad():  # the processor on the file samples frames 0, 4, 6, 6
         expected = model(**processor(str(video), return_tensors="pt")).logits[0].softmax(-1)
     torch.testing.assert_close(torch.tensor(result["probabilities"][0]), expected, atol=1e-5, rtol=0)
