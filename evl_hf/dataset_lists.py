@@ -88,9 +88,10 @@ def _clip_stem(youtube_id: str, time_start: str, time_end: str) -> str:
 
 def read_kinetics(annotations: "str | os.PathLike", videos: "str | os.PathLike") -> DatasetLists:
     """
-    Reads Kinetics-400, -600 or -700: `annotations/train.csv` and `annotations/val.csv`, with the clips found under
-    `videos/train/` and `videos/val/` (directly or in any subfolder, such as one per class) by their name
-    `{youtube_id}_{time_start:06d}_{time_end:06d}` and any video extension. A clip not found is listed as `.mp4`, for
+    Reads Kinetics-400, -600 or -700: `annotations/train.csv` and `annotations/val.csv` (or `validate.csv`), with the
+    clips found under `videos/train/` and `videos/val/` (`videos/validate/` with `validate.csv`), directly or in any
+    subfolder (one per class, say), by their name `{youtube_id}_{time_start:06d}_{time_end:06d}` and any video
+    extension. A clip not found is listed as `.mp4`, for
     the check of the videos to report.
 
     Raises:
@@ -99,7 +100,11 @@ def read_kinetics(annotations: "str | os.PathLike", videos: "str | os.PathLike")
     """
     annotations, videos = Path(annotations), Path(videos)
     splits = {}
-    for split, name in (("train", "train"), ("validation", "val")):
+    # DeepMind's archives name the validation list validate.csv; the common download scripts name it val.csv.
+    validation = (
+        "validate" if not (annotations / "val.csv").exists() and (annotations / "validate.csv").exists() else "val"
+    )
+    for split, name in (("train", "train"), ("validation", validation)):
         path = annotations / f"{name}.csv"
         text = _read_text(path, "--annotations must be the Kinetics folder with train.csv and val.csv")
         reader = csv.DictReader(text.splitlines())

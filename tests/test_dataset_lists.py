@@ -156,3 +156,12 @@ def test_video_problem_tells_missing_from_unreadable(tmp_path):
     assert video_problem(dataset.videos / dataset.missing) == "missing"
     assert "Cannot read video" in video_problem(dataset.videos / dataset.broken)
     assert video_problem(dataset.videos / dataset.expected["train"][0][0]) is None
+
+
+def test_kinetics_takes_validate_csv_and_its_folder_when_there_is_no_val_csv(tmp_path):
+    dataset = write_kinetics(tmp_path)
+    (dataset.annotations / "val.csv").rename(dataset.annotations / "validate.csv")
+    (dataset.videos / "val").rename(dataset.videos / "validate")
+    validation = read_kinetics(dataset.annotations, dataset.videos).splits["validation"]
+    expected = [(video.replace("val/", "validate/", 1), label) for video, label in dataset.expected["validation"]]
+    assert sorted(pairs(validation)) == sorted(expected)
