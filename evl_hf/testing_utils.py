@@ -105,8 +105,11 @@ def save_tiny_model(
     return folder
 
 
-def encode_video(path, num_frames: int, *, height: int = 48, width: int = 64, fps: int = 15, seed: int = 0):
-    """Writes an H.264 video of a bright square moving over noise, so that every frame differs; returns `path`."""
+def encode_video(
+    path, num_frames: int, *, height: int = 48, width: int = 64, fps: int = 15, seed: int = 0, codec: str = "libx264"
+):
+    """Writes a video (H.264 unless `codec` says otherwise, e.g. "libvpx-vp9" for `.webm`) of a bright square moving
+    over noise, so that every frame differs; returns `path`."""
     from torchcodec.encoders import VideoEncoder
 
     generator = torch.Generator().manual_seed(seed)
@@ -114,5 +117,5 @@ def encode_video(path, num_frames: int, *, height: int = 48, width: int = 64, fp
     for t in range(num_frames):
         left = t % (width - 16)
         frames[t, :, 16:32, left : left + 16] = 255
-    VideoEncoder(frames, frame_rate=fps).to_file(str(path), codec="libx264", pixel_format="yuv420p")
+    VideoEncoder(frames, frame_rate=fps).to_file(str(path), codec=codec, pixel_format="yuv420p")
     return path

@@ -25,6 +25,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -595,6 +596,13 @@ def main(args: list[str] | None = None):
                 if multi_label
                 else encode_labels(dataset, data_args.label_column_name, known_names)
             )
+    sided = [name for name in label_names if re.search(r"\b(left|right)\b", str(name), re.IGNORECASE)]
+    if data_args.horizontal_flip and sided:  # Something-Something v2's "Pushing something from left to right", say
+        logger.warning(
+            f"--horizontal_flip with labels that say left or right ({', '.join(sided[:3])}"
+            f"{', ...' if len(sided) > 3 else ''}): a flipped clip shows the opposite of its label. Train without it "
+            "(the paper's Something-Something v2 recipe has no flip)."
+        )
     if not training_args.do_train and not training_args.do_eval:  # neither asked for: what the splits allow
         training_args.do_train, training_args.do_eval = "train" in dataset, "validation" in dataset
     for flag, split, limit in [
