@@ -28,8 +28,7 @@ from transformers import Trainer, TrainerCallback
 
 from evl_hf import EVLVideoProcessor
 from evl_hf.commands.prepare_videos import find_ffmpeg, prepare_one
-from evl_hf.video_processing_evl import sample_frame_indices
-from evl_hf.video_utils import read_video_frames
+from evl_hf.video_utils import read_video_frames, sample_frame_indices
 
 from .harness import (
     EXAMPLES,

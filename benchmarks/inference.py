@@ -15,8 +15,7 @@ from torchcodec.decoders import VideoDecoder
 from evl_hf import quantization
 from evl_hf.inference import classify_windows, postprocess_logits, window_frame_indices
 from evl_hf.onnx_export import export_onnx
-from evl_hf.video_processing_evl import sample_frame_indices
-from evl_hf.video_utils import read_video_frames
+from evl_hf.video_utils import read_video_frames, sample_frame_indices
 
 from .harness import (
     NUM_LABELS,

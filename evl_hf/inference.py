@@ -26,9 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from .modeling_evl import EVLFrameFeatures
-from .video_processing_evl import clip_span, sample_frame_indices
+from .video_utils import clip_span, load_video_frames, open_video, sample_frame_indices
 from .video_utils import is_video_decoder as _is_video_decoder
-from .video_utils import load_video_frames, open_video
 
 
 FUNCTIONS_TO_APPLY = ("softmax", "sigmoid", "none")

@@ -32,7 +32,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, BinaryIO, Literal, NamedTuple
 
 import torch
 from transformers.video_utils import VideoMetadata
@@ -258,6 +258,85 @@ def read_video_frames(video: "str | os.PathLike | bytes | BinaryIO | VideoDecode
     return load_video_frames(video, lambda metadata: indices_fn(metadata.total_num_frames))[0]
 
 
+# Frame sampling: which frames of a video make a clip, in source-frame units, whatever the video is stored as.
+FRAME_SAMPLING_STRATEGIES = ("dense", "uniform", "segment")
+
+
+def clip_span(num_frames: int, frame_stride: int) -> int:
+    """Frames of video that `num_frames` frames `frame_stride` apart cover, from the first to the last."""
+    return (num_frames - 1) * frame_stride + 1
+
+
+def sample_frame_indices(
+    num_video_frames: int,
+    num_frames: int,
+    *,
+    strategy: Literal["dense", "uniform", "segment"] = "dense",
+    frame_stride: int = 16,
+    random: bool | torch.Generator = False,
+    num_clips: int = 1,
+    clip_index: int = 0,
+) -> list[int]:
+    """
+    Choose which `num_frames` frames of a video of `num_video_frames` frames make up a clip (non-decreasing indices).
+
+    - `"dense"` (the paper): frames `frame_stride` apart, in a window centred in the video, or the `clip_index`-th of
+      `num_clips` windows spread from its start to its end; with `random` (training) the window starts anywhere.
+    - `"uniform"`: one frame every `num_video_frames / num_frames` frames, at the centre of each stretch (or at offset
+      `(clip_index + 0.5) / num_clips` of it); `random` shifts the whole grid by one random offset.
+    - `"segment"` (TSN): one frame per equal segment, a random one with `random`, otherwise placed like `"uniform"`.
+
+    A video shorter than the clip needs is played from its first frame and its last frame repeated, as the reference
+    implementation does. `random` is `True` (torch's global generator) or a `torch.Generator` for reproducible draws.
+    """
+    if strategy not in FRAME_SAMPLING_STRATEGIES:
+        raise ValueError(f"Unknown frame sampling strategy {strategy!r}; expected one of {FRAME_SAMPLING_STRATEGIES}")
+    if num_video_frames < 1:
+        raise ValueError(f"Cannot sample frames from a video with {num_video_frames} frames")
+    if num_frames < 1:
+        raise ValueError(f"`num_frames` must be at least 1, got {num_frames}")
+    if frame_stride < 1:
+        raise ValueError(f"`frame_stride` must be at least 1, got {frame_stride}")
+    if num_clips < 1 or not 0 <= clip_index < num_clips:
+        raise ValueError(f"Need 0 <= clip_index < num_clips, got clip_index={clip_index}, num_clips={num_clips}")
+    is_random = isinstance(random, torch.Generator) or bool(random)
+    generator = random if isinstance(random, torch.Generator) else None
+    if is_random and num_clips > 1:
+        raise ValueError("`num_clips > 1` selects fixed test-time views; it cannot be combined with `random`")
+
+    step = frame_stride if strategy == "dense" else 1
+    if num_video_frames < clip_span(num_frames, step):
+        # A video shorter than a clip plays from its first frame and repeats its last one, as the reference does.
+        return [min(i * step, num_video_frames - 1) for i in range(num_frames)]
+
+    if strategy == "dense":
+        slack = num_video_frames - (num_frames - 1) * frame_stride - 1
+        if is_random:
+            start = int(torch.randint(slack + 1, (), generator=generator))
+        elif num_clips == 1:
+            start = slack // 2
+        else:
+            start = round(slack * clip_index / (num_clips - 1))
+        return [start + i * frame_stride for i in range(num_frames)]
+
+    if strategy == "segment" and is_random:
+        bounds = [i * num_video_frames // num_frames for i in range(num_frames + 1)]
+        return [
+            bounds[i] + int(torch.randint(bounds[i + 1] - bounds[i], (), generator=generator))
+            for i in range(num_frames)
+        ]
+    if is_random:
+        offset = float(torch.rand((), generator=generator))
+        # `min` guards against float rounding of (T - 1 + offset) / T up to 1.
+        last = num_video_frames - 1
+        return [min(int((i + offset) * num_video_frames / num_frames), last) for i in range(num_frames)]
+    # Offset (clip_index + 0.5) / num_clips inside each stretch, in integer arithmetic so it is exact.
+    return [
+        (2 * num_clips * i + 2 * clip_index + 1) * num_video_frames // (2 * num_clips * num_frames)
+        for i in range(num_frames)
+    ]
+
+
 def is_video_file(path: "str | os.PathLike") -> bool:
     """Whether `path` has one of the [`VIDEO_EXTENSIONS`] (in any case)."""
     return os.fspath(path).lower().endswith(VIDEO_EXTENSIONS)
@@ -384,7 +463,10 @@ def resolve_video_path(video: str, root: "str | os.PathLike") -> str:
 
 
 __all__ = [
+    "FRAME_SAMPLING_STRATEGIES",
     "VIDEO_EXTENSIONS",
+    "clip_span",
+    "sample_frame_indices",
     "VideoDecodingError",
     "is_video_decoder",
     "load_video_frames",

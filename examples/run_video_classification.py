@@ -49,8 +49,7 @@ from video_files import check_video_folder, load_video_file
 from evl_hf import EVLConfig, EVLForVideoClassification, EVLImageProcessor, EVLVideoProcessor
 from evl_hf.inference import MULTI_LABEL_THRESHOLD, average_view_scores, default_function_to_apply
 from evl_hf.quantization import DTYPES, QUANTIZED_DTYPES, quantize_backbone
-from evl_hf.video_processing_evl import FRAME_SAMPLING_STRATEGIES
-from evl_hf.video_utils import VideoDecodingError, open_video
+from evl_hf.video_utils import FRAME_SAMPLING_STRATEGIES, VideoDecodingError, open_video
 
 
 logger = logging.getLogger(__name__)

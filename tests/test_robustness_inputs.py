@@ -13,8 +13,8 @@ import subprocess
 import pytest
 import torch
 
-from evl_hf.video_processing_evl import EVLVideoProcessor, sample_frame_indices
-from evl_hf.video_utils import VideoDecodingError, open_video, read_video_frames
+from evl_hf.video_processing_evl import EVLVideoProcessor
+from evl_hf.video_utils import VideoDecodingError, open_video, read_video_frames, sample_frame_indices
 
 
 pytest.importorskip("torchcodec.decoders")

@@ -16,8 +16,8 @@ from training_utils import ROOT, SCRIPT, run_video_classification, train_tiny
 from transformers import TrainingArguments, pipeline
 
 import evl_hf  # noqa: F401  (registers EVL with the Auto classes, for the pipeline)
-from evl_hf.video_processing_evl import EVLVideoProcessor, sample_frame_indices
-from evl_hf.video_utils import VideoDecodingError
+from evl_hf.video_processing_evl import EVLVideoProcessor
+from evl_hf.video_utils import VideoDecodingError, sample_frame_indices
 
 
 # isort: split

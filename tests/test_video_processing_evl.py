@@ -12,8 +12,8 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImage
 
 import evl_hf.video_processing_evl
 from evl_hf.testing_utils import encode_video
-from evl_hf.video_processing_evl import EVLVideoProcessor, sample_frame_indices
-from evl_hf.video_utils import read_video_frames
+from evl_hf.video_processing_evl import EVLVideoProcessor
+from evl_hf.video_utils import read_video_frames, sample_frame_indices
 
 
 torchcodec_decoders = pytest.importorskip("torchcodec.decoders")

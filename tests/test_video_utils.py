@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from evl_hf.testing_utils import encode_video
-from evl_hf.video_processing_evl import EVLVideoProcessor, sample_frame_indices
+from evl_hf.video_processing_evl import EVLVideoProcessor
 from evl_hf.video_utils import (
     VideoDecodingError,
     is_video_decoder,
@@ -23,6 +23,7 @@ from evl_hf.video_utils import (
     open_video,
     read_video_frames,
     read_video_metadata,
+    sample_frame_indices,
 )
 
 

@@ -273,12 +273,10 @@ def classify(model, processor, videos: list[str], results, embeddings, args, ran
             clips = [item for item in items if "error" not in item]
             if clips:
                 pixel_values = torch.stack([item["pixel_values"] for item in clips]).to(device)
-                if embeddings is None:
-                    logits = model(pixel_values=pixel_values).logits
-                else:  # the same logits, by way of the pooled vector
-                    pooled = model.evl(pixel_values=pixel_values).pooler_output
-                    logits = model.compute_logits(pooled)
-                    for item, vector in zip(clips, pooled.float().cpu().tolist()):
+                outputs = model(pixel_values=pixel_values)  # logits and the pooled vector from one forward
+                logits = outputs.logits
+                if embeddings is not None:
+                    for item, vector in zip(clips, outputs.pooler_output.float().cpu().tolist()):
                         embeddings.add(item["video"], vector)
                 scores = postprocess_logits(logits, config)
                 above = labels_above_threshold(scores, args.threshold).tolist() if multi_label else None
