@@ -327,7 +327,7 @@ def read_dataset(
 
 def video_problem(path: "str | os.PathLike") -> str | None:
     """Why the video at `path` cannot be used (`"missing"`, or the reason it does not open), or None when it opens."""
-    from .video_processing_evl import open_video
+    from .video_utils import open_video
 
     try:
         open_video(path)

@@ -277,7 +277,7 @@ def test_the_default_views_are_the_processors_else_the_papers(wide_video):
 
 
 def test_multi_view_scores_take_a_batch_of_videos_and_whole_video_frames(wide_video, tmp_path):
-    from evl_hf.video_processing_evl import read_video_frames
+    from evl_hf.video_utils import read_video_frames
 
     model, processor = tiny_model(), tiny_processor()
     other = encode_video(tmp_path / "other.mp4", 30, height=48, width=72, seed=1)
