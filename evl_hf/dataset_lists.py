@@ -156,7 +156,7 @@ def read_ssv2(annotations: "str | os.PathLike") -> DatasetLists:
     Raises:
         `FileNotFoundError`: a file is missing.
         `ValueError`: a file is not what its name says (`labels.json` not a map of templates to the indices 0..N-1,
-        an entry without `id` or `template`, a template `labels.json` does not name).
+            an entry without `id` or `template`, a template `labels.json` does not name).
     """
     annotations = Path(annotations)
     what = "--annotations must be the Something-Something v2 folder with labels.json, train.json and validation.json"

@@ -139,10 +139,14 @@ def open_video(
     A URL is downloaded whole (as transformers' own video loader does), giving up when the server sends nothing for
     `timeout` seconds.
 
+    Every error names the video (`name`, by default its path or URL) and says what is wrong.
+
     Raises:
-        `FileNotFoundError` (also for a URL the server does not have), `IsADirectoryError`, `ConnectionError` or
-        `TimeoutError` (a URL that cannot be downloaded), or [`VideoDecodingError`] (the data is not a video): every
-        message names the video (`name`, by default its path or URL) and says what is wrong.
+        `FileNotFoundError`: a missing file, or a URL the server does not have.
+        `IsADirectoryError`: a folder where a video was expected.
+        `ConnectionError`: a URL whose server cannot be reached.
+        `TimeoutError`: a URL whose server sends nothing for `timeout` seconds.
+        `VideoDecodingError`: the data is not a video.
     """
     from torchcodec.decoders import VideoDecoder
 

@@ -39,7 +39,7 @@ def read_records(path: str, *, truncate: bool = False) -> tuple[list[str] | None
 
     Raises:
         `UsageError`: the file is not one `evl-hf predict` writes (a CSV file without a `video` column, a JSON line
-        that is not a record).
+            that is not a record).
     """
     is_csv = path.lower().endswith(".csv")
     with open(path, "rb") as file:
