@@ -244,26 +244,10 @@ def test_synthetic_multi_label_selects_its_dataset_and_settings():
 
 
 def test_the_synthetic_multi_label_dataset_lists_one_or_two_directions_per_clip(tmp_path):
-    folder = generate_synthetic_multi_label_dataset(
-        tmp_path,
-        train_videos_per_label=4,
-        validation_videos_per_label=1,
-        num_frames=8,
-        frame_size=32,
-        min_object_size=6,
-        max_object_size=10,
-    )
+    sizes = dict(train_videos_per_label=4, validation_videos_per_label=1, num_frames=8, frame_size=32)
+    folder = generate_synthetic_multi_label_dataset(tmp_path, **sizes, min_object_size=6, max_object_size=10)
     assert (
-        generate_synthetic_multi_label_dataset(
-            tmp_path,
-            train_videos_per_label=4,
-            validation_videos_per_label=1,
-            num_frames=8,
-            frame_size=32,
-            min_object_size=6,
-            max_object_size=10,
-        )
-        == folder
+        generate_synthetic_multi_label_dataset(tmp_path, **sizes, min_object_size=6, max_object_size=10) == folder
     )  # cached
     rows = [json.loads(line) for line in (folder / "train.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and len((folder / "validation.jsonl").read_text().splitlines()) == 4

@@ -84,34 +84,13 @@ def corpus(tmp_path_factory):
     (folder / "text.mp4").write_text("This is a text file that only claims to be a video.\n" * 20)
     _ffmpeg("-f", "lavfi", "-i", "sine=frequency=440:duration=0.5", "-c:a", "aac", str(folder / "audio_only.mp4"))
     # An MP4 whose index (`moov`) is at the end, cut in half: the index is lost.
-    _ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        f"{PATTERN},trim=end_frame=25",
-        "-c:v",
-        "libx264",
-        "-pix_fmt",
-        "yuv420p",
-        str(folder / "whole.mp4"),
-    )
+    h264 = ["-f", "lavfi", "-i", f"{PATTERN},trim=end_frame=25", "-c:v", "libx264", "-pix_fmt", "yuv420p"]
+    _ffmpeg(*h264, str(folder / "whole.mp4"))
     whole = (folder / "whole.mp4").read_bytes()
     (folder / "truncated_index.mp4").write_bytes(whole[: len(whole) // 2])
     # An MP4 with its index first (`faststart`), cut 200 bytes into the frame data: the index lists frames whose
     # bytes are missing.
-    _ffmpeg(
-        "-f",
-        "lavfi",
-        "-i",
-        f"{PATTERN},trim=end_frame=25",
-        "-c:v",
-        "libx264",
-        "-pix_fmt",
-        "yuv420p",
-        "-movflags",
-        "+faststart",
-        str(folder / "whole_faststart.mp4"),
-    )
+    _ffmpeg(*h264, "-movflags", "+faststart", str(folder / "whole_faststart.mp4"))
     faststart = (folder / "whole_faststart.mp4").read_bytes()
     (folder / "truncated_data.mp4").write_bytes(faststart[: _top_level_mp4_box_offset(faststart, b"mdat") + 200])
     (folder / "a_folder.mp4").mkdir()
