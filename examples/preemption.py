@@ -16,6 +16,8 @@ Training that survives preemption, for a script built on the Trainer (run_video_
 
 - [`AtomicCheckpointsMixin`]: a checkpoint folder is written under `tmp-checkpoints/` and moved into the output folder
   once every process has finished writing it, so a kill at any moment leaves either a complete `checkpoint-N` or none;
+- [`FinishedRunMixin`]: a run resumed from a checkpoint at `max_steps` (a finished run, started again by a wrapper that
+  always passes `--resume_from_checkpoint last`) trains no step;
 - [`last_complete_checkpoint`]: what `--resume_from_checkpoint last` resumes from, skipping (with a warning) folders
   the Trainer could not resume from, such as ones left by runs without the mixin;
 - [`PreemptionCallback`]: on SIGTERM the current optimisation step finishes, a checkpoint is saved at it and training
@@ -81,6 +83,29 @@ class AtomicCheckpointsMixin:
     def _get_output_dir(self, trial):
         # While a checkpoint is being written, the Trainer's own saving code writes under the staging folder.
         return self._staging_dir or super()._get_output_dir(trial)
+
+
+class FinishedRunMixin:
+    """
+    Mix into a `Trainer` subclass (before `Trainer`) so that resuming a run that reached `max_steps` trains no step.
+
+    The Trainer resumes in epoch `global_step // steps_per_epoch` and checks `max_steps` only after each step. When
+    `max_steps` is no multiple of the epoch's steps, and always for a dataset without a length (a stream, whose
+    "epoch" the Trainer counts as `max_steps` steps), a finished run resumes inside an epoch it has not finished and
+    trains one step past `max_steps` before it stops, overwriting the model with another one.
+    """
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, *args, **kwargs):
+        epochs_trained, steps_trained_in_current_epoch = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, *args, **kwargs
+        )
+        if self.state.global_step >= max_steps:
+            logger.warning(
+                f"The checkpoint is at step {self.state.global_step} of --max_steps {max_steps}: training is "
+                "finished, no step is trained."
+            )
+            return num_train_epochs, 0  # the Trainer's loop then starts no epoch
+        return epochs_trained, steps_trained_in_current_epoch
 
 
 def _safetensors_problem(path: Path) -> str | None:

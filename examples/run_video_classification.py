@@ -38,7 +38,13 @@ import transformers
 from accelerate.utils import gather_object
 from datasets import Dataset, DatasetDict, Video, load_dataset
 from labels import encode_labels, encode_multi_labels, is_multi_label
-from preemption import AtomicCheckpointsMixin, PreemptionCallback, process_group_destroyed_at_exit, resume_checkpoint
+from preemption import (
+    AtomicCheckpointsMixin,
+    FinishedRunMixin,
+    PreemptionCallback,
+    process_group_destroyed_at_exit,
+    resume_checkpoint,
+)
 from reports import multi_label_metrics, save_average_precision, save_confusion_matrix, write_model_card
 from streaming import StreamingClipDataset, StreamingEpochCallback, StreamingTrainerMixin, load_streaming_datasets
 from transformers import AutoConfig, CLIPVisionConfig, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
@@ -441,11 +447,12 @@ def build_video_processor(model, model_args: ModelArguments, data_args: DataTrai
 # ---- Trainer --------------------------------------------------------------------------------------------------------
 
 
-class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, Trainer):
-    """The Trainer, plus: complete-or-absent checkpoints; streamed training data (examples/streaming.py); views of an
-    evaluation clip (`pixel_values` `(B, views, T, 3, H, W)`) scored by mean probabilities; undecodable training videos
-    counted over all processes at each logging step (each step on one process), stopping the run past
-    `max_skipped_fraction`; the model card's extras."""
+class VideoClassificationTrainer(FinishedRunMixin, AtomicCheckpointsMixin, StreamingTrainerMixin, Trainer):
+    """The Trainer, plus: complete-or-absent checkpoints, and no step past `max_steps` when a finished run is resumed
+    (examples/preemption.py); streamed training data (examples/streaming.py); views of an evaluation clip
+    (`pixel_values` `(B, views, T, 3, H, W)`) scored by mean probabilities; undecodable training videos counted over
+    all processes at each logging step (each step on one process), stopping the run past `max_skipped_fraction`; the
+    model card's extras."""
 
     def __init__(self, *args, max_skipped_fraction: float = 0.05, model_card_text: str = "", **kwargs):
         super().__init__(*args, **kwargs)

@@ -20,8 +20,8 @@ by 🤗 datasets as an `IterableDataset` and never stored whole.
   label field in all shards), as streams with an integer `labels` column, and the label names;
 - [`StreamingClipDataset`]: clips of a stream, each process reading its own shards (`split_dataset_by_node`) and each
   DataLoader worker its own part of them, through a shuffle buffer;
-- [`StreamingTrainerMixin`]: trains from a torchdata `StatefulDataLoader` and saves its state with every checkpoint,
-  so that a resumed run takes the samples an uninterrupted one would have taken.
+- [`StreamingTrainerMixin`]: trains from a torchdata `StatefulDataLoader` ([`StreamingDataLoader`]) and saves its
+  state with every checkpoint, so that a resumed run takes the samples an uninterrupted one would have taken.
 
 Resuming is exact because every worker's stream is a function of the seed, the epoch and the shards only: a resumed
 worker reads its stream again from the epoch's start, without decoding, up to the row it had reached, so its shuffle
@@ -40,6 +40,7 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Video, load_dataset
 from datasets.distributed import split_dataset_by_node
 from datasets.packaged_modules.webdataset.webdataset import VIDEO_EXTENSIONS, base_plus_ext
+from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -325,6 +326,38 @@ class StreamingEpochCallback(TrainerCallback):
         self.started = True
 
 
+class StreamingDataLoader(StatefulDataLoader):
+    """
+    The `StatefulDataLoader` of a [`StreamingClipDataset`], whose first pass after `load_state_dict` goes on into the
+    stream's next epoch when the state was saved after the last batch of an epoch.
+
+    A checkpoint saved there does not know that the epoch is over: the uninterrupted run learns it only from its next
+    batch, and then starts the next epoch. Resumed, the loader would give an empty pass, which the Trainer takes for a
+    stream that has run dry, and it would stop training there.
+    """
+
+    _resumed = False
+
+    def load_state_dict(self, state_dict: dict):
+        super().load_state_dict(state_dict)
+        self._resumed = True
+
+    def __iter__(self):
+        if not self._resumed:
+            return super().__iter__()
+        self._resumed = False
+        return self._resumed_pass(super().__iter__())
+
+    def _resumed_pass(self, iterator):
+        empty = True
+        for batch in iterator:
+            empty = False
+            yield batch
+        if empty:
+            self.dataset.set_epoch(self.dataset.epoch + 1)
+            yield from super().__iter__()
+
+
 class StreamingTrainerMixin:
     """
     Mix into a `Trainer` subclass, after `AtomicCheckpointsMixin` (so that the state is written into the checkpoint
@@ -350,13 +383,11 @@ class StreamingTrainerMixin:
     def get_train_dataloader(self):
         if not isinstance(self.train_dataset, StreamingClipDataset):
             return super().get_train_dataloader()
-        from torchdata.stateful_dataloader import StatefulDataLoader
-
         # Not through `accelerator.prepare`: for an IterableDataset, Accelerate lets process 0 read and decode every
         # batch for all (`dispatch_batches`), or every process read every shard (`IterableDatasetShard`), while each
         # process here has its own shards. The Trainer moves the batches to the device itself.
         workers = self.args.dataloader_num_workers
-        self._train_loader = StatefulDataLoader(
+        self._train_loader = StreamingDataLoader(
             self.train_dataset,
             batch_size=self._train_batch_size,
             collate_fn=self.data_collator,

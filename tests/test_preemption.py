@@ -13,11 +13,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from preemption import STAGING_DIR, checkpoint_problem, last_complete_checkpoint  # noqa: E402  (examples/)
 from safetensors.torch import load_file
 
 # Importing it puts examples/ on sys.path; its tiny CLIP and video fixtures are used here too.
 from training_utils import SCRIPT, descendants, logged_steps, run_video_classification, start, wait_for
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+
+# isort: split
+from preemption import STAGING_DIR, FinishedRunMixin, checkpoint_problem, last_complete_checkpoint  # examples/
 
 
 ROOT = SCRIPT.parents[1]
@@ -164,6 +168,102 @@ def test_without_a_complete_checkpoint_training_starts_from_scratch(
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert [entry["step"] for entry in state["log_history"] if "loss" in entry] == [1, 2, 3, 4]
     assert final_step_and_loss(output_dir)[1] == pytest.approx(final_step_and_loss(uninterrupted)[1], abs=1e-6)
+
+
+# ---- Rerunning a finished run -------------------------------------------------------------------------------
+
+
+class Offset(torch.nn.Module):
+    """One weight fitted to the rows' `x`: the smallest model the Trainer trains and saves."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, labels=None):
+        return {"loss": ((self.weight - x) ** 2).mean()}
+
+
+class CountedRows(torch.utils.data.Dataset):
+    """10 rows, counting those read."""
+
+    def __init__(self):
+        self.read = 0
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, index):
+        self.read += 1
+        return {"x": torch.tensor([float(index)])}
+
+
+class CountedStream(torch.utils.data.IterableDataset):
+    """The same rows as a stream, which has no length."""
+
+    def __init__(self):
+        self.rows = CountedRows()
+
+    def __iter__(self):
+        return (self.rows[index] for index in range(len(self.rows)))
+
+
+class CountSteps(TrainerCallback):
+    def __init__(self):
+        self.epochs = self.steps = 0
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.epochs += 1
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+class FinishedRunTrainer(FinishedRunMixin, Trainer):
+    pass
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["rows", "stream"])
+def test_resuming_a_finished_run_starts_no_epoch_and_reads_no_row(tmp_path, stream):
+    # 7 steps of 2 rows, 5 steps an epoch: the Trainer resumes a finished run inside the second epoch (the first for a
+    # stream, whose epoch it counts as --max_steps steps) and checks max_steps only after a step.
+    dataset = CountedStream() if stream else CountedRows()
+    rows = dataset.rows if stream else dataset
+    args = TrainingArguments(
+        tmp_path,
+        max_steps=7,
+        per_device_train_batch_size=2,
+        save_strategy="steps",
+        save_steps=7,
+        report_to="none",
+        dataloader_pin_memory=False,
+    )
+    Trainer(model=Offset(), args=args, train_dataset=dataset).train()
+    checkpoint = str(tmp_path / "checkpoint-7")
+
+    rows.read, counter = 0, CountSteps()
+    plain = Trainer(model=Offset(), args=args, train_dataset=dataset, callbacks=[counter])
+    plain.train(resume_from_checkpoint=checkpoint)
+    assert (plain.state.global_step, counter.steps) == (8, 1) and rows.read > 0  # the cause: one step too many
+
+    rows.read, counter = 0, CountSteps()
+    trainer = FinishedRunTrainer(model=Offset(), args=args, train_dataset=dataset, callbacks=[counter])
+    trainer.train(resume_from_checkpoint=checkpoint)
+    assert (trainer.state.global_step, counter.epochs, counter.steps, rows.read) == (7, 0, 0, 0)
+
+
+def test_a_finished_run_rerun_with_resume_last_keeps_its_model(tmp_path, tiny_clip, videos):
+    # 4 steps an epoch: the run ends inside its second epoch, at a checkpoint. A constant learning rate: a step past
+    # the end would change the weights (the linear schedule's rate is 0 there).
+    output_dir = tmp_path / "output"
+    args = "--max_steps 6 --save_strategy steps --save_steps 3 --lr_scheduler_type constant"
+    args = script_args(tiny_clip, videos, output_dir, args)
+    run_video_classification.main(args)
+    saved = (output_dir / "model.safetensors").read_bytes()
+    run_video_classification.main([*args, "--resume_from_checkpoint", "last"])
+    assert (output_dir / "model.safetensors").read_bytes() == saved
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and max(entry["step"] for entry in state["log_history"]) == 6
 
 
 # ---- Real processes and signals --------------------------------------------------------------------------------

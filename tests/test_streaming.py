@@ -12,10 +12,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from preemption import checkpoint_problem  # examples/
 
 # training_utils puts examples/ on sys.path; the tiny CLIP and video fixtures come from conftest.py
 from training_utils import SCRIPT, logged_steps, run_video_classification, start, wait_for
+
+
+# isort: split
+from preemption import checkpoint_problem  # examples/
 
 
 ROOT = SCRIPT.parents[1]
@@ -290,6 +293,38 @@ def test_a_resumed_streaming_run_takes_the_same_samples_and_ends_with_the_same_l
     assert sorted(losses[1]) == [1, 2, 3, 4, 5]  # steps 1 and 2 from the checkpoint's state
     for step in (3, 4, 5):
         assert losses[1][step] == pytest.approx(losses[0][step], abs=1e-6), step
+
+
+def test_a_finished_streaming_run_rerun_with_resume_last_trains_no_step_and_keeps_its_model(
+    tmp_path, tiny_clip, shards
+):
+    # A preemption wrapper passes --resume_from_checkpoint last every time, also once the run has finished.
+    # 8 clips in batches of 2: the run ends inside the stream's third epoch.
+    output_dir = tmp_path / "output"
+    args = "--max_steps 10 --save_strategy steps --save_steps 5 --do_train --lr_scheduler_type constant"
+    args = stream_args(tiny_clip, output_dir, f"--train_file {shards}/train-*.tar", args)
+    run_video_classification.main(args)
+    saved = {path.name: path.read_bytes() for path in output_dir.glob("*.safetensors")}
+    last = (output_dir / "checkpoint-10" / "trainer_state.json").stat().st_mtime_ns
+    run_video_classification.main([*args, "--resume_from_checkpoint", "last"])
+    assert {path.name: path.read_bytes() for path in output_dir.glob("*.safetensors")} == saved
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 10 and max(entry["step"] for entry in state["log_history"]) == 10
+    assert (output_dir / "checkpoint-10" / "trainer_state.json").stat().st_mtime_ns == last  # not saved again
+    assert not (output_dir / "checkpoint-11").exists()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_resumed_at_the_end_of_the_streams_epoch_goes_on_into_the_next(tmp_path, tiny_clip, shards, workers):
+    # 8 clips in batches of 2: the checkpoint at step 4 is at the end of the stream's first epoch, which the run saving
+    # it did not know yet (an empty resumed epoch would stop training at step 4).
+    args = f"--max_steps 6 --save_strategy steps --save_steps 4 --do_train --dataloader_num_workers {workers}"
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_video_classification.main(stream_args(tiny_clip, straight, f"--train_file {shards}/train-*.tar", args))
+    shutil.copytree(straight / "checkpoint-4", resumed / "checkpoint-4")
+    args += " --resume_from_checkpoint last"
+    run_video_classification.main(stream_args(tiny_clip, resumed, f"--train_file {shards}/train-*.tar", args))
+    assert final_step_and_loss(resumed) == (6, pytest.approx(final_step_and_loss(straight)[1], abs=1e-6))
 
 
 # ---- Real processes ---------------------------------------------------------------------------------------------
