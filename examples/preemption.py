@@ -40,6 +40,8 @@ import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
+from evl_hf.utils_io import disk_full_error
+
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +66,14 @@ class AtomicCheckpointsMixin:
         self._staging_dir = staging
         try:
             super()._save_checkpoint(model, trial)
+        except Exception as error:
+            # torch.save loses the system's reason: look at the folder while it still holds what was written
+            full = disk_full_error(error, staging)
+            if self.args.should_save:  # a folder `last` never picks, removed to give the space back
+                shutil.rmtree(staging, ignore_errors=True)
+            if full is not None and full.__traceback__ is None:  # made from what the folder holds
+                raise full from error
+            raise
         finally:
             self._staging_dir = None
         if self.state.best_model_checkpoint == os.path.join(staging, name):

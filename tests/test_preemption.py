@@ -5,8 +5,11 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -16,7 +19,15 @@ import torch
 from safetensors.torch import load_file
 
 # Importing it puts examples/ on sys.path; its tiny CLIP and video fixtures are used here too.
-from training_utils import SCRIPT, descendants, logged_steps, run_video_classification, start, wait_for
+from training_utils import (
+    ENVIRONMENT,
+    SCRIPT,
+    descendants,
+    logged_steps,
+    run_video_classification,
+    start,
+    wait_for,
+)
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 
@@ -391,3 +402,81 @@ def test_two_processes_stop_at_the_same_step_on_sigterm(tmp_path, tiny_clip, vid
     process = start(resume, log := tmp_path / "finished.txt")
     assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
     assert final_step_and_loss(output_dir)[0] == 30
+
+
+# ---- A second run, a full disk ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_output_dir_stops_at_once_and_a_killed_runs_lock_blocks_nothing(
+    tmp_path, tiny_clip, videos
+):
+    output_dir, log = tmp_path / "output", tmp_path / "first.txt"
+    args = script_args(tiny_clip, videos, output_dir, "--save_strategy steps --save_steps 2")
+    command = [sys.executable, str(SCRIPT), *args, "--resume_from_checkpoint", "last"]
+    first = start([*command, "--max_steps", "5000", "--dataloader_num_workers", "1"], log)
+    assert wait_for(lambda: logged_steps(log) >= 1, first), log.read_text()[-3000:]
+
+    second = subprocess.run(
+        [*command, "--max_steps", "5000"], capture_output=True, text=True, env=ENVIRONMENT, cwd=ROOT, timeout=300
+    )
+    assert second.returncode == 1 and first.poll() is None  # the first run goes on
+    last_line = second.stderr.strip().splitlines()[-1]
+    assert f"--output_dir {output_dir} is in use by process {first.pid} on {socket.gethostname()}" in last_line
+    assert "or pass another --output_dir" in last_line
+    assert "Running training" not in second.stdout + second.stderr  # stopped before any work
+
+    os.killpg(first.pid, signal.SIGKILL)  # the kernel drops its lock; the lock file stays, naming a dead process
+    first.wait(timeout=60)
+    assert (output_dir / "_run.lock").exists()
+    saved = max(int(path.name.split("-")[1]) for path in output_dir.glob("checkpoint-*"))
+    process = start([*command, "--max_steps", str(saved + 2)], log := tmp_path / "resumed.txt")
+    assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert final_step_and_loss(output_dir)[0] == saved + 2 and logged_steps(log) == 2  # resumed, not restarted
+    assert not (output_dir / "_run.lock").exists()
+
+
+def limited_file_size(limit: int):
+    """A child's start: files it writes stop at `limit` bytes, with EFBIG (SIGXFSZ ignored), as on a full disk."""
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limit_file_size
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["one line", "debug"])
+def test_a_full_disk_ends_the_run_with_one_line_and_the_rerun_ends_like_a_straight_run(
+    uninterrupted, tmp_path, tiny_clip, videos, debug
+):
+    # 250 kB: the weights of a checkpoint (235 kB) fit, its optimizer state (300 kB, written by torch.save, which
+    # does not say why it failed) does not.
+    output_dir = tmp_path / "output"
+    command = [sys.executable, str(SCRIPT), *script_args(tiny_clip, videos, output_dir, ARGS_4_STEPS)]
+    environment = {**ENVIRONMENT, "TRANSFORMERS_VERBOSITY": "debug" if debug else "warning"}
+    full = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=ROOT,
+        timeout=300,
+        preexec_fn=limited_file_size(250_000),
+    )
+    assert full.returncode == 1, full.stderr[-3000:]
+    if debug:  # the error itself, with its traceback
+        assert "Traceback" in full.stderr and "Disk full" not in full.stderr
+        return
+    last_line = full.stderr.strip().splitlines()[-1]
+    assert last_line == (
+        f"Disk full: writing {output_dir / STAGING_DIR / 'checkpoint-2' / 'optimizer.pt'} failed (File too large). "
+        "Free space or pass another --output_dir; --resume_from_checkpoint last resumes from the last checkpoint."
+    )
+    assert "Traceback" not in full.stderr + full.stdout
+    assert not list(output_dir.glob("checkpoint-*")) and not (output_dir / STAGING_DIR).exists()
+
+    # here, as the uninterrupted run was: the same number of threads, the same sums
+    run_video_classification.main([*command[2:], "--resume_from_checkpoint", "last"])
+    assert final_step_and_loss(output_dir) == (4, pytest.approx(final_step_and_loss(uninterrupted)[1], abs=1e-6))
+    assert_same_weights(output_dir, uninterrupted)
