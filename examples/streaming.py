@@ -239,7 +239,7 @@ class StreamingClipDataset(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, clips, *, rank: int = 0, world_size: int = 1, shuffle_buffer_size: int = 0):
-        self.clips, self.rank, self.epoch = clips, rank, 0
+        self.clips, self.rank = clips, rank
         self.rows = clips.dataset
         if clips.train:
             if world_size > 1 and self.rows.num_shards % world_size:
@@ -254,12 +254,17 @@ class StreamingClipDataset(torch.utils.data.IterableDataset):
                 self.rows = self.rows.shuffle(seed=clips.seed, buffer_size=shuffle_buffer_size)
         self._start = self._taken = 0
 
+    @property
+    def epoch(self) -> int:
+        # datasets keeps a stream's epoch in shared memory: workers that live across epochs (persistent workers) read
+        # the epoch the main process set, where an attribute of their copy of the dataset would stay at its first.
+        return self.rows.epoch
+
     def set_epoch(self, epoch: int):
-        """In the main process, before the DataLoader starts its workers (the Trainer's `on_epoch_begin`)."""
-        self.epoch, self._start = epoch, 0
-        # datasets keeps a stream's epoch in shared memory, read by every worker, and sets it by a read-modify-write
-        # (`+= epoch - current`): workers setting it at once could each add the step and leave it 2 epochs on, so it
-        # is set here, once, and the workers only read it.
+        """In the main process, before the DataLoader's workers start the epoch (the Trainer's `on_epoch_begin`)."""
+        self._start = 0
+        # datasets sets the shared epoch by a read-modify-write (`+= epoch - current`): workers setting it at once
+        # could each add the step and leave it 2 epochs on, so it is set here, once, and the workers only read it.
         self.rows.set_epoch(epoch)
 
     # What torchdata's StatefulDataLoader records in each worker after each batch, and gives a resumed worker back.
@@ -267,8 +272,13 @@ class StreamingClipDataset(torch.utils.data.IterableDataset):
         return {"epoch": self.epoch, "rows": self._taken}
 
     def load_state_dict(self, state: dict):
-        # In the worker; the main process has set the same epoch (`set_epoch`) before starting it.
-        self.epoch, self._start = state["epoch"], state["rows"]
+        # In the worker, which the main process starts after it has set the state's epoch (`set_epoch`).
+        if state["epoch"] != self.epoch:
+            raise RuntimeError(
+                f"The stream is at epoch {self.epoch}, the state to resume at {state['epoch']}: call `set_epoch` "
+                "in the main process before the DataLoader starts its workers."
+            )
+        self._start = state["rows"]
 
     def _name(self, row: dict) -> str:
         return f"{row['__url__']}:{row['__key__']}" if "__key__" in row else self.clips._name(row, self._taken)
@@ -280,12 +290,6 @@ class StreamingClipDataset(torch.utils.data.IterableDataset):
             return
         worker = torch.utils.data.get_worker_info()
         worker_id = worker.id if worker is not None else 0
-        if self.rows.epoch != self.epoch:
-            raise RuntimeError(
-                f"The stream is at epoch {self.rows.epoch}, this {'worker' if worker else 'dataset'} "
-                f"at {self.epoch}: call `set_epoch` in the main process, before the DataLoader "
-                "starts its workers (its workers must not set the epoch they share)."
-            )
         start, self._start, self._taken = self._start, 0, 0
         skipped, last = [], None
         for row in self.rows:
@@ -392,6 +396,7 @@ class StreamingTrainerMixin:
             batch_size=self._train_batch_size,
             collate_fn=self.data_collator,
             num_workers=workers,
+            persistent_workers=workers > 0 and self.args.dataloader_persistent_workers,
             pin_memory=self.args.dataloader_pin_memory,
             prefetch_factor=self.args.dataloader_prefetch_factor,
             # its own generator: creating the workers then leaves the global RNG (dropout's) as a resumed run finds it
