@@ -480,3 +480,38 @@ def test_a_full_disk_ends_the_run_with_one_line_and_the_rerun_ends_like_a_straig
     run_video_classification.main([*command[2:], "--resume_from_checkpoint", "last"])
     assert final_step_and_loss(output_dir) == (4, pytest.approx(final_step_and_loss(uninterrupted)[1], abs=1e-6))
     assert_same_weights(output_dir, uninterrupted)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1.1 MB tmpfs, unmounted afterwards; skips the test where it cannot be mounted (it needs root)."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1100k", "tmpfs", folder], capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", "--lazy", folder], check=True)
+
+
+def test_a_disk_that_fills_during_a_checkpoint_keeps_the_last_one_and_the_rerun_ends_like_a_straight_run(
+    uninterrupted, small_disk, tiny_clip, videos, capsys
+):
+    # checkpoint-2 (about 640 kB) fits, checkpoint-4 does not: torch.save fails with ENOSPC in its optimizer state.
+    # In this process, as the uninterrupted run: the same number of threads, the same sums.
+    output_dir = small_disk / "output"
+    args = script_args(tiny_clip, videos, output_dir, ARGS_4_STEPS)
+    with pytest.raises(SystemExit) as exit:
+        run_video_classification.main(args)
+    assert exit.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"Disk full: writing {output_dir / STAGING_DIR} failed (No space left on device). Free space or pass another "
+        "--output_dir; --resume_from_checkpoint last resumes from the last checkpoint."
+    )
+    assert [path.name for path in output_dir.glob("checkpoint-*")] == ["checkpoint-2"]
+    assert checkpoint_problem(output_dir / "checkpoint-2") is None and not (output_dir / STAGING_DIR).exists()
+
+    subprocess.run(["mount", "-o", "remount,size=20m", small_disk], check=True)  # space freed
+    run_video_classification.main([*args, "--resume_from_checkpoint", "last"])
+    assert final_step_and_loss(output_dir) == (4, pytest.approx(final_step_and_loss(uninterrupted)[1], abs=1e-6))
+    assert_same_weights(output_dir, uninterrupted)

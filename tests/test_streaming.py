@@ -179,6 +179,7 @@ def test_each_process_reads_its_own_shards(shards):
 def test_the_streams_epoch_is_set_once_in_the_main_process_and_only_read_by_the_workers(shards):
     # datasets shares a stream's epoch between the main process and the workers and sets it by a read-modify-write:
     # two workers setting epoch 1 at once could leave it at 2, a wrong order for the epoch (a resumed run then differs).
+    # A resumed worker is given the epoch of its state by the main process before it starts.
     from types import SimpleNamespace
 
     from streaming import StreamingClipDataset, load_streaming_datasets
@@ -202,9 +203,8 @@ def test_the_streams_epoch_is_set_once_in_the_main_process_and_only_read_by_the_
     loader = DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=run_video_classification.collate_fn)
     assert sum(len(batch["labels"]) for batch in loader) == 8
     assert dataset.rows.epoch == 1
-    dataset.rows.set_epoch(2)  # set behind the dataset's back: its workers refuse to read a stream of another epoch
-    with pytest.raises(RuntimeError, match="call `set_epoch` in the main process"):
-        next(iter(DataLoader(dataset, batch_size=2, num_workers=0)))
+    with pytest.raises(RuntimeError, match="call `set_epoch` in the main process"):  # a resumed worker's check
+        dataset.load_state_dict({"epoch": 2, "rows": 3})
 
 
 # ---- Bad input --------------------------------------------------------------------------------------------------
@@ -361,6 +361,42 @@ def test_two_processes_train_on_their_own_shards_and_evaluate_every_clip_once(tm
     assert "eval_accuracy" in json.loads((output_dir / "eval_results.json").read_text())  # and at the end
     confusion = json.loads((output_dir / "confusion_matrix.json").read_text())
     assert sum(map(sum, confusion["matrix"])) == 8  # every validation clip exactly once over the two processes
+
+
+@pytest.mark.slow
+def test_two_processes_with_two_workers_each_resume_exactly_and_a_finished_run_stays_finished(
+    tmp_path, tiny_clip, videos
+):
+    # 8 clips in 4 shards: each process reads 2 shards, one per DataLoader worker, in batches of 1 through a shuffle
+    # buffer of 2. The checkpoint at step 6 (what a run killed at step 7 or 8 leaves) is in the second epoch.
+    write_shards(tmp_path / "shards", videos / "train", "train", 4)
+    data = f"--train_file {tmp_path}/shards/train-*.tar"
+    args = (
+        "--max_steps 10 --save_strategy steps --save_steps 3 --do_train --per_device_train_batch_size 1 "
+        "--shuffle_buffer_size 2 --dataloader_num_workers 2 --lr_scheduler_type constant"
+    )
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for output_dir in (straight, resumed):
+        command = launch_two_processes(
+            [*stream_args(tiny_clip, output_dir, data, args), "--resume_from_checkpoint", "last"]
+        )
+        if output_dir == resumed:
+            shutil.copytree(straight / "checkpoint-6", resumed / "checkpoint-6")
+        process = start(command, log := tmp_path / f"{output_dir.name}.txt")
+        assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+    history = [
+        json.loads((folder / "trainer_state.json").read_text())["log_history"] for folder in (straight, resumed)
+    ]
+    losses = [{entry["step"]: entry["loss"] for entry in log if "loss" in entry} for log in history]
+    assert sorted(losses[1]) == list(range(1, 11))
+    for step in range(7, 11):
+        assert losses[1][step] == pytest.approx(losses[0][step], abs=1e-6), step
+
+    saved = (resumed / "model.safetensors").read_bytes()  # run again, finished: no step, the same model
+    process = start(command, log := tmp_path / "again.txt")
+    assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert (resumed / "model.safetensors").read_bytes() == saved and logged_steps(log) == 0
+    assert json.loads((resumed / "trainer_state.json").read_text())["global_step"] == 10
 
 
 @pytest.mark.slow
