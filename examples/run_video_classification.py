@@ -473,6 +473,25 @@ class VideoClassificationTrainer(FinishedRunMixin, AtomicCheckpointsMixin, Strea
         self.skipped_videos, self._new_skipped = set(), []  # over all processes; on this one, not yet shared
         self.videos_read, self._new_read = 0, 0  # clips and skipped videos: a stream's size so far
 
+    @contextlib.contextmanager
+    def _workers_per_evaluation(self):
+        # Only the training workers persist. Kept, evaluation's would sit idle through training, where a SIGTERM to
+        # the process group (SLURM's) ends them, and a DataLoader whose worker died fails the run instead of letting
+        # it save (examples/preemption.py makes only the training workers ignore it).
+        persistent, self.args.dataloader_persistent_workers = self.args.dataloader_persistent_workers, False
+        try:
+            yield
+        finally:
+            self.args.dataloader_persistent_workers = persistent
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with self._workers_per_evaluation():
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with self._workers_per_evaluation():
+            return super().get_test_dataloader(test_dataset)
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         skipped = inputs.pop("skipped_videos", [])
         self._new_skipped.extend(skipped)
@@ -546,6 +565,8 @@ def main(args: list[str] | None = None):
     """Parses the arguments and runs with --output_dir locked (by the main process) against a second run, ending with
     one line when its disk is full."""
     model_args, data_args, training_args = parse_arguments(args)
+    if training_args.push_to_hub:
+        check_hub_access()
     output_dir, rerun = training_args.output_dir, "--resume_from_checkpoint last resumes from the last checkpoint"
     with exit_on_full_disk(output_dir, "--output_dir", rerun), contextlib.ExitStack() as stack:
         if training_args.process_index == 0:
@@ -555,8 +576,6 @@ def main(args: list[str] | None = None):
 
 
 def train_and_evaluate(model_args: ModelArguments, data_args: DataTrainingArguments, training_args: TrainingArguments):
-    if training_args.push_to_hub:
-        check_hub_access()
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", stream=sys.stdout)
     logger.setLevel(log_level := training_args.get_process_log_level())
     datasets.utils.logging.set_verbosity(log_level)

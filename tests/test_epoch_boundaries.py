@@ -15,8 +15,8 @@ from training_utils import ENVIRONMENT, ROOT, SCRIPT, run_video_classification
 
 
 # isort: split
-from streaming import StreamingClipDataset, StreamingDataLoader, load_streaming_datasets  # examples/
-from test_streaming import write_shards
+from streaming import StreamingClipDataset, StreamingDataLoader  # examples/
+from test_streaming import training_clips, write_shards
 
 
 def processor():
@@ -49,18 +49,8 @@ def test_persistent_workers_make_the_clips_of_each_epoch(videos):
 
 
 def test_persistent_workers_read_each_epoch_of_a_stream(tmp_path, videos):
-    from types import SimpleNamespace
-
     write_shards(tmp_path, videos / "train", "train", 2)
-    data_args = SimpleNamespace(
-        dataset_name=None,
-        train_file=f"{tmp_path}/train-*.tar",
-        validation_file=None,
-        label_column_name="label",
-        video_column_name="video",
-    )
-    streams, _ = load_streaming_datasets(data_args, None, None, None, run_video_classification.encode_labels)
-    clips = run_video_classification.VideoClipDataset(streams["train"], "video", processor(), train=True)
+    clips = training_clips(tmp_path)
     dataset = StreamingClipDataset(clips, shuffle_buffer_size=4)
     collate = run_video_classification.collate_fn
     persistent = StreamingDataLoader(dataset, batch_size=2, num_workers=2, persistent_workers=True, collate_fn=collate)
@@ -89,3 +79,17 @@ def test_200_epochs_with_two_workers_two_processes_and_pyarrow_threads_end(tmp_p
     assert run.returncode == 0, run.stderr[-3000:]
     state = json.loads((output_dir / "trainer_state.json").read_text())
     assert (state["global_step"], state["epoch"]) == (200, 200.0)
+
+
+def test_training_workers_persist_across_epochs_unless_told_otherwise(tmp_path):
+    parse = run_video_classification.parse_arguments
+    assert parse([])[2].dataloader_persistent_workers  # the embedded default
+    assert parse(["--train_dir", "videos"])[2].dataloader_persistent_workers
+    assert not parse(["--train_dir", "videos", "--dataloader_persistent_workers", "False"])[
+        2
+    ].dataloader_persistent_workers
+    path = tmp_path / "args.json"
+    path.write_text(json.dumps({"train_dir": "videos"}))
+    assert parse([str(path)])[2].dataloader_persistent_workers
+    path.write_text(json.dumps({"train_dir": "videos", "dataloader_persistent_workers": False}))
+    assert not parse([str(path)])[2].dataloader_persistent_workers

@@ -80,6 +80,26 @@ def label_names_file(folder: Path) -> Path:
     return names
 
 
+def training_clips(shards: Path):
+    """The `VideoClipDataset` of 4 frames of 32 px over the training stream of the `train-*.tar` shards in `shards`."""
+    from types import SimpleNamespace
+
+    from streaming import load_streaming_datasets
+
+    data_args = SimpleNamespace(
+        dataset_name=None,
+        train_file=f"{shards}/train-*.tar",
+        validation_file=None,
+        label_column_name="label",
+        video_column_name="video",
+    )
+    streams, _ = load_streaming_datasets(data_args, None, None, None, run_video_classification.encode_labels)
+    processor = run_video_classification.EVLVideoProcessor(
+        num_frames=4, frame_stride=2, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    return run_video_classification.VideoClipDataset(streams["train"], "video", processor, train=True)
+
+
 def final_step_and_loss(output_dir: Path):
     state = json.loads((output_dir / "trainer_state.json").read_text())
     return state["global_step"], [entry for entry in state["log_history"] if "loss" in entry][-1]["loss"]
@@ -158,20 +178,9 @@ def test_too_many_broken_videos_stop_a_streaming_run(tmp_path, tiny_clip, videos
 
 
 def test_each_process_reads_its_own_shards(shards):
-    from types import SimpleNamespace
+    from streaming import StreamingClipDataset
 
-    from streaming import StreamingClipDataset, load_streaming_datasets
-
-    data_args = SimpleNamespace(
-        dataset_name=None,
-        train_file=f"{shards}/train-*.tar",
-        validation_file=None,
-        label_column_name="label",
-        video_column_name="video",
-    )
-    streams, _ = load_streaming_datasets(data_args, None, None, None, run_video_classification.encode_labels)
-    processor = run_video_classification.EVLVideoProcessor(num_frames=4)
-    clips = run_video_classification.VideoClipDataset(streams["train"], "video", processor, train=True)
+    clips = training_clips(shards)
     urls = [{row["__url__"] for row in StreamingClipDataset(clips, rank=rank, world_size=2).rows} for rank in (0, 1)]
     assert urls == [{f"{shards}/train-00000.tar"}, {f"{shards}/train-00001.tar"}]
 
@@ -180,24 +189,10 @@ def test_the_streams_epoch_is_set_once_in_the_main_process_and_only_read_by_the_
     # datasets shares a stream's epoch between the main process and the workers and sets it by a read-modify-write:
     # two workers setting epoch 1 at once could leave it at 2, a wrong order for the epoch (a resumed run then differs).
     # A resumed worker is given the epoch of its state by the main process before it starts.
-    from types import SimpleNamespace
-
-    from streaming import StreamingClipDataset, load_streaming_datasets
+    from streaming import StreamingClipDataset
     from torch.utils.data import DataLoader
 
-    data_args = SimpleNamespace(
-        dataset_name=None,
-        train_file=f"{shards}/train-*.tar",
-        validation_file=None,
-        label_column_name="label",
-        video_column_name="video",
-    )
-    streams, _ = load_streaming_datasets(data_args, None, None, None, run_video_classification.encode_labels)
-    processor = run_video_classification.EVLVideoProcessor(
-        num_frames=4, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    )
-    clips = run_video_classification.VideoClipDataset(streams["train"], "video", processor, train=True)
-    dataset = StreamingClipDataset(clips, shuffle_buffer_size=4)
+    dataset = StreamingClipDataset(training_clips(shards), shuffle_buffer_size=4)
     dataset.set_epoch(1)
     assert dataset.rows.epoch == 1  # before any worker starts
     loader = DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=run_video_classification.collate_fn)
