@@ -473,6 +473,16 @@ class VideoClassificationTrainer(FinishedRunMixin, AtomicCheckpointsMixin, Strea
         self.skipped_videos, self._new_skipped = set(), []  # over all processes; on this one, not yet shared
         self.videos_read, self._new_read = 0, 0  # clips and skipped videos: a stream's size so far
 
+    def get_train_dataloader(self):
+        loader = super().get_train_dataloader()
+        base = getattr(loader, "base_dataloader", loader)  # the DataLoader inside Accelerate's wrapper
+        if base.generator is None:
+            # Starting workers draws their seed from the loader's generator, by default the global one, which dropout
+            # draws from too: started once (persistent workers) or every epoch, they would then leave it otherwise in
+            # a run resumed at an epoch's start than in the run it continues.
+            base.generator = torch.Generator().manual_seed(self.args.seed)
+        return loader
+
     @contextlib.contextmanager
     def _workers_per_evaluation(self):
         # Only the training workers persist. Kept, evaluation's would sit idle through training, where a SIGTERM to

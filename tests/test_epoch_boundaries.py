@@ -8,10 +8,11 @@ import sys
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 # training_utils puts examples/ on sys.path; the tiny CLIP and video fixtures come from conftest.py
-from training_utils import ENVIRONMENT, ROOT, SCRIPT, run_video_classification
+from training_utils import ENVIRONMENT, ROOT, SCRIPT, run_video_classification, train_tiny
 
 
 # isort: split
@@ -60,6 +61,21 @@ def test_persistent_workers_read_each_epoch_of_a_stream(tmp_path, videos):
     for epoch in range(3):
         torch.testing.assert_close(got[epoch], expected[epoch], rtol=0, atol=0, msg=f"epoch {epoch}")
     assert not torch.equal(got[0], got[1])
+
+
+def test_training_with_persistent_workers_ends_like_training_with_new_workers_every_epoch(tmp_path, tiny_clip, videos):
+    # 8 clips in batches of 3: 3 epochs of 3 steps, the last batch of each epoch short.
+    args = "--do_train --max_steps 9 --per_device_train_batch_size 3 --dataloader_num_workers 2 --seed 5"
+    weights = []
+    for persistent in (True, False):
+        output_dir = tmp_path / f"persistent-{persistent}"
+        data = f"--train_dir {videos / 'train'}"
+        train_tiny(
+            tiny_clip, data, output_dir, tmp_path / "cache", f"{args} --dataloader_persistent_workers {persistent}"
+        )
+        weights.append(load_file(output_dir / "model.safetensors"))
+    for name in weights[1]:
+        torch.testing.assert_close(weights[0][name], weights[1][name], rtol=0, atol=1e-6, msg=name)
 
 
 @pytest.mark.slow
