@@ -16,6 +16,8 @@ Training that survives preemption, for a script built on the Trainer (run_video_
 
 - [`AtomicCheckpointsMixin`]: a checkpoint folder is written under `tmp-checkpoints/` and moved into the output folder
   once every process has finished writing it, so a kill at any moment leaves either a complete `checkpoint-N` or none;
+- [`FinishedRunMixin`]: a run resumed from a checkpoint at `max_steps` (a finished run, started again by a wrapper that
+  always passes `--resume_from_checkpoint last`) trains no step;
 - [`last_complete_checkpoint`]: what `--resume_from_checkpoint last` resumes from, skipping (with a warning) folders
   the Trainer could not resume from, such as ones left by runs without the mixin;
 - [`PreemptionCallback`]: on SIGTERM the current optimisation step finishes, a checkpoint is saved at it and training
@@ -37,6 +39,8 @@ from pathlib import Path
 import torch
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+from evl_hf.utils_io import disk_full_error
 
 
 logger = logging.getLogger(__name__)
@@ -62,6 +66,14 @@ class AtomicCheckpointsMixin:
         self._staging_dir = staging
         try:
             super()._save_checkpoint(model, trial)
+        except Exception as error:
+            # torch.save loses the system's reason: look at the folder while it still holds what was written
+            full = disk_full_error(error, staging)
+            if self.args.should_save:  # a folder `last` never picks, removed to give the space back
+                shutil.rmtree(staging, ignore_errors=True)
+            if full is not None and full.__traceback__ is None:  # made from what the folder holds
+                raise full from error
+            raise
         finally:
             self._staging_dir = None
         if self.state.best_model_checkpoint == os.path.join(staging, name):
@@ -81,6 +93,29 @@ class AtomicCheckpointsMixin:
     def _get_output_dir(self, trial):
         # While a checkpoint is being written, the Trainer's own saving code writes under the staging folder.
         return self._staging_dir or super()._get_output_dir(trial)
+
+
+class FinishedRunMixin:
+    """
+    Mix into a `Trainer` subclass (before `Trainer`) so that resuming a run that reached `max_steps` trains no step.
+
+    The Trainer resumes in epoch `global_step // steps_per_epoch` and checks `max_steps` only after each step. When
+    `max_steps` is no multiple of the epoch's steps, and always for a dataset without a length (a stream, whose
+    "epoch" the Trainer counts as `max_steps` steps), a finished run resumes inside an epoch it has not finished and
+    trains one step past `max_steps` before it stops, overwriting the model with another one.
+    """
+
+    def _init_training_state(self, max_steps, num_update_steps_per_epoch, num_train_epochs, *args, **kwargs):
+        epochs_trained, steps_trained_in_current_epoch = super()._init_training_state(
+            max_steps, num_update_steps_per_epoch, num_train_epochs, *args, **kwargs
+        )
+        if self.state.global_step >= max_steps:
+            logger.warning(
+                f"The checkpoint is at step {self.state.global_step} of --max_steps {max_steps}: training is "
+                "finished, no step is trained."
+            )
+            return num_train_epochs, 0  # the Trainer's loop then starts no epoch
+        return epochs_trained, steps_trained_in_current_epoch
 
 
 def _safetensors_problem(path: Path) -> str | None:

@@ -39,7 +39,13 @@ import transformers
 from accelerate.utils import gather_object
 from datasets import Dataset, DatasetDict, Video, load_dataset
 from labels import encode_labels, encode_multi_labels, is_multi_label
-from preemption import AtomicCheckpointsMixin, PreemptionCallback, process_group_destroyed_at_exit, resume_checkpoint
+from preemption import (
+    AtomicCheckpointsMixin,
+    FinishedRunMixin,
+    PreemptionCallback,
+    process_group_destroyed_at_exit,
+    resume_checkpoint,
+)
 from reports import multi_label_metrics, save_average_precision, save_confusion_matrix, write_model_card
 from streaming import StreamingClipDataset, StreamingEpochCallback, StreamingTrainerMixin, load_streaming_datasets
 from transformers import AutoConfig, CLIPVisionConfig, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
@@ -49,6 +55,7 @@ from video_files import check_video_folder, load_video_file
 from evl_hf import EVLConfig, EVLForVideoClassification, EVLImageProcessor, EVLVideoProcessor
 from evl_hf.inference import MULTI_LABEL_THRESHOLD, average_view_scores, default_function_to_apply
 from evl_hf.quantization import DTYPES, QUANTIZED_DTYPES, quantize_backbone
+from evl_hf.utils_io import exit_on_full_disk, output_lock
 from evl_hf.video_utils import FRAME_SAMPLING_STRATEGIES, VideoDecodingError, open_video
 
 
@@ -74,6 +81,10 @@ SYNTHETIC_BACKBONE = dict(
 SYNTHETIC_DEFAULTS = json.loads((EXAMPLES_DIR / "synthetic_motion_args.json").read_text())
 # --synthetic_multi_label: the same, but for these settings, on the multi-label variant of the dataset
 MULTI_LABEL_DEFAULTS = SYNTHETIC_DEFAULTS | json.loads((EXAMPLES_DIR / "synthetic_multi_label_args.json").read_text())
+# TrainingArguments defaults of this script, for every run. Persistent DataLoader workers are started once, not forked
+# again at every epoch from a parent whose other threads (pyarrow's, gloo's, tqdm's) may hold a lock the child then
+# waits for forever; they also save the start of every epoch's workers (docs/training.md).
+TRAINING_DEFAULTS = {"dataloader_persistent_workers": True}
 
 
 def arg(default, help: str, **metadata):  # a dataclass field with its `--help` text
@@ -205,8 +216,9 @@ def parse_arguments(args: list[str] | None = None):
     """The argument dataclasses from the command line or a JSON file; the embedded default's without model or data."""
     args = sys.argv[1:] if args is None else list(args)
     parser = HfArgumentParser((ModelArguments, DataTrainingArguments, TrainingArguments))
+    parser.set_defaults(**TRAINING_DEFAULTS)
     if len(args) == 1 and args[0].endswith(".json"):
-        values = json.loads(Path(args[0]).read_text())
+        values = TRAINING_DEFAULTS | json.loads(Path(args[0]).read_text())
         parsed = parser.parse_dict(values)
         defaults = MULTI_LABEL_DEFAULTS if parsed[1].synthetic_multi_label else SYNTHETIC_DEFAULTS
         return parser.parse_dict({**defaults, **values}) if is_embedded_default(*parsed[:2]) else parsed
@@ -307,13 +319,20 @@ class VideoClipDataset(torch.utils.data.Dataset):
         **processor_kwargs,
     ):
         self.dataset, self.video_column, self.video_processor = dataset, video_column, video_processor
-        self.train, self.seed, self.epoch, self.processor_kwargs = train, seed, 0, processor_kwargs
+        self.train, self.seed, self.processor_kwargs = train, seed, processor_kwargs
+        # In shared memory: DataLoader workers that live across epochs (persistent workers) read the epoch the main
+        # process sets, where an attribute of their copy of the dataset would stay at its first value.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
 
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def set_epoch(self, epoch: int):  # see EpochCallback
-        self.epoch = epoch
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int):  # in the main process, before the epoch's first batch: see EpochCallback
+        self._epoch.fill_(epoch)
 
     def _name(self, row: dict, index: int) -> str:
         video = row[self.video_column]
@@ -446,12 +465,13 @@ def build_video_processor(model, model_args: ModelArguments, data_args: DataTrai
 # ---- Trainer --------------------------------------------------------------------------------------------------------
 
 
-class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, Trainer):
-    """The Trainer, plus: complete-or-absent checkpoints; streamed training data (examples/streaming.py); views of an
-    evaluation clip (`pixel_values` `(B, views, T, 3, H, W)`) scored by mean probabilities; undecodable training videos
-    counted over all processes at each logging step (each step on one process), stopping the run past
-    `max_skipped_fraction`; the model card's extras; `float32_backbone`, the weights a quantized backbone was made
-    from, saved in its place (`build_model` returns them)."""
+class VideoClassificationTrainer(FinishedRunMixin, AtomicCheckpointsMixin, StreamingTrainerMixin, Trainer):
+    """The Trainer, plus: complete-or-absent checkpoints, and no step past `max_steps` when a finished run is resumed
+    (examples/preemption.py); streamed training data (examples/streaming.py); views of an evaluation clip
+    (`pixel_values` `(B, views, T, 3, H, W)`) scored by mean probabilities; undecodable training videos counted over
+    all processes at each logging step (each step on one process), stopping the run past `max_skipped_fraction`; the
+    model card's extras; `float32_backbone`, the weights a quantized backbone was made from, saved in its place
+    (`build_model` returns them)."""
 
     def __init__(
         self,
@@ -466,6 +486,35 @@ class VideoClassificationTrainer(AtomicCheckpointsMixin, StreamingTrainerMixin, 
         self.float32_backbone = float32_backbone
         self.skipped_videos, self._new_skipped = set(), []  # over all processes; on this one, not yet shared
         self.videos_read, self._new_read = 0, 0  # clips and skipped videos: a stream's size so far
+
+    def get_train_dataloader(self):
+        loader = super().get_train_dataloader()
+        base = getattr(loader, "base_dataloader", loader)  # the DataLoader inside Accelerate's wrapper
+        if base.generator is None:
+            # Starting workers draws their seed from the loader's generator, by default the global one, which dropout
+            # draws from too: started once (persistent workers) or every epoch, they would then leave it otherwise in
+            # a run resumed at an epoch's start than in the run it continues.
+            base.generator = torch.Generator().manual_seed(self.args.seed)
+        return loader
+
+    @contextlib.contextmanager
+    def _workers_per_evaluation(self):
+        # Only the training workers persist. Kept, evaluation's would sit idle through training, where a SIGTERM to
+        # the process group (SLURM's) ends them, and a DataLoader whose worker died fails the run instead of letting
+        # it save (examples/preemption.py makes only the training workers ignore it).
+        persistent, self.args.dataloader_persistent_workers = self.args.dataloader_persistent_workers, False
+        try:
+            yield
+        finally:
+            self.args.dataloader_persistent_workers = persistent
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        with self._workers_per_evaluation():
+            return super().get_eval_dataloader(eval_dataset)
+
+    def get_test_dataloader(self, test_dataset):
+        with self._workers_per_evaluation():
+            return super().get_test_dataloader(test_dataset)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         skipped = inputs.pop("skipped_videos", [])
@@ -541,9 +590,20 @@ class EpochCallback(TrainerCallback):
 
 
 def main(args: list[str] | None = None):
+    """Parses the arguments and runs with --output_dir locked (by the main process) against a second run, ending with
+    one line when its disk is full."""
     model_args, data_args, training_args = parse_arguments(args)
     if training_args.push_to_hub:
         check_hub_access()
+    output_dir, rerun = training_args.output_dir, "--resume_from_checkpoint last resumes from the last checkpoint"
+    with exit_on_full_disk(output_dir, "--output_dir", rerun), contextlib.ExitStack() as stack:
+        if training_args.process_index == 0:
+            os.makedirs(output_dir, exist_ok=True)
+            stack.enter_context(output_lock(output_dir, "--output_dir"))
+        train_and_evaluate(model_args, data_args, training_args)
+
+
+def train_and_evaluate(model_args: ModelArguments, data_args: DataTrainingArguments, training_args: TrainingArguments):
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", stream=sys.stdout)
     logger.setLevel(log_level := training_args.get_process_log_level())
     datasets.utils.logging.set_verbosity(log_level)
@@ -552,10 +612,12 @@ def main(args: list[str] | None = None):
         f"Process rank: {training_args.process_index}, device: {training_args.device}, world size: "
         f"{training_args.world_size}"
     )
-    # Pinned memory only helps copies to a GPU; persistent workers would repeat the first epoch's augmentations; the
-    # video column holds paths, not model inputs, and must reach the dataset.
+    # Pinned memory only helps copies to a GPU; the video column holds paths, not model inputs, and must reach the
+    # dataset.
     training_args.dataloader_pin_memory = training_args.dataloader_pin_memory and torch.cuda.is_available()
-    training_args.dataloader_persistent_workers = training_args.remove_unused_columns = False
+    training_args.remove_unused_columns = False
+    # without workers there is nothing to keep (and the DataLoader refuses persistent_workers)
+    training_args.dataloader_persistent_workers &= training_args.dataloader_num_workers > 0
     if data_args.streaming:
         if training_args.max_steps <= 0 and (training_args.do_train or not training_args.do_eval):
             raise ValueError(

@@ -20,8 +20,8 @@ by 🤗 datasets as an `IterableDataset` and never stored whole.
   label field in all shards), as streams with an integer `labels` column, and the label names;
 - [`StreamingClipDataset`]: clips of a stream, each process reading its own shards (`split_dataset_by_node`) and each
   DataLoader worker its own part of them, through a shuffle buffer;
-- [`StreamingTrainerMixin`]: trains from a torchdata `StatefulDataLoader` and saves its state with every checkpoint,
-  so that a resumed run takes the samples an uninterrupted one would have taken.
+- [`StreamingTrainerMixin`]: trains from a torchdata `StatefulDataLoader` ([`StreamingDataLoader`]) and saves its
+  state with every checkpoint, so that a resumed run takes the samples an uninterrupted one would have taken.
 
 Resuming is exact because every worker's stream is a function of the seed, the epoch and the shards only: a resumed
 worker reads its stream again from the epoch's start, without decoding, up to the row it had reached, so its shuffle
@@ -40,6 +40,7 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Video, load_dataset
 from datasets.distributed import split_dataset_by_node
 from datasets.packaged_modules.webdataset.webdataset import VIDEO_EXTENSIONS, base_plus_ext
+from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
@@ -238,7 +239,7 @@ class StreamingClipDataset(torch.utils.data.IterableDataset):
     """
 
     def __init__(self, clips, *, rank: int = 0, world_size: int = 1, shuffle_buffer_size: int = 0):
-        self.clips, self.rank, self.epoch = clips, rank, 0
+        self.clips, self.rank = clips, rank
         self.rows = clips.dataset
         if clips.train:
             if world_size > 1 and self.rows.num_shards % world_size:
@@ -253,12 +254,17 @@ class StreamingClipDataset(torch.utils.data.IterableDataset):
                 self.rows = self.rows.shuffle(seed=clips.seed, buffer_size=shuffle_buffer_size)
         self._start = self._taken = 0
 
+    @property
+    def epoch(self) -> int:
+        # datasets keeps a stream's epoch in shared memory: workers that live across epochs (persistent workers) read
+        # the epoch the main process set, where an attribute of their copy of the dataset would stay at its first.
+        return self.rows.epoch
+
     def set_epoch(self, epoch: int):
-        """In the main process, before the DataLoader starts its workers (the Trainer's `on_epoch_begin`)."""
-        self.epoch, self._start = epoch, 0
-        # datasets keeps a stream's epoch in shared memory, read by every worker, and sets it by a read-modify-write
-        # (`+= epoch - current`): workers setting it at once could each add the step and leave it 2 epochs on, so it
-        # is set here, once, and the workers only read it.
+        """In the main process, before the DataLoader's workers start the epoch (the Trainer's `on_epoch_begin`)."""
+        self._start = 0
+        # datasets sets the shared epoch by a read-modify-write (`+= epoch - current`): workers setting it at once
+        # could each add the step and leave it 2 epochs on, so it is set here, once, and the workers only read it.
         self.rows.set_epoch(epoch)
 
     # What torchdata's StatefulDataLoader records in each worker after each batch, and gives a resumed worker back.
@@ -266,8 +272,13 @@ class StreamingClipDataset(torch.utils.data.IterableDataset):
         return {"epoch": self.epoch, "rows": self._taken}
 
     def load_state_dict(self, state: dict):
-        # In the worker; the main process has set the same epoch (`set_epoch`) before starting it.
-        self.epoch, self._start = state["epoch"], state["rows"]
+        # In the worker, which the main process starts after it has set the state's epoch (`set_epoch`).
+        if state["epoch"] != self.epoch:
+            raise RuntimeError(
+                f"The stream is at epoch {self.epoch}, the state to resume at {state['epoch']}: call `set_epoch` "
+                "in the main process before the DataLoader starts its workers."
+            )
+        self._start = state["rows"]
 
     def _name(self, row: dict) -> str:
         return f"{row['__url__']}:{row['__key__']}" if "__key__" in row else self.clips._name(row, self._taken)
@@ -279,12 +290,6 @@ class StreamingClipDataset(torch.utils.data.IterableDataset):
             return
         worker = torch.utils.data.get_worker_info()
         worker_id = worker.id if worker is not None else 0
-        if self.rows.epoch != self.epoch:
-            raise RuntimeError(
-                f"The stream is at epoch {self.rows.epoch}, this {'worker' if worker else 'dataset'} "
-                f"at {self.epoch}: call `set_epoch` in the main process, before the DataLoader "
-                "starts its workers (its workers must not set the epoch they share)."
-            )
         start, self._start, self._taken = self._start, 0, 0
         skipped, last = [], None
         for row in self.rows:
@@ -325,6 +330,38 @@ class StreamingEpochCallback(TrainerCallback):
         self.started = True
 
 
+class StreamingDataLoader(StatefulDataLoader):
+    """
+    The `StatefulDataLoader` of a [`StreamingClipDataset`], whose first pass after `load_state_dict` goes on into the
+    stream's next epoch when the state was saved after the last batch of an epoch.
+
+    A checkpoint saved there does not know that the epoch is over: the uninterrupted run learns it only from its next
+    batch, and then starts the next epoch. Resumed, the loader would give an empty pass, which the Trainer takes for a
+    stream that has run dry, and it would stop training there.
+    """
+
+    _resumed = False
+
+    def load_state_dict(self, state_dict: dict):
+        super().load_state_dict(state_dict)
+        self._resumed = True
+
+    def __iter__(self):
+        if not self._resumed:
+            return super().__iter__()
+        self._resumed = False
+        return self._resumed_pass(super().__iter__())
+
+    def _resumed_pass(self, iterator):
+        empty = True
+        for batch in iterator:
+            empty = False
+            yield batch
+        if empty:
+            self.dataset.set_epoch(self.dataset.epoch + 1)
+            yield from super().__iter__()
+
+
 class StreamingTrainerMixin:
     """
     Mix into a `Trainer` subclass, after `AtomicCheckpointsMixin` (so that the state is written into the checkpoint
@@ -350,17 +387,16 @@ class StreamingTrainerMixin:
     def get_train_dataloader(self):
         if not isinstance(self.train_dataset, StreamingClipDataset):
             return super().get_train_dataloader()
-        from torchdata.stateful_dataloader import StatefulDataLoader
-
         # Not through `accelerator.prepare`: for an IterableDataset, Accelerate lets process 0 read and decode every
         # batch for all (`dispatch_batches`), or every process read every shard (`IterableDatasetShard`), while each
         # process here has its own shards. The Trainer moves the batches to the device itself.
         workers = self.args.dataloader_num_workers
-        self._train_loader = StatefulDataLoader(
+        self._train_loader = StreamingDataLoader(
             self.train_dataset,
             batch_size=self._train_batch_size,
             collate_fn=self.data_collator,
             num_workers=workers,
+            persistent_workers=workers > 0 and self.args.dataloader_persistent_workers,
             pin_memory=self.args.dataloader_pin_memory,
             prefetch_factor=self.args.dataloader_prefetch_factor,
             # its own generator: creating the workers then leaves the global RNG (dropout's) as a resumed run finds it

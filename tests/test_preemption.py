@@ -5,19 +5,34 @@ import json
 import os
 import random
 import re
+import resource
 import shutil
 import signal
+import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from preemption import STAGING_DIR, checkpoint_problem, last_complete_checkpoint  # noqa: E402  (examples/)
 from safetensors.torch import load_file
 
 # Importing it puts examples/ on sys.path; its tiny CLIP and video fixtures are used here too.
-from training_utils import SCRIPT, descendants, logged_steps, run_video_classification, start, wait_for
+from training_utils import (
+    ENVIRONMENT,
+    SCRIPT,
+    descendants,
+    logged_steps,
+    run_video_classification,
+    start,
+    wait_for,
+)
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+
+# isort: split
+from preemption import STAGING_DIR, FinishedRunMixin, checkpoint_problem, last_complete_checkpoint  # examples/
 
 
 ROOT = SCRIPT.parents[1]
@@ -166,6 +181,102 @@ def test_without_a_complete_checkpoint_training_starts_from_scratch(
     assert final_step_and_loss(output_dir)[1] == pytest.approx(final_step_and_loss(uninterrupted)[1], abs=1e-6)
 
 
+# ---- Rerunning a finished run -------------------------------------------------------------------------------
+
+
+class Offset(torch.nn.Module):
+    """One weight fitted to the rows' `x`: the smallest model the Trainer trains and saves."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, labels=None):
+        return {"loss": ((self.weight - x) ** 2).mean()}
+
+
+class CountedRows(torch.utils.data.Dataset):
+    """10 rows, counting those read."""
+
+    def __init__(self):
+        self.read = 0
+
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, index):
+        self.read += 1
+        return {"x": torch.tensor([float(index)])}
+
+
+class CountedStream(torch.utils.data.IterableDataset):
+    """The same rows as a stream, which has no length."""
+
+    def __init__(self):
+        self.rows = CountedRows()
+
+    def __iter__(self):
+        return (self.rows[index] for index in range(len(self.rows)))
+
+
+class CountSteps(TrainerCallback):
+    def __init__(self):
+        self.epochs = self.steps = 0
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.epochs += 1
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.steps += 1
+
+
+class FinishedRunTrainer(FinishedRunMixin, Trainer):
+    pass
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["rows", "stream"])
+def test_resuming_a_finished_run_starts_no_epoch_and_reads_no_row(tmp_path, stream):
+    # 7 steps of 2 rows, 5 steps an epoch: the Trainer resumes a finished run inside the second epoch (the first for a
+    # stream, whose epoch it counts as --max_steps steps) and checks max_steps only after a step.
+    dataset = CountedStream() if stream else CountedRows()
+    rows = dataset.rows if stream else dataset
+    args = TrainingArguments(
+        tmp_path,
+        max_steps=7,
+        per_device_train_batch_size=2,
+        save_strategy="steps",
+        save_steps=7,
+        report_to="none",
+        dataloader_pin_memory=False,
+    )
+    Trainer(model=Offset(), args=args, train_dataset=dataset).train()
+    checkpoint = str(tmp_path / "checkpoint-7")
+
+    rows.read, counter = 0, CountSteps()
+    plain = Trainer(model=Offset(), args=args, train_dataset=dataset, callbacks=[counter])
+    plain.train(resume_from_checkpoint=checkpoint)
+    assert (plain.state.global_step, counter.steps) == (8, 1) and rows.read > 0  # the cause: one step too many
+
+    rows.read, counter = 0, CountSteps()
+    trainer = FinishedRunTrainer(model=Offset(), args=args, train_dataset=dataset, callbacks=[counter])
+    trainer.train(resume_from_checkpoint=checkpoint)
+    assert (trainer.state.global_step, counter.epochs, counter.steps, rows.read) == (7, 0, 0, 0)
+
+
+def test_a_finished_run_rerun_with_resume_last_keeps_its_model(tmp_path, tiny_clip, videos):
+    # 4 steps an epoch: the run ends inside its second epoch, at a checkpoint. A constant learning rate: a step past
+    # the end would change the weights (the linear schedule's rate is 0 there).
+    output_dir = tmp_path / "output"
+    args = "--max_steps 6 --save_strategy steps --save_steps 3 --lr_scheduler_type constant"
+    args = script_args(tiny_clip, videos, output_dir, args)
+    run_video_classification.main(args)
+    saved = (output_dir / "model.safetensors").read_bytes()
+    run_video_classification.main([*args, "--resume_from_checkpoint", "last"])
+    assert (output_dir / "model.safetensors").read_bytes() == saved
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 6 and max(entry["step"] for entry in state["log_history"]) == 6
+
+
 # ---- Real processes and signals --------------------------------------------------------------------------------
 
 
@@ -291,3 +402,116 @@ def test_two_processes_stop_at_the_same_step_on_sigterm(tmp_path, tiny_clip, vid
     process = start(resume, log := tmp_path / "finished.txt")
     assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
     assert final_step_and_loss(output_dir)[0] == 30
+
+
+# ---- A second run, a full disk ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_a_second_run_on_the_output_dir_stops_at_once_and_a_killed_runs_lock_blocks_nothing(
+    tmp_path, tiny_clip, videos
+):
+    output_dir, log = tmp_path / "output", tmp_path / "first.txt"
+    args = script_args(tiny_clip, videos, output_dir, "--save_strategy steps --save_steps 2")
+    command = [sys.executable, str(SCRIPT), *args, "--resume_from_checkpoint", "last"]
+    first = start([*command, "--max_steps", "5000", "--dataloader_num_workers", "1"], log)
+    assert wait_for(lambda: logged_steps(log) >= 1, first), log.read_text()[-3000:]
+
+    second = subprocess.run(
+        [*command, "--max_steps", "5000"], capture_output=True, text=True, env=ENVIRONMENT, cwd=ROOT, timeout=300
+    )
+    assert second.returncode == 1 and first.poll() is None  # the first run goes on
+    last_line = second.stderr.strip().splitlines()[-1]
+    assert f"--output_dir {output_dir} is in use by process {first.pid} on {socket.gethostname()}" in last_line
+    assert "or pass another --output_dir" in last_line
+    assert "Running training" not in second.stdout + second.stderr  # stopped before any work
+
+    os.killpg(first.pid, signal.SIGKILL)  # the kernel drops its lock; the lock file stays, naming a dead process
+    first.wait(timeout=60)
+    assert (output_dir / "_run.lock").exists()
+    saved = max(int(path.name.split("-")[1]) for path in output_dir.glob("checkpoint-*"))
+    process = start([*command, "--max_steps", str(saved + 2)], log := tmp_path / "resumed.txt")
+    assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert final_step_and_loss(output_dir)[0] == saved + 2 and logged_steps(log) == 2  # resumed, not restarted
+    assert not (output_dir / "_run.lock").exists()
+
+
+def limited_file_size(limit: int):
+    """A child's start: files it writes stop at `limit` bytes, with EFBIG (SIGXFSZ ignored), as on a full disk."""
+
+    def limit_file_size():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limit_file_size
+
+
+@pytest.mark.parametrize("debug", [False, True], ids=["one line", "debug"])
+def test_a_full_disk_ends_the_run_with_one_line_and_the_rerun_ends_like_a_straight_run(
+    uninterrupted, tmp_path, tiny_clip, videos, debug
+):
+    # 250 kB: the weights of a checkpoint (235 kB) fit, its optimizer state (300 kB, written by torch.save, which
+    # does not say why it failed) does not.
+    output_dir = tmp_path / "output"
+    command = [sys.executable, str(SCRIPT), *script_args(tiny_clip, videos, output_dir, ARGS_4_STEPS)]
+    environment = {**ENVIRONMENT, "TRANSFORMERS_VERBOSITY": "debug" if debug else "warning"}
+    full = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        env=environment,
+        cwd=ROOT,
+        timeout=300,
+        preexec_fn=limited_file_size(250_000),
+    )
+    assert full.returncode == 1, full.stderr[-3000:]
+    if debug:  # the error itself, with its traceback
+        assert "Traceback" in full.stderr and "Disk full" not in full.stderr
+        return
+    last_line = full.stderr.strip().splitlines()[-1]
+    assert last_line == (
+        f"Disk full: writing {output_dir / STAGING_DIR / 'checkpoint-2' / 'optimizer.pt'} failed (File too large). "
+        "Free space or pass another --output_dir; --resume_from_checkpoint last resumes from the last checkpoint."
+    )
+    assert "Traceback" not in full.stderr + full.stdout
+    assert not list(output_dir.glob("checkpoint-*")) and not (output_dir / STAGING_DIR).exists()
+
+    # here, as the uninterrupted run was: the same number of threads, the same sums
+    run_video_classification.main([*command[2:], "--resume_from_checkpoint", "last"])
+    assert final_step_and_loss(output_dir) == (4, pytest.approx(final_step_and_loss(uninterrupted)[1], abs=1e-6))
+    assert_same_weights(output_dir, uninterrupted)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1.1 MB tmpfs, unmounted afterwards; skips the test where it cannot be mounted (it needs root)."""
+    folder = tmp_path / "disk"
+    folder.mkdir()
+    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1100k", "tmpfs", folder], capture_output=True)
+    if mount.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
+    yield folder
+    subprocess.run(["umount", "--lazy", folder], check=True)
+
+
+def test_a_disk_that_fills_during_a_checkpoint_keeps_the_last_one_and_the_rerun_ends_like_a_straight_run(
+    uninterrupted, small_disk, tiny_clip, videos, capsys
+):
+    # checkpoint-2 (about 640 kB) fits, checkpoint-4 does not: torch.save fails with ENOSPC in its optimizer state.
+    # In this process, as the uninterrupted run: the same number of threads, the same sums.
+    output_dir = small_disk / "output"
+    args = script_args(tiny_clip, videos, output_dir, ARGS_4_STEPS)
+    with pytest.raises(SystemExit) as exit:
+        run_video_classification.main(args)
+    assert exit.value.code == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"Disk full: writing {output_dir / STAGING_DIR} failed (No space left on device). Free space or pass another "
+        "--output_dir; --resume_from_checkpoint last resumes from the last checkpoint."
+    )
+    assert [path.name for path in output_dir.glob("checkpoint-*")] == ["checkpoint-2"]
+    assert checkpoint_problem(output_dir / "checkpoint-2") is None and not (output_dir / STAGING_DIR).exists()
+
+    subprocess.run(["mount", "-o", "remount,size=20m", small_disk], check=True)  # space freed
+    run_video_classification.main([*args, "--resume_from_checkpoint", "last"])
+    assert final_step_and_loss(output_dir) == (4, pytest.approx(final_step_and_loss(uninterrupted)[1], abs=1e-6))
+    assert_same_weights(output_dir, uninterrupted)

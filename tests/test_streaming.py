@@ -12,10 +12,13 @@ import tarfile
 from pathlib import Path
 
 import pytest
-from preemption import checkpoint_problem  # examples/
 
 # training_utils puts examples/ on sys.path; the tiny CLIP and video fixtures come from conftest.py
 from training_utils import SCRIPT, logged_steps, run_video_classification, start, wait_for
+
+
+# isort: split
+from preemption import checkpoint_problem  # examples/
 
 
 ROOT = SCRIPT.parents[1]
@@ -75,6 +78,26 @@ def label_names_file(folder: Path) -> Path:
     names = folder / "names.txt"
     names.write_text("down\nleft\nright\nup\n")
     return names
+
+
+def training_clips(shards: Path):
+    """The `VideoClipDataset` of 4 frames of 32 px over the training stream of the `train-*.tar` shards in `shards`."""
+    from types import SimpleNamespace
+
+    from streaming import load_streaming_datasets
+
+    data_args = SimpleNamespace(
+        dataset_name=None,
+        train_file=f"{shards}/train-*.tar",
+        validation_file=None,
+        label_column_name="label",
+        video_column_name="video",
+    )
+    streams, _ = load_streaming_datasets(data_args, None, None, None, run_video_classification.encode_labels)
+    processor = run_video_classification.EVLVideoProcessor(
+        num_frames=4, frame_stride=2, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+    )
+    return run_video_classification.VideoClipDataset(streams["train"], "video", processor, train=True)
 
 
 def final_step_and_loss(output_dir: Path):
@@ -155,20 +178,9 @@ def test_too_many_broken_videos_stop_a_streaming_run(tmp_path, tiny_clip, videos
 
 
 def test_each_process_reads_its_own_shards(shards):
-    from types import SimpleNamespace
+    from streaming import StreamingClipDataset
 
-    from streaming import StreamingClipDataset, load_streaming_datasets
-
-    data_args = SimpleNamespace(
-        dataset_name=None,
-        train_file=f"{shards}/train-*.tar",
-        validation_file=None,
-        label_column_name="label",
-        video_column_name="video",
-    )
-    streams, _ = load_streaming_datasets(data_args, None, None, None, run_video_classification.encode_labels)
-    processor = run_video_classification.EVLVideoProcessor(num_frames=4)
-    clips = run_video_classification.VideoClipDataset(streams["train"], "video", processor, train=True)
+    clips = training_clips(shards)
     urls = [{row["__url__"] for row in StreamingClipDataset(clips, rank=rank, world_size=2).rows} for rank in (0, 1)]
     assert urls == [{f"{shards}/train-00000.tar"}, {f"{shards}/train-00001.tar"}]
 
@@ -176,32 +188,18 @@ def test_each_process_reads_its_own_shards(shards):
 def test_the_streams_epoch_is_set_once_in_the_main_process_and_only_read_by_the_workers(shards):
     # datasets shares a stream's epoch between the main process and the workers and sets it by a read-modify-write:
     # two workers setting epoch 1 at once could leave it at 2, a wrong order for the epoch (a resumed run then differs).
-    from types import SimpleNamespace
-
-    from streaming import StreamingClipDataset, load_streaming_datasets
+    # A resumed worker is given the epoch of its state by the main process before it starts.
+    from streaming import StreamingClipDataset
     from torch.utils.data import DataLoader
 
-    data_args = SimpleNamespace(
-        dataset_name=None,
-        train_file=f"{shards}/train-*.tar",
-        validation_file=None,
-        label_column_name="label",
-        video_column_name="video",
-    )
-    streams, _ = load_streaming_datasets(data_args, None, None, None, run_video_classification.encode_labels)
-    processor = run_video_classification.EVLVideoProcessor(
-        num_frames=4, size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
-    )
-    clips = run_video_classification.VideoClipDataset(streams["train"], "video", processor, train=True)
-    dataset = StreamingClipDataset(clips, shuffle_buffer_size=4)
+    dataset = StreamingClipDataset(training_clips(shards), shuffle_buffer_size=4)
     dataset.set_epoch(1)
     assert dataset.rows.epoch == 1  # before any worker starts
     loader = DataLoader(dataset, batch_size=2, num_workers=2, collate_fn=run_video_classification.collate_fn)
     assert sum(len(batch["labels"]) for batch in loader) == 8
     assert dataset.rows.epoch == 1
-    dataset.rows.set_epoch(2)  # set behind the dataset's back: its workers refuse to read a stream of another epoch
-    with pytest.raises(RuntimeError, match="call `set_epoch` in the main process"):
-        next(iter(DataLoader(dataset, batch_size=2, num_workers=0)))
+    with pytest.raises(RuntimeError, match="call `set_epoch` in the main process"):  # a resumed worker's check
+        dataset.load_state_dict({"epoch": 2, "rows": 3})
 
 
 # ---- Bad input --------------------------------------------------------------------------------------------------
@@ -292,6 +290,38 @@ def test_a_resumed_streaming_run_takes_the_same_samples_and_ends_with_the_same_l
         assert losses[1][step] == pytest.approx(losses[0][step], abs=1e-6), step
 
 
+def test_a_finished_streaming_run_rerun_with_resume_last_trains_no_step_and_keeps_its_model(
+    tmp_path, tiny_clip, shards
+):
+    # A preemption wrapper passes --resume_from_checkpoint last every time, also once the run has finished.
+    # 8 clips in batches of 2: the run ends inside the stream's third epoch.
+    output_dir = tmp_path / "output"
+    args = "--max_steps 10 --save_strategy steps --save_steps 5 --do_train --lr_scheduler_type constant"
+    args = stream_args(tiny_clip, output_dir, f"--train_file {shards}/train-*.tar", args)
+    run_video_classification.main(args)
+    saved = {path.name: path.read_bytes() for path in output_dir.glob("*.safetensors")}
+    last = (output_dir / "checkpoint-10" / "trainer_state.json").stat().st_mtime_ns
+    run_video_classification.main([*args, "--resume_from_checkpoint", "last"])
+    assert {path.name: path.read_bytes() for path in output_dir.glob("*.safetensors")} == saved
+    state = json.loads((output_dir / "trainer_state.json").read_text())
+    assert state["global_step"] == 10 and max(entry["step"] for entry in state["log_history"]) == 10
+    assert (output_dir / "checkpoint-10" / "trainer_state.json").stat().st_mtime_ns == last  # not saved again
+    assert not (output_dir / "checkpoint-11").exists()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_a_run_resumed_at_the_end_of_the_streams_epoch_goes_on_into_the_next(tmp_path, tiny_clip, shards, workers):
+    # 8 clips in batches of 2: the checkpoint at step 4 is at the end of the stream's first epoch, which the run saving
+    # it did not know yet (an empty resumed epoch would stop training at step 4).
+    args = f"--max_steps 6 --save_strategy steps --save_steps 4 --do_train --dataloader_num_workers {workers}"
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run_video_classification.main(stream_args(tiny_clip, straight, f"--train_file {shards}/train-*.tar", args))
+    shutil.copytree(straight / "checkpoint-4", resumed / "checkpoint-4")
+    args += " --resume_from_checkpoint last"
+    run_video_classification.main(stream_args(tiny_clip, resumed, f"--train_file {shards}/train-*.tar", args))
+    assert final_step_and_loss(resumed) == (6, pytest.approx(final_step_and_loss(straight)[1], abs=1e-6))
+
+
 # ---- Real processes ---------------------------------------------------------------------------------------------
 
 
@@ -326,6 +356,42 @@ def test_two_processes_train_on_their_own_shards_and_evaluate_every_clip_once(tm
     assert "eval_accuracy" in json.loads((output_dir / "eval_results.json").read_text())  # and at the end
     confusion = json.loads((output_dir / "confusion_matrix.json").read_text())
     assert sum(map(sum, confusion["matrix"])) == 8  # every validation clip exactly once over the two processes
+
+
+@pytest.mark.slow
+def test_two_processes_with_two_workers_each_resume_exactly_and_a_finished_run_stays_finished(
+    tmp_path, tiny_clip, videos
+):
+    # 8 clips in 4 shards: each process reads 2 shards, one per DataLoader worker, in batches of 1 through a shuffle
+    # buffer of 2. The checkpoint at step 6 (what a run killed at step 7 or 8 leaves) is in the second epoch.
+    write_shards(tmp_path / "shards", videos / "train", "train", 4)
+    data = f"--train_file {tmp_path}/shards/train-*.tar"
+    args = (
+        "--max_steps 10 --save_strategy steps --save_steps 3 --do_train --per_device_train_batch_size 1 "
+        "--shuffle_buffer_size 2 --dataloader_num_workers 2 --lr_scheduler_type constant"
+    )
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    for output_dir in (straight, resumed):
+        command = launch_two_processes(
+            [*stream_args(tiny_clip, output_dir, data, args), "--resume_from_checkpoint", "last"]
+        )
+        if output_dir == resumed:
+            shutil.copytree(straight / "checkpoint-6", resumed / "checkpoint-6")
+        process = start(command, log := tmp_path / f"{output_dir.name}.txt")
+        assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+    history = [
+        json.loads((folder / "trainer_state.json").read_text())["log_history"] for folder in (straight, resumed)
+    ]
+    losses = [{entry["step"]: entry["loss"] for entry in log if "loss" in entry} for log in history]
+    assert sorted(losses[1]) == list(range(1, 11))
+    for step in range(7, 11):
+        assert losses[1][step] == pytest.approx(losses[0][step], abs=1e-6), step
+
+    saved = (resumed / "model.safetensors").read_bytes()  # run again, finished: no step, the same model
+    process = start(command, log := tmp_path / "again.txt")
+    assert process.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert (resumed / "model.safetensors").read_bytes() == saved and logged_steps(log) == 0
+    assert json.loads((resumed / "trainer_state.json").read_text())["global_step"] == 10
 
 
 @pytest.mark.slow
