@@ -96,8 +96,9 @@ def export_aoti(args: argparse.Namespace) -> int:
     with torch.inference_mode():
         expected = model(pixel_values=pixel_values).logits
         difference = (load_compiled(model, path)(pixel_values=pixel_values).logits - expected).abs().max().item()
-    # the same kernels but fused and reordered: rounding only, relative to the logits' size
-    tolerance = 1e-3 * max(1.0, expected.abs().max().item())
+    # Fused and reordered kernels differ by rounding only; in int8 or bf16 one step of the activations' rounding moves
+    # the logits by about 1e-3 of their size (2.8e-3 for a random int8 ViT-B/16 whose largest logit is 1.8).
+    tolerance = (1e-3 if dtype == "float32" else 2e-2) * max(1.0, expected.abs().max().item())
     status = "ok" if difference <= tolerance else "FAILED"
     print(
         f"evl-hf export: wrote {path} ({dtype} backbone) in {seconds:.0f} s; package vs model on 3 clips of "

@@ -131,7 +131,7 @@ def float32_package(model_folder, tmp_path_factory):
 def test_predict_with_an_aoti_package_gives_the_eager_predictions(model_folder, videos, tmp_path, float32_package):
     expected = predict(model_folder, videos, tmp_path / "eager.jsonl", "--batch_size", "2")
     records = predict(
-        model_folder, videos, tmp_path / "aoti.jsonl", "--batch_size", "2", "--aoti_package", float32_package
+        model_folder, videos, tmp_path / "aoti.jsonl", "--batch_size", "2", "--aoti_package", str(float32_package)
     )
     for record, reference in zip(records, expected, strict=True):
         assert record["labels"] == reference["labels"]
