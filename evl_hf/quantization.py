@@ -209,7 +209,7 @@ def load_compiled(model, package):
     if wrong:
         found = ", ".join(f"{key} {package} (the model has {value})" for key, (package, value) in wrong.items())
         raise ValueError(
-            f"The compiled package {package} was not exported from this model: it has {found}. Export it again from "
+            f"The compiled package was not exported from this model: it has {found}. Export it again from "
             "this model with `evl-hf export --format aoti`."
         )
     size = config.vision_config.image_size

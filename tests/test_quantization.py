@@ -236,7 +236,7 @@ def test_an_aoti_package_of_the_int8_model_runs_as_the_eager_model_without_compi
     model = EVLForVideoClassification.from_pretrained(model_folder, **from_pretrained_kwargs("int8")).eval()
     with torch.inference_mode():
         expected = model(clips).logits
-        attentions = model(clips, output_attentions=True).attentions
+        attentions = model(clips, output_attentions=True).decoder_attentions
     path = export_compiled(model, tmp_path / "int8.pt2", dtype="int8")
     torch._dynamo.reset()
     load_compiled(model, path)
@@ -247,4 +247,4 @@ def test_an_aoti_package_of_the_int8_model_runs_as_the_eager_model_without_compi
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0  # nothing compiled in this process
     torch.testing.assert_close(logits, expected, rtol=0, atol=0.02)
     torch.testing.assert_close(three[:2], logits, rtol=0, atol=1e-5)
-    assert len(with_attentions.attentions) == len(attentions)
+    assert attentions is not None and len(with_attentions.decoder_attentions) == len(attentions)
