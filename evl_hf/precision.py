@@ -114,8 +114,8 @@ def inductor_cache_dir() -> Path:
     """
     Where `torch.compile` keeps its compiled kernels between processes: `$TORCHINDUCTOR_CACHE_DIR` when set, else
     `$EVL_HF_CACHE/inductor`, else `~/.cache/evl_hf/inductor` (`$XDG_CACHE_HOME` honoured). PyTorch's own default is
-    under the temporary folder, which a reboot or a fresh container empties; a compiled ViT-B/16 then costs about two
-    minutes again instead of seconds. Sets `TORCHINDUCTOR_CACHE_DIR` for this process when it was not set.
+    under the temporary folder, which a reboot or a fresh container empties; a compiled ViT-B/16 then pays its whole
+    compilation again (about a minute on two cores) instead of reading its kernels. Sets `TORCHINDUCTOR_CACHE_DIR` for this process when it was not set.
     """
     if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
         if "EVL_HF_CACHE" in os.environ:
