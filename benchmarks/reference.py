@@ -21,6 +21,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 
 from evl_hf import EVLForVideoClassification, EVLVideoProcessor
 from evl_hf.convert_evl_original_to_hf import convert_state_dict
+from evl_hf.precision import choose_dtype, cpu_features
 from evl_hf.quantization import compile_model, from_pretrained_kwargs
 from evl_hf.testing_utils import randomize_zero_initialised
 
@@ -49,6 +50,8 @@ LOADED = {
     "evl_hf_bf16": ("bfloat16", False),
     "evl_hf_bf16_compiled": ("bfloat16", True),
     "evl_hf_int8_compiled": ("int8", True),
+    # what `evl-hf predict --dtype auto --compile` loads on this machine (evl_hf.precision.choose_dtype)
+    "evl_hf_auto_compiled": ("auto", True),
 }
 
 
@@ -196,20 +199,22 @@ def run(args):
         args.shape, args.rounds = "tiny", 2
     torch.set_num_threads(args.threads)
     modes, record, wanted = args.modes.split(","), machine(), [name for name in args.systems.split(",") if name]
+    auto, reason = choose_dtype("cpu", compile=True)
+    dtypes = {name: auto if dtype == "auto" else dtype for name, (dtype, _) in LOADED.items()}
     skipped = {
-        n: f"this CPU has no fast {LOADED[n][0]} instructions"
+        n: f"this CPU has no fast {dtypes[n]} instructions"
         for n in wanted
-        if not record["fast_bf16" if LOADED[n][0] == "bfloat16" else "fast_int8"]
+        if LOADED[n][0] != "auto" and not record["fast_bf16" if dtypes[n] == "bfloat16" else "fast_int8"]
     }
     if importlib.util.find_spec("torchao") is None:
-        skipped.update({n: "needs torchao: pip install 'evl-hf[quantize]'" for n in wanted if LOADED[n][0] == "int8"})
+        skipped.update({n: "needs torchao: pip install 'evl-hf[quantize]'" for n in wanted if dtypes[n] == "int8"})
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     torch.manual_seed(0)
     models = {"reference_fp32": build_reference(checkout(args.reference_dir), SHAPES[args.shape], args.num_frames)}
     models["evl_hf_fp32"] = to_evl_hf(models["reference_fp32"], args.shape, args.num_frames)
     compile_s = {}
     for name in (n for n in wanted if n not in skipped):
-        models[name], start = reload(models["evl_hf_fp32"], LOADED[name][0]), time.perf_counter()
+        models[name], start = reload(models["evl_hf_fp32"], dtypes[name]), time.perf_counter()
         if LOADED[name][1]:
             compile_model(models[name].eval(), batch_size=args.batch_size, num_frames=args.num_frames)
             compile_s[name] = {"inference_s": time.perf_counter() - start}
@@ -247,7 +252,8 @@ def run(args):
     return write(
         "reference",
         {
-            "machine": {"loadavg_at_start": load_at_start},
+            "machine": {"loadavg_at_start": load_at_start, "cpu_features": cpu_features()},
+            "auto_dtype": {"dtype": auto, "reason": reason},
             "max_abs_logit_diff": {name: (value - base).abs().max().item() for name, value in logits.items()},
             "same_top1_as_reference": {
                 n: (v.argmax(-1) == base.argmax(-1)).float().mean().item() for n, v in logits.items()
@@ -370,6 +376,80 @@ def precision(args):
     return write("precision", {"seconds": time.perf_counter() - start, "models": models}, args, name)
 
 
+# route -> `evl-hf predict` options; "aoti" runs the package `evl-hf export --format aoti --dtype auto` wrote
+ROUTES = {
+    "fp32": ["--dtype", "float32"],
+    "bf16_compiled": ["--dtype", "bfloat16", "--compile"],
+    "int8_compiled": ["--dtype", "int8", "--compile"],
+    "auto_compiled": ["--dtype", "auto", "--compile"],
+    "aoti": [],
+}
+
+
+def startup_arguments(parser):
+    options(
+        parser,
+        shape=("vit-b16", None, list(SHAPES)),
+        num_frames=8,
+        routes=(",".join(ROUTES), "what to time, of " + ", ".join(ROUTES)),
+    )
+
+
+def evl_hf_command(arguments: list, cache_dir: Path) -> float:
+    """Seconds from the start of an `evl-hf` process to its end, with its own inductor cache folder."""
+    environment = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache_dir)}
+    start = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-m", "evl_hf", *arguments], env=environment, capture_output=True, text=True
+    )
+    if done.returncode:
+        raise SystemExit(f"error: evl-hf {' '.join(arguments)} failed:\n{done.stderr[-3000:]}")
+    return time.perf_counter() - start
+
+
+def startup(args):
+    """Time to the first prediction: `evl-hf predict` on one video, a whole process, per route; cold (an empty
+    inductor cache) then warm (the cache the cold run filled). The AOTInductor package is exported once first."""
+    if args.quick:
+        args.shape = "tiny"
+    wanted = [name for name in args.routes.split(",") if name]
+    unknown = set(wanted) - set(ROUTES)
+    if unknown:
+        raise SystemExit(f"error: --routes {', '.join(sorted(unknown))}: not routes; routes are {', '.join(ROUTES)}")
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
+    with tempfile.TemporaryDirectory(prefix="evl_hf_startup_") as folder:
+        scratch = Path(folder)
+        model_dir, package = scratch / "model", scratch / "model.pt2"
+        build_model("evl", args.shape, num_frames=args.num_frames).save_pretrained(model_dir)
+        video_processor(args.shape, num_frames=args.num_frames, frame_stride=2).save_pretrained(model_dir)
+        (video,) = videos(scratch / "videos", 1, 1.0, 240, 320)
+        export_s = None
+        if "aoti" in wanted:
+            log("exporting the AOTInductor package (--dtype auto)")
+            export = [*"export --format aoti --dtype auto --model".split(), str(model_dir), "--output", str(package)]
+            export_s = evl_hf_command(export, scratch / "cache_export")
+        seconds = {}
+        for name in wanted:
+            route = ["--aoti_package", str(package)] if name == "aoti" else ROUTES[name]
+            output = str(scratch / f"{name}.jsonl")
+            predict = [*"predict --num_workers 0 --batch_size 1 --model".split(), str(model_dir), "--output", output]
+            cache = scratch / f"cache_{name}"
+            seconds[name] = {}
+            for state in ("cold", "warm"):
+                log(f"{name}, {state}")
+                seconds[name][f"{state}_s"] = evl_hf_command([*predict, str(video), *route], cache)
+    return write(
+        "startup",
+        {
+            "machine": {"loadavg_at_start": load_at_start, "cpu_features": cpu_features()},
+            "auto_dtype": dict(zip(("dtype", "reason"), choose_dtype("cpu", compile=True))),
+            "export_aoti_s": export_s,
+            "first_prediction": seconds,
+        },
+        args,
+    )
+
+
 SUITES = {
     "reference": (
         "evl_hf (fp32, bf16, bf16/int8 + compile) against the reference implementation: parity, speed",
@@ -380,5 +460,11 @@ SUITES = {
         "what a bf16/int8 backbone changes in the predictions of a trained and a random model",
         precision_arguments,
         precision,
+    ),
+    "startup": (
+        "time to the first prediction of an evl-hf predict process per route (eager, compiled, AOTInductor), "
+        "cold and warm inductor cache",
+        startup_arguments,
+        startup,
     ),
 }

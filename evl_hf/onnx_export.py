@@ -58,7 +58,7 @@ def export_onnx(model, path, *, opset: int = DEFAULT_OPSET, batch_size: int = 2)
     import onnx
     import torch
 
-    from .quantization import is_quantized
+    from .quantization import LogitsOnly, is_quantized
 
     if is_quantized(model):
         # torchao's quantized tensors have no ONNX lowering; an ONNX graph is quantized by onnxruntime instead.
@@ -73,17 +73,7 @@ def export_onnx(model, path, *, opset: int = DEFAULT_OPSET, batch_size: int = 2)
         batch_size, config.num_frames, config.vision_config.num_channels, size, size, device=model.device
     )
 
-    class Logits(torch.nn.Module):
-        """The classifier with a plain tensor out, the shape ONNX graphs take."""
-
-        def __init__(self, model):
-            super().__init__()
-            self.model = model
-
-        def forward(self, pixel_values):
-            return self.model(pixel_values=pixel_values).logits
-
-    wrapper = Logits(model).eval()
+    wrapper = LogitsOnly(model).eval()
     with torch.no_grad():
         torch.onnx.export(
             wrapper,

@@ -11,7 +11,8 @@
 # WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
 # See the License for the specific language governing permissions and
 # limitations under the License.
-"""The precisions an EVL model runs in, and compiled inference.
+"""The precisions an EVL model runs in, and compiled inference: `torch.compile` in the process, or an AOTInductor
+package compiled ahead of time and loaded without compiling.
 
 Every precision applies to the frozen CLIP backbone only; the decoder, its query token, the temporal modules,
 `fc_norm` and the classifier stay in float32 (what the models' `from_pretrained` puts in `modules_to_not_convert`
@@ -26,6 +27,8 @@ when the quantization config does not say). A name turns into the `from_pretrain
 ['quantization_config']
 ```
 """
+
+import os
 
 import torch
 
@@ -108,11 +111,15 @@ def compile_model(model, batch_size: int = 1, num_frames: int | None = None):
     """
     Compile the CLIP backbone and each decoder layer of `model` in place with `torch.compile`, and warm them: one
     forward pass of `batch_size` clips of `num_frames` frames (default `config.num_frames`) compiles the graphs for
-    that shape, so that the calls that follow, of the same shape, run compiled at once. The modules are compiled,
+    that shape, so that the calls that follow, of the same shape, run compiled at once; the compiled kernels are kept in
+    [`evl_hf.precision.inductor_cache_dir`] for the next process. The modules are compiled,
     not `forward`, so that every route through the model (`forward`, the `get_frame_features` and
     `decode_frame_features` of sliding windows) runs compiled; another shape compiles once more the first time it
     is seen. Returns the model.
     """
+    from .precision import inductor_cache_dir
+
+    inductor_cache_dir()  # kept between processes: a second process starts in seconds
     vision = model.config.vision_config
     # The decoder is small in FLOPs but many small operations: eager, it was a third of an int8 inference.
     for module in (model.base_model.vision_model, *model.base_model.decoder.layers):
@@ -126,6 +133,97 @@ def compile_model(model, batch_size: int = 1, num_frames: int | None = None):
     return model
 
 
+class LogitsOnly(torch.nn.Module):
+    """`model` from `pixel_values` to a plain `logits` tensor, the signature graph exporters take."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=pixel_values).logits
+
+
+def export_compiled(model, path, *, dtype: str, batch_size: int = 2) -> str:
+    """
+    Compiles `model` ahead of time into an AOTInductor package (`torch.export` then
+    `torch._inductor.aoti_compile_and_package`) from `pixel_values` `(batch_size, num_frames, 3, height, width)` to
+    `logits` `(batch_size, num_labels)`, any batch size, the model's `num_frames` and image size. The int8 (torchao)
+    backbone exports and compiles too. [`load_compiled`] runs it without compiling.
+
+    Args:
+        model ([`EVLForVideoClassification`]): the classifier, loaded with the backbone in `dtype`, in eval mode.
+        path (`str` or `os.PathLike`): the `.pt2` file to write.
+        dtype (`str`): the name of `DTYPES` the backbone was loaded in, stored in the package.
+        batch_size (`int`, *optional*, defaults to 2): batch size of the example the graph is traced with (not 1,
+            which `torch.export` would make a constant).
+
+    Returns:
+        `str`: the package's path.
+    """
+    config, vision = model.config, model.config.vision_config
+    device = next(model.parameters()).device
+    size = (batch_size, config.num_frames, vision.num_channels, vision.image_size, vision.image_size)
+    example = torch.randn(size, device=device)
+    metadata = {
+        "dtype": dtype,
+        "device": device.type,
+        "num_labels": config.num_labels,
+        "num_frames": config.num_frames,
+        "image_size": vision.image_size,
+    }
+    with torch.no_grad():
+        program = torch.export.export(
+            LogitsOnly(model).eval(), (example,), dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch_size")}}
+        )
+    return torch._inductor.aoti_compile_and_package(
+        program,
+        package_path=str(path),
+        inductor_configs={"aot_inductor.metadata": {key: str(value) for key, value in metadata.items()}},
+    )
+
+
+def load_compiled(model, package):
+    """
+    Makes `model`'s forward run an AOTInductor package written by [`export_compiled`] from this model (`package`: its
+    path, or what `torch._inductor.aoti_load_package` returned; its `get_metadata()["dtype"]` names the backbone dtype)
+    when it is called with `pixel_values` of the package's clip shape alone, as in `model(pixel_values=x).logits`:
+    nothing is compiled. Calls that ask for more (labels, attentions, hidden states) or another clip shape run the
+    model itself, which should be loaded in the package's dtype. Returns the model.
+
+    Raises:
+        `ValueError`: the package was made for another number of labels, clip length, image size or device.
+    """
+    from .modeling_evl import EVLVideoClassifierOutput
+
+    runner = torch._inductor.aoti_load_package(str(package)) if isinstance(package, (str, os.PathLike)) else package
+    metadata, config = runner.get_metadata(), model.config
+    device = next(model.parameters()).device.type
+    expected = {
+        "num_labels": str(config.num_labels),
+        "num_frames": str(config.num_frames),
+        "image_size": str(config.vision_config.image_size),
+        "device": device,
+    }
+    wrong = {key: (metadata.get(key), value) for key, value in expected.items() if metadata.get(key) != value}
+    if wrong:
+        found = ", ".join(f"{key} {package} (the model has {value})" for key, (package, value) in wrong.items())
+        raise ValueError(
+            f"The compiled package was not exported from this model: it has {found}. Export it again from "
+            "this model with `evl-hf export --format aoti`."
+        )
+    size = config.vision_config.image_size
+    eager_forward, clip_shape = model.forward, (config.num_frames, config.vision_config.num_channels, size, size)
+
+    def forward(pixel_values=None, labels=None, **kwargs):
+        if labels is None and not any(kwargs.values()) and tuple(pixel_values.shape[1:]) == clip_shape:
+            return EVLVideoClassifierOutput(logits=runner(pixel_values))
+        return eager_forward(pixel_values=pixel_values, labels=labels, **kwargs)
+
+    model.forward = forward
+    return model
+
+
 __all__ = [
     "DTYPES",
     "QUANTIZED_DTYPES",
@@ -134,4 +232,7 @@ __all__ = [
     "quantize_backbone",
     "is_quantized",
     "compile_model",
+    "LogitsOnly",
+    "export_compiled",
+    "load_compiled",
 ]

@@ -27,6 +27,7 @@ def test_the_entry_point_lists_every_suite(capsys):
         "cpu_models",
         "reference",
         "precision",
+        "startup",
         "data_path",
         "data_wait",
         "streaming",

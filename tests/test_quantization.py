@@ -163,3 +163,88 @@ def test_compiled_model_matches_eager_and_compiles_once_for_the_warmed_shape(mod
         compiled(clips)
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == frames_seen  # no compilation after warming
     torch.testing.assert_close(logits, expected, rtol=0, atol=0.05 if dtype == "bfloat16" else 0.02)
+
+
+# (amx, avx512_vnni, avx512_bf16, torchao installed, compiled) -> the dtype `--dtype auto` runs on that CPU
+CPU_CHOICES = {
+    (True, True, True, True, True): "bfloat16",  # AMX Xeon: bf16 + compile beat int8 + compile
+    (False, True, True, True, True): "int8",  # AMD EPYC: int8 + compile beat bf16 + compile
+    (False, True, True, True, False): "bfloat16",  # eager int8 was slower than eager bf16 there
+    (False, True, True, False, True): "bfloat16",
+    (False, True, False, True, False): "int8",
+    (False, True, False, False, True): "float32",
+    (False, False, True, True, True): "bfloat16",
+    (False, False, False, True, True): "float32",
+}
+
+
+@pytest.mark.parametrize(("features", "expected"), list(CPU_CHOICES.items()))
+def test_choose_dtype_follows_the_cpu_instruction_sets(monkeypatch, features, expected):
+    from evl_hf import precision
+
+    amx, vnni, bf16, has_torchao, compiled = features
+    monkeypatch.setattr(precision, "cpu_features", lambda: {"amx": amx, "avx512_vnni": vnni, "avx512_bf16": bf16})
+    if not has_torchao:
+        monkeypatch.setitem(sys.modules, "torchao", None)  # what find_spec reports for a package that is absent
+    dtype, reason = precision.choose_dtype("cpu", compile=compiled)
+    assert dtype == expected
+    assert reason.startswith("cpu: ") and "\n" not in reason
+
+
+def test_choose_dtype_on_this_machine_logs_one_line(caplog):
+    from evl_hf.precision import choose_dtype, cpu_features
+
+    with caplog.at_level("INFO", logger="evl_hf.precision"):
+        dtype, reason = choose_dtype(torch.device("cpu"))
+    assert dtype in DTYPES and dtype != "float16"
+    assert f"--dtype auto: {dtype} ({reason})" in caplog.text
+    assert set(cpu_features()) == {"amx", "avx512_vnni", "avx512_bf16"}
+
+
+def test_choose_dtype_keeps_float32_where_nothing_else_is_measured():
+    from evl_hf.precision import choose_dtype
+
+    assert choose_dtype("meta")[0] == "float32"
+
+
+@pytest.mark.parametrize(
+    ("environment", "expected"),
+    [
+        ({"TORCHINDUCTOR_CACHE_DIR": "{tmp}/chosen"}, "{tmp}/chosen"),
+        ({"EVL_HF_CACHE": "{tmp}/evl"}, "{tmp}/evl/inductor"),
+        ({"XDG_CACHE_HOME": "{tmp}/xdg"}, "{tmp}/xdg/evl_hf/inductor"),
+    ],
+)
+def test_the_inductor_cache_lives_in_the_evl_hf_cache_unless_told(monkeypatch, tmp_path, environment, expected):
+    from evl_hf.precision import inductor_cache_dir
+
+    for name in ("TORCHINDUCTOR_CACHE_DIR", "EVL_HF_CACHE", "XDG_CACHE_HOME"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value.format(tmp=tmp_path))
+    assert inductor_cache_dir() == tmp_path / expected.format(tmp=tmp_path).removeprefix(f"{tmp_path}/")
+    # torch.compile reads its folder from there
+    from torch._inductor.runtime.cache_dir_utils import cache_dir
+
+    assert cache_dir() == str(inductor_cache_dir())
+
+
+@pytest.mark.slow
+def test_an_aoti_package_of_the_int8_model_runs_as_the_eager_model_without_compiling(model_folder, clips, tmp_path):
+    from evl_hf.quantization import export_compiled, load_compiled
+
+    model = EVLForVideoClassification.from_pretrained(model_folder, **from_pretrained_kwargs("int8")).eval()
+    with torch.inference_mode():
+        expected = model(clips).logits
+        attentions = model(clips, output_attentions=True).decoder_attentions
+    path = export_compiled(model, tmp_path / "int8.pt2", dtype="int8")
+    torch._dynamo.reset()
+    load_compiled(model, path)
+    with torch.inference_mode():
+        logits = model(pixel_values=clips).logits
+        three = model(pixel_values=torch.cat([clips, clips[:1]])).logits  # another batch size
+        with_attentions = model(clips, output_attentions=True)  # what the package does not give: the model runs it
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0  # nothing compiled in this process
+    torch.testing.assert_close(logits, expected, rtol=0, atol=0.02)
+    torch.testing.assert_close(three[:2], logits, rtol=0, atol=1e-5)
+    assert attentions is not None and len(with_attentions.decoder_attentions) == len(attentions)

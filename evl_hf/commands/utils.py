@@ -19,6 +19,7 @@ check values as they are parsed, and writing a file so that it is either complet
 import argparse
 import contextlib
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 
@@ -104,8 +105,10 @@ def atomic_write(path: "str | os.PathLike", *, unique: bool = False) -> Iterator
         raise
 
 
-def add_model_arguments(parser: argparse.ArgumentParser, *, device: bool = True, dtype: bool = True):
-    """--model, and unless turned off --device, and --dtype with --compile."""
+def add_model_arguments(
+    parser: argparse.ArgumentParser, *, device: bool = True, dtype: bool = True, compile: bool = True
+):
+    """--model, and unless turned off --device, --dtype, and --compile with --aoti_package."""
     from ..quantization import DTYPES
 
     parser.add_argument(
@@ -117,26 +120,38 @@ def add_model_arguments(parser: argparse.ArgumentParser, *, device: bool = True,
         parser.add_argument(
             "--dtype",
             default="float32",
-            choices=DTYPES,
+            choices=[*DTYPES, "auto"],
             help="Precision of the frozen CLIP backbone; the decoder and head stay in float32. int8 (torchao's "
             "dynamic int8 quantization of its Linear layers, fastest on CPUs with VNNI or AMX with --compile), "
-            "int8-weight-only and float8 (CUDA) need torchao: pip install 'evl-hf[quantize]' (default: float32).",
+            "int8-weight-only and float8 (CUDA) need torchao: pip install 'evl-hf[quantize]'. auto: the fastest "
+            "for the device (evl_hf.precision.choose_dtype), said on stderr (default: float32).",
         )
-        parser.add_argument(
+    if compile:
+        group = parser.add_mutually_exclusive_group()
+        group.add_argument(
             "--compile",
             action="store_true",
             help="torch.compile the backbone; the first clips of each new shape pay the compilation (a minute or "
-            "more for ViT-B/16 on a CPU), done before the progress starts for the batch shape.",
+            "more for ViT-B/16 on a CPU, seconds once the kernels are in the cache: $TORCHINDUCTOR_CACHE_DIR, "
+            "default ~/.cache/evl_hf/inductor), done before the progress starts for the batch shape.",
+        )
+        group.add_argument(
+            "--aoti_package",
+            dest="compile",
+            metavar="PT2",
+            help="Run the model's forward from this AOTInductor package (evl-hf export --format aoti) instead of "
+            "compiling; the backbone dtype is the package's.",
         )
 
 
 def load_model_and_processor(
-    model: str, device: str = "cpu", dtype: str = "float32", compile: bool = False, batch_size: int = 1
+    model: str, device: str = "cpu", dtype: str = "float32", compile: bool | str = False, batch_size: int = 1
 ):
     """
     Loads `EVLForVideoClassification` in eval mode on `device`, with the backbone in `dtype` (a name of
-    `evl_hf.quantization.DTYPES`), and its video processor. With `compile`, the backbone is compiled and warmed on
-    `batch_size` clips.
+    `evl_hf.quantization.DTYPES`, or `"auto"` for [`evl_hf.precision.choose_dtype`]'s choice, printed to stderr), and
+    its video processor. With `compile=True`, the backbone is compiled and warmed on `batch_size` clips; a path is an
+    AOTInductor package of the model ([`evl_hf.quantization.export_compiled`]), whose dtype replaces `dtype`.
 
     Raises:
         `UsageError`: the model or its processor cannot be loaded, the device does not exist, or `dtype` needs what is
@@ -145,7 +160,7 @@ def load_model_and_processor(
     import torch
 
     from .. import EVLForVideoClassification, EVLVideoProcessor
-    from ..quantization import INSTALL_HINT, compile_model, from_pretrained_kwargs
+    from ..quantization import INSTALL_HINT, compile_model, from_pretrained_kwargs, load_compiled
 
     try:
         torch_device = torch.device(device)
@@ -153,6 +168,12 @@ def load_model_and_processor(
             raise UsageError(f"--device {device}: no CUDA device is available here; use --device cpu.")
     except RuntimeError as error:
         raise UsageError(f"--device {device!r} is not a device torch knows (cpu, cuda, cuda:N): {error}") from None
+    package = None
+    if isinstance(compile, str):
+        package = load_compiled_package(compile)
+        dtype = package.get_metadata().get("dtype", "float32")
+    elif dtype == "auto":
+        dtype = resolve_auto_dtype(torch_device, compile)
     if dtype == "float8" and torch_device.type != "cuda":
         raise UsageError("--dtype float8 runs on CUDA GPUs (compute capability 8.9 or more); on a CPU use int8.")
     try:
@@ -172,6 +193,35 @@ def load_model_and_processor(
             f"{error}). Pass a folder written by save_pretrained (or the training script), or a Hub id."
         ) from None
     loaded.eval()
-    if compile:
+    if package is not None:
+        try:
+            load_compiled(loaded, package)
+        except ValueError as error:
+            raise UsageError(f"--aoti_package {compile}: {error}") from None
+    elif compile:
         compile_model(loaded, batch_size)
     return loaded, processor
+
+
+def resolve_auto_dtype(device, compile: bool = False) -> str:
+    """`--dtype auto`: [`evl_hf.precision.choose_dtype`]'s choice for `device`, with its reason on stderr."""
+    from ..precision import choose_dtype
+
+    dtype, reason = choose_dtype(device, compile=bool(compile))
+    print(f"--dtype auto: {dtype} ({reason})", file=sys.stderr)
+    return dtype
+
+
+def load_compiled_package(path: str):
+    """The AOTInductor package at `path`, loaded; a `UsageError` saying what to do when it cannot be."""
+    import torch
+
+    if not os.path.isfile(path):
+        raise UsageError(f"--aoti_package {path!r} is not a file: write one with `evl-hf export --format aoti`.")
+    try:
+        return torch._inductor.aoti_load_package(path)
+    except (RuntimeError, OSError, ValueError) as error:
+        raise UsageError(
+            f"--aoti_package {path!r} cannot be loaded as an AOTInductor package ({type(error).__name__}: {error}); "
+            "write one with `evl-hf export --format aoti` with this version of torch."
+        ) from None

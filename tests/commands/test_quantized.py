@@ -109,3 +109,52 @@ def test_predict_compiled_int8_equals_eager_int8(model_folder, videos, tmp_path)
     for record, reference in zip(records, expected, strict=True):
         assert record["labels"][0] == reference["labels"][0]
         assert scores_by_label(record) == pytest.approx(scores_by_label(reference), abs=1e-3)
+
+
+def test_predict_dtype_auto_says_what_it_chose_and_why(model_folder, videos, tmp_path, capsys):
+    from evl_hf.precision import choose_dtype
+
+    records = predict(model_folder, videos[:1], tmp_path / "auto.jsonl", "--dtype", "auto")
+    dtype, reason = choose_dtype("cpu", compile=False)
+    assert f"--dtype auto: {dtype} ({reason})" in capsys.readouterr().err
+    assert len(records) == 1
+
+
+@pytest.fixture(scope="module")
+def float32_package(model_folder, tmp_path_factory):
+    package = tmp_path_factory.mktemp("aoti") / "model.pt2"
+    status = main(["export", "--format", "aoti", "--model", str(model_folder), "--output", str(package)])
+    assert status == 0 and package.is_file()
+    return package
+
+
+def test_predict_with_an_aoti_package_gives_the_eager_predictions(model_folder, videos, tmp_path, float32_package):
+    expected = predict(model_folder, videos, tmp_path / "eager.jsonl", "--batch_size", "2")
+    records = predict(
+        model_folder, videos, tmp_path / "aoti.jsonl", "--batch_size", "2", "--aoti_package", str(float32_package)
+    )
+    for record, reference in zip(records, expected, strict=True):
+        assert record["labels"] == reference["labels"]
+        assert scores_by_label(record) == pytest.approx(scores_by_label(reference), abs=1e-5)
+
+
+def test_an_aoti_package_of_another_model_is_refused(videos, tmp_path, float32_package, capsys):
+    from evl_hf.testing_utils import save_tiny_model
+
+    other = save_tiny_model(tmp_path / "eight_frames", num_frames=8)
+    with pytest.raises(SystemExit, match="2"):
+        main(["predict", "--model", str(other), str(videos[0]), "--aoti_package", str(float32_package)])
+    error = capsys.readouterr().err
+    assert "was not exported from this model" in error and "num_frames 4 (the model has 8)" in error
+
+
+def test_a_missing_aoti_package_says_how_to_make_one(model_folder, videos, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="2"):
+        main(["predict", "--model", str(model_folder), str(videos[0]), "--aoti_package", str(tmp_path / "no.pt2")])
+    assert "is not a file: write one with `evl-hf export --format aoti`" in capsys.readouterr().err
+
+
+def test_onnx_export_of_another_dtype_points_to_aoti(model_folder, tmp_path, capsys):
+    with pytest.raises(SystemExit, match="2"):
+        main(["export", "--model", str(model_folder), "--dtype", "int8", "--output", str(tmp_path / "m.onnx")])
+    assert "ONNX export writes the float32 model" in capsys.readouterr().err
