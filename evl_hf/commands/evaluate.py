@@ -70,6 +70,12 @@ def register(subparsers):
         "num_crops when they ask for several views, else the paper's: 3x1 for 8 frames or fewer, 1x3 beyond).",
     )
     parser.add_argument(
+        "--label_column_name",
+        default="label",
+        help="The column (CSV) or field (JSON) of LIST with the labels; a JSON list of labels is a multi-label "
+        "entry (default: label).",
+    )
+    parser.add_argument(
         "--retry_failed",
         action="store_true",
         help="Resuming: score again the videos that could not be read before (default: keep them as skipped).",
@@ -77,10 +83,13 @@ def register(subparsers):
     parser.set_defaults(run=run, parser=parser)
 
 
-def read_labelled_list(path: str, label2id: dict) -> tuple[list[str], dict[str, list[int]]]:
+def read_labelled_list(
+    path: str, label2id: dict, label_column: str = "label"
+) -> tuple[list[str], dict[str, list[int]]]:
     """
     The videos of the list at `path` (resolved from its folder, without repeats) and each one's label indices.
-    A label is a name of `label2id` or an index (`.txt` lists, or digits); a list of labels is a multi-label entry.
+    A label (in `label_column`) is a name of `label2id` or an index (`.txt` lists, or digits); a list of labels is a
+    multi-label entry.
 
     Raises:
         `UsageError`: the list cannot be read, or names a label the model does not have.
@@ -90,7 +99,7 @@ def read_labelled_list(path: str, label2id: dict) -> tuple[list[str], dict[str, 
     if not os.path.isfile(path):
         raise UsageError(f"LIST {path!r} does not exist; give a .csv, .json, .jsonl or .txt list of labelled videos.")
     try:
-        rows = read_video_list(path, require_labels=True).rows
+        rows = read_video_list(path, label_column=label_column, require_labels=True).rows
     except (ValueError, UnicodeDecodeError) as error:
         raise UsageError(f"LIST {path!r}: {error}") from None
     num_labels = len(label2id)
@@ -110,7 +119,7 @@ def read_labelled_list(path: str, label2id: dict) -> tuple[list[str], dict[str, 
     labels = {}
     for row in rows:
         video = resolve_video_path(str(row["video"]), root)
-        given = row["label"] if isinstance(row["label"], list) else [row["label"]]
+        given = row[label_column] if isinstance(row[label_column], list) else [row[label_column]]
         labels.setdefault(video, [index(label) for label in given])
     return list(labels), labels
 
@@ -133,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     from ..inference import default_function_to_apply, paper_test_views
 
     multi_label = default_function_to_apply(config) == "sigmoid"
-    videos, labels = read_labelled_list(args.list, config.label2id)
+    videos, labels = read_labelled_list(args.list, config.label2id, args.label_column_name)
     if any(len(indices) > 1 for indices in labels.values()) and not multi_label:
         raise UsageError(
             f"LIST {args.list!r} gives several labels to some videos, and {args.model!r} is a single-label model; "
@@ -169,8 +178,9 @@ def run(args: argparse.Namespace) -> int:
         if rank == 0:
             merge_part_files(scores_path, order=videos)
         dist.barrier()
-    if rank != 0:
-        return 0
+    if rank != 0:  # the whole run's exit status, as the first process returns it
+        failed = {video for video, error, _ in read_records(scores_path)[1] if error}
+        return 1 if failed.intersection(videos) else 0
     return write_reports(args, videos, labels, config, scores_path, multi_label)
 
 

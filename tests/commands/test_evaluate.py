@@ -17,6 +17,7 @@ from training_utils import start, train_tiny
 from evl_hf import EVLForVideoClassification, EVLVideoProcessor
 from evl_hf.commands import main
 from evl_hf.inference import multi_view_scores
+from evl_hf.testing_utils import encode_video
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +153,6 @@ def test_a_run_killed_with_sigkill_resumes_to_the_same_results(trained, many, tm
     assert_same_evaluation(tmp_path / "eval", reference)
 
 
-@pytest.mark.slow
 def test_two_processes_give_the_results_of_one(trained, many, tmp_path):
     video_list, reference = many
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m"]
@@ -164,6 +164,37 @@ def test_two_processes_give_the_results_of_one(trained, many, tmp_path):
         if process.poll() is None:
             for member in [*psutil.Process(process.pid).children(recursive=True), psutil.Process(process.pid)]:
                 member.send_signal(signal.SIGKILL)
-    assert process.returncode == 0, (tmp_path / "log").read_text()
+    log = (tmp_path / "log").read_text()
+    assert process.returncode == 0 and "process 1 of 2" in log, log
     assert not list((tmp_path / "eval").glob("scores.jsonl.part-*"))
     assert_same_evaluation(tmp_path / "eval", reference)
+
+
+def test_a_multi_label_model_reports_map_and_f1(tiny_clip, tmp_path):
+    from sklearn.metrics import average_precision_score
+
+    labels = [["run", "jump"], ["jump"], ["swim", "run"], ["run"], ["swim"], ["jump", "swim"]]
+    lines = []
+    for index, names in enumerate(labels):
+        encode_video(tmp_path / f"{index}.mp4", 10, height=32, width=32, seed=index)
+        lines.append(json.dumps({"video": f"{index}.mp4", "labels": names}))
+    (tmp_path / "list.jsonl").write_text("\n".join(lines) + "\n")
+    data = f"--train_file {tmp_path / 'list.jsonl'} --video_root {tmp_path}"
+    model = train_tiny(tiny_clip, data, tmp_path / "model", tmp_path / "cache", "--label_column_name labels")
+    output = tmp_path / "eval"
+    arguments = ["--label_column_name", "labels", "--views", "1x1"]
+    assert evaluate(model, tmp_path / "list.jsonl", output, *arguments) == 0
+    results = json.loads((output / "results.json").read_text())
+    assert "top1" not in results and results["threshold"] == 0.5
+    config = EVLForVideoClassification.from_pretrained(model).config
+    records = read_scores(output)
+    scores = torch.tensor([records[str(tmp_path / f"{i}.mp4")]["scores"] for i in range(len(labels))])
+    targets = torch.zeros_like(scores, dtype=torch.long)
+    for row, names in enumerate(labels):
+        targets[row, [config.label2id[name] for name in names]] = 1
+    assert results["map"] == pytest.approx(average_precision_score(targets.numpy(), scores.numpy(), average="macro"))
+    assert 0 <= results["f1"] <= 1
+    with open(output / "per_class_accuracy.csv") as file:
+        rows = list(csv.DictReader(file))
+    assert [int(row["videos"]) for row in rows] == targets.sum(dim=0).tolist()
+    assert {"average_precision", "f1"} <= set(rows[0])
