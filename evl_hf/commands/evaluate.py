@@ -28,7 +28,7 @@ import re
 import sys
 
 from . import UsageError
-from .records import merge_part_files, open_results, read_records
+from .records import check_same_in_every_process, merge_part_files, open_results, read_records
 from .utils import add_model_arguments, atomic_write, load_model_and_processor
 
 
@@ -153,6 +153,9 @@ def run(args: argparse.Namespace) -> int:
     if args.views is None:
         own = (processor.num_clips, processor.num_crops)
         args.views = own if own != (1, 1) else paper_test_views(config.num_frames)
+    if world_size > 1:
+        asked = [args.model, os.path.abspath(args.output), args.views, labels]
+        check_same_in_every_process(asked, "--model, LIST, --output or --views")
     os.makedirs(args.output, exist_ok=True)
     scores_path = os.path.join(args.output, SCORES_FILE)
     barrier = dist.barrier if world_size > 1 else None

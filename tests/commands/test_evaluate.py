@@ -3,6 +3,7 @@ scores are `multi_view_scores`', a run killed with SIGKILL resumes to the same n
 missing or broken videos are counted and named."""
 
 import csv
+import importlib.util
 import json
 import shutil
 import signal
@@ -71,6 +72,7 @@ def test_one_view_top1_is_predicts_top1_against_the_labels(trained, video_list, 
     assert [row["videos"] for row in rows] == ["2"] * 4
     accuracies = [float(row["accuracy"]) for row in rows]
     assert results["mean_class_accuracy"] == pytest.approx(sum(accuracies) / 4)
+    assert (tmp_path / "eval" / "confusion_matrix.png").exists() == bool(importlib.util.find_spec("matplotlib"))
     matrix = json.loads((tmp_path / "eval" / "confusion_matrix.json").read_text())
     assert sum(map(sum, matrix["matrix"])) == 8
     assert sum(matrix["matrix"][i][i] for i in range(4)) == sum(correct)
