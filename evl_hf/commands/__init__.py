@@ -28,7 +28,7 @@ import sys
 
 
 # Module names, in the order `evl-hf --help` lists them.
-SUBCOMMANDS = ["predict", "timeline", "export", "prepare_videos", "prepare_dataset", "demo"]
+SUBCOMMANDS = ["predict", "evaluate", "timeline", "export", "prepare_videos", "prepare_dataset", "demo"]
 
 
 class UsageError(Exception):

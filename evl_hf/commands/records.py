@@ -118,6 +118,27 @@ def merge_part_files(output: str, order: list[str] | None = None) -> None:
         os.remove(part)
 
 
+def check_same_in_every_process(asked, what: str) -> None:
+    """
+    Stops a distributed run whose processes were given different `asked` (any JSON value: the arguments and the
+    videos each process sees); `what` names the arguments in the message.
+
+    Raises:
+        `UsageError`: the processes disagree.
+    """
+    import hashlib
+
+    import torch.distributed as dist
+
+    digests = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, hashlib.sha256(json.dumps(asked).encode()).hexdigest())
+    if len(set(digests)) > 1:
+        raise UsageError(
+            f"the processes of this distributed run were given different {what} (or see different files); launch "
+            "every process with the same command."
+        )
+
+
 class ResultsFile:
     """
     Where the records go: a file of JSON lines, or CSV when its name ends in `.csv` (columns `video`, `label_1`,
