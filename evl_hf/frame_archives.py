@@ -49,6 +49,7 @@ FRAME_ARCHIVE_EXTENSION = ".evlf"
 FORMAT_VERSION = 1
 MAGIC = b"EVLF"
 _PREAMBLE = struct.Struct("<4sII")  # magic, format version, header length
+_HEAD_BYTES = 16384  # read at once on opening: the header of a video of about 1,000 stored frames
 
 
 def is_frame_archive(head: bytes) -> bool:
@@ -115,16 +116,18 @@ class FrameArchive:
         self.name = name
         if isinstance(source, (bytes, bytearray, memoryview)):
             self._data, self._path = memoryview(bytes(source)), None
-            size, preamble = len(self._data), bytes(self._data[: _PREAMBLE.size])
         elif hasattr(source, "read"):
             source.seek(0)
             self._data, self._path = memoryview(source.read()), None
-            size, preamble = len(self._data), bytes(self._data[: _PREAMBLE.size])
         else:
             self._data, self._path = None, os.fspath(source)
+        if self._data is not None:
+            size, head = len(self._data), bytes(self._data[:_HEAD_BYTES])
+        else:
             size = os.path.getsize(self._path)
             with open(self._path, "rb") as file:
-                preamble = file.read(_PREAMBLE.size)
+                head = file.read(_HEAD_BYTES)  # the whole header but for long videos: one read opens an archive
+        preamble = head[: _PREAMBLE.size]
         if len(preamble) < _PREAMBLE.size or not is_frame_archive(preamble):
             raise VideoDecodingError(f"Cannot read frame archive {name}: it does not start as a frame archive does")
         _, version, header_length = _PREAMBLE.unpack(preamble)
@@ -134,7 +137,10 @@ class FrameArchive:
                 f"reads version {FORMAT_VERSION} and older. Upgrade evl_hf (`pip install -U evl_hf`)."
             )
         try:
-            header = json.loads(self._read(_PREAMBLE.size, header_length))
+            end = _PREAMBLE.size + header_length
+            header = json.loads(
+                head[_PREAMBLE.size : end] if end <= len(head) else self._read(_PREAMBLE.size, header_length)
+            )
             self.positions = [int(position) for position in header["positions"]]
             lengths = [int(length) for length in header["lengths"]]
             fps, num_frames = header["fps"], int(header["num_frames"])
@@ -239,19 +245,6 @@ class FrameArchive:
             data=self.read_frames(indices),
             pts_seconds=shown / fps,
             duration_seconds=torch.full((len(indices),), self.frame_step / fps, dtype=torch.float64),
-        )
-
-    def video_metadata(self) -> FrameArchiveMetadata:
-        """The archive's `VideoMetadata` in source-frame units, with its `frame_step`."""
-        info = self.metadata
-        return FrameArchiveMetadata(
-            total_num_frames=len(self),
-            fps=info.average_fps,
-            width=info.width,
-            height=info.height,
-            duration=info.duration_seconds,
-            video_backend="evl_hf.frame_archives",
-            frame_step=self.frame_step,
         )
 
 

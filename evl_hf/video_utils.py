@@ -209,20 +209,23 @@ def _open_for_reading(video) -> "tuple[VideoDecoder | FrameArchive, str]":
 def read_video_metadata(video: "str | os.PathLike | bytes | BinaryIO | VideoDecoder") -> VideoMetadata:
     """
     The `VideoMetadata` of a video (anything [`load_video_frames`] reads, a decoder without reopening it): its frame
-    count (exact), frame rate (`None` when the container does not say), width, height and duration in seconds.
+    count (exact), frame rate (`None` when the container does not say), width, height and duration in seconds. A
+    frame archive's are its source video's, in a [`~frame_archives.FrameArchiveMetadata`] with its `frame_step`.
     """
     reader, _ = _open_for_reading(video)
-    if hasattr(reader, "video_metadata"):  # a frame archive: source-frame units and its grid's step
-        return reader.video_metadata()
     info = reader.metadata
-    return VideoMetadata(
+    fields = dict(
         total_num_frames=len(reader),
         fps=info.average_fps,
         width=info.width,
         height=info.height,
         duration=info.duration_seconds,
-        video_backend="torchcodec",
     )
+    if (frame_step := getattr(reader, "frame_step", None)) is not None:  # a frame archive, and its grid's step
+        from .frame_archives import FrameArchiveMetadata
+
+        return FrameArchiveMetadata(**fields, video_backend="evl_hf.frame_archives", frame_step=frame_step)
+    return VideoMetadata(**fields, video_backend="torchcodec")
 
 
 def load_video_frames(

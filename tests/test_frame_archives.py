@@ -207,3 +207,11 @@ def test_an_archive_with_corrupt_jpegs_is_skipped_and_counted_in_training(tmp_pa
     )
     assert json.loads((output_dir / "train_results.json").read_text())["train_skipped_videos"] == 1
     assert f"Skipping training video {victim}" in caplog.text
+
+
+def test_an_archive_whose_header_is_longer_than_the_first_read_opens(tmp_path):
+    # 2,000 stored frames: an index of about 20 kB, past the bytes read at once on opening
+    video = encode_video(tmp_path / "long.mp4", 2000, height=32, width=32)
+    write_frame_archive(video, tmp_path / "long.evlf", frame_step=1)
+    assert read_video_metadata(tmp_path / "long.evlf").total_num_frames == 2000
+    assert read_video_frames(tmp_path / "long.evlf", [1999]).shape == (1, 3, 32, 32)
