@@ -134,7 +134,7 @@ class FrameArchive:
         if version > FORMAT_VERSION:
             raise VideoDecodingError(
                 f"Cannot read frame archive {name}: it was written in format version {version}, and this evl_hf "
-                f"reads version {FORMAT_VERSION} and older. Upgrade evl_hf (`pip install -U evl_hf`)."
+                f"reads version {FORMAT_VERSION} and older. Install a newer evl_hf (in its checkout: `git pull && pip install .`)."
             )
         try:
             end = _PREAMBLE.size + header_length

@@ -139,7 +139,7 @@ def test_an_archive_of_a_newer_format_version_says_to_upgrade(archive, tmp_path)
     data = bytearray(archive.read_bytes())
     data[4:8] = struct.pack("<I", 99)
     newer.write_bytes(bytes(data))
-    with pytest.raises(VideoDecodingError, match=r"newer\.evlf.*version 99.*Upgrade evl_hf"):
+    with pytest.raises(VideoDecodingError, match=r"newer\.evlf.*version 99.*newer evl_hf"):
         read_video_frames(newer, [0])
 
 
