@@ -31,6 +31,7 @@ from transformers.video_processing_utils import BaseVideoProcessor
 from transformers.video_utils import VideoInput, VideoMetadata
 
 # Private names: the old public ones go through the deprecation of `__getattr__` below.
+from .frame_archives import check_frame_step
 from .video_utils import FRAME_SAMPLING_STRATEGIES, clip_span, sample_frame_indices
 from .video_utils import is_video_decoder as _is_decoder
 from .video_utils import load_video_frames as _load_frames
@@ -159,6 +160,8 @@ class EVLVideoProcessor(BaseVideoProcessor):
         views = [0] if do_augment else range(num_clips) if clip_index is None else [clip_index]
         random = (torch.Generator().manual_seed(seed) if seed is not None else True) if do_augment else False
         options = dict(strategy=frame_sampling, frame_stride=frame_stride or self.frame_stride, num_clips=num_clips)
+        if frame_sampling == "dense" and getattr(metadata, "frame_step", 1) > 1:  # a frame archive's grid
+            check_frame_step(metadata.frame_step, options["frame_stride"])
         return [
             index
             for view in views

@@ -41,8 +41,10 @@ from transformers.video_utils import VideoMetadata
 if TYPE_CHECKING:
     from torchcodec.decoders import VideoDecoder
 
+    from .frame_archives import FrameArchive
 
-# The containers FFmpeg reads that video datasets use: what folders are searched for.
+
+# The containers FFmpeg reads that video datasets use, and frame archives: what folders are searched for.
 VIDEO_EXTENSIONS = (
     ".mp4",
     ".m4v",
@@ -57,6 +59,7 @@ VIDEO_EXTENSIONS = (
     ".ts",
     ".3gp",
     ".ogv",
+    ".evlf",  # frame archives (`evl_hf.frame_archives`), written by `evl-hf prepare-videos --format frames`
 )
 # Files read as lists of videos rather than as videos.
 VIDEO_LIST_EXTENSIONS = (".txt", ".csv", ".json", ".jsonl")
@@ -67,10 +70,13 @@ class VideoDecodingError(ValueError):
 
 
 def is_video_decoder(obj) -> bool:
-    """Whether `obj` is a torchcodec `VideoDecoder` (what a `datasets` `Video` column holds)."""
-    # The class exists only once torchcodec is imported: this keeps importing this module free of it.
-    decoders = sys.modules.get("torchcodec.decoders")
-    return decoders is not None and isinstance(obj, decoders.VideoDecoder)
+    """Whether `obj` is an open video: a torchcodec `VideoDecoder` (what a `datasets` `Video` column holds) or a
+    [`~frame_archives.FrameArchive`]."""
+    # The classes exist only once their modules are imported: this keeps importing this module free of them.
+    decoders, archives = sys.modules.get("torchcodec.decoders"), sys.modules.get("evl_hf.frame_archives")
+    return (decoders is not None and isinstance(obj, decoders.VideoDecoder)) or (
+        archives is not None and isinstance(obj, archives.FrameArchive)
+    )
 
 
 def _diagnose_unopenable_video(source, head: bytes) -> str:
@@ -116,7 +122,7 @@ def _label(video, name: str | None = None) -> str:
     if name:
         return repr(name)
     if is_video_decoder(video):
-        return "the given VideoDecoder"
+        return getattr(video, "name", None) or "the given VideoDecoder"
     if isinstance(video, (bytes, bytearray, memoryview)):
         return f"({len(video)} bytes)"
     if hasattr(video, "read"):
@@ -130,14 +136,15 @@ def open_video(
     *,
     name: str | None = None,
     timeout: float = 60.0,
-) -> "VideoDecoder":
+) -> "VideoDecoder | FrameArchive":
     """
     A torchcodec `VideoDecoder` of a video: a file, its bytes (a `datasets` row with stored bytes), a binary file
     object or an http(s) URL, counting frames exactly, with `num_ffmpeg_threads` threads (0: FFmpeg chooses). The one
     way a video is opened, for reading it once or many times.
 
     A URL is downloaded whole (as transformers' own video loader does), giving up when the server sends nothing for
-    `timeout` seconds.
+    `timeout` seconds. A frame archive (`evl-hf prepare-videos --format frames`), recognised by its first bytes
+    whatever its name, opens as a [`~frame_archives.FrameArchive`], read as a decoder is.
 
     Every error names the video (`name`, by default its path or URL) and says what is wrong.
 
@@ -149,6 +156,8 @@ def open_video(
         `VideoDecodingError`: the data is not a video.
     """
     from torchcodec.decoders import VideoDecoder
+
+    from .frame_archives import FrameArchive, is_frame_archive
 
     label = _label(video, name)
     if isinstance(video, str) and video.startswith(("http://", "https://")):
@@ -176,6 +185,8 @@ def open_video(
             raise VideoDecodingError(f"Cannot read video {label}: the file is empty (0 bytes)")
         with open(source, "rb") as file:
             head = file.read(4096)
+    if is_frame_archive(head):
+        return FrameArchive(source, label)
     try:
         decoder = VideoDecoder(source, seek_mode="exact", num_ffmpeg_threads=num_ffmpeg_threads)
     except (RuntimeError, ValueError) as error:
@@ -185,12 +196,12 @@ def open_video(
     return decoder
 
 
-def _open_for_reading(video) -> "tuple[VideoDecoder, str]":
+def _open_for_reading(video) -> "tuple[VideoDecoder | FrameArchive, str]":
     """
     The reader of `video` and the name messages give it: the one place that tells the kinds of video apart, so that
     [`load_video_frames`], [`read_video_frames`] and [`read_video_metadata`] read each kind alike. A reader has
-    `metadata`, `len` and `get_frames_at` as torchcodec's `VideoDecoder` has (another storage, such as archives of
-    JPEG frames, is read by recognising it here and giving such an object).
+    `metadata`, `len` and `get_frames_at` as torchcodec's `VideoDecoder` has; [`open_video`] gives a
+    [`~frame_archives.FrameArchive`] for an archive of JPEG frames.
     """
     if is_video_decoder(video):
         return video, _label(video)
@@ -202,18 +213,23 @@ def _open_for_reading(video) -> "tuple[VideoDecoder, str]":
 def read_video_metadata(video: "str | os.PathLike | bytes | BinaryIO | VideoDecoder") -> VideoMetadata:
     """
     The `VideoMetadata` of a video (anything [`load_video_frames`] reads, a decoder without reopening it): its frame
-    count (exact), frame rate (`None` when the container does not say), width, height and duration in seconds.
+    count (exact), frame rate (`None` when the container does not say), width, height and duration in seconds. A
+    frame archive's are its source video's, in a [`~frame_archives.FrameArchiveMetadata`] with its `frame_step`.
     """
     reader, _ = _open_for_reading(video)
     info = reader.metadata
-    return VideoMetadata(
+    fields = dict(
         total_num_frames=len(reader),
         fps=info.average_fps,
         width=info.width,
         height=info.height,
         duration=info.duration_seconds,
-        video_backend="torchcodec",
     )
+    if (frame_step := getattr(reader, "frame_step", None)) is not None:  # a frame archive, and its grid's step
+        from .frame_archives import FrameArchiveMetadata
+
+        return FrameArchiveMetadata(**fields, video_backend="evl_hf.frame_archives", frame_step=frame_step)
+    return VideoMetadata(**fields, video_backend="torchcodec")
 
 
 def load_video_frames(
@@ -231,7 +247,14 @@ def load_video_frames(
     metadata = read_video_metadata(reader)
     if metadata.total_num_frames == 0:
         raise VideoDecodingError(f"Cannot read video {name}: its video stream has no frames (truncated?)")
-    indices = [int(index) for index in sample_indices_fn(metadata=metadata)]
+    try:
+        indices = [int(index) for index in sample_indices_fn(metadata=metadata)]
+    except ValueError as error:
+        from .frame_archives import FrameStepError, check_frame_step
+
+        if isinstance(error, FrameStepError):  # the sampler knows the stride, the reader the file
+            check_frame_step(error.frame_step, error.frame_stride, name=f"Frame archive {name}")
+        raise
     if not indices:
         raise ValueError(f"No frame indices given for video {name}")
     if out_of_range := [index for index in indices if not 0 <= index < metadata.total_num_frames]:
@@ -241,6 +264,8 @@ def load_video_frames(
     metadata.frames_indices = indices
     try:
         frames = reader.get_frames_at(indices).data
+    except VideoDecodingError:  # names the file and the frame already
+        raise
     except (RuntimeError, ValueError, IndexError) as error:
         raise VideoDecodingError(
             f"Cannot decode frames {sorted(set(indices))} of video {name}: the file is truncated or its data is "

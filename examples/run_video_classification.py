@@ -50,7 +50,7 @@ from reports import multi_label_metrics, save_average_precision, save_confusion_
 from streaming import StreamingClipDataset, StreamingEpochCallback, StreamingTrainerMixin, load_streaming_datasets
 from transformers import AutoConfig, CLIPVisionConfig, HfArgumentParser, Trainer, TrainerCallback, TrainingArguments
 from transformers.modeling_outputs import ImageClassifierOutput
-from video_files import check_video_folder, load_video_file
+from video_files import check_video_folder, load_video_file, load_video_folders
 
 from evl_hf import EVLConfig, EVLForVideoClassification, EVLImageProcessor, EVLVideoProcessor
 from evl_hf.inference import MULTI_LABEL_THRESHOLD, average_view_scores, default_function_to_apply
@@ -278,9 +278,7 @@ def load_video_datasets(data_args: DataTrainingArguments, cache_dir: str | None,
         folders = {split: check_video_folder(folder, f"--{split}_dir") for split, folder in folders.items() if folder}
         dataset = DatasetDict()
         if folders:
-            # drop_labels=False: the parent folder is the label even when the two folders sit at different depths.
-            data_files = {split: os.path.join(folder, "**") for split, folder in folders.items()}
-            dataset.update(load_dataset("videofolder", data_files=data_files, drop_labels=False, cache_dir=cache_dir))
+            dataset.update(load_video_folders(folders, cache_dir))
         for split in ("train", "validation"):
             if (path := getattr(data_args, f"{split}_file")) is not None:
                 dataset[split] = load_video_file(path, f"--{split}_file", data_args, cache_dir)

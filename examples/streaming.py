@@ -39,14 +39,20 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Video, load_dataset
 from datasets.distributed import split_dataset_by_node
-from datasets.packaged_modules.webdataset.webdataset import VIDEO_EXTENSIONS, base_plus_ext
+from datasets.packaged_modules.webdataset.webdataset import VIDEO_EXTENSIONS as DATASETS_VIDEO_EXTENSIONS
+from datasets.packaged_modules.webdataset.webdataset import base_plus_ext
 from torchdata.stateful_dataloader import StatefulDataLoader
 from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from evl_hf.frame_archives import FRAME_ARCHIVE_EXTENSION
+
 
 logger = logging.getLogger(__name__)
 
+# The members read as videos: what datasets decodes as video, and frame archives (which it gives as bytes).
+ARCHIVE_MEMBER = FRAME_ARCHIVE_EXTENSION.lstrip(".")
+VIDEO_EXTENSIONS = (*DATASETS_VIDEO_EXTENSIONS, ARCHIVE_MEMBER)
 LABEL_FIELDS = ("json", "cls")  # the label members of a WebDataset sample: {"label": ...} or an index
 STATE_NAME = "streaming_state_{}.pt"  # in each checkpoint, per process
 
@@ -187,7 +193,10 @@ def load_streaming_datasets(
         index = {value: i for split in labelled for value, i in zip(values[split], labelled[split]["labels"])}
     for split, stream in streams.items():
         features = stream.features or {}
-        video_columns = [name for name, feature in features.items() if isinstance(feature, Video)]
+        # datasets gives a frame archive member as bytes, read as a video's are
+        video_columns = [
+            name for name, feature in features.items() if isinstance(feature, Video) or name == ARCHIVE_MEMBER
+        ]
         if data_args.video_column_name in video_columns:
             video_columns = [data_args.video_column_name]
         if not video_columns:

@@ -17,14 +17,19 @@ it, and the lists of videos (Kinetics-style `.txt`, CSV, JSON lines) with their 
 import os
 from pathlib import Path
 
-from datasets import Dataset, load_dataset
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Value, load_dataset
 from datasets.packaged_modules.videofolder.videofolder import VIDEO_EXTENSIONS as VIDEOFOLDER_EXTENSIONS
 
-from evl_hf.video_utils import VIDEO_EXTENSIONS, read_video_list, resolve_video_path
+from evl_hf.frame_archives import FRAME_ARCHIVE_EXTENSION
+from evl_hf.video_utils import VIDEO_EXTENSIONS, read_video_list, resolve_video_path, walk_videos
 
 
-# The video extensions of evl_hf that datasets' videofolder builder also loads (it has no .webm, .m4v, ...).
-FOLDER_VIDEO_EXTENSIONS = tuple(extension for extension in VIDEO_EXTENSIONS if extension in VIDEOFOLDER_EXTENSIONS)
+# The video extensions of evl_hf that datasets' videofolder builder also loads (it has no .webm, .m4v, ...), and frame
+# archives, which folders of them are read here for.
+FOLDER_VIDEO_EXTENSIONS = (
+    *(extension for extension in VIDEO_EXTENSIONS if extension in VIDEOFOLDER_EXTENSIONS),
+    FRAME_ARCHIVE_EXTENSION,
+)
 
 
 def check_video_folder(path: str, argument: str):
@@ -43,6 +48,33 @@ def check_video_folder(path: str, argument: str):
             f"in a folder named after its label: {path}/<label>/<video>.mp4."
         )
     return path
+
+
+def load_video_folders(folders: dict[str, str], cache_dir: str | None) -> DatasetDict:
+    """
+    The splits of videofolder-layout folders (`{split: folder}`), `video` and `label` columns: datasets' videofolder
+    builder reads folders of videos, and folders of frame archives (`evl-hf prepare-videos --format frames`), which
+    it does not know, become datasets of their paths labelled by their folder's name, as videofolder labels (the
+    sorted names of all splits' label folders).
+    """
+    archives = {
+        split: folder for split, folder in folders.items() if any(Path(folder).rglob(f"*{FRAME_ARCHIVE_EXTENSION}"))
+    }
+    videos = {split: folder for split, folder in folders.items() if split not in archives}
+    # drop_labels=False: the parent folder is the label even when the two folders sit at different depths.
+    data_files = {split: os.path.join(folder, "**") for split, folder in videos.items()}
+    dataset = (
+        load_dataset("videofolder", data_files=data_files, drop_labels=False, cache_dir=cache_dir)
+        if videos
+        else DatasetDict()
+    )
+    paths = {split: walk_videos(folder) for split, folder in archives.items()}
+    names = sorted({Path(path).parent.name for split_paths in paths.values() for path in split_paths})
+    features = Features({"video": Value("string"), "label": ClassLabel(names=names)})
+    for split, split_paths in paths.items():
+        labels = [names.index(Path(path).parent.name) for path in split_paths]
+        dataset[split] = Dataset.from_dict({"video": split_paths, "label": labels}, features=features)
+    return dataset
 
 
 def load_video_list(path: str, video_root: str | None, video_column: str, label_column: str) -> Dataset:

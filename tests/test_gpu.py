@@ -189,3 +189,17 @@ def test_bench_gpu_quick_mode(tmp_path):
     assert shape["inference"]["clips_per_s"] > 0 and shape["train"]["clips_per_s"] > 0
     assert shape["accuracy"]["max_abs_diff"] < 1.0  # bf16 rounding of logits of about unit size
     assert set(measured["decode"]["devices"]) == {"cpu", "cuda"}
+
+
+def test_nvjpeg_decodes_a_frame_archive_as_the_cpu_does(video, tmp_path):
+    from evl_hf.frame_archives import write_frame_archive
+    from evl_hf.video_utils import open_video
+
+    write_frame_archive(video, tmp_path / "square.evlf", frame_step=4)
+    archive = open_video(tmp_path / "square.evlf")
+    indices = [0, 5, 16, 33, 44]
+    on_cpu = archive.read_frames(indices)
+    on_gpu = archive.read_frames(indices, device="cuda")  # one nvJPEG batch
+    assert on_gpu.device.type == "cuda" and on_gpu.shape == on_cpu.shape == (5, 3, 96, 128)
+    error = ((on_gpu.cpu().float() - on_cpu.float()) ** 2).mean()
+    assert 10 * math.log10(255**2 / max(float(error), 1e-12)) > 40  # two decoders, not two encodings

@@ -26,6 +26,10 @@ only then renamed into place: a finished output is one that exists under its fin
 With `--format webdataset` the prepared videos go into tar shards of `--shard_size` samples, `<key>.mp4` with
 `<key>.json` (`{"label": ...}`), which `run_video_classification.py --streaming` reads. A shard is written under a
 temporary name and renamed once complete; a later run keeps the shards that exist and makes the others.
+
+With `--format frames` each video becomes a frame archive (`evl_hf.frame_archives`): every `--frame_step`-th frame as
+a baseline JPEG, short side `--short_side` (256 by default), quality `--quality`; one `.evlf` file per video, or, with
+`--shard_size`, WebDataset shards of `<key>.evlf` and `<key>.json`. Archives are read wherever videos are.
 """
 
 import csv
@@ -38,6 +42,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+from ..frame_archives import FRAME_ARCHIVE_EXTENSION
 from ..video_utils import VIDEO_EXTENSIONS, read_video_list, walk_videos
 from . import UsageError
 from .utils import atomic_write, int_at_least, int_between, positive_int
@@ -60,8 +65,9 @@ def register(subparsers):
             "same name). Finished outputs are kept when the command is run again; videos that cannot be read are "
             f"listed in OUTPUT_DIR/{REPORT_NAME} (for a list: OUTPUT_DIR/<list name>.{REPORT_NAME}) and skipped. "
             "With --format webdataset the prepared videos go into tar shards of --shard_size videos with their "
-            "labels instead, for training with --streaming; shards that exist are kept. Exit status 1 when videos "
-            "were skipped."
+            "labels instead, for training with --streaming; shards that exist are kept. With --format frames every "
+            f"video becomes a frame archive ({FRAME_ARCHIVE_EXTENSION}: every --frame_step-th frame as a JPEG), in "
+            "shards when --shard_size is given. Exit status 1 when videos were skipped."
         ),
     )
     parser.add_argument("input", metavar="INPUT", help="A videofolder tree, or a .txt (Kinetics) or .csv video list.")
@@ -69,9 +75,9 @@ def register(subparsers):
     parser.add_argument(
         "--short_side",
         type=int_at_least(2, " (320 is the usual choice)"),
-        default=320,
+        default=None,
         help="Scale frames so that their short side is this many pixels; smaller videos keep their size (default: "
-        "320, for 224-pixel crops after the paper's short-side resize).",
+        "320, for 224-pixel crops after the paper's short-side resize; 256 for --format frames).",
     )
     parser.add_argument(
         "--keyframe_interval",
@@ -84,6 +90,19 @@ def register(subparsers):
         type=int_between(0, 51, " (libx264's range; 18 is the default, lower keeps more detail)"),
         default=18,
         help="libx264 constant rate factor, 0-51: lower is larger and closer to the input (default: 18).",
+    )
+    parser.add_argument(
+        "--frame_step",
+        type=int_at_least(1, " (4 is the default)"),
+        default=4,
+        help="--format frames: keep every this many source frames, from the first (default: 4). It must divide the "
+        "frame stride of the model that reads them (4 divides EVL's 16).",
+    )
+    parser.add_argument(
+        "--quality",
+        type=int_between(1, 100, " (JPEG quality; 90 is the default)"),
+        default=90,
+        help="--format frames: JPEG quality, 1-100 (default: 90).",
     )
     parser.add_argument(
         "--num_workers",
@@ -103,17 +122,19 @@ def register(subparsers):
     )
     parser.add_argument(
         "--format",
-        choices=("files", "webdataset"),
+        choices=("files", "webdataset", "frames"),
         default="files",
         help="files: one .mp4 per video (and a new list); webdataset: tar shards of <key>.mp4 and <key>.json "
-        "({label_column_name: label}) named <INPUT name>-000000.tar, ..., for training with --streaming "
-        "(default: files).",
+        "({label_column_name: label}) named <INPUT name>-000000.tar, ..., for training with --streaming; frames: "
+        f"one frame archive ({FRAME_ARCHIVE_EXTENSION}) per video (and a new list), or shards of them with "
+        "--shard_size (default: files).",
     )
     parser.add_argument(
         "--shard_size",
         type=int_at_least(1, " (1000 is the default)"),
-        default=1000,
-        help="--format webdataset: videos per shard (default: 1000).",
+        default=None,
+        help="--format webdataset: videos per shard (default: 1000); --format frames: write shards of this many "
+        "archives rather than one file per video.",
     )
     parser.add_argument(
         "--label_column_name",
@@ -138,28 +159,25 @@ def find_ffmpeg() -> str:
     return ffmpeg
 
 
-def output_name(relative: Path) -> Path:
-    return relative.with_suffix(".mp4")
-
-
-def find_tree_videos(input_dir: Path, output_dir: Path) -> list[tuple[Path, Path]]:
-    """`(input path, output path relative to OUTPUT_DIR)` of every video under `input_dir`, in sorted order."""
+def find_tree_videos(input_dir: Path, output_dir: Path, suffix: str = ".mp4") -> list[tuple[Path, Path]]:
+    """`(input path, output path relative to OUTPUT_DIR)` of every video under `input_dir`, in sorted order; outputs
+    end in `suffix`."""
     # An OUTPUT_DIR inside INPUT holds outputs, not inputs: a second run must not prepare them again.
     paths = [Path(path) for path in walk_videos(input_dir, skip=output_dir)]
-    return [(path, output_name(path.relative_to(input_dir))) for path in paths]
+    return [(path, path.relative_to(input_dir).with_suffix(suffix)) for path in paths]
 
 
-def relative_output(video: str, root: Path) -> Path:
+def relative_output(video: str, root: Path, suffix: str = ".mp4") -> Path:
     """Where a listed video goes under OUTPUT_DIR: its path below the list's root (absolute paths elsewhere keep
     their full path below OUTPUT_DIR)."""
     path = Path(os.path.normpath(root / video))
     relative = Path(os.path.relpath(path, root))
     if relative.parts and relative.parts[0] == os.pardir:
         relative = Path(*path.parts[1:])
-    return output_name(relative)
+    return relative.with_suffix(suffix)
 
 
-def list_jobs(list_path: Path, root: Path, video_column: str):
+def list_jobs(list_path: Path, root: Path, video_column: str, suffix: str = ".mp4"):
     """
     The videos of a `.txt` (one `path label_index` per line) or `.csv` video list, read with
     [`~evl_hf.video_utils.read_video_list`], and where each goes.
@@ -175,7 +193,7 @@ def list_jobs(list_path: Path, root: Path, video_column: str):
         rows, columns = read_video_list(list_path, video_column=video_column, require_labels=not is_csv)
     except (ValueError, UnicodeDecodeError) as error:
         raise UsageError(str(error)) from None
-    jobs = [(root / row[video_column], relative_output(row[video_column], root)) for row in rows]
+    jobs = [(root / row[video_column], relative_output(row[video_column], root, suffix)) for row in rows]
     return rows, columns if is_csv else None, jobs
 
 
@@ -266,9 +284,10 @@ def count_decoded_frames(path: Path) -> int:
     return len(decoder)
 
 
-def prepare_one(ffmpeg: str, source: Path, target: Path, settings: dict) -> dict:
+def prepare_one(ffmpeg: str | None, source: Path, target: Path, settings: dict) -> dict:
     """
-    Prepares one video with `settings` (`short_side`, `keyframe_interval`, `crf`); never raises for a bad input.
+    Prepares one video with `settings` (`short_side`, `keyframe_interval`, `crf`; for frame archives `format`
+    "frames", `short_side`, `frame_step`, `quality`); never raises for a bad input.
 
     Returns:
         `dict`: `input`, `output`, `status` ("prepared", "kept" or "failed"), `reason` when failed, and the input's
@@ -293,6 +312,11 @@ def prepare_one(ffmpeg: str, source: Path, target: Path, settings: dict) -> dict
         result["input_bytes"] = source.stat().st_size
         target.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(target) as partial:
+            if settings.get("format") == "frames":
+                write_archive(source, Path(partial), size, frames, settings)
+                result["output_bytes"] = os.path.getsize(partial)
+                result["status"] = "prepared"
+                return result
             command = encode_command(ffmpeg, source, Path(partial), size, settings)
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
@@ -312,6 +336,20 @@ def prepare_one(ffmpeg: str, source: Path, target: Path, settings: dict) -> dict
     except ValueError as error:
         result.update(status="failed", reason=str(error))
     return result
+
+
+def write_archive(source: Path, partial: Path, size: tuple[int, int], frames: int, settings: dict) -> None:
+    """Writes the frame archive of `source` to `partial` and checks that it reads back with the input's frames."""
+    from ..frame_archives import write_frame_archive
+    from ..video_utils import VideoDecodingError, open_video
+
+    try:
+        write_frame_archive(source, partial, frame_step=settings["frame_step"], size=size, quality=settings["quality"])
+        archive = open_video(partial)
+    except (RuntimeError, VideoDecodingError) as error:
+        raise ValueError(f"the input does not decode to the end: {error}") from None
+    if len(archive) != frames:
+        raise ValueError(f"the archive has {len(archive)} frames, the input {frames}")
 
 
 def _prepare_one_in_worker(job):
@@ -349,17 +387,19 @@ def run(args) -> int:
     if not source.exists():
         raise UsageError(f"INPUT {args.input!r}: no such file or folder.")
     rows = header = None
+    frames = args.format == "frames"
+    suffix = FRAME_ARCHIVE_EXTENSION if frames else ".mp4"
     if source.is_dir():
         if source.resolve() == output_dir:
             raise UsageError("OUTPUT_DIR is INPUT: the prepared videos would replace the originals; pick another.")
-        jobs = find_tree_videos(source, output_dir)
+        jobs = find_tree_videos(source, output_dir, suffix)
         if not jobs:
             raise UsageError(
                 f"INPUT {args.input!r} holds no videos (looked for {', '.join(sorted(VIDEO_EXTENSIONS))})."
             )
     elif source.suffix.lower() in (".txt", ".csv"):
         root = Path(args.video_root) if args.video_root is not None else source.resolve().parent
-        rows, header, jobs = list_jobs(source, root, args.video_column_name)
+        rows, header, jobs = list_jobs(source, root, args.video_column_name, suffix)
     else:
         raise UsageError(
             f"INPUT {args.input!r}: expected a videofolder tree, or a video list ending in .txt (`path label` per "
@@ -373,10 +413,19 @@ def run(args) -> int:
             raise UsageError(
                 f"{other} and {path} would both be written to {output_dir / relative}; rename one of them."
             )
-    ffmpeg = find_ffmpeg()
-    settings = {"short_side": args.short_side, "keyframe_interval": args.keyframe_interval, "crf": args.crf}
-    if args.format == "webdataset":
-        settings.update(format="webdataset", shard_size=args.shard_size)
+    if frames:  # decoded by torchcodec and encoded by torchvision: no ffmpeg program
+        ffmpeg = None
+        settings = {
+            "format": "frames",
+            "short_side": args.short_side or 256,
+            "frame_step": args.frame_step,
+            "quality": args.quality,
+        }
+    else:
+        ffmpeg = find_ffmpeg()
+        settings = {"short_side": args.short_side or 320, "keyframe_interval": args.keyframe_interval, "crf": args.crf}
+    if args.format == "webdataset" or (frames and args.shard_size is not None):
+        settings.update(format=args.format, shard_size=args.shard_size or 1000)
         labels = job_labels(source, rows, jobs, args)
         check_settings(output_dir, settings)
         return write_shards(ffmpeg, source, output_dir, by_output, labels, settings, args)
@@ -496,7 +545,7 @@ def write_shards(ffmpeg: str, source: Path, output_dir: Path, by_output: dict, l
         with atomic_write(path) as partial, tarfile.open(partial, "w") as archive:
             for relative, video in done:
                 key = sample_key(relative)
-                archive.add(video, arcname=f"{key}.mp4")
+                archive.add(video, arcname=f"{key}{relative.suffix}")
                 label = json.dumps({args.label_column_name: labels[relative]}).encode()
                 info = tarfile.TarInfo(f"{key}.json")
                 info.size = len(label)
