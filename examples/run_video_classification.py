@@ -138,10 +138,10 @@ class DataTrainingArguments:
     min_crop_scale: float = arg(0.08, "Training RandomResizedCrop: smallest fraction of the frame area (0.08-1).")
     horizontal_flip: bool = arg(False, "Training: flip half of the clips (if labels ignore left and right).")
     rand_augment: bool = arg(False, "Training: RandAugment, 4 ops at magnitude 7 of 10 (the paper's recipe).")
-    augment_on_device: bool = arg(
-        True,
+    augment_on_device: bool | None = arg(
+        None,
         "DataLoader workers hand over uint8 clips (training ones cropped); the flip, RandAugment and normalisation run "
-        "in batches on the model's device. False: all of it in the workers, in float32 clips.",
+        "in batches on the model's device. False: all in the workers, float32. Default: on a GPU, not on the CPU.",
     )
     max_skipped_fraction: float = arg(0.05, "Training skips undecodable videos, and stops past this fraction.")
     streaming: bool = arg(
@@ -662,6 +662,9 @@ def main(args: list[str] | None = None):
         + "; ".join(description)
     )
     train_dataset = eval_dataset = None
+    # On the CPU the "device" is the training process: the transforms would leave the workers and block each step.
+    on_device = data_args.augment_on_device
+    on_device = training_args.device.type != "cpu" if on_device is None else on_device
     if training_args.do_train:
         train_dataset = VideoClipDataset(
             dataset["train"],
@@ -672,7 +675,7 @@ def main(args: list[str] | None = None):
             min_crop_scale=data_args.min_crop_scale,
             horizontal_flip=data_args.horizontal_flip,
             rand_augment=data_args.rand_augment,
-            device_transforms=data_args.augment_on_device,
+            device_transforms=on_device,
         )
     if training_args.do_eval:
         eval_dataset = VideoClipDataset(
@@ -682,7 +685,7 @@ def main(args: list[str] | None = None):
             train=False,
             num_clips=data_args.num_temporal_views,
             num_crops=data_args.num_spatial_views,
-            device_transforms=data_args.augment_on_device,
+            device_transforms=on_device,
         )
     if data_args.streaming:
         train_dataset, eval_dataset = [
