@@ -50,7 +50,7 @@ def draw_clip_augmentation(
     """
     Draws a clip's augmentation for frames of `height` x `width`, consuming the random numbers in the order torchvision's
     `Compose([RandomResizedCrop, RandomHorizontalFlip, RandAugment])` does, so that with the same `seed` (torch's
-    generator seeded with `seed + 1`, as [`EVLVideoProcessor.augment`] does) the clip is the same. Without `seed` it
+    generator seeded with `seed + 1`, not the frame sampler's `seed`) the clip is the same. Without `seed` it
     draws from torch's global generator. Returns an int64 row of `AUGMENTATION_SIZE`: the crop box (top, left, height,
     width), whether to flip, and per RandAugment step the operation's index in `RandAugment._AUGMENTATION_SPACE` and
     whether its magnitude is negated (`NO_OPERATION` and 0 without RandAugment).
