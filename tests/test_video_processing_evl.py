@@ -336,7 +336,11 @@ def test_without_sampling_a_path_gives_every_frame(video_path):
 def test_a_saved_processor_carries_the_module_that_reads_videos(tmp_path):
     # Loading with trust_remote_code imports the copied files: the processor's relative imports must be among them.
     EVLVideoProcessor().save_pretrained(tmp_path)
-    assert sorted(path.name for path in tmp_path.glob("*.py")) == ["video_processing_evl.py", "video_utils.py"]
+    assert sorted(path.name for path in tmp_path.glob("*.py")) == [
+        "video_processing_evl.py",
+        "video_transforms.py",
+        "video_utils.py",
+    ]
 
 
 # --------------------------------------------------------------------------------------------------------------------
