@@ -5,6 +5,7 @@ import pytest
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2
+from training_utils import run_video_classification
 
 from evl_hf import EVLVideoProcessor
 from evl_hf.video_transforms import AUGMENTATION_SIZE, augment_clips, crop_clip, draw_clip_augmentation
@@ -110,3 +111,34 @@ def test_float_clips_are_refused_with_what_to_do(processor):
     rows = torch.stack([draw_clip_augmentation(CROP, CROP, seed=0)])
     with pytest.raises(ValueError, match="uint8 clips.*device_transforms=True"):
         processor.augment_batch(torch.zeros(1, 4, 3, CROP, CROP), rows)
+
+
+def test_the_training_step_gets_the_clips_the_workers_would_have_made(tiny_clip, videos, tmp_path):
+    """The training script's dataset, collate and trainer: uint8 clips from the workers, augmented and normalised in
+    `_prepare_inputs`, equal the float32 clips of workers that do it all (training, and multi-view evaluation)."""
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    script = run_video_classification
+    processor = EVLVideoProcessor(
+        size={"shortest_edge": CROP}, crop_size={"height": CROP, "width": CROP}, num_frames=4
+    )
+    paths = sorted(str(path) for path in (videos / "train").glob("*/*.mp4"))
+    rows = Dataset.from_dict({"video": paths, "labels": [0] * len(paths)})
+    model = script.EVLForVideoClassification.from_clip_pretrained(tiny_clip, num_frames=4, decoder_num_layers=2)
+    arguments = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = script.VideoClassificationTrainer(model=model, args=arguments, processing_class=processor)
+    for options in [dict(train=True, rand_augment=True, horizontal_flip=True), dict(train=False, num_crops=3)]:
+        batches = [
+            script.collate_fn(
+                [
+                    script.VideoClipDataset(rows, "video", processor, device_transforms=on, **options)[i]
+                    for i in range(8)
+                ]
+            )
+            for on in (True, False)
+        ]
+        assert batches[0]["pixel_values"].dtype == torch.uint8
+        on_device = trainer._prepare_inputs(batches[0])["pixel_values"]
+        torch.testing.assert_close(on_device, batches[1]["pixel_values"], atol=1e-5, rtol=0)
+        assert "augmentation" not in batches[0]  # read by the step, not given to the model
