@@ -85,11 +85,25 @@ def training_sampler(video: int, clip: int, args):
     return lambda total: sample_frame_indices(total, args.num_frames, frame_stride=args.frame_stride, random=random)
 
 
+# Training augmentation (crop, flip, RandAugment): all of it in float32 in the worker, or uint8 clips (cropped) for the
+# device, whose half (flip, RandAugment, normalisation) is not the CPU's and not timed; both collated.
+AUGMENTATIONS = {"augment_float32": False, "augment_uint8": True}
+
+
 def training_clips(method: str, paths, processor, args):
-    """`--clips_per_video` training clips of every video, file path to `pixel_values`."""
+    """`--clips_per_video` training clips of every video, file path to `pixel_values` (and, with augmentation, the
+    collated batch of a video's clips)."""
+    augmentation = next((name for name in AUGMENTATIONS if method.endswith(name)), None)
     for video, path in enumerate(paths):
+        batch = []
         for clip in range(args.clips_per_video):
             sampler = training_sampler(video, clip, args)
+            if augmentation is not None:
+                options = dict(do_augment=True, horizontal_flip=True, rand_augment=True, seed=1000 * video + clip)
+                frames = read_video_frames(path, sampler)
+                kwargs = {**options, "device_transforms": AUGMENTATIONS[augmentation]}
+                batch.append(processor(videos=[frames], return_tensors="pt", **kwargs)["pixel_values"][0])
+                continue
             if method == "pyav_whole_video":  # decode all, convert the sampled ones
                 decoded = pyav_frames(path)
                 frames = torch.from_numpy(
@@ -98,6 +112,8 @@ def training_clips(method: str, paths, processor, args):
             else:
                 frames = read_video_frames(path, sampler)
             processor(videos=[frames], return_tensors="pt")
+        if batch:
+            torch.stack(batch)
 
 
 def views(num_frames_in_video: int, num_views: int, args) -> list:
@@ -170,7 +186,7 @@ def data_path(args):
     torch.set_num_threads(1)
     processor, folder = EVLVideoProcessor(), video_dir(args.video_dir)
     intervals = [int(k) for k in args.keyframe_intervals.split(",")]
-    copies, steps, files, preparation = [f"g{k}" for k in intervals], {}, {}, {}
+    copies, steps, files, preparation, storage = [f"g{k}" for k in intervals], {}, {}, {}, {}
     for size in args.sizes.split(","):
         width, height = map(int, size.split("x"))
         files[size] = {"original": videos(folder, args.num_videos, args.seconds, height, width)}
@@ -196,14 +212,14 @@ def data_path(args):
                 "size_ratio": after / before,
             }
             files[size][copy] = [Path(r["output"]) for r in done]
-        for method, copy in [
-            ("pyav_whole_video", "original"),
-            ("torchcodec_sampled", "original"),
-            *((f"torchcodec_prepared_{c}", c) for c in copies),
-        ]:
+        routes = [("pyav_whole_video", "original"), ("torchcodec_sampled", "original")]
+        routes += [(f"torchcodec_prepared_{c}", c) for c in copies]
+        routes += [(f"{m}_{a}", c) for m, c in routes[1:] for a in AUGMENTATIONS]
+        for method, copy in routes:
             steps[size, method] = (lambda m, p: lambda: training_clips(m, p, processor, args))(
                 method, files[size][copy]
             )
+            storage[method] = copy
     evaluation_size = next(iter(files))
     for num_views in (1, 3):
         for method in EVALUATION_METHODS:
@@ -222,7 +238,7 @@ def data_path(args):
         for method in [m for s, m in steps if s == size]:
             runs = wall[f"{size}/{method}"]
             methods[method] = {
-                "videos": "original" if "prepared" not in method else method.rsplit("_", 1)[1],
+                "videos": storage[method],
                 "clips_per_s": clips / median(runs),
                 "seconds_per_clip": median(runs) / clips,
                 "clips_per_s_runs": [clips / s for s in runs],

@@ -22,8 +22,6 @@ from typing import Literal
 from urllib.parse import urlparse
 
 import torch
-from torchvision import tv_tensors
-from torchvision.transforms import v2
 from transformers.image_processing_utils import BatchFeature
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling, SizeDict
 from transformers.processing_utils import Unpack, VideosKwargs
@@ -32,6 +30,7 @@ from transformers.video_utils import VideoInput, VideoMetadata
 
 # Private names: the old public ones go through the deprecation of `__getattr__` below.
 from .frame_archives import check_frame_step
+from .video_transforms import augment_clips, crop_clip, draw_clip_augmentation
 from .video_utils import FRAME_SAMPLING_STRATEGIES, clip_span, sample_frame_indices
 from .video_utils import is_video_decoder as _is_decoder
 from .video_utils import load_video_frames as _load_frames
@@ -49,11 +48,13 @@ class EVLVideoProcessorKwargs(VideosKwargs, total=False):
     num_clips (`int`): number of evenly spaced temporal views of the video (multi-view testing).
     clip_index (`int`): which temporal view to return; `None` returns all `num_clips` of them as views.
     num_crops (`int`): number of spatial views, crops spread along each frame's longer side (1: the centre crop).
-    do_augment (`bool`): training: random frames and [`~EVLVideoProcessor.augment`] in place of resize and crop.
+    do_augment (`bool`): training: random frames, crop, flip and RandAugment (see [`~video_transforms.augment_clips`]).
     min_crop_scale (`float`): smallest fraction of the frame area the training crop covers.
     horizontal_flip (`bool`): flip half of the training clips (only for labels blind to left and right).
     rand_augment (`bool`): RandAugment, 4 operations at magnitude 7 of 10 (the paper's recipe), in training.
     seed (`int`): seed of a training clip's draws (frames, crop, flip, RandAugment); without it, torch's generator.
+    device_transforms (`bool`): uint8 clips, resized and cropped (training: cropped, with their `augmentation`), for
+        [`~EVLVideoProcessor.augment_batch`] to augment and normalise in batches on the model's device.
     """
 
     frame_sampling: Literal["dense", "uniform", "segment"] | None
@@ -66,6 +67,7 @@ class EVLVideoProcessorKwargs(VideosKwargs, total=False):
     horizontal_flip: bool | None
     rand_augment: bool | None
     seed: int | None
+    device_transforms: bool | None
 
 
 class EVLVideoProcessor(BaseVideoProcessor):
@@ -99,6 +101,7 @@ class EVLVideoProcessor(BaseVideoProcessor):
     min_crop_scale = 0.08
     horizontal_flip = False
     rand_augment = False
+    device_transforms = False
     valid_kwargs = EVLVideoProcessorKwargs
     model_input_names = ["pixel_values"]
 
@@ -191,31 +194,17 @@ class EVLVideoProcessor(BaseVideoProcessor):
             return self.fetch_videos(batch, sample_indices_fn=sample_indices_fn)
         return super()._decode_and_sample_videos(videos, video_metadata, do_sample_frames, sample_indices_fn)
 
-    def augment(
-        self,
-        video: torch.Tensor,
-        crop_size: SizeDict,
-        min_crop_scale: float,
-        horizontal_flip: bool,
-        rand_augment: bool,
-        seed: int | None = None,
-    ) -> torch.Tensor:
-        """
-        Training augmentation of a clip, uint8 `(T, 3, H, W)` -> `(T, 3, crop_height, crop_width)`: RandomResizedCrop
-        (area `min_crop_scale`-1, aspect ratio 3/4-4/3), optional horizontal flip and RandAugment ("rand-m7-n4"), drawn
-        once per clip so that every frame gets the same ones and the motion between frames is intact.
-        """
-        crop = (crop_size.height, crop_size.width)
-        transforms = [v2.RandomResizedCrop(crop, scale=(min_crop_scale, 1.0), ratio=(3 / 4, 4 / 3))]
-        if horizontal_flip:
-            transforms.append(v2.RandomHorizontalFlip())
-        if rand_augment:
-            transforms.append(v2.RandAugment(num_ops=4, magnitude=7, num_magnitude_bins=11))
-        # torchvision draws from torch's global generator: a seeded clip borrows it without disturbing it.
-        with torch.random.fork_rng(devices=[], enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed + 1)  # not the frame sampler's stream
-            return v2.Compose(transforms)(tv_tensors.Video(video)).as_subclass(torch.Tensor)
+    def augment_batch(self, pixel_values: torch.Tensor, augmentation=None, device=None) -> torch.Tensor:
+        """The device half of `device_transforms=True`: uint8 `pixel_values` `(B, T, 3, h, w)` or `(B, views, T, 3, h,
+        w)` -> normalised float32 on `device`; with their `augmentation` rows `(B, 13)`, training clips are flipped and
+        RandAugmented first, each with its own draws ([`~video_transforms.augment_clips`])."""
+        pixel_values = pixel_values.to(device, non_blocking=True)
+        if augmentation is not None:
+            pixel_values = augment_clips(pixel_values, augmentation, (self.crop_size.height, self.crop_size.width))
+        mean, std = tuple(self.image_mean), tuple(self.image_std)  # hashable: transformers caches the fused ones
+        frames = pixel_values.flatten(0, -4)
+        frames = self.rescale_and_normalize(frames, self.do_rescale, self.rescale_factor, self.do_normalize, mean, std)
+        return frames.view(pixel_values.shape)
 
     def _spatial_crops(self, video: torch.Tensor, crop_size: SizeDict, num_crops: int) -> list[torch.Tensor]:
         """`num_crops` crops of `video` (`(T, 3, H, W)`, resized), spread evenly along the side with more room: the
@@ -249,12 +238,18 @@ class EVLVideoProcessor(BaseVideoProcessor):
         horizontal_flip: bool = False,
         rand_augment: bool = False,
         seed: int | None = None,
+        device_transforms: bool = False,
         **kwargs,
     ) -> BatchFeature:
-        processed = []
+        processed, augmentations, draws = [], [], (min_crop_scale, horizontal_flip, rand_augment, seed)
         for video in videos:  # uint8 (frames, 3, H, W); frames = temporal views x T
-            if do_augment:
-                views = [self.augment(video, crop_size, min_crop_scale, horizontal_flip, rand_augment, seed)]
+            if do_augment:  # torchvision's draws, per clip; cropped here in uint8, so that clips of any shape stack
+                augmentation = draw_clip_augmentation(*video.shape[-2:], *draws)
+                views = [crop := crop_clip(video, augmentation, (crop_size.height, crop_size.width))]
+                if device_transforms:  # the flip and RandAugment too, by `augment_batch`
+                    augmentations.append(augmentation)
+                else:
+                    views = [augment_clips(crop[None], augmentation[None], tuple(crop.shape[-2:]))[0]]
             else:
                 if do_resize:
                     video = self.resize(video, size=size, resample=resample)
@@ -262,11 +257,13 @@ class EVLVideoProcessor(BaseVideoProcessor):
             num_temporal_views = num_clips if clip_index is None and not do_augment else 1
             # (crops, temporal views * T, 3, h, w) -> (views, T, 3, h, w)
             views = torch.stack(views).unflatten(1, (num_temporal_views, -1)).flatten(0, 1)
-            views = self.rescale_and_normalize(
-                views.flatten(0, 1), do_rescale, rescale_factor, do_normalize, image_mean, image_std
-            ).view(views.shape)
+            if not device_transforms:
+                views = self.rescale_and_normalize(
+                    views.flatten(0, 1), do_rescale, rescale_factor, do_normalize, image_mean, image_std
+                ).view(views.shape)
             processed.append(views[0] if len(views) == 1 else views)
-        return BatchFeature(data={"pixel_values_videos": processed}, tensor_type=return_tensors)
+        data = {"pixel_values_videos": processed, **({"augmentation": augmentations} if augmentations else {})}
+        return BatchFeature(data=data, tensor_type=return_tensors)
 
 
 # Reading videos moved to `video_utils` and windows to `inference`: the old names keep working, with a warning, for

@@ -149,6 +149,11 @@ class DataTrainingArguments:
     min_crop_scale: float = arg(0.08, "Training RandomResizedCrop: smallest fraction of the frame area (0.08-1).")
     horizontal_flip: bool = arg(False, "Training: flip half of the clips (if labels ignore left and right).")
     rand_augment: bool = arg(False, "Training: RandAugment, 4 ops at magnitude 7 of 10 (the paper's recipe).")
+    augment_on_device: bool | None = arg(
+        None,
+        "DataLoader workers hand over uint8 clips (training ones cropped); the flip, RandAugment and normalisation run "
+        "in batches on the model's device. False: all in the workers, float32. Default: on a GPU, not on the CPU.",
+    )
     max_skipped_fraction: float = arg(0.05, "Training skips undecodable videos, and stops past this fraction.")
     streaming: bool = arg(
         False,
@@ -336,22 +341,24 @@ class VideoClipDataset(torch.utils.data.Dataset):
         video = row[self.video_column]
         return str(video.get("path") or f"row {index}") if isinstance(video, dict) else str(video)
 
-    def _clip(self, row: dict, index: int, **kwargs) -> torch.Tensor:
+    def _clip(self, row: dict, index: int, **kwargs) -> dict:
+        """`pixel_values` of a row's video, and with `device_transforms` in training its `augmentation` row."""
         video = row[self.video_column]
         if isinstance(video, dict):  # a `Video(decode=False)` row: the bytes stored in the dataset, or a path
             # stored bytes get the checks and diagnosis of a file
             video = open_video(video["bytes"], name=self._name(row, index)) if video.get("bytes") else video["path"]
-        return self.video_processor(video, return_tensors="pt", **self.processor_kwargs, **kwargs)["pixel_values"][0]
+        clip = self.video_processor(video, return_tensors="pt", **self.processor_kwargs, **kwargs)
+        return {name: values[0] for name, values in clip.items()}
 
     def __getitem__(self, index: int) -> dict:
         if not self.train:  # a row is read once: with stored bytes, reading it copies the video
             row = self.dataset[index]
             try:
-                pixel_values = self._clip(row, index)  # (T, 3, H, W), or (views, T, 3, H, W)
+                clip = self._clip(row, index)  # (T, 3, H, W), or (views, T, 3, H, W)
             except (VideoDecodingError, OSError) as error:
                 name = self._name(row, index)
                 raise VideoDecodingError(f"Validation video {name} cannot be decoded: {error}") from error
-            return {"pixel_values": pixel_values, "labels": row["labels"]}
+            return {**clip, "labels": row["labels"]}
         # A stream of its own for every (seed, epoch, index): independent of the worker, the process and the order.
         state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1)[0]
         generator = torch.Generator().manual_seed(int(state))
@@ -360,22 +367,25 @@ class VideoClipDataset(torch.utils.data.Dataset):
             row = self.dataset[candidate]
             try:
                 seed = int(torch.randint(2**62, (), generator=generator))
-                pixel_values = self._clip(row, candidate, do_augment=True, seed=seed)
+                clip = self._clip(row, candidate, do_augment=True, seed=seed)
             except (VideoDecodingError, OSError) as error:
                 skipped.append(self._name(row, candidate))
                 logger.warning(f"Skipping training video {skipped[-1]}: {error}")
                 candidate = int(torch.randint(len(self.dataset), (), generator=generator))
                 continue
-            return {"pixel_values": pixel_values, "labels": row["labels"], "skipped_videos": skipped}
+            return {**clip, "labels": row["labels"], "skipped_videos": skipped}
         raise VideoDecodingError(f"16 videos in a row could not be decoded, the last ones: {skipped[-3:]}.")
 
 
 def collate_fn(examples: list[dict]) -> dict:
-    """Stacks clips into `pixel_values` `(B, T, 3, H, W)` (or `(B, views, T, 3, H, W)`) and `labels` `(B,)`."""
+    """Stacks clips into `pixel_values` `(B, T, 3, H, W)` (or `(B, views, T, 3, H, W)`; uint8 with
+    `device_transforms`, and training clips' `augmentation` rows `(B, 13)`) and `labels` `(B,)`."""
     batch = {
-        "pixel_values": torch.stack([example["pixel_values"] for example in examples]),
-        "labels": torch.tensor([example["labels"] for example in examples]),
+        name: torch.stack([example[name] for example in examples])
+        for name in ("pixel_values", "augmentation")
+        if name in examples[0]
     }
+    batch["labels"] = torch.tensor([example["labels"] for example in examples])
     skipped = [name for example in examples for name in example.get("skipped_videos", [])]
     return {**batch, "skipped_videos": skipped} if "skipped_videos" in examples[0] else batch
 
@@ -513,6 +523,13 @@ class VideoClassificationTrainer(FinishedRunMixin, AtomicCheckpointsMixin, Strea
     def get_test_dataloader(self, test_dataset):
         with self._workers_per_evaluation():
             return super().get_test_dataloader(test_dataset)
+
+    def _prepare_inputs(self, inputs: dict) -> dict:
+        augmentation = inputs.pop("augmentation", None)  # read on the host: which clip gets which transform
+        inputs = super()._prepare_inputs(inputs)
+        if inputs["pixel_values"].dtype == torch.uint8:  # uint8 from the workers: augmented and normalised here
+            inputs["pixel_values"] = self.processing_class.augment_batch(inputs["pixel_values"], augmentation)
+        return inputs
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         skipped = inputs.pop("skipped_videos", [])
@@ -705,6 +722,9 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataTrainingArgume
         + "; ".join(description)
     )
     train_dataset = eval_dataset = None
+    # On the CPU the "device" is the training process: the transforms would leave the workers and block each step.
+    on_device = data_args.augment_on_device
+    on_device = training_args.device.type != "cpu" if on_device is None else on_device
     if training_args.do_train:
         train_dataset = VideoClipDataset(
             dataset["train"],
@@ -715,6 +735,7 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataTrainingArgume
             min_crop_scale=data_args.min_crop_scale,
             horizontal_flip=data_args.horizontal_flip,
             rand_augment=data_args.rand_augment,
+            device_transforms=on_device,
         )
     if training_args.do_eval:
         eval_dataset = VideoClipDataset(
@@ -724,6 +745,7 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataTrainingArgume
             train=False,
             num_clips=data_args.num_temporal_views,
             num_crops=data_args.num_spatial_views,
+            device_transforms=on_device,
         )
     if data_args.streaming:
         train_dataset, eval_dataset = [

@@ -307,20 +307,20 @@ class StreamingClipDataset(torch.utils.data.IterableDataset):
                 continue
             if not self.clips.train:
                 try:
-                    pixel_values = self.clips._clip(row, self._taken)
+                    clip = self.clips._clip(row, self._taken)  # pixel_values (and augmentation)
                 except (ValueError, OSError) as error:
                     raise ValueError(f"Validation video {self._name(row)} cannot be decoded: {error}") from error
-                yield {"pixel_values": pixel_values, "labels": row["labels"]}
+                yield {**clip, "labels": row["labels"]}
                 continue
             state = np.random.SeedSequence([self.clips.seed, self.epoch, self.rank, worker_id, self._taken])
             seed = int(state.generate_state(1, dtype=np.uint64)[0] >> 2)
             try:
-                pixel_values = self.clips._clip(row, self._taken, do_augment=True, seed=seed)
+                clip = self.clips._clip(row, self._taken, do_augment=True, seed=seed)
             except (ValueError, OSError) as error:  # VideoDecodingError is a ValueError
                 skipped.append(self._name(row))
                 logger.warning(f"Skipping training video {skipped[-1]}: {error}")
                 continue
-            last = {"pixel_values": pixel_values, "labels": row["labels"]}
+            last = {**clip, "labels": row["labels"]}
             yield {**last, "skipped_videos": skipped}
             skipped = []
         if skipped and last is not None:  # broken videos at the end, named with the last clip, which takes their place

@@ -15,6 +15,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, pipeline
 
 import evl_hf  # noqa: F401  (registers EVL with the Auto classes, for the pipeline)
 from evl_hf import EVLConfig, EVLForVideoClassification, EVLVideoProcessor
+from evl_hf.video_transforms import draw_clip_augmentation
 
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")]
@@ -203,3 +204,24 @@ def test_nvjpeg_decodes_a_frame_archive_as_the_cpu_does(video, tmp_path):
     assert on_gpu.device.type == "cuda" and on_gpu.shape == on_cpu.shape == (5, 3, 96, 128)
     error = ((on_gpu.cpu().float() - on_cpu.float()) ** 2).mean()
     assert 10 * math.log10(255**2 / max(float(error), 1e-12)) > 40  # two decoders, not two encodings
+
+
+def test_device_augmentation_on_cuda_gives_the_cpus_clips():
+    """Workers' uint8 clips (cropped, or of one size and cropped on the device), flipped, RandAugmented and normalised
+    on CUDA: within a grey level of the same batch on the CPU, except a few pixels where a rotation or shear rounds
+    its sampling grid the other way."""
+    processor = EVLVideoProcessor(size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64})
+    generator = torch.Generator().manual_seed(0)
+    videos = torch.randint(0, 256, (16, 8, 3, 96, 128), dtype=torch.uint8, generator=generator)
+    options = dict(do_augment=True, horizontal_flip=True, rand_augment=True, device_transforms=True)
+    worker = [processor(video, seed=seed, return_tensors="pt", **options) for seed, video in enumerate(videos)]
+    cropped = torch.cat([clip["pixel_values"] for clip in worker])
+    rows = torch.cat([clip["augmentation"] for clip in worker])
+    uncropped_rows = torch.stack([draw_clip_augmentation(96, 128, 0.08, True, True, seed) for seed in range(16)])
+    grey_level = 1 / 255 / min(processor.image_std)  # one grey level in normalised units, at most
+    for pixel_values, augmentation in [(cropped, rows), (videos, uncropped_rows)]:
+        on_cpu = processor.augment_batch(pixel_values, augmentation)
+        on_cuda = processor.augment_batch(pixel_values, augmentation, device="cuda")
+        assert on_cuda.device.type == "cuda" and on_cuda.shape == on_cpu.shape == (16, 8, 3, 64, 64)
+        difference = (on_cuda.cpu() - on_cpu).abs()
+        assert (difference <= 1.01 * grey_level).float().mean() > 0.99, difference.max()

@@ -339,6 +339,7 @@ def test_a_saved_processor_carries_the_module_that_reads_videos(tmp_path):
     assert sorted(path.name for path in tmp_path.glob("*.py")) == [
         "frame_archives.py",
         "video_processing_evl.py",
+        "video_transforms.py",
         "video_utils.py",
     ]
 
