@@ -296,7 +296,9 @@ def build_demo(
             if (full := disk_full_error(error)) is None:
                 raise
             # the page goes on serving: the labels need no disk, and the server's log says what to free
-            logger.error("Disk full: writing %s failed (%s). Free space there.", full.filename, full.strerror)
+            logger.error(
+                "Disk full: writing %s failed (%s). Free space there.", full.filename or results_folder, full.strerror
+            )
             message = f"{found}. The server's disk is full: the frames cannot be shown."
             return (_status(message, "error"), result["scores"], None, None, gr.update(value=None, visible=False))
         # Only the share: a longer caption is cut short on a thumbnail, and the frame's place is in the gallery above.

@@ -14,7 +14,7 @@ import pytest
 from evl_hf.commands import main
 from evl_hf.testing_utils import limited_file_size
 
-from .conftest import encode_video
+from .conftest import LABELS, encode_video
 
 
 ENVIRONMENT = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
@@ -193,3 +193,28 @@ def test_export_on_a_full_disk_ends_in_one_line_and_leaves_no_onnx_file(model_fo
     assert last_line.endswith("Free space or pass another --output; then run the same command again.")
     assert "Traceback" not in full.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_demo_page_says_its_disk_is_full_shows_the_labels_and_keeps_serving(
+    model_folder, small_disk, monkeypatch, tmp_path
+):
+    pytest.importorskip("gradio", reason="the `demo` extra is not installed")
+    from evl_hf.commands.demo import build_demo
+    from evl_hf.commands.utils import load_model_and_processor
+
+    remount(small_disk, "8k")
+    (small_disk / "filler").write_bytes(b"\0" * 8192)  # the disk the page stores its pictures on is full
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(small_disk))
+    model, processor = load_model_and_processor(str(model_folder))
+    demo = build_demo(model, processor, title="tiny", examples=[])
+    (predict,) = [function.fn for function in demo.fns.values() if function.fn.__name__ == "predict"]
+    video = encode_video(tmp_path / "clip.mp4", 12)
+
+    status, scores, frames, attention, _ = predict(str(video))
+
+    assert 'data-status="error"' in status and "The server&#x27;s disk is full: the frames cannot be shown." in status
+    assert set(scores) <= set(LABELS) and len(scores) == 5  # the labels need no disk
+    assert frames is None and attention is None
+    remount(small_disk, "1m")  # space freed: the next video is shown whole
+    status, _, frames, _, _ = predict(str(video))
+    assert 'data-status="ok"' in status and len(frames) == model.config.num_frames
