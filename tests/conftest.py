@@ -55,7 +55,8 @@ def end_started_processes():
 
 @pytest.fixture
 def small_disk(tmp_path):
-    """A 1.1 MB tmpfs, unmounted afterwards; skips the test where it cannot be mounted (it needs root)."""
+    """A 1.1 MB tmpfs (`mount -o remount,size=...` resizes it), unmounted afterwards; skips the test where it cannot be
+    mounted (it needs root)."""
     folder = tmp_path / "disk"
     folder.mkdir()
     mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1100k", "tmpfs", folder], capture_output=True)

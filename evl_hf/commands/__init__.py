@@ -43,7 +43,7 @@ RERUN = {
     "timeline": ("--output", "then run the same command again"),
     "export": ("--output", "then run the same command again"),
 }
-DEFAULT_RERUN = ("--output", "then run the same command again; it resumes")
+DEFAULT_RERUN = ("--output", "then run the same command again to resume")
 
 
 class UsageError(Exception):
