@@ -119,3 +119,20 @@ def encode_video(
         frames[t, :, 16:32, left : left + 16] = 255
     VideoEncoder(frames, frame_rate=fps).to_file(str(path), codec=codec, pixel_format="yuv420p")
     return path
+
+
+def limited_file_size(limit: int):
+    """
+    A `preexec_fn` for `subprocess`: the files the child writes stop at `limit` bytes with `EFBIG`, as on a full disk
+    (`RLIMIT_FSIZE`, with SIGXFSZ ignored so that the write fails rather than the process being killed; FFmpeg and
+    other programs it starts inherit both).
+    """
+
+    def limit_file_size():
+        import resource
+        import signal
+
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return limit_file_size

@@ -68,18 +68,36 @@ def _owner(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def output_lock(output: str | os.PathLike, argument: str):
+def output_lock(output: str | os.PathLike, argument: str, *, folder: bool = False):
     """
     Holds the lock of `output` (a folder, which must exist, or a file) while the block runs; the lock file is removed
-    at the end. Take it once per run: in a distributed run, on the main process only.
+    at the end. Take it once per run: in a distributed run, on the main process only, before the other processes
+    write (they wait for it at a barrier).
 
     Args:
         output (`str` or `os.PathLike`): the folder or file the run writes.
         argument (`str`): the option that named it (`"--output_dir"`), for the message.
+        folder (`bool`, *optional*, defaults to `False`): `output` is a folder: it is made when missing, and removed
+            again at the end when the run left it empty (a run refused for a bad argument leaves no folder behind).
+            A command locks its output folder with `with output_lock(args.output_dir, "--output_dir", folder=True):`.
 
     Raises:
         [`OutputInUseError`]: another live process holds it; the message names that process (its pid and host).
     """
+    made = folder and not os.path.isdir(output)
+    if made:
+        os.makedirs(output)
+    try:
+        with _locked(output, argument):
+            yield
+    finally:
+        if made:
+            with contextlib.suppress(OSError):  # not empty: the run wrote into it
+                os.rmdir(output)
+
+
+@contextlib.contextmanager
+def _locked(output: str | os.PathLike, argument: str):
     path = lock_path(output)
     lock = FileLock(path, timeout=0, on_acquired=_write_owner)
     try:
@@ -101,7 +119,7 @@ def disk_full_error(error: BaseException, output: str | os.PathLike | None = Non
     """
     The error in `error`'s chain (`__cause__`, `__context__`) that says a disk or quota is full, or `None`: an
     `OSError` with `ENOSPC`, `EDQUOT` or `EFBIG`, or an error of a writer that gives the system's reason in its
-    message (safetensors' `SafetensorError`).
+    message only (safetensors' `SafetensorError`, pyarrow's `OSError` without an `errno`).
 
     `torch.save` loses the reason (`unexpected pos ...`, `iostream error`): for its errors, `output` (the folder or
     file being written) is looked at, and an `OSError` is made when a file under it stopped at the file-size limit
@@ -113,7 +131,8 @@ def disk_full_error(error: BaseException, output: str | os.PathLike | None = Non
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
             return error
-        if not isinstance(error, OSError) and any(text in str(error) for text in texts):
+        # writers that give the reason in their message only (safetensors, pyarrow's OSError without an errno)
+        if not (isinstance(error, OSError) and error.errno) and any(text in str(error) for text in texts):
             return error
         opaque = opaque or any(text in str(error) for text in TORCH_WRITE_ERRORS)
         error = error.__cause__ or error.__context__
@@ -135,27 +154,28 @@ def disk_full_error(error: BaseException, output: str | os.PathLike | None = Non
 
 
 @contextlib.contextmanager
-def exit_on_full_disk(output: str | os.PathLike, argument: str, rerun: str):
+def exit_on_full_disk(output: str | os.PathLike | None, argument: str, rerun: str, *, debug: bool = False):
     """
     Ends the process with exit status 1 and one line on stderr when the block fails because a disk is full: the file
     (or, when the error does not name it, `output`), the system's reason, and what to do: free space or pass another
-    `argument`, then `rerun`. At debug verbosity (`TRANSFORMERS_VERBOSITY=debug`, `--log_level debug`) the error is
-    raised with its traceback instead. Any other error passes through.
+    `argument`, then `rerun`. With `debug`, or at debug verbosity (`TRANSFORMERS_VERBOSITY=debug`, `--log_level
+    debug`), the error is raised with its traceback instead. Any other error passes through.
 
     Args:
-        output (`str` or `os.PathLike`): the folder or file the run writes.
+        output (`str` or `os.PathLike`, *optional*): the folder or file the run writes (`None`: standard output).
         argument (`str`): the option that named it (`"--output_dir"`).
         rerun (`str`): how a rerun continues, e.g. `"--resume_from_checkpoint last resumes from the last complete
             checkpoint"`.
+        debug (`bool`, *optional*, defaults to `False`): raise the error with its traceback (`evl-hf --debug`).
     """
     try:
         yield
     except Exception as error:
         full = disk_full_error(error, output)
-        if full is None or transformers_logging.get_verbosity() <= logging.DEBUG:
+        if full is None or debug or transformers_logging.get_verbosity() <= logging.DEBUG:
             raise
-        path = getattr(full, "filename", None) or output
-        reason = os.strerror(full.errno) if isinstance(full, OSError) else str(full).strip().splitlines()[-1]
+        path = getattr(full, "filename", None) or output or "the output"
+        reason = os.strerror(full.errno) if getattr(full, "errno", None) else str(full).strip().splitlines()[-1]
         sys.stdout.flush()
         print(
             f"Disk full: writing {path} failed ({reason}). Free space or pass another {argument}; {rerun}.",

@@ -5,7 +5,6 @@ import json
 import os
 import random
 import re
-import resource
 import shutil
 import signal
 import socket
@@ -29,6 +28,8 @@ from training_utils import (
     wait_for,
 )
 from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from evl_hf.testing_utils import limited_file_size
 
 
 # isort: split
@@ -436,16 +437,6 @@ def test_a_second_run_on_the_output_dir_stops_at_once_and_a_killed_runs_lock_blo
     assert not (output_dir / "_run.lock").exists()
 
 
-def limited_file_size(limit: int):
-    """A child's start: files it writes stop at `limit` bytes, with EFBIG (SIGXFSZ ignored), as on a full disk."""
-
-    def limit_file_size():
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return limit_file_size
-
-
 @pytest.mark.parametrize("debug", [False, True], ids=["one line", "debug"])
 def test_a_full_disk_ends_the_run_with_one_line_and_the_rerun_ends_like_a_straight_run(
     uninterrupted, tmp_path, tiny_clip, videos, debug
@@ -480,18 +471,6 @@ def test_a_full_disk_ends_the_run_with_one_line_and_the_rerun_ends_like_a_straig
     run_video_classification.main([*command[2:], "--resume_from_checkpoint", "last"])
     assert final_step_and_loss(output_dir) == (4, pytest.approx(final_step_and_loss(uninterrupted)[1], abs=1e-6))
     assert_same_weights(output_dir, uninterrupted)
-
-
-@pytest.fixture
-def small_disk(tmp_path):
-    """A 1.1 MB tmpfs, unmounted afterwards; skips the test where it cannot be mounted (it needs root)."""
-    folder = tmp_path / "disk"
-    folder.mkdir()
-    mount = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1100k", "tmpfs", folder], capture_output=True)
-    if mount.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mount.stderr.decode().strip()}")
-    yield folder
-    subprocess.run(["umount", "--lazy", folder], check=True)
 
 
 def test_a_disk_that_fills_during_a_checkpoint_keeps_the_last_one_and_the_rerun_ends_like_a_straight_run(

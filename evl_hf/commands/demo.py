@@ -35,6 +35,7 @@ import socket
 import sys
 from pathlib import Path
 
+from ..utils_io import disk_full_error
 from ..video_utils import is_video_file
 from . import UsageError
 from ._plot import plot_timeline
@@ -281,19 +282,29 @@ def build_demo(
             f", {result['num_video_frames'] / fps:.1f} s" if fps else ""
         )
         shown_score = f"{best_score:.3g}" if result["function_to_apply"] == "none" else f"{best_score:.1%}"
-        status = _status(f"{name} ({length}): {best_label} ({shown_score})", "ok")
-        frames = [save_png(encode_png(frame), results_folder) for frame in result["frames"]]
-        attention = [save_png(encode_png(frame), results_folder) for frame in result["attention"]]
+        found = f"{name} ({length}): {best_label} ({shown_score})"
+        timeline = result["timeline"]
+        try:
+            frames = [save_png(encode_png(frame), results_folder) for frame in result["frames"]]
+            attention = [save_png(encode_png(frame), results_folder) for frame in result["attention"]]
+            timeline_update = (
+                gr.update(value=save_png(render_timeline(timeline, name), results_folder), visible=True)
+                if timeline is not None
+                else gr.update(value=None, visible=False)
+            )
+        except OSError as error:
+            if (full := disk_full_error(error)) is None:
+                raise
+            # the page goes on serving: the labels need no disk, and the server's log says what to free
+            logger.error(
+                "Disk full: writing %s failed (%s). Free space there.", full.filename or results_folder, full.strerror
+            )
+            message = f"{found}. The server's disk is full: the frames cannot be shown."
+            return (_status(message, "error"), result["scores"], None, None, gr.update(value=None, visible=False))
         # Only the share: a longer caption is cut short on a thumbnail, and the frame's place is in the gallery above.
         attention_captions = [f"{share:.1%} of attention" for share in result["attention_shares"]]
-        timeline = result["timeline"]
-        timeline_update = (
-            gr.update(value=save_png(render_timeline(timeline, name), results_folder), visible=True)
-            if timeline is not None
-            else gr.update(value=None, visible=False)
-        )
         return (
-            status,
+            _status(found, "ok"),
             result["scores"],
             list(zip(frames, captions)),
             list(zip(attention, attention_captions)),

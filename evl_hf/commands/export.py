@@ -19,6 +19,8 @@ aoti`, as an AOTInductor package ([`evl_hf.quantization.export_compiled`]) that 
 """
 
 import argparse
+import os
+import shutil
 import sys
 import time
 
@@ -63,11 +65,23 @@ def run(args: argparse.Namespace) -> int:
     except ImportError as error:
         raise UsageError(str(error)) from None
     model, _ = load_model_and_processor(args.model)
+    # Exported into a temporary folder beside --output and moved into place once checked, the graph last: a full disk
+    # or a failed export leaves no torn file at --output. The exporter names the weights file after the graph
+    # (`NAME.data`), so the graph keeps its name in that folder.
+    folder, name = os.path.split(os.path.abspath(args.output))
+    work = os.path.join(folder, f".{name}.partial")
+    shutil.rmtree(work, ignore_errors=True)  # a killed run's
+    os.makedirs(work)
     try:
-        export_onnx(model, args.output, opset=args.opset)
-    except ValueError as error:  # a model export cannot write, with what to do instead
-        raise UsageError(str(error)) from None
-    difference, scale = check_onnx(model, args.output)
+        try:
+            export_onnx(model, os.path.join(work, name), opset=args.opset)
+        except ValueError as error:  # a model export cannot write, with what to do instead
+            raise UsageError(str(error)) from None
+        difference, scale = check_onnx(model, os.path.join(work, name))
+        for written in sorted(os.listdir(work), key=lambda entry: entry == name):
+            os.replace(os.path.join(work, written), os.path.join(folder, written))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     tolerance = onnx_tolerance(scale)  # more than rounding means the export is wrong
     status = "ok" if difference <= tolerance else "FAILED"
     print(

@@ -17,15 +17,18 @@
 Videos are decoded and preprocessed by the model's video processor in DataLoader worker processes while the model
 classifies the previous batch; a batch holds clips from several videos. A video that cannot be read gets an error
 record and the run goes on. Records are appended and flushed one by one, so a run that is stopped loses at most the
-batch in flight, and running the same command again skips every video already in the output file.
+batch in flight, and running the same command again skips every video already in the output file. A full disk
+leaves no torn record, and a second run on the same output file stops at once (see [`evl_hf.commands.main`]).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import sys
 
 from ..inference import MULTI_LABEL_THRESHOLD
+from ..utils_io import output_lock
 from ..video_utils import VIDEO_EXTENSIONS, VIDEO_LIST_EXTENSIONS, read_video_list, resolve_video_path, walk_videos
 from . import UsageError
 from .records import EmbeddingShards, merge_part_files, open_results
@@ -187,6 +190,14 @@ def run(args: argparse.Namespace) -> int:
         _check_same_inputs(args, videos)
         if device.startswith("cuda"):
             device = str(state.device)  # cuda:LOCAL_RANK
+    # One run per --output, locked by the first process before anything is written; the others write their parts
+    # only after the barrier in `open_results`, which it reaches with the lock held.
+    with output_lock(args.output, "--output") if args.output and rank == 0 else contextlib.nullcontext():
+        return predict(args, videos, state, rank, world_size, device)
+
+
+def predict(args: argparse.Namespace, videos: list[str], state, rank: int, world_size: int, device: str) -> int:
+    """Classifies `videos` into `args.output` (this process's share of them in a distributed run); the exit status."""
     model, processor = load_model_and_processor(args.model, device, args.dtype, args.compile, args.batch_size)
 
     import torch.distributed as dist

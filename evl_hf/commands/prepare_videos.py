@@ -33,16 +33,19 @@ a baseline JPEG, short side `--short_side` (256 by default), quality `--quality`
 """
 
 import csv
+import errno
 import io
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 from ..frame_archives import FRAME_ARCHIVE_EXTENSION
+from ..utils_io import DISK_FULL_ERRNOS, output_lock
 from ..video_utils import VIDEO_EXTENSIONS, read_video_list, walk_videos
 from . import UsageError
 from .utils import atomic_write, int_at_least, int_between, positive_int
@@ -320,6 +323,11 @@ def prepare_one(ffmpeg: str | None, source: Path, target: Path, settings: dict) 
             command = encode_command(ffmpeg, source, Path(partial), size, settings)
             done = subprocess.run(command, capture_output=True, text=True)
             if done.returncode != 0:
+                # the disk, not the video: the run stops, and a rerun prepares it (SIGXFSZ: past the file-size limit)
+                full = [n for n in DISK_FULL_ERRNOS if os.strerror(n) in done.stderr]
+                if full or done.returncode == -signal.SIGXFSZ:
+                    number = full[0] if full else errno.EFBIG
+                    raise OSError(number, os.strerror(number), str(target))
                 last_lines = " | ".join(done.stderr.strip().splitlines()[-3:])
                 raise ValueError(f"ffmpeg failed (exit status {done.returncode}): {last_lines}")
             try:
@@ -382,6 +390,12 @@ def report_failures(failed: list[dict], report: Path, outcome: str) -> int:
 
 
 def run(args) -> int:
+    # One run per OUTPUT_DIR: two would prepare the same videos and write the same reports.
+    with output_lock(args.output_dir, "OUTPUT_DIR", folder=True):
+        return prepare(args)
+
+
+def prepare(args) -> int:
     source = Path(args.input)
     output_dir = Path(args.output_dir).resolve()
     if not source.exists():

@@ -16,10 +16,11 @@ A resumable store of one record per video, as `evl-hf predict` writes it: JSON l
 one record at a time, read back to skip the videos already done. A distributed run writes one part file per process
 next to the output and folds them into it at the end. Pooled vectors go to Parquet shards beside it.
 
-A stopped run loses at most the record being written: reading drops a last line cut short, and every rewrite of a
-whole file is atomic ([`~evl_hf.commands.utils.atomic_write`]).
+A stopped run loses at most the record being written: a record the disk has no room for is cut off again, reading
+drops a last line cut short by a kill, and every rewrite of a whole file is atomic ([`~evl_hf.commands.utils.atomic_write`]).
 """
 
+import contextlib
 import csv
 import io
 import json
@@ -159,11 +160,9 @@ class ResultsFile:
             return
         if os.path.exists(path):
             self._read(retry_failed)
-        self.file = open(path, "a", newline="")
-        self.writer = csv.writer(self.file) if self.is_csv else None
+        self.file = open(path, "ab", buffering=0)  # unbuffered: `_append` knows what reached the file
         if self.is_csv and self.file.tell() == 0:
-            self.writer.writerow(self.csv_header(top_k, multi_label))
-            self.file.flush()
+            self._append(self._csv_line(self.csv_header(top_k, multi_label)))
 
     @staticmethod
     def csv_header(top_k: int, multi_label: bool) -> list[str]:
@@ -191,11 +190,32 @@ class ResultsFile:
             cells += [""] * (2 * self.top_k - len(cells))
             if self.multi_label:
                 cells.append(";".join(record.get("above_threshold", [])))
-            self.writer.writerow([record["video"], *cells, record.get("error", "")])
+            self._append(self._csv_line([record["video"], *cells, record.get("error", "")]))
         else:
-            self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
+            self._append(json.dumps(record) + "\n")
         self.done[record["video"]] = "error" in record
+
+    @staticmethod
+    def _csv_line(row: list) -> str:
+        line = io.StringIO()
+        csv.writer(line).writerow(row)
+        return line.getvalue()
+
+    def _append(self, text: str):
+        """Appends whole records or nothing: when the disk takes only part of them (it is full), the file is cut back
+        to where it was before the error goes on, so that no torn record is left for a reader."""
+        if self.path is None:
+            self.file.write(text)
+            self.file.flush()
+            return
+        data, start = memoryview(text.encode("utf-8")), self.file.tell()
+        try:
+            while data:
+                data = data[self.file.write(data) :]
+        except OSError:
+            with contextlib.suppress(OSError):  # a shorter file needs no space; failing that, a rerun cuts it
+                self.file.truncate(start)
+            raise
 
     def close(self):
         if self.file is sys.stdout:

@@ -23,7 +23,7 @@ import sys
 
 from . import UsageError
 from ._plot import plot_timeline
-from .utils import add_model_arguments, load_model_and_processor, positive_int
+from .utils import add_model_arguments, atomic_write, load_model_and_processor, positive_int
 
 
 def write_saliency(model, processor, video, result: dict, folder, num_windows: int = 3) -> list[dict]:
@@ -128,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"evl-hf timeline: cannot read {args.video!r}: {type(error).__name__}: {error}", file=sys.stderr)
         return 1
     if args.output:
-        with open(args.output, "w") as file:
+        # whole or absent: a full disk leaves no cut-short JSON that reads as a result
+        with atomic_write(args.output) as temporary, open(temporary, "w") as file:
             json.dump(result, file)
             file.write("\n")
     else:
