@@ -22,13 +22,15 @@ the first merges the records and writes the reports.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
 import sys
 
+from ..utils_io import output_lock
 from . import UsageError
-from .records import check_same_in_every_process, merge_part_files, open_results, read_records
+from .records import check_same_in_every_process, merge_part_files, open_results, process_state, read_records
 from .utils import add_model_arguments, atomic_write, load_model_and_processor
 
 
@@ -125,15 +127,21 @@ def read_labelled_list(
 
 
 def run(args: argparse.Namespace) -> int:
-    from .predict import _process_state
-
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise UsageError(f"--output {args.output!r} is a file; give a folder (it is created if missing).")
-    state = _process_state(args.device)
+    state = process_state(args.device)
     rank, world_size = (state.process_index, state.num_processes) if state is not None else (0, 1)
     device = args.device
     if world_size > 1 and device.startswith("cuda"):
         device = str(state.device)  # cuda:LOCAL_RANK
+    # One run per --output folder, locked by the first process before anything is loaded or written; the others
+    # write their parts only after the barrier in `open_results`, which it reaches with the lock held.
+    with output_lock(args.output, "--output", folder=True) if rank == 0 else contextlib.nullcontext():
+        return evaluate(args, state, rank, world_size, device)
+
+
+def evaluate(args: argparse.Namespace, state, rank: int, world_size: int, device: str) -> int:
+    """Scores LIST into `args.output` (this process's share of it in a distributed run); the exit status."""
     model, processor = load_model_and_processor(args.model, device, args.dtype, args.compile)
     config = model.config
 

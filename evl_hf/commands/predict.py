@@ -23,7 +23,6 @@ leaves no torn record, and a second run on the same output file stops at once (s
 
 import argparse
 import contextlib
-import json
 import os
 import sys
 
@@ -31,7 +30,7 @@ from ..inference import MULTI_LABEL_THRESHOLD
 from ..utils_io import output_lock
 from ..video_utils import VIDEO_EXTENSIONS, VIDEO_LIST_EXTENSIONS, read_video_list, resolve_video_path, walk_videos
 from . import UsageError
-from .records import EmbeddingShards, merge_part_files, open_results
+from .records import EmbeddingShards, check_same_in_every_process, merge_part_files, open_results, process_state
 from .utils import add_model_arguments, load_model_and_processor, non_negative_int, positive_int, probability
 
 
@@ -140,35 +139,6 @@ def register(subparsers):
     parser.set_defaults(run=run, parser=parser)
 
 
-def _process_state(device: str):
-    """Accelerate's view of the processes of this run (one unless launched by `torchrun` or `accelerate launch`)."""
-    import torch
-
-    try:
-        from accelerate import PartialState
-    except ImportError:
-        if torch.distributed.is_torchelastic_launched():
-            raise UsageError("a distributed run needs Accelerate: pip install 'evl-hf[train]'.") from None
-        return None
-    return PartialState(cpu=device == "cpu")
-
-
-def _check_same_inputs(args: argparse.Namespace, videos: list[str]):
-    """Every process of a distributed run must be given the same model, inputs and output."""
-    import hashlib
-
-    import torch.distributed as dist
-
-    asked = json.dumps([args.model, os.path.abspath(args.output), args.top_k, videos])
-    digests = [None] * dist.get_world_size()
-    dist.all_gather_object(digests, hashlib.sha256(asked.encode()).hexdigest())
-    if len(set(digests)) > 1:
-        raise UsageError(
-            "the processes of this distributed run were given different --model, INPUT, --output or --top_k (or "
-            "see different files in the input folders); launch every process with the same command."
-        )
-
-
 def run(args: argparse.Namespace) -> int:
     if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
         raise UsageError(f"--output {args.output!r}: its folder does not exist; create it first.")
@@ -181,13 +151,14 @@ def run(args: argparse.Namespace) -> int:
         )
     # Under torchrun or accelerate launch, each process classifies its share of the videos on its own device and
     # writes its own part file; the first process merges the parts into --output at the end.
-    state = _process_state(args.device)
+    state = process_state(args.device)
     rank, world_size = (state.process_index, state.num_processes) if state is not None else (0, 1)
     device = args.device
     if world_size > 1:
         if not args.output:
             raise UsageError("a distributed run needs --output: each process writes its own part of it.")
-        _check_same_inputs(args, videos)
+        asked = [args.model, os.path.abspath(args.output), args.top_k, videos]
+        check_same_in_every_process(asked, "--model, INPUT, --output or --top_k")
         if device.startswith("cuda"):
             device = str(state.device)  # cuda:LOCAL_RANK
     # One run per --output, locked by the first process before anything is written; the others write their parts

@@ -119,6 +119,19 @@ def merge_part_files(output: str, order: list[str] | None = None) -> None:
         os.remove(part)
 
 
+def process_state(device: str):
+    """Accelerate's view of the processes of this run (one unless launched by `torchrun` or `accelerate launch`)."""
+    import torch
+
+    try:
+        from accelerate import PartialState
+    except ImportError:
+        if torch.distributed.is_torchelastic_launched():
+            raise UsageError("a distributed run needs Accelerate: pip install 'evl-hf[train]'.") from None
+        return None
+    return PartialState(cpu=device == "cpu")
+
+
 def check_same_in_every_process(asked, what: str) -> None:
     """
     Stops a distributed run whose processes were given different `asked` (any JSON value: the arguments and the

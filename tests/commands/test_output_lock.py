@@ -127,3 +127,25 @@ def test_a_distributed_predict_on_a_locked_output_stops_before_any_process_write
     assert f"--output {output} is in use by process {first.pid}" in second.stdout + second.stderr
     assert output.read_text() == written and not list(tmp_path.glob("out.jsonl.part-*"))
     kill_group(first)
+
+
+def test_a_second_evaluate_on_one_output_folder_stops_at_once(model_folder, many_videos, tmp_path):
+    labels = json.loads((model_folder / "config.json").read_text())["id2label"]
+    listing = tmp_path / "list.csv"
+    rows = [f"{many_videos / f'v{i:02d}.mp4'},{labels[str(i % len(labels))]}" for i in range(40)]
+    listing.write_text("video,label\n" + "\n".join(rows) + "\n")
+    output = tmp_path / "evaluation"
+    command = evl_hf("evaluate", "--model", model_folder, listing, "--output", output, "--views", "1x1")
+    scores = output / "scores.jsonl"
+    first = start_and_pause_once(command, lambda: scores.exists() and scores.read_text().count("\n") >= 2)
+    written = scores.read_text()
+
+    second = subprocess.run(command, capture_output=True, text=True, env=ENVIRONMENT, timeout=300)
+
+    assert_refused(second, first, "--output", output)
+    assert scores.read_text() == written  # nothing doubled
+    kill_group(first)
+
+    resumed = subprocess.run(command, capture_output=True, text=True, env=ENVIRONMENT, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((output / "results.json").read_text())["num_scored"] == 40
