@@ -15,6 +15,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel, pipeline
 
 import evl_hf  # noqa: F401  (registers EVL with the Auto classes, for the pipeline)
 from evl_hf import EVLConfig, EVLForVideoClassification, EVLVideoProcessor
+from evl_hf.testing_utils import tiny_vision_config
 from evl_hf.video_transforms import draw_clip_augmentation
 
 
@@ -116,16 +117,7 @@ def test_twenty_bf16_training_steps_through_accelerate_launch(tmp_path):
     )
     torch.manual_seed(0)
     clip = tmp_path / "clip"
-    CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        )
-    ).save_pretrained(clip)
+    CLIPVisionModel(tiny_vision_config(hidden_size=64, intermediate_size=128)).save_pretrained(clip)
     output_dir = tmp_path / "output"
     command = f"""
         {sys.executable} -m accelerate.commands.launch --num_processes 1 --num_machines 1 --mixed_precision bf16

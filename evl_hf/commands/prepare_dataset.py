@@ -28,6 +28,7 @@ import sys
 from pathlib import Path
 
 from . import UsageError
+from .utils import report_failures
 
 
 REPORT_NAME = "prepare_dataset_report.jsonl"
@@ -189,9 +190,4 @@ def run(args) -> int:
         file.writelines(json.dumps(item) + "\n" for item in left_out)
 
     print(f"{args.name}: {len(lists.label_names)} classes; " + "; ".join(summary) + f". Written to {output}.")
-    if not left_out:
-        return 0
-    print(f"{len(left_out)} video(s) left out of the lists; all of them in {report}:", file=sys.stderr)
-    for item in left_out[:10]:
-        print(f"  {item['split']}: {item['video']}: {item['reason']}", file=sys.stderr)
-    return 1
+    return report_failures(left_out, report, "left out of the lists", names=("split", "video"))

@@ -48,7 +48,7 @@ from ..frame_archives import FRAME_ARCHIVE_EXTENSION
 from ..utils_io import DISK_FULL_ERRNOS, output_lock
 from ..video_utils import VIDEO_EXTENSIONS, read_video_list, walk_videos
 from . import UsageError
-from .utils import atomic_write, int_at_least, int_between, positive_int
+from .utils import atomic_write, int_at_least, int_between, positive_int, report_failures
 
 
 REPORT_NAME = "prepare_report.jsonl"
@@ -379,16 +379,6 @@ def check_settings(output_dir: Path, settings: dict) -> None:
     path.write_text(json.dumps(settings) + "\n")
 
 
-def report_failures(failed: list[dict], report: Path, outcome: str) -> int:
-    """Names the first failed videos on standard error; the exit status: 1 when some failed."""
-    if not failed:
-        return 0
-    print(f"{len(failed)} video(s) could not be prepared and were {outcome}; see {report}:", file=sys.stderr)
-    for r in failed[:10]:
-        print(f"  {r['input']}: {r['reason']}", file=sys.stderr)
-    return 1
-
-
 def run(args) -> int:
     # One run per OUTPUT_DIR: two would prepare the same videos and write the same reports.
     with output_lock(args.output_dir, "OUTPUT_DIR", folder=True):
@@ -469,7 +459,7 @@ def prepare(args) -> int:
         f"{before / 1e6:.1f} MB of inputs -> {after / 1e6:.1f} MB in {output_dir}"
         + (f" (list: {output_dir / source.name})" if rows is not None else "")
     )
-    return report_failures(failed, report, "skipped")
+    return report_failures(failed, report, "could not be prepared and were skipped", names=("input",))
 
 
 def run_jobs(work: list[tuple], num_workers: int) -> list[dict]:
@@ -576,4 +566,4 @@ def write_shards(ffmpeg: str, source: Path, output_dir: Path, by_output: dict, l
         f"{len(written)} shard(s) written, {len(shards) - len(pending)} kept from an earlier run, {len(failed)} "
         f"video(s) failed; {len(shards)} shard(s) of up to {size} videos: {output_dir / source.stem}-*.tar"
     )
-    return report_failures(failed, report, "left out")
+    return report_failures(failed, report, "could not be prepared and were left out", names=("input",))

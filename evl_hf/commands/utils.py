@@ -72,6 +72,19 @@ def probability(text: str) -> float:
     return value
 
 
+def report_failures(failed: list[dict], report: "str | os.PathLike", outcome: str, names=("video",)) -> int:
+    """
+    Names the first of the `failed` records (dicts with the `names` keys and a `"reason"`) on standard error, after a
+    line saying how many `outcome` and that `report` lists them all; the exit status: 1 when some failed, else 0.
+    """
+    if not failed:
+        return 0
+    print(f"{len(failed)} video(s) {outcome}; all of them in {report}:", file=sys.stderr)
+    for record in failed[:10]:
+        print("  " + ": ".join(str(record[name]) for name in (*names, "reason")), file=sys.stderr)
+    return 1
+
+
 @contextlib.contextmanager
 def atomic_write(path: "str | os.PathLike", *, unique: bool = False) -> Iterator[str]:
     """

@@ -53,6 +53,21 @@ def many_videos(tmp_path_factory):
     return folder / "links"
 
 
+def assert_same_records(text: str, expected: str):
+    """The same videos, labels and errors in the same order; scores equal to float32 rounding (a rerun batches the
+    remaining videos otherwise, which changes the last bits of a matmul)."""
+    records, references = (
+        [json.loads(line) for line in text.splitlines()],
+        [json.loads(line) for line in expected.splitlines()],
+    )
+    assert [r.get("video") for r in records] == [r.get("video") for r in references]
+    for record, reference in zip(records, references):
+        assert {k: v for k, v in record.items() if k != "scores"} == {
+            k: v for k, v in reference.items() if k != "scores"
+        }
+        assert record.get("scores") == pytest.approx(reference.get("scores"), abs=1e-6)
+
+
 def predict_arguments(model_folder, videos, output):
     return ["predict", "--model", model_folder, videos, "--output", output, "--num_workers", "0", "--batch_size", "4"]
 
@@ -96,7 +111,7 @@ def test_predict_on_a_full_disk_ends_in_one_line_keeps_whole_records_and_the_rer
     if disk == "tmpfs":
         remount(folder, "1m")  # space freed
     assert main(list(map(str, predict_arguments(model_folder, many_videos, output)))) == 0
-    assert output.read_text() == roomy_predictions
+    assert_same_records(output.read_text(), roomy_predictions)
 
 
 def test_a_record_the_disk_cannot_take_is_cut_off_in_csv_too(model_folder, many_videos, tmp_path):

@@ -358,7 +358,9 @@ def test_webdataset_needs_label_folders(tmp_path, capsys):
 def test_webdataset_output_trains_directly(tmp_path):
     from synthetic_data import generate_synthetic_motion_dataset
     from training_utils import TINY_VIDEOS, run_video_classification
-    from transformers import CLIPVisionConfig, CLIPVisionModel
+    from transformers import CLIPVisionModel
+
+    from evl_hf.testing_utils import tiny_vision_config
 
     videos = generate_synthetic_motion_dataset(tmp_path / "videos", TINY_VIDEOS)
     shards = tmp_path / "shards"
@@ -366,16 +368,7 @@ def test_webdataset_output_trains_directly(tmp_path):
         assert prepare(videos / split, shards, "--format", "webdataset", "--shard_size", 4, "--short_side", 32) == 0
     torch.manual_seed(0)
     clip = tmp_path / "clip"
-    CLIPVisionModel(
-        CLIPVisionConfig(
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=32,
-            patch_size=8,
-        )
-    ).save_pretrained(clip)
+    CLIPVisionModel(tiny_vision_config()).save_pretrained(clip)
     output_dir = tmp_path / "output"
     run_video_classification.main(
         f"""
