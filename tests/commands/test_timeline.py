@@ -173,7 +173,7 @@ def test_the_benchmark_runs_and_matches_the_per_window_model(tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "timeline", "--quick", "--video-dir", str(tmp_path)],
+        [sys.executable, "-m", "benchmarks", "timeline", "--quick", "--video_dir", str(tmp_path)],
         capture_output=True,
         text=True,
         timeout=600,
