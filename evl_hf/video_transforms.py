@@ -58,7 +58,8 @@ def draw_clip_augmentation(
     row = [NO_OPERATION, 0] * RAND_AUGMENT_OPS
     with torch.random.fork_rng(devices=[], enabled=seed is not None):
         if seed is not None:
-            torch.manual_seed(seed + 1)  # not the frame sampler's stream
+            # not the frame sampler's stream; the CPU generator only (torch.manual_seed queues CUDA's too, at a cost)
+            torch.default_generator.manual_seed(seed + 1)
         # the box only depends on the frame size: a stride-0 view stands in for the clip
         frame = torch.empty((), dtype=torch.uint8).expand(1, 3, height, width)
         box = v2.RandomResizedCrop(1, scale=(min_crop_scale, 1.0), ratio=(3 / 4, 4 / 3)).make_params([frame])

@@ -240,8 +240,8 @@ def load_video_frames(
     object ([`open_video`]) or an open torchcodec decoder. Every failure names the video and its problem.
 
     Returns:
-        `tuple[torch.Tensor, VideoMetadata]`: uint8 RGB frames `(T, 3, H, W)` in the order of the indices, and the
-        video's metadata with `frames_indices` set.
+        `tuple[torch.Tensor, VideoMetadata]`: uint8 RGB frames `(T, 3, H, W)` in the order of the indices (a
+        channels-last tensor where the decoder writes pixels so), and the video's metadata with `frames_indices` set.
     """
     reader, name = _open_for_reading(video)
     metadata = read_video_metadata(reader)
@@ -273,7 +273,7 @@ def load_video_frames(
         ) from error
     if frames.shape[-1] == 3 and frames.shape[1] != 3:  # a decoder opened with dimension_order="NHWC"
         frames = frames.permute(0, 3, 1, 2)
-    return frames.contiguous(), metadata
+    return frames, metadata  # channels-last in memory where decoded so: uint8 resizing is fastest there
 
 
 def read_video_frames(video: "str | os.PathLike | bytes | BinaryIO | VideoDecoder", indices_or_fn) -> torch.Tensor:
