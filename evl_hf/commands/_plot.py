@@ -14,11 +14,11 @@
 """Pictures the commands draw with matplotlib (the `plot` extra): the class scores of a video over time."""
 
 
-def plot_timeline(result: dict, path, top_classes: int = 5):
+def plot_timeline(result: dict, path, top_classes: int = 5, format: str | None = None):
     """
     Draws the score of the `top_classes` best classes (by their peak over the video) against time,
-    one line per class, and saves the figure to `path` (PNG, SVG, PDF: matplotlib picks by the extension; PNG into a
-    binary file object).
+    one line per class, and saves the figure to `path` in `format` (PNG, SVG, PDF; by default matplotlib picks by the
+    extension, and PNG into a binary file object).
 
     Args:
         result (`dict`): what [`~evl_hf.inference.classify_windows`] returns.
@@ -58,5 +58,5 @@ def plot_timeline(result: dict, path, top_classes: int = 5):
     axes.set_title(f"{result['video']}: top {len(chosen)} classes over time", fontsize=10)
     axes.grid(alpha=0.3)
     axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9)
-    figure.savefig(path, dpi=120)
+    figure.savefig(path, dpi=120, format=format)
     plt.close(figure)

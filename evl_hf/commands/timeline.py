@@ -52,7 +52,8 @@ def write_saliency(model, processor, video, result: dict, folder, num_windows: i
         )
         strip = torch.cat(list(painted[0]), dim=-1).permute(1, 2, 0).numpy()  # frames side by side, (H, T * W, 3)
         name = f"window_{index:05d}_frames_{window['start_frame']}-{window['end_frame']}.png"
-        Image.fromarray(strip).save(os.path.join(folder, name))
+        with atomic_write(os.path.join(folder, name)) as temporary:  # whole or absent, as every output
+            Image.fromarray(strip).save(temporary, format="PNG")
         entries.append(
             {
                 "window": index,
@@ -62,7 +63,7 @@ def write_saliency(model, processor, video, result: dict, folder, num_windows: i
                 "frame_attention_shares": shares[0].tolist(),
             }
         )
-    with open(os.path.join(folder, "saliency.json"), "w") as file:
+    with atomic_write(os.path.join(folder, "saliency.json")) as temporary, open(temporary, "w") as file:
         json.dump(entries, file, indent=1)
     return entries
 
@@ -136,7 +137,11 @@ def run(args: argparse.Namespace) -> int:
         json.dump(result, sys.stdout)
         sys.stdout.write("\n")
     if args.plot:
-        plot_timeline(result, args.plot, top_classes=args.plot_classes)
+        with atomic_write(args.plot) as temporary, open(temporary, "wb") as file:
+            # the format by the name asked for: the temporary file's ends in .partial
+            plot_timeline(
+                result, file, top_classes=args.plot_classes, format=os.path.splitext(args.plot)[1][1:] or None
+            )
     if args.saliency:
         write_saliency(model, processor, args.video, result, args.saliency, args.saliency_windows)
     return 0

@@ -112,9 +112,11 @@ def atomic_write(path: "str | os.PathLike", *, unique: bool = False) -> Iterator
         finally:
             os.close(descriptor)
         os.replace(temporary, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(temporary)
+        if isinstance(error, OSError) and error.filename is None:  # written through a file object: name the output
+            error.filename = str(path)
         raise
 
 

@@ -233,3 +233,15 @@ def test_the_demo_page_says_its_disk_is_full_shows_the_labels_and_keeps_serving(
     remount(small_disk, "1m")  # space freed: the next video is shown whole
     status, _, frames, _, _ = predict(str(video))
     assert 'data-status="ok"' in status and len(frames) == model.config.num_frames
+
+
+def test_a_timeline_plot_the_disk_cannot_take_leaves_the_old_picture_whole(model_folder, tmp_path):
+    video = encode_video(tmp_path / "long.mp4", 60)
+    plot = tmp_path / "timeline.png"
+    plot.write_bytes(b"the picture of an earlier run")
+
+    full = evl_hf("timeline", "--model", model_folder, video, "--plot", plot, limit=4096)
+
+    assert full.returncode == 1 and f"Disk full: writing {plot} failed" in full.stderr.strip().splitlines()[-1]
+    assert plot.read_bytes() == b"the picture of an earlier run"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["long.mp4", "timeline.png"]
