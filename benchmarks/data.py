@@ -28,7 +28,8 @@ from transformers import Trainer, TrainerCallback
 
 from evl_hf import EVLVideoProcessor
 from evl_hf.commands.prepare_videos import find_ffmpeg, prepare_one
-from evl_hf.video_utils import read_video_frames, sample_frame_indices
+from evl_hf.frame_archives import FRAME_ARCHIVE_EXTENSION, check_frame_step
+from evl_hf.video_utils import read_video_frames, read_video_metadata, sample_frame_indices
 
 from .harness import (
     EXAMPLES,
@@ -63,6 +64,9 @@ def data_path_arguments(parser):
         short_side=(320, "prepare-videos --short_side"),
         crf=(18, "prepare-videos --crf"),
         keyframe_intervals=("4,8", "prepare-videos --keyframe_interval values"),
+        frames_short_side=(256, "prepare-videos --format frames --short_side"),
+        frame_step=(4, "prepare-videos --format frames --frame_step (it must divide --frame_stride)"),
+        jpeg_quality=(90, "prepare-videos --format frames --quality"),
         gflop_per_clip=(332.1, "FLOPs of one EVL B/16 training clip (cpu_models.json: train_flops / batch)"),
         gpu_tflops=(494.7, "half an H100 SXM's dense bf16 peak"),
         video_dir=None,
@@ -91,19 +95,13 @@ AUGMENTATIONS = {"augment_float32": False, "augment_uint8": True}
 
 
 def training_clips(method: str, paths, processor, args):
-    """`--clips_per_video` training clips of every video, file path to `pixel_values` (and, with augmentation, the
-    collated batch of a video's clips)."""
+    """`--clips_per_video` training clips of every video, file path to `pixel_values`; with augmentation the collated
+    batch of a video's clips, and `_decode_only` the stacked uint8 frames (for a device that crops them too)."""
     augmentation = next((name for name in AUGMENTATIONS if method.endswith(name)), None)
     for video, path in enumerate(paths):
         batch = []
         for clip in range(args.clips_per_video):
             sampler = training_sampler(video, clip, args)
-            if augmentation is not None:
-                options = dict(do_augment=True, horizontal_flip=True, rand_augment=True, seed=1000 * video + clip)
-                frames = read_video_frames(path, sampler)
-                kwargs = {**options, "device_transforms": AUGMENTATIONS[augmentation]}
-                batch.append(processor(videos=[frames], return_tensors="pt", **kwargs)["pixel_values"][0])
-                continue
             if method == "pyav_whole_video":  # decode all, convert the sampled ones
                 decoded = pyav_frames(path)
                 frames = torch.from_numpy(
@@ -111,7 +109,14 @@ def training_clips(method: str, paths, processor, args):
                 ).permute(0, 3, 1, 2)
             else:
                 frames = read_video_frames(path, sampler)
-            processor(videos=[frames], return_tensors="pt")
+            if method.endswith("_decode_only"):
+                batch.append(frames)
+            elif augmentation is not None:
+                options = dict(do_augment=True, horizontal_flip=True, rand_augment=True, seed=1000 * video + clip)
+                kwargs = {**options, "device_transforms": AUGMENTATIONS[augmentation]}
+                batch.append(processor(videos=[frames], return_tensors="pt", **kwargs)["pixel_values"][0])
+            else:
+                processor(videos=[frames], return_tensors="pt")
         if batch:
             torch.stack(batch)
 
@@ -165,56 +170,75 @@ def evaluation_views(method: str, path, processor, num_views: int, args) -> torc
 
 
 def prepared_agreement(originals, prepared, processor, args) -> dict:
-    """Prepared frames against the originals resized alike, in RGB, luma and at the model input, 0-1 units; and
-    successive frames of a clip for scale."""
-    found = {"frames": [], "frames_luma": [], "model_input": [], "between_clip_frames": []}
+    """Prepared frames against the originals resized alike (the first training clip, moved back onto the
+    `--frame_step` grid that a frame archive stores), in RGB, luma and at the model input: mean absolute differences
+    in 0-1 units, successive frames of a clip for scale, and the PSNR (dB) of each clip's mean squared error; means
+    over the videos."""
+    found = {f"mean_abs_diff_{k}": [] for k in ("frames", "frames_luma", "model_input", "between_clip_frames")}
+    found.update(psnr_db_rgb=[], psnr_db_luma=[])
     for video, pair in enumerate(zip(originals, prepared)):
-        clips = [read_video_frames(path, training_sampler(video, 0, args)) for path in pair]
+        on_grid = lambda n: [i - i % args.frame_step for i in training_sampler(video, 0, args)(n)]
+        clips = [read_video_frames(path, on_grid) for path in pair]
         original, ours = (clip.float() / 255 for clip in clips)
         resized = F.interpolate(original, size=ours.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
-        found["frames"].append((ours - resized).abs().mean().item())
-        found["frames_luma"].append(((ours - resized) * LUMA).sum(1).abs().mean().item())
-        found["between_clip_frames"].append((resized[1:] - resized[:-1]).abs().mean().item())
+        error, luma = ours - resized, ((ours - resized) * LUMA).sum(1)
+        found["mean_abs_diff_frames"].append(error.abs().mean().item())
+        found["mean_abs_diff_frames_luma"].append(luma.abs().mean().item())
+        found["mean_abs_diff_between_clip_frames"].append((resized[1:] - resized[:-1]).abs().mean().item())
         inputs = [processor(videos=[clip], do_normalize=False, return_tensors="pt")["pixel_values"] for clip in clips]
-        found["model_input"].append((inputs[0] - inputs[1]).abs().mean().item())
-    return {f"mean_abs_diff_{key}": statistics.mean(values) for key, values in found.items()}
+        found["mean_abs_diff_model_input"].append((inputs[0] - inputs[1]).abs().mean().item())
+        found["psnr_db_rgb"].append(-10 * error.square().mean().log10().item())  # peak 1 in 0-1 units: 255 in 0-255
+        found["psnr_db_luma"].append(-10 * luma.square().mean().log10().item())
+    return {key: statistics.mean(values) for key, values in found.items()}
 
 
 def data_path(args):
     if args.quick:
-        args.num_videos, args.seconds, args.sizes, args.short_side, args.repeats = 2, 4.0, "128x96", 64, 1
+        args.num_videos, args.seconds, args.sizes, args.repeats = 2, 4.0, "128x96", 1
+        args.short_side = args.frames_short_side = 64
+    check_frame_step(args.frame_step, args.frame_stride, name="--frame_step")
     torch.set_num_threads(1)
     processor, folder = EVLVideoProcessor(), video_dir(args.video_dir)
     intervals = [int(k) for k in args.keyframe_intervals.split(",")]
     copies, steps, files, preparation, storage = [f"g{k}" for k in intervals], {}, {}, {}, {}
+    prepared = {
+        c: {"short_side": args.short_side, "keyframe_interval": k, "crf": args.crf} for c, k in zip(copies, intervals)
+    }
+    prepared["frames"] = dict(
+        format="frames", short_side=args.frames_short_side, frame_step=args.frame_step, quality=args.jpeg_quality
+    )
     for size in args.sizes.split(","):
         width, height = map(int, size.split("x"))
         files[size] = {"original": videos(folder, args.num_videos, args.seconds, height, width)}
-        for k, copy in zip(intervals, copies):
-            out = folder / f"prepared_{size}_{args.short_side}_{k}_{args.crf}"
+        for copy, settings in prepared.items():
+            out = folder / f"prepared_{size}_{'_'.join(map(str, settings.values()))}"
             shutil.rmtree(out, ignore_errors=True)  # timed from scratch
-            start = time.perf_counter()
+            suffix, start = FRAME_ARCHIVE_EXTENSION if copy == "frames" else ".mp4", time.perf_counter()
             done = [
-                prepare_one(
-                    find_ffmpeg(),
-                    p,
-                    out / p.name,
-                    {"short_side": args.short_side, "keyframe_interval": k, "crf": args.crf},
-                )
+                prepare_one(find_ffmpeg(), p, out / p.with_suffix(suffix).name, settings)
                 for p in files[size]["original"]
             ]
             assert all(r["status"] == "prepared" for r in done), done
             before, after = sum(r["input_bytes"] for r in done), sum(r["output_bytes"] for r in done)
+            seconds = len(done) * args.seconds
             preparation[f"{size}_{copy}"] = {
                 "seconds_per_video": (time.perf_counter() - start) / len(done),
                 "bytes_before": before,
                 "bytes_after": after,
                 "size_ratio": after / before,
+                "prepared_size": "{0.width}x{0.height}".format(read_video_metadata(done[0]["output"])),
+                "video_seconds": seconds,
+                "gb_per_hour_before": before / seconds * 3600 / 1e9,
+                "gb_per_hour_after": after / seconds * 3600 / 1e9,
             }
             files[size][copy] = [Path(r["output"]) for r in done]
         routes = [("pyav_whole_video", "original"), ("torchcodec_sampled", "original")]
-        routes += [(f"torchcodec_prepared_{c}", c) for c in copies]
+        routes += [(f"torchcodec_prepared_{c}", c) for c in copies] + [("frame_archive_sampled", "frames")]
         routes += [(f"{m}_{a}", c) for m, c in routes[1:] for a in AUGMENTATIONS]
+        routes += [
+            (f"torchcodec_prepared_{copies[0]}_decode_only", copies[0]),
+            ("frame_archive_sampled_decode_only", "frames"),
+        ]
         for method, copy in routes:
             steps[size, method] = (lambda m, p: lambda: training_clips(m, p, processor, args))(
                 method, files[size][copy]
@@ -246,10 +270,11 @@ def data_path(args):
             }
         meta = VideoDecoder(str(paths[copies[0]][0])).metadata
         training[size] = {"prepared_size": [meta.width, meta.height], "methods": methods}
-        for copy in copies:
+        for copy in prepared:
             preparation[f"{size}_{copy}"]["agreement"] = prepared_agreement(
                 paths["original"], paths[copy], processor, args
             )
+        for copy in copies:
             for baseline in ("torchcodec_sampled", "pyav_whole_video"):
                 ratios[f"training_{size}_prepared_{copy}_over_{baseline}"] = ratio(
                     methods[f"torchcodec_prepared_{copy}"]["clips_per_s"], methods[baseline]["clips_per_s"]
@@ -291,6 +316,7 @@ def data_path(args):
         "yuv420p, evl_hf.testing_utils.encode_video (a bright square moving over noise)",
         threads=1,
         prepare_videos={"short_side": args.short_side, "keyframe_intervals": intervals, "crf": args.crf},
+        frame_archives=prepared["frames"],
         gpu_clips_per_s=gpu_clips_per_s,
         loadavg_before=load_before,
         loadavg_after=[round(x, 2) for x in os.getloadavg()],

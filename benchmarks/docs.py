@@ -78,9 +78,10 @@ def upgrade(name: str, result: dict) -> dict:
             size, copy = key.rsplit("_", 1)
             preparation.update(
                 size=size,
-                keyframe_interval=copy[1:],
+                storage=copy,
                 agreement=result["prepared_agreement"][key],
-                prepared_size="x".join(map(str, result["videos"][size]["prepared_size"])),
+                prepared_size=preparation.get("prepared_size")
+                or "x".join(map(str, result["videos"][size]["prepared_size"])),
                 mb_before=preparation["bytes_before"] / result["settings"]["num_videos"] / 1e6,
                 mb_after=preparation["bytes_after"] / result["settings"]["num_videos"] / 1e6,
             )

@@ -141,6 +141,9 @@ def _data_path(result):
             yield ("ratios", key), ratio(prepared["clips_per_s"], sampled["clips_per_s"])
     for key, preparation in result["preparation"].items():
         yield ("preparation", key, "size_ratio"), ratio(preparation["bytes_after"], preparation["bytes_before"])
+        seconds = preparation.get("video_seconds")  # GB per hour of video, in the results that have it
+        for side in ("before", "after") if seconds else ():
+            yield ("preparation", key, f"gb_per_hour_{side}"), ratio(preparation[f"bytes_{side}"] * 3.6e-6, seconds)
     for views, evaluation in result["evaluation"].items():
         for name, method in evaluation["methods"].items():
             yield ("evaluation", views, "methods", name, "clips_per_s"), int(views[6:]) * method["videos_per_s"]

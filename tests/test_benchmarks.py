@@ -140,3 +140,30 @@ def test_a_quick_training_run_records_time_and_the_final_metrics(tmp_path):
     assert full["run"]["metric"] == "eval_accuracy" and full["run"]["value"] == result["metrics"]["eval_accuracy"]
     row = f"| {result['metrics']['eval_accuracy']:.3f} in {result['wall_s'] / 60:.1f} min |"
     assert row in docs.render({**RESULTS, "training_single_label": full}, docs.SUMMARY.read_text())
+
+
+def test_the_data_path_suite_refuses_a_frame_step_that_does_not_divide_the_stride():
+    from benchmarks.__main__ import build_parser
+    from benchmarks.data import data_path
+
+    with pytest.raises(ValueError, match="every 5th source frame, which does not divide the frame stride 16"):
+        data_path(build_parser("data_path").parse_args(["--quick", "--frame_step", "5"]))
+
+
+@pytest.mark.slow  # a subprocess importing torch, videos generated and prepared three ways, 15 routes: 20-60 s
+def test_a_quick_data_path_run_times_every_storage_and_its_tables_show_them(tmp_path):
+    result = run_suite("data_path", "--quick", "--output", str(tmp_path), "--video_dir", str(tmp_path))
+    assert json.loads((tmp_path / "data_path.json").read_text()) == result
+    methods = result["videos"]["128x96"]["methods"]
+    assert {method["videos"] for method in methods.values()} == {"original", "g4", "g8", "frames"}
+    for suffix in ("", "_augment_float32", "_augment_uint8", "_decode_only"):
+        assert methods[f"frame_archive_sampled{suffix}"]["clips_per_s"] > 0
+    assert methods["torchcodec_prepared_g4_decode_only"]["videos"] == "g4"
+    frames, agreement = result["preparation"]["128x96_frames"], result["prepared_agreement"]["128x96_frames"]
+    assert frames["gb_per_hour_after"] < frames["gb_per_hour_before"] and frames["prepared_size"] == "84x64"
+    assert 25 < agreement["psnr_db_luma"] < 60 and 25 < agreement["psnr_db_rgb"] < 60  # lossy, yet the same frames
+    tables = [line for line in docs.TEMPLATE.read_text().splitlines() if line.startswith("{{ for data_path:")]
+    page = docs.render({"data_path": docs.upgrade("data_path", copy.deepcopy(result))}, "\n".join(tables))
+    assert "n/a" not in page and "| 128x96 | frame_archive_sampled_decode_only | frames |" in page
+    assert f"| {frames['gb_per_hour_before']:.3f} | {frames['gb_per_hour_after']:.3f} |" in page
+    assert f"| 128x96 | frames | {agreement['psnr_db_rgb']:.1f} | {agreement['psnr_db_luma']:.1f} |" in page
