@@ -542,6 +542,21 @@ def streaming(args):
 
 
 def training_arguments(parser):
+    options(
+        parser,
+        frame_archives=(
+            False,
+            "train the embedded default from frame archives of its synthetic videos (`evl-hf prepare-videos --format "
+            "frames`, native size), its settings given explicitly with --train_dir/--validation_dir",
+        ),
+        frame_step=(3, "--frame_archives: keep every this many frames; it must divide the default's frame stride, 3"),
+        quality=(90, "--frame_archives: JPEG quality (prepare-videos' default)"),
+        augment_on_device=(
+            None,
+            "the script's --augment_on_device (default: True with --frame_archives, else the script's own)",
+            ("True", "False"),
+        ),
+    )
     parser.add_argument("script_args", nargs="*", help="after `--`: arguments for run_video_classification.py")
 
 
@@ -567,12 +582,46 @@ def training(args):
             "2",
             *script_args,
         ]
+    if args.frame_archives:  # a data source turns the default's settings off: given first, so that given ones win
+        example, args.augment_on_device = load_script(), args.augment_on_device or "True"
+        given = {k: v for k, v in example.SYNTHETIC_DEFAULTS.items() if k != "output_dir"}
+        script_args = [word for flag, value in given.items() for word in (f"--{flag}", str(value))] + script_args
+    if args.augment_on_device is not None:
+        script_args = ["--augment_on_device", args.augment_on_device, *script_args]
     with tempfile.TemporaryDirectory(prefix="evl_training_") as scratch:
         defaults = {
             "--output_dir": f"{scratch}/output",
             **({"--synthetic_data_dir": f"{scratch}/data"} if args.quick else {}),
         }
         script_args += [word for flag, value in defaults.items() if flag not in script_args for word in (flag, value)]
+        data = {"source": "videos", "augment_on_device": args.augment_on_device}  # None: the script's default
+        if args.frame_archives:  # the default's synthetic videos, made as the script makes them, as frame archives
+            _, data_args, _ = example.parse_arguments(script_args)
+            synthetic = load_script("synthetic_data")
+            videos = synthetic.generate_synthetic_motion_dataset(
+                data_args.synthetic_data_dir,
+                train_videos_per_label=data_args.synthetic_train_videos_per_label,
+                validation_videos_per_label=data_args.synthetic_validation_videos_per_label,
+            )
+            evl_hf, side = Path(sys.executable).with_name("evl-hf"), synthetic.SyntheticMotionConfig().frame_size
+            settings = f"--format frames --frame_step {args.frame_step} --short_side {side} --quality {args.quality}"
+            settings += " --num_workers 1" * args.quick  # no pool of processes to start for a dozen videos
+            start = time.perf_counter()
+            for split in ("train", "validation"):  # at the videos' own size: nothing is resized
+                prepare = [str(evl_hf) if evl_hf.exists() else "evl-hf", "prepare-videos", str(videos / split)]
+                prepare += [f"{scratch}/frames/{split}", *settings.split()]
+                if subprocess.run(prepare, stdout=sys.stderr).returncode:
+                    raise SystemExit(f"error: `{' '.join(prepare)}` failed (its log is above)")
+                script_args += [f"--{split}_dir", f"{scratch}/frames/{split}"]
+            data |= {
+                "source": "frame_archives",
+                "frame_step": args.frame_step,
+                "short_side": side,
+                "quality": args.quality,
+                "prepare_s": time.perf_counter() - start,
+                "video_bytes": sum(path.stat().st_size for path in videos.rglob("*.mp4")),
+                "archive_bytes": sum(path.stat().st_size for path in Path(scratch, "frames").rglob("*.evlf")),
+            }
         accelerate = Path(sys.executable).with_name("accelerate")
         command = [
             str(accelerate) if accelerate.exists() else "accelerate",
@@ -607,8 +656,9 @@ def training(args):
     )  # what ran, portably
     return write(
         "training",
-        {"wall_s": wall, "cpu_s": cpu, "metrics_file": found.name, "metrics": metrics},
+        {"wall_s": wall, "cpu_s": cpu, "data": data, "metrics_file": found.name, "metrics": metrics},
         args,
+        "training_frame_archives" if args.frame_archives else None,
         command=launched,
         script_args=script_args,
         loadavg_1min_before=load,
@@ -632,7 +682,7 @@ SUITES = {
         streaming,
     ),
     "training": (
-        "the training script's embedded default via accelerate launch: time and final eval metrics",
+        "the training script's embedded default via accelerate launch (or from frame archives): time, eval metrics",
         training_arguments,
         training,
     ),

@@ -127,11 +127,24 @@ def test_a_quick_timeline_run_writes_a_result_the_generator_reads(tmp_path):
     assert f"**ViT-B/16: {result['speedup']:.2f}x less wall-clock time" in page
 
 
-@pytest.mark.slow  # accelerate launch of the training script for 4 steps: a minute on 2 busy cores
+@pytest.mark.slow  # accelerate launch of the training script for 4 steps, twice: two minutes on 2 busy cores
 def test_a_quick_training_run_records_time_and_the_final_metrics(tmp_path):
     result = run_suite("training", "--quick", "--output", str(tmp_path))
     assert json.loads((tmp_path / "training.json").read_text()) == result
     assert result["wall_s"] > 0 and result["cpu_s"] > 0 and result["metrics_file"] == "all_results.json"
+    assert result["data"] == {"source": "videos", "augment_on_device": None}
+    # the same data as frame archives, under its own name, with the default's settings given and the quick ones winning
+    archived = run_suite("training", "--quick", "--frame_archives", "--output", str(tmp_path))
+    assert json.loads((tmp_path / "training_frame_archives.json").read_text()) == archived
+    assert archived["data"]["source"] == "frame_archives" and archived["data"]["augment_on_device"] == "True"
+    assert archived["data"]["archive_bytes"] > 0 and archived["data"]["short_side"] == 64
+    used = " ".join(archived["settings"]["script_args"])
+    assert (
+        "--frame_stride 3 " in used
+        and "--train_dir <tmp>/frames/train --validation_dir <tmp>/frames/validation" in used
+    )
+    assert archived["metrics"]["epoch"] == result["metrics"]["epoch"]  # 4 steps each, not the default's 900
+    assert 0 <= archived["metrics"]["eval_accuracy"] <= 1
     assert 0 <= result["metrics"]["eval_accuracy"] <= 1
     assert "run" not in docs.upgrade("training", copy.deepcopy(result))  # a quick run is no figure for the docs
     full = docs.upgrade(
