@@ -282,3 +282,49 @@ def test_a_clip_with_a_corrupt_jpeg_is_left_out_or_named(archives, tmp_path):
 def test_a_video_that_is_not_an_archive_is_refused_naming_it(source):
     with pytest.raises(ValueError, match=r"clip\.mp4.* is not a frame archive.*--format frames"):
         read_clip_jpegs(EVLVideoProcessor(**JPEG_PROCESSOR), str(source), do_augment=True)
+
+
+def test_the_training_step_decodes_the_workers_jpegs_into_their_clips(tiny_clip, archive_tree, tmp_path):
+    """The training script's dataset, collate and `_prepare_inputs` with `--decode_device cpu`: the workers' JPEGs,
+    decoded in the step, give the clips of workers that decode (uint8, then augmented and normalised alike)."""
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    script = run_video_classification
+    processor = EVLVideoProcessor(num_frames=4, frame_stride=2, size={"shortest_edge": 32}, crop_size=32)
+    paths = sorted(str(path) for path in (archive_tree / "train").glob("*/*.evlf"))
+    rows = Dataset.from_dict({"video": paths, "labels": list(range(len(paths)))})
+    model = script.EVLForVideoClassification.from_clip_pretrained(tiny_clip, num_frames=4, decoder_num_layers=2)
+    arguments = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = script.VideoClassificationTrainer(
+        model=model, args=arguments, processing_class=processor, decode_device=torch.device("cpu")
+    )
+    options = dict(train=True, rand_augment=True, horizontal_flip=True, device_transforms=True)
+    batches = [
+        script.collate_fn(
+            [script.VideoClipDataset(rows, "video", processor, jpegs=jpegs, **options)[i] for i in range(8)]
+        )
+        for jpegs in (True, False)
+    ]
+    assert "pixel_values" not in batches[0] and len(batches[0]["clips"]) == 8
+    decoded, expected = (trainer._prepare_inputs(batch) for batch in batches)
+    assert torch.equal(decoded["pixel_values"], expected["pixel_values"])
+    assert torch.equal(decoded["labels"], expected["labels"]) and "clips" not in decoded
+
+
+def test_decode_device_cpu_trains_and_cuda_is_refused_without_a_gpu(tmp_path, tiny_clip, archive_tree, videos):
+    data = f"--train_dir {archive_tree / 'train'}"
+    output_dir = train_tiny(tiny_clip, data, tmp_path / "output", tmp_path / "cache", "--do_train --decode_device cpu")
+    assert json.loads((output_dir / "train_results.json").read_text())["train_skipped_videos"] == 0
+    with pytest.raises(
+        ValueError, match="--decode_device cuda decodes on the training GPU, but this run trains on cpu"
+    ):
+        train_tiny(tiny_clip, data, tmp_path / "cuda", tmp_path / "cache", "--do_train --decode_device cuda")
+    with pytest.raises(ValueError, match=r"first training video, .*\.mp4.*, is not one: .*--format frames"):
+        train_tiny(
+            tiny_clip,
+            f"--train_dir {videos / 'train'}",
+            tmp_path / "mp4",
+            tmp_path / "cache",
+            "--do_train --decode_device cpu",
+        )
