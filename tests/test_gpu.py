@@ -195,6 +195,10 @@ def test_bench_gpu_quick_mode(tmp_path):
     assert shape["inference"]["clips_per_s"] > 0 and shape["train"]["clips_per_s"] > 0
     assert shape["accuracy"]["max_abs_diff"] < 1.0  # bf16 rounding of logits of about unit size
     assert set(measured["decode"]["devices"]) == {"cpu", "cuda"}
+    archive_training = measured["archive_training"]  # frame archives' JPEGs decoded on the GPU and on the CPU
+    assert all(method["clips_per_s"] > 0 for method in archive_training["methods"].values())
+    # in grey levels: two decoders and two resizers, not two clips
+    assert archive_training["mean_abs_difference_device_vs_cpu_decode"] < 2.0
 
 
 def test_nvjpeg_decodes_a_frame_archive_as_the_cpu_does(video, tmp_path):
