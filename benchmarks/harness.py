@@ -170,6 +170,15 @@ def _onnx(result):
     yield ("speedup_onnxruntime_vs_pytorch",), ratio(medians["pytorch"], medians["onnxruntime"])
 
 
+def _gpu(result):
+    archive_training = result.get("archive_training") or {"methods": {}}
+    for name, method in archive_training["methods"].items():
+        path = ("archive_training", "methods", name)
+        yield (*path, "clips_per_s"), ratio(archive_training["batch_size"], method["seconds_per_batch"])
+        for share in ("", "worker_"):
+            yield (*path, f"{share}cpu_cores_per_1000_clips_per_s"), 1000 * method[f"{share}cpu_seconds_per_clip"]
+
+
 DERIVED = {
     "cpu_models": _cpu_models,
     "reference": _reference,
@@ -178,6 +187,7 @@ DERIVED = {
     "data_wait": _data_wait,
     "streaming": _streaming,
     "onnx": _onnx,
+    "gpu": _gpu,
 }
 
 

@@ -1,9 +1,11 @@
 """Inference at scale and on a GPU: `classify_windows` on a long video (`timeline`), onnxruntime against PyTorch
 (`onnx`), and a low-precision backbone (`gpu`: bf16/fp16 weights with decoder and head fp32 under `torch.autocast`,
 or torchao int8/fp8, fp8 on compute capability 8.9+; clips/s, peak memory, logit error; torchcodec's CPU and, where
-it can, CUDA decode rate; `Timer` synchronizes CUDA itself)."""
+it can, CUDA decode rate; training clips of frame archives decoded on the device or on the CPU; `Timer` synchronizes
+CUDA itself)."""
 
 import importlib.util
+import itertools
 import subprocess
 import tempfile
 import time
@@ -194,6 +196,7 @@ def gpu_arguments(parser):
         accuracy_only=(False, "only the logits check (full shapes on a CPU)"),
         num_frames=8,
         decode_videos=(4, "0: no decode measurement"),
+        archive_batch_size=(32, "training clips of frame archives per batch, decoded on the device; 0: not measured"),
         video_dir=None,
     )
 
@@ -286,12 +289,81 @@ def decode_rates(args) -> dict:
     return {"video": f"{width}x{height}, {seconds:g} s, 30 fps, H.264, keyframe every 250 frames", "devices": results}
 
 
+def archive_rates(args, device) -> dict:
+    """
+    A batch of training clips (`--num_frames` at stride 16, RandomResizedCrop, flip and RandAugment) from frame
+    archives of the decode videos (every 4th frame, short side 256 as `evl-hf prepare-videos --format frames` writes
+    them), on one CPU thread: `device_decode` reads the JPEGs and the draws on the CPU (a DataLoader worker's share,
+    `worker_cpu_seconds_per_clip`), then decodes them in one batch (nvJPEG on CUDA), crops and augments on `device`
+    (the training step's); `worker_decode` decodes and crops with the video processor on the CPU (the worker's share)
+    and augments on `device`. CPU seconds are the process's (all its threads, the wait for the GPU included) per clip.
+    """
+    from evl_hf.commands.prepare_videos import scaled_size
+    from evl_hf.frame_archives import decode_clip_jpegs, read_clip_jpegs, write_frame_archive
+
+    height, width, seconds = (96, 128, 4.0) if args.shapes == "tiny" else (360, 640, 10.0)
+    size = scaled_size(width, height, 256)
+    archives = []
+    for path in videos(video_dir(args.video_dir), args.decode_videos, seconds, height, width):
+        archive = path.with_name(f"{path.stem}_every4_{size[0]}x{size[1]}.evlf")
+        if not archive.exists():  # written aside, then renamed, as the videos are
+            write_frame_archive(path, archive.with_suffix(".partial"), frame_step=4, size=size)
+            archive.with_suffix(".partial").rename(archive)
+        archives.append(str(archive))
+    processor = video_processor(args.shapes.split(",")[0], num_frames=args.num_frames, frame_stride=16)
+    options = dict(do_augment=True, horizontal_flip=True, rand_augment=True, device_transforms=True)
+    batch, seeds = [archives[i % len(archives)] for i in range(args.archive_batch_size)], itertools.count()
+
+    def read():  # a worker's share with --decode_device
+        return [read_clip_jpegs(processor, path, seed=next(seeds), **options) for path in batch]
+
+    def decode():  # a worker's share without
+        clips = [processor(path, seed=next(seeds), return_tensors="pt", **options) for path in batch]
+        return torch.cat([clip["pixel_values"] for clip in clips]), torch.cat([clip["augmentation"] for clip in clips])
+
+    def device_decode():
+        made = decode_clip_jpegs(read(), device=device)
+        return processor.augment_batch(made["pixel_values"], made["augmentation"], device=device)
+
+    def worker_decode():
+        return processor.augment_batch(*decode(), device=device)
+
+    def timed(step):  # seconds per batch, CPU seconds per clip
+        step()  # nvJPEG's and the CUDA kernels' start, the file cache
+        m, cpu_seconds = measure(step, threads=1, min_run_time=args.min_run_time)
+        return m.median, cpu_seconds / len(batch)
+
+    methods = {}
+    for name, (step, worker_share) in {
+        "device_decode": (device_decode, read),
+        "worker_decode": (worker_decode, decode),
+    }.items():
+        (seconds, cpu_seconds), (_, worker_cpu_seconds) = timed(step), timed(worker_share)
+        methods[name] = {
+            "seconds_per_batch": seconds,
+            "clips_per_s": len(batch) / seconds,
+            "cpu_seconds_per_clip": cpu_seconds,
+            "worker_cpu_seconds_per_clip": worker_cpu_seconds,
+            "cpu_cores_per_1000_clips_per_s": 1000 * cpu_seconds,
+            "worker_cpu_cores_per_1000_clips_per_s": 1000 * worker_cpu_seconds,
+        }
+    clips = read()  # the same clips decoded both ways: nvJPEG against libjpeg-turbo
+    on_device, on_cpu = (decode_clip_jpegs(clips, device=where)["pixel_values"] for where in (device, "cpu"))
+    return {
+        "archives": f"{size[0]}x{size[1]}, every 4th frame of {len(archives)} decode video(s), JPEG quality 90",
+        "batch_size": len(batch),
+        "methods": methods,
+        "mean_abs_difference_device_vs_cpu_decode": (on_device.cpu().float() - on_cpu.float()).abs().mean().item(),
+    }
+
+
 def gpu(args):
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     args.min_run_time = 1.0 if device.type == "cuda" else 0.0
     if args.quick:  # the code paths in a minute: ViT-B/16 on a GPU (what `make test-gpu` runs), tiny on a CPU
         args.shapes, args.batch_size = ("vit-b16", 4) if device.type == "cuda" else ("tiny", 2)
         args.decode_videos, args.min_run_time = 1, 0.0
+        args.archive_batch_size = min(args.archive_batch_size, 8 if device.type == "cuda" else 2)
     if device.type == "cuda":  # a true fp32 reference, and fp32 timings that mean fp32
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     if args.dtype in ("int8", "fp8") and importlib.util.find_spec("torchao") is None:
@@ -300,10 +372,12 @@ def gpu(args):
         raise SystemExit("error: --dtype fp8 needs a CUDA GPU of compute capability 8.9 or more")
     results = {shape: benchmark_shape(shape, args, device) for shape in args.shapes.split(",")}
     decode = decode_rates(args) if args.decode_videos and not args.accuracy_only else None
+    measured = args.decode_videos and args.archive_batch_size and not args.accuracy_only
+    archive_training = archive_rates(args, device) if measured else None
     name = ("gpu" if device.type == "cuda" else "gpu_on_cpu") + f"_{args.dtype}"  # CPU runs pass for no GPU numbers
     return write(
         "gpu",
-        {"results": results, "decode": decode},
+        {"results": results, "decode": decode, "archive_training": archive_training},
         args,
         name,
         device=str(device),

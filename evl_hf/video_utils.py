@@ -244,6 +244,25 @@ def load_video_frames(
         channels-last tensor where the decoder writes pixels so), and the video's metadata with `frames_indices` set.
     """
     reader, name = _open_for_reading(video)
+    metadata = _sampled_metadata(reader, name, sample_indices_fn)
+    indices = metadata.frames_indices
+    try:
+        frames = reader.get_frames_at(indices).data
+    except VideoDecodingError:  # names the file and the frame already
+        raise
+    except (RuntimeError, ValueError, IndexError) as error:
+        raise VideoDecodingError(
+            f"Cannot decode frames {sorted(set(indices))} of video {name}: the file is truncated or its data is "
+            "corrupted"
+        ) from error
+    if frames.shape[-1] == 3 and frames.shape[1] != 3:  # a decoder opened with dimension_order="NHWC"
+        frames = frames.permute(0, 3, 1, 2)
+    return frames, metadata  # channels-last in memory where decoded so: uint8 resizing is fastest there
+
+
+def _sampled_metadata(reader, name: str, sample_indices_fn: Callable[..., Sequence[int]]) -> VideoMetadata:
+    """The metadata of an open video with `frames_indices` set to the frames `sample_indices_fn` picks, checked: the
+    frames [`load_video_frames`] decodes, and a frame archive's worker hands over undecoded."""
     metadata = read_video_metadata(reader)
     if metadata.total_num_frames == 0:
         raise VideoDecodingError(f"Cannot read video {name}: its video stream has no frames (truncated?)")
@@ -262,18 +281,7 @@ def load_video_frames(
             f"Frame indices {out_of_range} are out of range for video {name} with {metadata.total_num_frames} frames"
         )
     metadata.frames_indices = indices
-    try:
-        frames = reader.get_frames_at(indices).data
-    except VideoDecodingError:  # names the file and the frame already
-        raise
-    except (RuntimeError, ValueError, IndexError) as error:
-        raise VideoDecodingError(
-            f"Cannot decode frames {sorted(set(indices))} of video {name}: the file is truncated or its data is "
-            "corrupted"
-        ) from error
-    if frames.shape[-1] == 3 and frames.shape[1] != 3:  # a decoder opened with dimension_order="NHWC"
-        frames = frames.permute(0, 3, 1, 2)
-    return frames, metadata  # channels-last in memory where decoded so: uint8 resizing is fastest there
+    return metadata
 
 
 def read_video_frames(video: "str | os.PathLike | bytes | BinaryIO | VideoDecoder", indices_or_fn) -> torch.Tensor:

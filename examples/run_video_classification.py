@@ -53,6 +53,7 @@ from transformers.modeling_outputs import ImageClassifierOutput
 from video_files import check_video_folder, load_video_file, load_video_folders
 
 from evl_hf import EVLConfig, EVLForVideoClassification, EVLImageProcessor, EVLVideoProcessor
+from evl_hf.frame_archives import FrameArchive, decode_clip_jpegs, read_clip_jpegs
 from evl_hf.inference import MULTI_LABEL_THRESHOLD, average_view_scores, default_function_to_apply
 from evl_hf.quantization import DTYPES, QUANTIZED_DTYPES, quantize_backbone
 from evl_hf.utils_io import exit_on_full_disk, output_lock
@@ -153,6 +154,13 @@ class DataTrainingArguments:
         None,
         "DataLoader workers hand over uint8 clips (training ones cropped); the flip, RandAugment and normalisation run "
         "in batches on the model's device. False: all in the workers, float32. Default: on a GPU, not on the CPU.",
+    )
+    decode_device: str | None = arg(
+        None,
+        "Frame archives: the workers hand over training clips' JPEGs, decoded in batches on the model's GPU (cuda: "
+        "nvJPEG; auto: when training on a GPU from archives; cpu: in the training process, to check the path). "
+        "Default: the workers decode.",
+        choices=["auto", "cuda", "cpu"],
     )
     max_skipped_fraction: float = arg(0.05, "Training skips undecodable videos, and stops past this fraction.")
     streaming: bool = arg(
@@ -319,10 +327,12 @@ class VideoClipDataset(torch.utils.data.Dataset):
         *,
         train: bool,
         seed: int = 0,
+        jpegs: bool = False,
         **processor_kwargs,
     ):
         self.dataset, self.video_column, self.video_processor = dataset, video_column, video_processor
         self.train, self.seed, self.processor_kwargs = train, seed, processor_kwargs
+        self.jpegs = jpegs  # frame archives' clips as JPEGs, decoded by the training step (--decode_device)
         # In shared memory: DataLoader workers that live across epochs (persistent workers) read the epoch the main
         # process sets, where an attribute of their copy of the dataset would stay at its first value.
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
@@ -347,6 +357,8 @@ class VideoClipDataset(torch.utils.data.Dataset):
         if isinstance(video, dict):  # a `Video(decode=False)` row: the bytes stored in the dataset, or a path
             # stored bytes get the checks and diagnosis of a file
             video = open_video(video["bytes"], name=self._name(row, index)) if video.get("bytes") else video["path"]
+        if self.jpegs:
+            return {"clip": read_clip_jpegs(self.video_processor, video, **self.processor_kwargs, **kwargs)}
         clip = self.video_processor(video, return_tensors="pt", **self.processor_kwargs, **kwargs)
         return {name: values[0] for name, values in clip.items()}
 
@@ -379,12 +391,15 @@ class VideoClipDataset(torch.utils.data.Dataset):
 
 def collate_fn(examples: list[dict]) -> dict:
     """Stacks clips into `pixel_values` `(B, T, 3, H, W)` (or `(B, views, T, 3, H, W)`; uint8 with
-    `device_transforms`, and training clips' `augmentation` rows `(B, 13)`) and `labels` `(B,)`."""
+    `device_transforms`, and training clips' `augmentation` rows `(B, 13)`) and `labels` `(B,)`; a list of `clips`
+    of JPEGs instead with --decode_device."""
     batch = {
         name: torch.stack([example[name] for example in examples])
         for name in ("pixel_values", "augmentation")
         if name in examples[0]
     }
+    if "clip" in examples[0]:
+        batch["clips"] = [example["clip"] for example in examples]
     batch["labels"] = torch.tensor([example["labels"] for example in examples])
     skipped = [name for example in examples for name in example.get("skipped_videos", [])]
     return {**batch, "skipped_videos": skipped} if "skipped_videos" in examples[0] else batch
@@ -470,6 +485,32 @@ def build_video_processor(model, model_args: ModelArguments, data_args: DataTrai
     return EVLVideoProcessor(**{key: value for key, value in settings.items() if key != "video_processor_type"})
 
 
+def decode_device(data_args: DataTrainingArguments, device: torch.device, videos) -> torch.device | None:
+    """Where --decode_device decodes training clips (None: in the workers): the training GPU, or the CPU, when the
+    first training video is a frame archive (for `auto`, also only when training on a GPU)."""
+    choice, augment_on_device = data_args.decode_device, data_args.augment_on_device
+    if choice == "cuda" and device.type != "cuda":
+        raise ValueError(f"--decode_device cuda decodes on the training GPU, but this run trains on {device}.")
+    if choice in ("cuda", "cpu") and augment_on_device is False:
+        raise ValueError("--decode_device hands the training step uint8 clips: drop --augment_on_device False.")
+    auto_off = choice == "auto" and (device.type != "cuda" or augment_on_device is False)
+    if choice is None or videos is None or auto_off:
+        return None
+    device = torch.device("cpu") if choice == "cpu" else device
+    video = next(iter(videos))[data_args.video_column_name]
+    video = (video.get("bytes") or video["path"]) if isinstance(video, dict) else video
+    with contextlib.suppress(VideoDecodingError, OSError):  # the workers then say what is wrong with it
+        if isinstance(open_video(video), FrameArchive):
+            logger.info(f"Training clips: frame archives' JPEGs, decoded in batches on {device}")
+            return device
+    if choice == "auto":
+        return None
+    raise ValueError(
+        f"--decode_device decodes frame archives, and the first training video, {video!r:.80}, is not one: prepare "
+        "the videos with `evl-hf prepare-videos --format frames`, or leave --decode_device out."
+    )
+
+
 # ---- Trainer --------------------------------------------------------------------------------------------------------
 
 
@@ -487,10 +528,12 @@ class VideoClassificationTrainer(FinishedRunMixin, AtomicCheckpointsMixin, Strea
         max_skipped_fraction: float = 0.05,
         model_card_text: str = "",
         float32_backbone: dict[str, torch.Tensor] | None = None,
+        decode_device: torch.device | None = None,
         **kwargs,
     ):
         super().__init__(*args, **kwargs)
         self.max_skipped_fraction, self.model_card_text = max_skipped_fraction, model_card_text
+        self.decode_device = decode_device
         self.float32_backbone = float32_backbone
         self.skipped_videos, self._new_skipped = set(), []  # over all processes; on this one, not yet shared
         self.videos_read, self._new_read = 0, 0  # clips and skipped videos: a stream's size so far
@@ -526,6 +569,13 @@ class VideoClassificationTrainer(FinishedRunMixin, AtomicCheckpointsMixin, Strea
 
     def _prepare_inputs(self, inputs: dict) -> dict:
         augmentation = inputs.pop("augmentation", None)  # read on the host: which clip gets which transform
+        if "clips" in inputs:  # frame archives' JPEGs (--decode_device): decoded as one batch
+            made = decode_clip_jpegs(inputs.pop("clips"), self.processing_class, self.decode_device, True)
+            inputs["pixel_values"], augmentation = made["pixel_values"], made.get("augmentation")
+            for name, error in made["skipped"].items():  # counted as the workers' skipped videos are
+                logger.warning(f"Skipping training video {name}: {error}")
+                self._new_skipped.append(name)
+            inputs["labels"] = inputs["labels"][made["kept"]]
         inputs = super()._prepare_inputs(inputs)
         if inputs["pixel_values"].dtype == torch.uint8:  # uint8 from the workers: augmented and normalised here
             inputs["pixel_values"] = self.processing_class.augment_batch(inputs["pixel_values"], augmentation)
@@ -725,6 +775,10 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataTrainingArgume
     # On the CPU the "device" is the training process: the transforms would leave the workers and block each step.
     on_device = data_args.augment_on_device
     on_device = training_args.device.type != "cpu" if on_device is None else on_device
+    decode_on = decode_device(
+        data_args, training_args.device, dataset.get("train") if training_args.do_train else None
+    )
+    on_device = on_device or decode_on is not None
     if training_args.do_train:
         train_dataset = VideoClipDataset(
             dataset["train"],
@@ -736,6 +790,7 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataTrainingArgume
             horizontal_flip=data_args.horizontal_flip,
             rand_augment=data_args.rand_augment,
             device_transforms=on_device,
+            jpegs=decode_on is not None,
         )
     if training_args.do_eval:
         eval_dataset = VideoClipDataset(
@@ -782,6 +837,7 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataTrainingArgume
         max_skipped_fraction=data_args.max_skipped_fraction,
         model_card_text="\n".join(f"- {line}" for line in description),
         float32_backbone=float32_backbone,
+        decode_device=decode_on,
     )
     if training_args.do_train:
         checkpoint = resume_checkpoint(training_args.resume_from_checkpoint, training_args.output_dir)

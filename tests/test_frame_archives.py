@@ -5,6 +5,7 @@ import json
 import shutil
 import struct
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,7 +14,13 @@ from transformers import pipeline
 
 from evl_hf import EVLVideoProcessor
 from evl_hf.commands import main
-from evl_hf.frame_archives import FrameArchive, FrameStepError, write_frame_archive
+from evl_hf.frame_archives import (
+    FrameArchive,
+    FrameStepError,
+    decode_clip_jpegs,
+    read_clip_jpegs,
+    write_frame_archive,
+)
 from evl_hf.testing_utils import encode_video
 from evl_hf.video_utils import (
     VideoDecodingError,
@@ -215,3 +222,109 @@ def test_an_archive_whose_header_is_longer_than_the_first_read_opens(tmp_path):
     write_frame_archive(video, tmp_path / "long.evlf", frame_step=1)
     assert read_video_metadata(tmp_path / "long.evlf").total_num_frames == 2000
     assert read_video_frames(tmp_path / "long.evlf", [1999]).shape == (1, 3, 32, 32)
+
+
+# ---- Decoding on the training device (--decode_device) --------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory):
+    """Three archives of every 2nd frame, one of a video too short for a 4-frame clip at stride 4 (repeated frames)."""
+    folder = tmp_path_factory.mktemp("jpeg_clips")
+    paths = []
+    for seed, num_frames in enumerate([40, 6, 60]):
+        video = encode_video(folder / f"{seed}.mp4", num_frames, seed=seed)
+        write_frame_archive(video, folder / f"{seed}.evlf", frame_step=2)
+        paths.append(str(folder / f"{seed}.evlf"))
+    return paths
+
+
+JPEG_PROCESSOR = dict(num_frames=4, frame_stride=4, size={"shortest_edge": 32}, crop_size=32)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(do_augment=True, horizontal_flip=True, rand_augment=True), dict(num_clips=3), dict(num_crops=3)],
+    ids=["training", "temporal_views", "spatial_views"],
+)
+def test_jpegs_decoded_in_one_batch_give_the_workers_clips(archives, options):
+    processor = EVLVideoProcessor(**JPEG_PROCESSOR)
+    seeds = {"seed": 7} if options.get("do_augment") else {}
+    clips = [read_clip_jpegs(processor, path, device_transforms=True, **seeds, **options) for path in archives]
+    assert clips[1].jpegs[-1] is clips[1].jpegs[-2]  # a frame sampled twice is read, and decoded, once
+    made = decode_clip_jpegs(clips, processor)
+    expected = processor(archives, return_tensors="pt", device_transforms=True, **seeds, **options)
+    assert made["pixel_values"].dtype == torch.uint8
+    assert torch.equal(made["pixel_values"], expected["pixel_values"])
+    if options.get("do_augment"):
+        assert torch.equal(made["augmentation"], expected["augmentation"])
+        assert not torch.equal(clips[0].augmentation, made["augmentation"][0])  # the box is cropped: not again
+        normalised = processor.augment_batch(made["pixel_values"], made["augmentation"])
+        torch.testing.assert_close(normalised, processor.augment_batch(**expected), rtol=0, atol=0)
+    assert made["kept"] == [0, 1, 2] and made["skipped"] == {}
+
+
+def test_a_clip_with_a_corrupt_jpeg_is_left_out_or_named(archives, tmp_path):
+    broken = tmp_path / "broken.evlf"
+    data, offsets = bytearray(Path(archives[0]).read_bytes()), FrameArchive(archives[0], "x")._offsets
+    for start in offsets[:-1]:  # every frame's JPEG loses its start markers
+        data[start : start + 16] = bytes(16)
+    broken.write_bytes(bytes(data))
+    processor = EVLVideoProcessor(**JPEG_PROCESSOR)
+    clips = [read_clip_jpegs(processor, path, do_augment=True, seed=0) for path in [archives[1], broken, archives[2]]]
+    with pytest.raises(VideoDecodingError, match=r"frame \d+ of frame archive .*broken\.evlf.*corrupted"):
+        decode_clip_jpegs(clips)
+    made = decode_clip_jpegs(clips, skip_undecodable=True)
+    assert made["kept"] == [0, 2] and list(made["skipped"]) == [f"'{broken}'"]
+    assert torch.equal(made["pixel_values"], decode_clip_jpegs([clips[0], clips[2]])["pixel_values"])
+
+
+def test_a_video_that_is_not_an_archive_is_refused_naming_it(source):
+    with pytest.raises(ValueError, match=r"clip\.mp4.* is not a frame archive.*--format frames"):
+        read_clip_jpegs(EVLVideoProcessor(**JPEG_PROCESSOR), str(source), do_augment=True)
+
+
+def test_the_training_step_decodes_the_workers_jpegs_into_their_clips(tiny_clip, archive_tree, tmp_path):
+    """The training script's dataset, collate and `_prepare_inputs` with `--decode_device cpu`: the workers' JPEGs,
+    decoded in the step, give the clips of workers that decode (uint8, then augmented and normalised alike)."""
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    script = run_video_classification
+    processor = EVLVideoProcessor(num_frames=4, frame_stride=2, size={"shortest_edge": 32}, crop_size=32)
+    paths = sorted(str(path) for path in (archive_tree / "train").glob("*/*.evlf"))
+    rows = Dataset.from_dict({"video": paths, "labels": list(range(len(paths)))})
+    model = script.EVLForVideoClassification.from_clip_pretrained(tiny_clip, num_frames=4, decoder_num_layers=2)
+    arguments = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    trainer = script.VideoClassificationTrainer(
+        model=model, args=arguments, processing_class=processor, decode_device=torch.device("cpu")
+    )
+    options = dict(train=True, rand_augment=True, horizontal_flip=True, device_transforms=True)
+    batches = [
+        script.collate_fn(
+            [script.VideoClipDataset(rows, "video", processor, jpegs=jpegs, **options)[i] for i in range(8)]
+        )
+        for jpegs in (True, False)
+    ]
+    assert "pixel_values" not in batches[0] and len(batches[0]["clips"]) == 8
+    decoded, expected = (trainer._prepare_inputs(batch) for batch in batches)
+    assert torch.equal(decoded["pixel_values"], expected["pixel_values"])
+    assert torch.equal(decoded["labels"], expected["labels"]) and "clips" not in decoded
+
+
+def test_decode_device_cpu_trains_and_cuda_is_refused_without_a_gpu(tmp_path, tiny_clip, archive_tree, videos):
+    data = f"--train_dir {archive_tree / 'train'}"
+    output_dir = train_tiny(tiny_clip, data, tmp_path / "output", tmp_path / "cache", "--do_train --decode_device cpu")
+    assert json.loads((output_dir / "train_results.json").read_text())["train_skipped_videos"] == 0
+    with pytest.raises(
+        ValueError, match="--decode_device cuda decodes on the training GPU, but this run trains on cpu"
+    ):
+        train_tiny(tiny_clip, data, tmp_path / "cuda", tmp_path / "cache", "--do_train --decode_device cuda")
+    with pytest.raises(ValueError, match=r"first training video, .*\.mp4.*, is not one: .*--format frames"):
+        train_tiny(
+            tiny_clip,
+            f"--train_dir {videos / 'train'}",
+            tmp_path / "mp4",
+            tmp_path / "cache",
+            "--do_train --decode_device cpu",
+        )

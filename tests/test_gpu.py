@@ -107,14 +107,25 @@ def test_predict_on_cuda_agrees_with_float32_on_the_cpu(model_folder, video, tmp
         assert got[label] == pytest.approx(expected[label], abs=0.05), label
 
 
-def test_twenty_bf16_training_steps_through_accelerate_launch(tmp_path):
+@pytest.mark.parametrize("videos_as", ["videos", "frame_archives"])
+def test_twenty_bf16_training_steps_through_accelerate_launch(tmp_path, videos_as):
+    """Training from H.264 videos decoded in the workers, or from frame archives whose JPEGs the training step decodes
+    on the GPU (`--decode_device auto`)."""
     sys.path.insert(0, str(ROOT / "examples"))
     from synthetic_data import SyntheticMotionConfig, generate_synthetic_motion_dataset
+
+    from evl_hf.commands import main
 
     videos = generate_synthetic_motion_dataset(
         tmp_path / "videos",
         SyntheticMotionConfig(train_videos_per_label=4, validation_videos_per_label=2, num_frames=12, frame_size=32),
     )
+    options = ""
+    if videos_as == "frame_archives":
+        for split in ("train", "validation"):
+            arguments = ["--format", "frames", "--frame_step", "2", "--num_workers", "1"]
+            assert main(["prepare-videos", str(videos / split), str(tmp_path / "archives" / split), *arguments]) == 0
+        videos, options = tmp_path / "archives", "--decode_device auto --log_level info"
     torch.manual_seed(0)
     clip = tmp_path / "clip"
     CLIPVisionModel(tiny_vision_config(hidden_size=64, intermediate_size=128)).save_pretrained(clip)
@@ -125,11 +136,13 @@ def test_twenty_bf16_training_steps_through_accelerate_launch(tmp_path):
         --train_dir {videos / "train"} --validation_dir {videos / "validation"} --output_dir {output_dir}
         --cache_dir {tmp_path / "cache"} --num_frames 4 --frame_stride 2 --decoder_num_layers 2 --max_steps 20
         --per_device_train_batch_size 4 --learning_rate 1e-3 --bf16 --backbone_dtype bfloat16 --logging_steps 5
-        --save_strategy no --dataloader_num_workers 2 --disable_tqdm True --report_to none
+        --save_strategy no --dataloader_num_workers 2 --disable_tqdm True --report_to none {options}
     """.split()
     result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=ENVIRONMENT, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "device: cuda" in result.stdout + result.stderr
+    if videos_as == "frame_archives":
+        assert "decoded in batches on cuda" in result.stdout + result.stderr
     state = json.loads((output_dir / "trainer_state.json").read_text())
     losses = [entry["loss"] for entry in state["log_history"] if "loss" in entry]
     assert state["global_step"] == 20 and len(losses) == 4 and all(map(math.isfinite, losses))
@@ -182,6 +195,10 @@ def test_bench_gpu_quick_mode(tmp_path):
     assert shape["inference"]["clips_per_s"] > 0 and shape["train"]["clips_per_s"] > 0
     assert shape["accuracy"]["max_abs_diff"] < 1.0  # bf16 rounding of logits of about unit size
     assert set(measured["decode"]["devices"]) == {"cpu", "cuda"}
+    archive_training = measured["archive_training"]  # frame archives' JPEGs decoded on the GPU and on the CPU
+    assert all(method["clips_per_s"] > 0 for method in archive_training["methods"].values())
+    # in grey levels: two decoders and two resizers, not two clips
+    assert archive_training["mean_abs_difference_device_vs_cpu_decode"] < 2.0
 
 
 def test_nvjpeg_decodes_a_frame_archive_as_the_cpu_does(video, tmp_path):
@@ -196,6 +213,36 @@ def test_nvjpeg_decodes_a_frame_archive_as_the_cpu_does(video, tmp_path):
     assert on_gpu.device.type == "cuda" and on_gpu.shape == on_cpu.shape == (5, 3, 96, 128)
     error = ((on_gpu.cpu().float() - on_cpu.float()) ** 2).mean()
     assert 10 * math.log10(255**2 / max(float(error), 1e-12)) > 40  # two decoders, not two encodings
+
+
+@pytest.mark.parametrize(
+    "options",
+    [dict(do_augment=True, horizontal_flip=True, rand_augment=True), dict(num_clips=2, num_crops=3)],
+    ids=["training", "evaluation_views"],
+)
+def test_frame_archive_jpegs_decoded_on_cuda_in_one_batch_give_the_cpus_clips(video, tmp_path, options):
+    """`--decode_device cuda`'s path: the JPEGs of 16 clips decoded as one nvJPEG batch and cropped (training) or
+    resized and cropped into views (evaluation) on CUDA, against the same clips decoded by libjpeg-turbo and made on
+    the CPU, then augmented and normalised on CUDA: two decoders and two resizers, not two clips."""
+    from evl_hf.frame_archives import decode_clip_jpegs, read_clip_jpegs, write_frame_archive
+
+    write_frame_archive(video, tmp_path / "square.evlf", frame_step=2)
+    processor = EVLVideoProcessor(
+        num_frames=8, frame_stride=4, size={"shortest_edge": 64}, crop_size={"height": 64, "width": 64}
+    )
+    path = str(tmp_path / "square.evlf")
+    clips = [read_clip_jpegs(processor, path, seed=seed, device_transforms=True, **options) for seed in range(16)]
+    on_cuda, on_cpu = (decode_clip_jpegs(clips, processor, device) for device in ("cuda", "cpu"))
+    assert on_cuda["pixel_values"].device.type == "cuda" and on_cuda["pixel_values"].dtype == torch.uint8
+    assert on_cuda["pixel_values"].shape == on_cpu["pixel_values"].shape
+    error = ((on_cuda["pixel_values"].cpu().float() - on_cpu["pixel_values"].float()) ** 2).mean()
+    assert 10 * math.log10(255**2 / max(float(error), 1e-12)) > 40
+    if "augmentation" in on_cpu:  # the same draws, cropped alike; then augmented on CUDA from either decoder
+        assert torch.equal(on_cuda["augmentation"], on_cpu["augmentation"])
+        augmented = [
+            processor.augment_batch(made["pixel_values"], made["augmentation"], "cuda") for made in (on_cuda, on_cpu)
+        ]
+        assert (augmented[0] - augmented[1]).abs().mean() < 0.05  # normalised units: about 3 grey levels
 
 
 def test_device_augmentation_on_cuda_gives_the_cpus_clips():
