@@ -329,6 +329,7 @@ def data_wait_arguments(parser):
         max_steps=150,
         num_workers=("2,1,0", "--dataloader_num_workers values, one run each"),
         warmup_steps=(5, "steps of an untimed run first"),
+        augment_on_device=("False", "--augment_on_device values (False,True: each worker count with both)"),
         synthetic_data_dir=None,
     )
 
@@ -411,7 +412,7 @@ def data_wait(args):
             "4",
         ]
 
-    def measure(workers: int, steps: int) -> dict:
+    def measure(workers: int, steps: int, on_device: str = "False") -> dict:
         timer = DataWaitTimer()
         with tempfile.TemporaryDirectory() as scratch, timer.patch(), contextlib.redirect_stdout(sys.stderr):
             load = round(os.getloadavg()[0], 2)
@@ -433,6 +434,8 @@ def data_wait(args):
                     f"{scratch}/out",
                     "--cache_dir",
                     f"{scratch}/cache",
+                    "--augment_on_device",
+                    on_device,
                     *extra,
                 ]
             )
@@ -440,7 +443,13 @@ def data_wait(args):
 
     if args.warmup_steps:
         measure(0, args.warmup_steps)  # one-time costs (first use of torch's kernels) fall in no timed run
-    runs = {f"workers_{n}": measure(int(n), args.max_steps) for n in args.num_workers.split(",")}
+    runs = {
+        f"workers_{n}" + ("_augment_on_device" if on_device == "True" else ""): measure(
+            int(n), args.max_steps, on_device
+        )
+        for on_device in args.augment_on_device.split(",")
+        for n in args.num_workers.split(",")
+    }
     return write(
         "data_wait",
         {"runs": runs},

@@ -346,8 +346,8 @@ def decode_clip_jpegs(
     """
     Decodes the frames of a batch of clips from [`read_clip_jpegs`] in one `decode_jpeg` call (one nvJPEG batch on a
     CUDA `device`, libjpeg-turbo on the CPU), then makes each the clip `video_processor(..., device_transforms=True)`
-    makes in a worker: a training clip cropped by its augmentation row ([`~video_transforms.crop_clip`]), an
-    evaluation clip resized and cropped into its views by `video_processor` (needed for those only). The result is
+    makes in a worker: training clips stacked, cropped by their augmentation rows only where their sizes differ
+    ([`~video_transforms.stack_clips`]), an evaluation clip resized and cropped into its views by `video_processor` (needed for those only). The result is
     what [`EVLVideoProcessor.augment_batch`] takes.
 
     Args:
@@ -367,7 +367,7 @@ def decode_clip_jpegs(
     """
     from torchcodec.decoders import decode_jpeg
 
-    from .video_transforms import crop_clip
+    from .video_transforms import stack_clips
 
     training = {clip.augmentation is not None for clip in clips}
     if len(training) != 1 or (training == {False} and video_processor is None):
@@ -391,10 +391,8 @@ def decode_clip_jpegs(
         return {**result, "kept": kept, "skipped": {clips[i].name: str(errors[i]) for i in broken}}
     videos = [_stack_frames([images[id(jpeg)] for jpeg in clip.jpegs]) for clip in clips]
     if training == {True}:
-        rows = torch.stack([clip.augmentation for clip in clips])  # a copy: `crop_clip` updates the box in place
-        made = torch.stack([crop_clip(video, row, clip.crop_size) for video, row, clip in zip(videos, rows, clips)])
-        # resized channels-last, augmented contiguous as the processor's clips are: RandAugment ran 1.3x faster (CPU)
-        result = {"pixel_values": made.contiguous(), "augmentation": rows}
+        rows = torch.stack([clip.augmentation for clip in clips])  # a copy: a crop updates the box in place
+        result = {"pixel_values": stack_clips(videos, rows, clips[0].crop_size), "augmentation": rows}
     else:
         kwargs = clips[0].processor_kwargs
         if any(clip.processor_kwargs != kwargs for clip in clips):

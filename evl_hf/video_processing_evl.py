@@ -30,7 +30,7 @@ from transformers.video_utils import VideoInput, VideoMetadata
 
 # Private names: the old public ones go through the deprecation of `__getattr__` below.
 from .frame_archives import check_frame_step
-from .video_transforms import augment_clips, crop_clip, draw_clip_augmentation
+from .video_transforms import augment_clips, draw_clip_augmentation, stack_clips
 from .video_utils import FRAME_SAMPLING_STRATEGIES, clip_span, sample_frame_indices
 from .video_utils import is_video_decoder as _is_decoder
 from .video_utils import load_video_frames as _load_frames
@@ -53,8 +53,8 @@ class EVLVideoProcessorKwargs(VideosKwargs, total=False):
     horizontal_flip (`bool`): flip half of the training clips (only for labels blind to left and right).
     rand_augment (`bool`): RandAugment, 4 operations at magnitude 7 of 10 (the paper's recipe), in training.
     seed (`int`): seed of a training clip's draws (frames, crop, flip, RandAugment); without it, torch's generator.
-    device_transforms (`bool`): uint8 clips, resized and cropped (training: cropped, with their `augmentation`), for
-        [`~EVLVideoProcessor.augment_batch`] to augment and normalise in batches on the model's device.
+    device_transforms (`bool`): uint8 clips, resized and cropped (training: with their `augmentation`, cropped only if
+        their sizes differ), for [`~EVLVideoProcessor.augment_batch`] to augment and normalise on the model's device.
     """
 
     frame_sampling: Literal["dense", "uniform", "segment"] | None
@@ -242,14 +242,12 @@ class EVLVideoProcessor(BaseVideoProcessor):
         **kwargs,
     ) -> BatchFeature:
         processed, augmentations, draws = [], [], (min_crop_scale, horizontal_flip, rand_augment, seed)
+        crop = (crop_size.height, crop_size.width)
         for video in videos:  # uint8 (frames, 3, H, W); frames = temporal views x T
-            if do_augment:  # torchvision's draws, per clip; cropped here in uint8, so that clips of any shape stack
+            if do_augment:  # torchvision's draws, per clip; with `device_transforms` applied by `augment_batch`
                 augmentation = draw_clip_augmentation(*video.shape[-2:], *draws)
-                views = [crop := crop_clip(video, augmentation, (crop_size.height, crop_size.width))]
-                if device_transforms:  # the flip and RandAugment too, by `augment_batch`
-                    augmentations.append(augmentation)
-                else:
-                    views = [augment_clips(crop[None], augmentation[None], tuple(crop.shape[-2:]))[0]]
+                augmentations += [augmentation] if device_transforms else []
+                views = [video] if device_transforms else [augment_clips(video[None], augmentation[None], crop)[0]]
             else:
                 if do_resize:
                     video = self.resize(video, size=size, resample=resample)
@@ -262,6 +260,8 @@ class EVLVideoProcessor(BaseVideoProcessor):
                     views.flatten(0, 1), do_rescale, rescale_factor, do_normalize, image_mean, image_std
                 ).view(views.shape)
             processed.append(views[0] if len(views) == 1 else views)
+        if augmentations:  # uncropped where they share a size, for the device to crop ([`stack_clips`])
+            processed = list(stack_clips(processed, augmentations, crop))
         data = {"pixel_values_videos": processed, **({"augmentation": augmentations} if augmentations else {})}
         return BatchFeature(data=data, tensor_type=return_tensors)
 

@@ -14,10 +14,11 @@
 """Training augmentation split between the DataLoader workers and the model's device.
 
 A worker draws a clip's random parameters (crop box, flip, RandAugment operations) exactly as torchvision's
-`RandomResizedCrop`, `RandomHorizontalFlip` and `RandAugment` would on the clip, applies the crop in uint8 (so that
-clips of any aspect ratio stack into a batch) and hands over the uint8 clip with its parameters. The device then flips,
-applies RandAugment and normalises whole batches, each clip with its own parameters: torchvision's transforms on a
-batched tensor would draw one set for the whole batch (pytorch/vision#8484).
+`RandomResizedCrop`, `RandomHorizontalFlip` and `RandAugment` would on the clip and hands over the uint8 clip with its
+parameters, cropped in uint8 only where the clips of a batch differ in size and would not stack otherwise
+([`stack_clips`]). The device then crops, flips, applies RandAugment and normalises whole batches, each clip with its
+own parameters: torchvision's transforms on a batched tensor would draw one set for the whole batch
+(pytorch/vision#8484).
 """
 
 import torch
@@ -82,6 +83,20 @@ def crop_clip(video: torch.Tensor, augmentation: torch.Tensor, crop_size: tuple[
     video = F.resized_crop(video, top, left, height, width, list(crop_size), antialias=True)
     augmentation[:4] = torch.tensor([0, 0, *crop_size])
     return video
+
+
+def stack_clips(videos: list[torch.Tensor], augmentation, crop_size: tuple[int, int] | None) -> torch.Tensor:
+    """
+    Stacks uint8 training clips `(T, 3, H, W)` for [`augment_clips`]: as they are when their frames share a size, so
+    that the device crops them too, otherwise each cropped here to the box of its `augmentation` row (updated in
+    place, as [`crop_clip`] does) and resized to `crop_size`. In a CPU worker the crop costs about a quarter of a
+    frame-archive clip's time; the larger copy to the device costs it far less (docs/benchmarks.md).
+    """
+    if len({tuple(video.shape[-2:]) for video in videos}) > 1:
+        if crop_size is None:
+            raise ValueError("Training clips of different frame sizes stack once cropped: give the `crop_size`.")
+        videos = [crop_clip(video, row, crop_size) for video, row in zip(videos, augmentation)]
+    return torch.stack(videos)
 
 
 def augment_clips(videos: torch.Tensor, augmentation: torch.Tensor, crop_size: tuple[int, int]) -> torch.Tensor:

@@ -22,6 +22,7 @@ docs/training.md.
 """
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -57,6 +58,7 @@ from evl_hf.frame_archives import FrameArchive, decode_clip_jpegs, read_clip_jpe
 from evl_hf.inference import MULTI_LABEL_THRESHOLD, average_view_scores, default_function_to_apply
 from evl_hf.quantization import DTYPES, QUANTIZED_DTYPES, quantize_backbone
 from evl_hf.utils_io import exit_on_full_disk, output_lock
+from evl_hf.video_transforms import stack_clips
 from evl_hf.video_utils import FRAME_SAMPLING_STRATEGIES, VideoDecodingError, open_video
 
 
@@ -389,15 +391,16 @@ class VideoClipDataset(torch.utils.data.Dataset):
         raise VideoDecodingError(f"16 videos in a row could not be decoded, the last ones: {skipped[-3:]}.")
 
 
-def collate_fn(examples: list[dict]) -> dict:
+def collate_fn(examples: list[dict], crop_size: tuple[int, int] | None = None) -> dict:
     """Stacks clips into `pixel_values` `(B, T, 3, H, W)` (or `(B, views, T, 3, H, W)`; uint8 with
-    `device_transforms`, and training clips' `augmentation` rows `(B, 13)`) and `labels` `(B,)`; a list of `clips`
-    of JPEGs instead with --decode_device."""
-    batch = {
-        name: torch.stack([example[name] for example in examples])
-        for name in ("pixel_values", "augmentation")
-        if name in examples[0]
-    }
+    `device_transforms`, and training clips' `augmentation` rows `(B, 13)`, cropped to `crop_size` here only if their
+    sizes differ) and `labels` `(B,)`; a list of `clips` of JPEGs instead with --decode_device."""
+    batch = {}
+    if "augmentation" in examples[0]:  # uint8 training clips: the device crops them too where they stack uncropped
+        batch["augmentation"] = rows = torch.stack([example["augmentation"] for example in examples])
+        batch["pixel_values"] = stack_clips([example["pixel_values"] for example in examples], rows, crop_size)
+    elif "pixel_values" in examples[0]:
+        batch["pixel_values"] = torch.stack([example["pixel_values"] for example in examples])
     if "clip" in examples[0]:
         batch["clips"] = [example["clip"] for example in examples]
     batch["labels"] = torch.tensor([example["labels"] for example in examples])
@@ -832,7 +835,10 @@ def train_and_evaluate(model_args: ModelArguments, data_args: DataTrainingArgume
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=video_processor,
-        data_collator=collate_fn,
+        # clips of different sizes are cropped in the worker: they would not stack otherwise
+        data_collator=functools.partial(
+            collate_fn, crop_size=(video_processor.crop_size["height"], video_processor.crop_size["width"])
+        ),
         compute_metrics=compute_metrics,
         max_skipped_fraction=data_args.max_skipped_fraction,
         model_card_text="\n".join(f"- {line}" for line in description),

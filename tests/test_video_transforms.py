@@ -51,7 +51,8 @@ def test_both_paths_give_torchvisions_clips_under_the_same_seed(processor):
     )
     worker = [processor(video, seed=seed, device_transforms=True, **OPTIONS) for video, seed in zip(videos, seeds)]
     pixel_values = torch.cat([clip["pixel_values"] for clip in worker])
-    assert pixel_values.dtype == torch.uint8 and pixel_values.shape == (16, 4, 3, CROP, CROP)
+    # clips of one size come uncropped: the device crops them too
+    assert pixel_values.dtype == torch.uint8 and pixel_values.shape == (16, 4, 3, 48, 64)
     on_device = processor.augment_batch(pixel_values, torch.cat([clip["augmentation"] for clip in worker]), "cpu")
     assert on_device.dtype == torch.float32
     torch.testing.assert_close(on_cpu, expected, atol=1e-5, rtol=0)
@@ -142,3 +143,23 @@ def test_the_training_step_gets_the_clips_the_workers_would_have_made(tiny_clip,
         on_device = trainer._prepare_inputs(batches[0])["pixel_values"]
         torch.testing.assert_close(on_device, batches[1]["pixel_values"], atol=1e-5, rtol=0)
         assert "augmentation" not in batches[0]  # read by the step, not given to the model
+
+
+def test_the_collate_crops_only_clips_that_would_not_stack(processor):
+    script = run_video_classification
+    sizes = [(48, 64), (48, 64), (90, 40)]
+    clips = [
+        processor(random_clip(i, *size), seed=i, device_transforms=True, **OPTIONS) for i, size in enumerate(sizes)
+    ]
+    examples = [
+        {"pixel_values": clip["pixel_values"][0], "augmentation": clip["augmentation"][0], "labels": 0}
+        for clip in clips
+    ]
+    alike = script.collate_fn(examples[:2])
+    assert alike["pixel_values"].shape == (2, 4, 3, 48, 64)  # the device crops them
+    with pytest.raises(ValueError, match="crop_size"):
+        script.collate_fn(examples)
+    mixed = script.collate_fn(examples, crop_size=(CROP, CROP))
+    assert mixed["pixel_values"].shape == (3, 4, 3, CROP, CROP)
+    expected = processor.augment_batch(alike["pixel_values"], alike["augmentation"])
+    torch.testing.assert_close(processor.augment_batch(mixed["pixel_values"][:2], mixed["augmentation"][:2]), expected)
