@@ -217,7 +217,9 @@ def load_compiled(model, package):
 
     def forward(pixel_values=None, labels=None, **kwargs):
         if labels is None and not any(kwargs.values()) and tuple(pixel_values.shape[1:]) == clip_shape:
-            return EVLVideoClassifierOutput(logits=runner(pixel_values))
+            # The package was compiled for the contiguous layout of its example and does not check strides: a
+            # channels-last clip would be read as if it were contiguous.
+            return EVLVideoClassifierOutput(logits=runner(pixel_values.contiguous()))
         return eager_forward(pixel_values=pixel_values, labels=labels, **kwargs)
 
     model.forward = forward

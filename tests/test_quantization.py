@@ -244,8 +244,10 @@ def test_an_aoti_package_of_the_int8_model_runs_as_the_eager_model_without_compi
     with torch.inference_mode():
         logits = model(pixel_values=clips).logits
         three = model(pixel_values=torch.cat([clips, clips[:1]])).logits  # another batch size
+        channels_last = model(pixel_values=clips.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)).logits
         with_attentions = model(clips, output_attentions=True)  # what the package does not give: the model runs it
     assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 0  # nothing compiled in this process
     torch.testing.assert_close(logits, expected, rtol=0, atol=0.02)
     torch.testing.assert_close(three[:2], logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(channels_last, logits, rtol=0, atol=1e-5)  # the package assumes contiguous input
     assert attentions is not None and len(with_attentions.decoder_attentions) == len(attentions)
