@@ -30,7 +30,7 @@ from transformers.video_utils import VideoInput, VideoMetadata
 
 # Private names: the old public ones go through the deprecation of `__getattr__` below.
 from .frame_archives import check_frame_step
-from .video_transforms import augment_clips, draw_clip_augmentation, stack_clips
+from .video_transforms import augment_clips, crop_to_one_size, draw_clip_augmentation
 from .video_utils import FRAME_SAMPLING_STRATEGIES, clip_span, sample_frame_indices
 from .video_utils import is_video_decoder as _is_decoder
 from .video_utils import load_video_frames as _load_frames
@@ -254,15 +254,18 @@ class EVLVideoProcessor(BaseVideoProcessor):
                 views = self._spatial_crops(video, crop_size, num_crops) if do_center_crop else [video]
             num_temporal_views = num_clips if clip_index is None and not do_augment else 1
             # (crops, temporal views * T, 3, h, w) -> (views, T, 3, h, w)
-            views = torch.stack(views).unflatten(1, (num_temporal_views, -1)).flatten(0, 1)
+            views = (views[0][None] if len(views) == 1 else torch.stack(views)).unflatten(1, (num_temporal_views, -1))
+            views = views.flatten(0, 1)
             if not device_transforms:
                 views = self.rescale_and_normalize(
                     views.flatten(0, 1), do_rescale, rescale_factor, do_normalize, image_mean, image_std
                 ).view(views.shape)
             processed.append(views[0] if len(views) == 1 else views)
         if augmentations:  # uncropped where they share a size, for the device to crop ([`stack_clips`])
-            processed = list(stack_clips(processed, augmentations, crop))
+            processed = crop_to_one_size(processed, augmentations, crop)
         data = {"pixel_values_videos": processed, **({"augmentation": augmentations} if augmentations else {})}
+        if return_tensors == "pt" and len(processed) == 1:  # a view, not the copy `BatchFeature` would stack
+            data = {name: values[0][None] for name, values in data.items()}
         return BatchFeature(data=data, tensor_type=return_tensors)
 
 

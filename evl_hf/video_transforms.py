@@ -21,6 +21,8 @@ own parameters: torchvision's transforms on a batched tensor would draw one set 
 (pytorch/vision#8484).
 """
 
+from functools import cache
+
 import torch
 from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
@@ -34,10 +36,17 @@ AUGMENTATION_SIZE = 5 + 2 * RAND_AUGMENT_OPS
 NO_OPERATION = -1
 
 
+# Built once: a module costs more to build than a clip's draws. Neither keeps state between calls.
+@cache
 def _rand_augment() -> v2.RandAugment:
     return v2.RandAugment(
         num_ops=RAND_AUGMENT_OPS, magnitude=RAND_AUGMENT_MAGNITUDE, num_magnitude_bins=RAND_AUGMENT_BINS
     )
+
+
+@cache
+def _random_resized_crop(min_crop_scale: float) -> v2.RandomResizedCrop:
+    return v2.RandomResizedCrop(1, scale=(min_crop_scale, 1.0), ratio=(3 / 4, 4 / 3))
 
 
 def draw_clip_augmentation(
@@ -63,7 +72,7 @@ def draw_clip_augmentation(
             torch.default_generator.manual_seed(seed + 1)
         # the box only depends on the frame size: a stride-0 view stands in for the clip
         frame = torch.empty((), dtype=torch.uint8).expand(1, 3, height, width)
-        box = v2.RandomResizedCrop(1, scale=(min_crop_scale, 1.0), ratio=(3 / 4, 4 / 3)).make_params([frame])
+        box = _random_resized_crop(min_crop_scale).make_params([frame])
         flip = horizontal_flip and bool(torch.rand(1) < 0.5)
         if rand_augment:
             augment = _rand_augment()
@@ -85,18 +94,24 @@ def crop_clip(video: torch.Tensor, augmentation: torch.Tensor, crop_size: tuple[
     return video
 
 
-def stack_clips(videos: list[torch.Tensor], augmentation, crop_size: tuple[int, int] | None) -> torch.Tensor:
+def crop_to_one_size(videos: list[torch.Tensor], augmentation, crop_size: tuple[int, int] | None) -> list:
     """
-    Stacks uint8 training clips `(T, 3, H, W)` for [`augment_clips`]: as they are when their frames share a size, so
-    that the device crops them too, otherwise each cropped here to the box of its `augmentation` row (updated in
-    place, as [`crop_clip`] does) and resized to `crop_size`. In a CPU worker the crop costs about a quarter of a
-    frame-archive clip's time; the larger copy to the device costs it far less (docs/benchmarks.md).
+    uint8 training clips `(T, 3, H, W)` as they are when their frames share a size, so that the device crops them too
+    ([`augment_clips`]), otherwise each cropped here to the box of its `augmentation` row (updated in place, as
+    [`crop_clip`] does) and resized to `crop_size`. In a CPU worker the crop costs about a quarter of a frame-archive
+    clip's time; the larger copy to the device costs it far less (docs/benchmarks.md).
     """
     if len({tuple(video.shape[-2:]) for video in videos}) > 1:
         if crop_size is None:
             raise ValueError("Training clips of different frame sizes stack once cropped: give the `crop_size`.")
-        videos = [crop_clip(video, row, crop_size) for video, row in zip(videos, augmentation)]
-    return torch.stack(videos)
+        return [crop_clip(video, row, crop_size) for video, row in zip(videos, augmentation)]
+    return videos
+
+
+def stack_clips(videos: list[torch.Tensor], augmentation, crop_size: tuple[int, int] | None) -> torch.Tensor:
+    """Stacks uint8 training clips `(T, 3, H, W)` for [`augment_clips`], cropped first only where their frame sizes
+    differ ([`crop_to_one_size`])."""
+    return torch.stack(crop_to_one_size(videos, augmentation, crop_size))
 
 
 def augment_clips(videos: torch.Tensor, augmentation: torch.Tensor, crop_size: tuple[int, int]) -> torch.Tensor:
@@ -142,4 +157,11 @@ def augment_clips(videos: torch.Tensor, augmentation: torch.Tensor, crop_size: t
     return videos
 
 
-__all__ = ["AUGMENTATION_SIZE", "augment_clips", "crop_clip", "draw_clip_augmentation"]
+__all__ = [
+    "AUGMENTATION_SIZE",
+    "augment_clips",
+    "crop_clip",
+    "crop_to_one_size",
+    "draw_clip_augmentation",
+    "stack_clips",
+]
