@@ -144,11 +144,19 @@ class LogitsOnly(torch.nn.Module):
         return self.model(pixel_values=pixel_values).logits
 
 
+class LogitsAndPooledOutput(LogitsOnly):
+    """`model` from `pixel_values` to `(logits, pooler_output)`: what one forward gives `evl-hf predict`."""
+
+    def forward(self, pixel_values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        outputs = self.model(pixel_values=pixel_values)
+        return outputs.logits, outputs.pooler_output
+
+
 def export_compiled(model, path, *, dtype: str, batch_size: int = 2) -> str:
     """
     Compiles `model` ahead of time into an AOTInductor package (`torch.export` then
     `torch._inductor.aoti_compile_and_package`) from `pixel_values` `(batch_size, num_frames, 3, height, width)` to
-    `logits` `(batch_size, num_labels)`, any batch size, the model's `num_frames` and image size. The int8 (torchao)
+    `logits` `(batch_size, num_labels)` and `pooler_output` `(batch_size, hidden_size)`, any batch size, the model's `num_frames` and image size. The int8 (torchao)
     backbone exports and compiles too. [`load_compiled`] runs it without compiling.
 
     Args:
@@ -174,7 +182,9 @@ def export_compiled(model, path, *, dtype: str, batch_size: int = 2) -> str:
     }
     with torch.no_grad():
         program = torch.export.export(
-            LogitsOnly(model).eval(), (example,), dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch_size")}}
+            LogitsAndPooledOutput(model).eval(),
+            (example,),
+            dynamic_shapes={"pixel_values": {0: torch.export.Dim("batch_size")}},
         )
     return torch._inductor.aoti_compile_and_package(
         program,
@@ -219,7 +229,9 @@ def load_compiled(model, package):
         if labels is None and not any(kwargs.values()) and tuple(pixel_values.shape[1:]) == clip_shape:
             # The package was compiled for the contiguous layout of its example and does not check strides: a
             # channels-last clip would be read as if it were contiguous.
-            return EVLVideoClassifierOutput(logits=runner(pixel_values.contiguous()))
+            outputs = runner(pixel_values.contiguous())
+            logits, pooled = (outputs, None) if torch.is_tensor(outputs) else outputs  # older packages: logits alone
+            return EVLVideoClassifierOutput(logits=logits, pooler_output=pooled)
         return eager_forward(pixel_values=pixel_values, labels=labels, **kwargs)
 
     model.forward = forward
@@ -235,6 +247,7 @@ __all__ = [
     "is_quantized",
     "compile_model",
     "LogitsOnly",
+    "LogitsAndPooledOutput",
     "export_compiled",
     "load_compiled",
 ]

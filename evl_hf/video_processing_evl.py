@@ -122,9 +122,8 @@ class EVLVideoProcessor(BaseVideoProcessor):
         width)` for several views (a list of per-video tensors without `return_tensors`).
         """
         if kwargs.get("do_sample_frames", self.do_sample_frames) is None:
-            # files and decoders are sampled, frames are the clip
             first = videos[0] if isinstance(videos, (list, tuple)) and videos else videos
-            kwargs["do_sample_frames"] = _is_video_source(first)
+            kwargs["do_sample_frames"] = _is_video_source(first)  # files and decoders are sampled, frames are the clip
         if kwargs.get("fps") is not None and "num_frames" not in kwargs:
             kwargs["num_frames"] = None  # `fps` given for this call replaces the processor's `num_frames`
         batch = super().preprocess(videos, **kwargs)
@@ -261,16 +260,14 @@ class EVLVideoProcessor(BaseVideoProcessor):
                     views.flatten(0, 1), do_rescale, rescale_factor, do_normalize, image_mean, image_std
                 ).view(views.shape)
             processed.append(views[0] if len(views) == 1 else views)
-        if augmentations:  # uncropped where they share a size, for the device to crop ([`stack_clips`])
-            processed = crop_to_one_size(processed, augmentations, crop)
+        processed = crop_to_one_size(processed, augmentations, crop) if augmentations else processed  # device crops
         data = {"pixel_values_videos": processed, **({"augmentation": augmentations} if augmentations else {})}
         if return_tensors == "pt" and len(processed) == 1:  # a view, not the copy `BatchFeature` would stack
             data = {name: values[0][None] for name, values in data.items()}
         return BatchFeature(data=data, tensor_type=return_tensors)
 
 
-# Reading videos moved to `video_utils` and windows to `inference`: the old names keep working, with a warning, for
-# one release.
+# Names moved to `video_utils` and `inference` keep working, with a warning, for one release.
 _MOVED = {
     "VideoDecodingError": "video_utils.VideoDecodingError",
     "_diagnose_unopenable_video": "video_utils._diagnose_unopenable_video",

@@ -258,6 +258,8 @@ def classify(model, processor, videos: list[str], results, embeddings, args, ran
                 outputs = model(pixel_values=pixel_values)  # logits and the pooled vector from one forward
                 logits = outputs.logits
                 if embeddings is not None:
+                    if outputs.pooler_output is None:  # a package exported when packages gave the logits alone
+                        raise UsageError("--embeddings: the --aoti_package gives no pooled vector; export it again.")
                     for item, vector in zip(clips, outputs.pooler_output.float().cpu().tolist()):
                         embeddings.add(item["video"], vector)
                 scores = postprocess_logits(logits, config)

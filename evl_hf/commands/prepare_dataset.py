@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from . import UsageError
-from .utils import report_failures
+from .utils import atomic_write, positive_int, report_failures
 
 
 REPORT_NAME = "prepare_dataset_report.jsonl"
@@ -75,7 +75,7 @@ def register(subparsers):
     )
     parser.add_argument(
         "--num_workers",
-        type=int,
+        type=positive_int,
         default=os.cpu_count() or 1,
         help="Processes opening the videos to check them (default: the number of CPU cores).",
     )
@@ -117,19 +117,15 @@ def check_videos(paths: list[str], num_workers: int) -> list[str | None]:
 
 
 def write_csv(path: Path, rows: list[dict]) -> None:
-    partial = path.with_name(f".{path.name}.partial")
-    with open(partial, "w", encoding="utf-8", newline="") as file:
+    with atomic_write(path) as partial, open(partial, "w", encoding="utf-8", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=["video", "label"])
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(partial, path)
 
 
 def run(args) -> int:
     from ..dataset_lists import DATASET_NUM_LABELS, DATASETS_WITH_SPLITS, read_dataset
 
-    if args.num_workers < 1:
-        raise UsageError(f"--num_workers {args.num_workers}: must be at least 1.")
     if args.split is not None and args.name not in DATASETS_WITH_SPLITS:
         raise UsageError(f"--split: {args.name} has one official train/validation split; leave --split out.")
     videos, output = Path(args.videos).resolve(), Path(args.output).resolve()
@@ -184,9 +180,10 @@ def run(args) -> int:
         else:
             path.unlink(missing_ok=True)  # a list from an earlier run would not match this one
             summary.append(f"{split}: none of the {len(rows)} videos found, {path.name} not written")
-    (output / "label_names.txt").write_text("".join(f"{name}\n" for name in lists.label_names), encoding="utf-8")
+    with atomic_write(output / "label_names.txt") as partial, open(partial, "w", encoding="utf-8") as file:
+        file.writelines(f"{name}\n" for name in lists.label_names)
     report = output / REPORT_NAME
-    with open(report, "w", encoding="utf-8") as file:
+    with atomic_write(report) as partial, open(partial, "w", encoding="utf-8") as file:
         file.writelines(json.dumps(item) + "\n" for item in left_out)
 
     print(f"{args.name}: {len(lists.label_names)} classes; " + "; ".join(summary) + f". Written to {output}.")

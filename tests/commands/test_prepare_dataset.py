@@ -124,6 +124,9 @@ def test_annotations_of_another_dataset_are_an_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         prepare("kinetics400", dataset, tmp_path / "lists", "--split", "2")
     assert "kinetics400 has one official train/validation split" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # refused while parsing, before any video is looked at
+        prepare("ucf101", dataset, tmp_path / "lists", "--num_workers", "0")
+    assert "argument --num_workers: must be at least 1, got 0" in capsys.readouterr().err
 
 
 def test_predict_reads_the_validation_list(prepared, model_folder, tmp_path):

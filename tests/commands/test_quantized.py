@@ -138,6 +138,22 @@ def test_predict_with_an_aoti_package_gives_the_eager_predictions(model_folder, 
         assert scores_by_label(record) == pytest.approx(scores_by_label(reference), abs=1e-5)
 
 
+def test_predict_with_an_aoti_package_writes_the_eager_embeddings(model_folder, videos, tmp_path, float32_package):
+    from datasets import load_dataset
+
+    vectors = {}
+    for name, extra in (("eager", ()), ("aoti", ("--aoti_package", str(float32_package)))):
+        folder = tmp_path / name
+        predict(
+            model_folder, videos, tmp_path / f"{name}.jsonl", "--batch_size", "2", "--embeddings", str(folder), *extra
+        )
+        rows = load_dataset("parquet", data_files=str(folder / "*.parquet"), split="train")
+        vectors[name] = dict(zip(rows["video"], rows["embedding"]))
+    assert len(vectors["aoti"]) == len(videos) and vectors["aoti"].keys() == vectors["eager"].keys()
+    for video, vector in vectors["aoti"].items():
+        assert vector == pytest.approx(vectors["eager"][video], abs=1e-5)
+
+
 def test_an_aoti_package_of_another_model_is_refused(videos, tmp_path, float32_package, capsys):
     from evl_hf.testing_utils import save_tiny_model
 
