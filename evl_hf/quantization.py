@@ -156,8 +156,9 @@ def export_compiled(model, path, *, dtype: str, batch_size: int = 2) -> str:
     """
     Compiles `model` ahead of time into an AOTInductor package (`torch.export` then
     `torch._inductor.aoti_compile_and_package`) from `pixel_values` `(batch_size, num_frames, 3, height, width)` to
-    `logits` `(batch_size, num_labels)` and `pooler_output` `(batch_size, hidden_size)`, any batch size, the model's `num_frames` and image size. The int8 (torchao)
-    backbone exports and compiles too. [`load_compiled`] runs it without compiling.
+    `logits` `(batch_size, num_labels)` and `pooler_output` `(batch_size, hidden_size)`, any batch size, the model's
+    `num_frames` and image size. The int8 (torchao) backbone exports and compiles too. [`load_compiled`] runs it
+    without compiling.
 
     Args:
         model ([`EVLForVideoClassification`]): the classifier, loaded with the backbone in `dtype`, in eval mode.
